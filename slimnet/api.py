@@ -1,0 +1,170 @@
+"""The Python API: every CLI command is a thin shell over these functions.
+
+    from slimnet.api import shrink
+    result = shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
+    result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
+    result.plan     # slimnet.plan/1 data
+    result.report   # the same dict that ``slimnet shrink --json`` prints
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .errors import SlimnetError, VerificationError
+from .groups import Analysis, analyse
+from .plan import DEFAULT_ROUND_TO, Decision, build_plan, decide
+from .surgeon import apply_plan
+from .trace import call, trace
+from .verify import VerifyResult, verify
+
+
+@dataclass
+class ShrinkResult:
+    model: nn.Module
+    plan: dict[str, Any]
+    analysis: Analysis
+    decisions: list[Decision]
+    verification: VerifyResult
+    report: dict[str, Any]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, example: Any) -> int:
+    """Multiply-accumulates, counted by fvcore (which calls one multiply-add one "flop")."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
+    try:
+        from .measure import count_macs as fv
+    except ImportError:  # measure is optional for the core; fall back to fvcore's plain total
+        from fvcore.nn import FlopCountAnalysis
+
+        inputs = tuple(example.values()) if isinstance(example, dict) else example
+        fca = FlopCountAnalysis(model.eval(), inputs)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return int(fca.total())
+    return int(fv(model, example)["macs"])
+
+
+def check_runs(model: nn.Module, example: Any) -> None:
+    """Run the original once: an input the model rejects is the user's error, said in one line."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            call(model.eval(), example)
+    except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
+        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        shapes = _describe(example)
+        raise SlimnetError(
+            f"the model rejects the example input {shapes}: {type(exc).__name__}: {first}; "
+            "give the right --input-shape or --input"
+        ) from None
+
+
+def _describe(example: Any) -> str:
+    import torch
+
+    if isinstance(example, torch.Tensor):
+        return "x".join(str(s) for s in example.shape) or "scalar"
+    if isinstance(example, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in example.items()) + "}"
+    if isinstance(example, (tuple, list)):
+        return "(" + ", ".join(_describe(v) for v in example) + ")"
+    return type(example).__name__
+
+
+def graph(model: nn.Module, example: Any) -> Analysis:
+    """The coupled channel groups of ``model``, each prunable or with the reason it is not."""
+    check_runs(model, example)
+    return analyse(model, example, trace(model))
+
+
+def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str = "l1",
+           round_to: int = DEFAULT_ROUND_TO, ignore: list[str] | None = None, seed: int = 0,
+           prune_norm: bool = False, model_name: str = "", measure: bool = True) -> ShrinkResult:
+    """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch."""
+    t0 = time.perf_counter()
+    model = model.eval()
+    check_runs(model, example)
+    analysis = analyse(model, example, trace(model))
+    decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore,
+                       seed=seed, prune_norm=prune_norm)
+    plan = build_plan(analysis, decisions, model_name=model_name or type(model).__name__, criterion=criterion,
+                      ratio=ratio, round_to=round_to, seed=seed)
+    pruned = apply_plan(copy.deepcopy(model), plan).eval()
+    result = verify(model, pruned, plan, example)
+    approximate = any(d.pruned and d.group.normalised for d in decisions)
+    if not result.passed and not approximate:
+        culprit = find_culprit(model, example, analysis, decisions, plan)
+        raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
+    seconds = time.perf_counter() - t0
+    report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
+    report["seconds"] = round(seconds, 3)
+    return ShrinkResult(pruned, plan, analysis, decisions, result, report)
+
+
+def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:
+    """Apply a saved plan to a fresh instance; verify it when an example input is given."""
+    pruned = apply_plan(copy.deepcopy(model).eval(), plan).eval()
+    result = verify(model, pruned, plan, example) if example is not None else None
+    return pruned, result
+
+
+def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
+                 plan: dict[str, Any]) -> str:
+    """Re-verify one pruned group at a time to name the one whose cut is wrong."""
+    bad = []
+    for d in decisions:
+        if not d.pruned:
+            continue
+        single = build_plan(analysis, [d], model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
+        try:
+            pruned = apply_plan(copy.deepcopy(model), single)
+            if not verify(model, pruned, single, example).passed:
+                bad.append(d.group.name)
+        except Exception:  # noqa: BLE001 - a crash during the re-check also names the group
+            bad.append(d.group.name)
+        if len(bad) >= 3:
+            break
+    return f" (group {', '.join(bad)})" if bad else ""
+
+
+def make_report(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
+                plan: dict[str, Any], result: VerifyResult, approximate: bool, measure: bool) -> dict[str, Any]:
+    """The --json object (a contract: fields may be added, never changed)."""
+    macs = [count_macs(model, example), count_macs(pruned, example)] if measure else [None, None]
+    return {
+        "model": plan.get("model"),
+        "criterion": plan.get("criterion"),
+        "ratio": plan.get("ratio"),
+        "round_to": plan.get("round_to"),
+        "params": [count_params(model), count_params(pruned)],
+        "macs": macs,
+        "macs_note": "fvcore counts one multiply-add as one flop; FLOPs = 2 x MACs",
+        "groups": len(analysis.groups),
+        "pruned_groups": sum(1 for d in decisions if d.pruned),
+        "skipped": [{"group": d.group.name, "reason": d.reason} for d in decisions if d.reason],
+        "group_details": [
+            {"group": d.group.name, "units": len(d.group.units), "kept": len(d.keep), "reason": d.reason,
+             "criterion": d.criterion or None, "members": len(d.group.members)}
+            for d in decisions
+        ],
+        "max_abs_diff": result.max_abs_diff,
+        "tolerance": result.tolerance,
+        "verified": result.passed,
+        "exact": not approximate,
+        "verify_dtype": result.dtype,
+        "verify_inputs": result.inputs,
+        "output": None,
+        "plan": None,
+    }

@@ -1,0 +1,84 @@
+"""Importance criteria: one score per unit of a group, computed from tensors only (never from modules).
+
+How a unit's score combines the members of its group: for every member that is a *parameter* (weights and
+biases; buffers such as BN running statistics are not evidence of importance), the criterion gives each unit
+a raw score from that member's slices. Each member's scores are divided by their sum over the group's units,
+so that a 3x3x512 conv and a 64-entry bias weigh alike, and the normalised scores are summed over members.
+The units with the lowest totals are dropped first.
+
+* ``l1`` / ``l2``: the L1 / L2 norm of the unit's slices (He et al., Li et al.).
+* ``fpgm``: the summed L2 distance of the unit's slice to every other unit's slice in the same member;
+  near the geometric median means replaceable, so small goes first (He et al., CVPR 2019).
+* ``random``: uniform scores from a generator seeded with ``seed`` and the group's id (reproducible).
+* ``bn-scale``: |gamma| of the group's batch/group norm scales (Liu et al., network slimming); a group with
+  no norm scale falls back to ``l1`` and says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from .errors import SlimnetError
+from .groups import Group
+
+CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale")
+
+
+def _slices(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int]) -> list[torch.Tensor]:
+    """Each unit's slices of one member, flattened (one index_select when units are equal-sized)."""
+    t = t.detach().float()
+    idx = [u.members[member] for u in group.units]
+    if len({len(i) for i in idx}) == 1:
+        flat = torch.as_tensor([i for ix in idx for i in ix])
+        rows = t.index_select(dim, flat).movedim(dim, 0).reshape(len(idx), -1)
+        return list(rows.unbind(0))
+    return [t.index_select(dim, torch.as_tensor(i)).movedim(dim, 0).reshape(-1) for i in idx]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    s = float(np.abs(x).sum())
+    return x / s if s > 0 else np.zeros_like(x)
+
+
+def _fpgm(vectors: list[torch.Tensor]) -> np.ndarray:
+    if len({v.numel() for v in vectors}) != 1:
+        return np.array([float(v.norm()) for v in vectors])
+    m = torch.stack(vectors)
+    sq = (m * m).sum(1)
+    d2 = (sq[:, None] + sq[None, :] - 2.0 * (m @ m.T)).clamp_min(0.0)
+    return d2.sqrt().sum(1).numpy()
+
+
+def score(group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str,
+          seed: int = 0) -> tuple[np.ndarray, str]:
+    """Scores per unit (higher = more important) and the criterion actually used."""
+    if criterion not in CRITERIA:
+        raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+    n = len(group.units)
+    if criterion == "random":
+        rng = np.random.default_rng([seed, group.id])
+        return rng.random(n), criterion
+    members = [m for m in group.members if m[0] in params]
+    if criterion == "bn-scale":
+        scales = [m for m in members if group.roles.get(m) == "norm_scale"]
+        if scales:
+            total = np.zeros(n)
+            for name, dim in scales:
+                vals = _slices(tensors[name], dim, group, (name, dim))
+                total += _normalise(np.array([float(v.abs().sum()) for v in vals]))
+            return total, criterion
+        criterion = "l1"
+    total = np.zeros(n)
+    for name, dim in members:
+        vals = _slices(tensors[name], dim, group, (name, dim))
+        if criterion == "l1":
+            raw = np.array([float(v.abs().sum()) for v in vals])
+        elif criterion == "l2":
+            raw = np.array([float(v.norm()) for v in vals])
+        else:
+            raw = _fpgm(vals)
+        total += _normalise(raw)
+    return total, criterion

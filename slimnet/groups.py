@@ -1,0 +1,1181 @@
+"""The channel graph: which indices of which tensors must be removed together.
+
+Every channel of every producer (conv/linear output channel, embedding column, element of a free parameter)
+gets an integer id, an *atom*. The traced fx graph is then interpreted once on **id tensors** (float64, -1 for
+"no atom") alongside the real values:
+
+* data-movement ops (view, flatten, permute, cat, split, getitem, pixel_shuffle, pad, nearest interpolate...)
+  are simply applied to the id tensor, so concat offsets, flatten blocks and shuffles come out exact;
+* per-element ops pass ids through; elementwise binary ops *unify* atoms position by position (union-find),
+  except that an operand broadcast over a dimension where the other operand's atoms vary couples nothing
+  (a ``[B,1,H,W]`` spatial gate); an SE scale ``[B,C,1,1]`` still couples its channels to ``x``;
+* ops that mix channels (conv, linear, norms, embedding) have explicit rules in :data:`RULES`: they bind atoms
+  to weight slices and start new atoms for their outputs;
+* ops that mix positions (pooling, reductions, softmax) tie the atoms they mix into one unit;
+* a reshape whose size is a literal in the forward code cannot follow a pruned size, so it ties the atoms
+  along that dimension (a channel shuffle's group dimension, a hard-coded ``view(b, 512*7*7)``);
+* an op with no rule *poisons* the atoms it touches, naming the op: never a silent guess.
+
+A union-find class of atoms is one removable *unit*; units whose members span the same (tensor, dim) pairs
+form a *group*, the thing a ratio applies to. Supporting a new op is one entry in :data:`RULES`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import operator
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .trace import flat_tensors, placeholder_args
+
+NONE = -1.0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# union-find over atoms
+# ----------------------------------------------------------------------------------------------------------
+class UnionFind:
+    """Union-find with path halving; ids are consecutive ints handed out by :meth:`add`."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def add(self, n: int) -> int:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return start
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        while p[a] != a:
+            p[a] = p[p[a]]
+            a = p[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+    def union_all(self, atoms: Any) -> None:
+        atoms = [int(a) for a in atoms]
+        for a in atoms[1:]:
+            self.union(atoms[0], a)
+
+    def roots(self) -> np.ndarray:
+        """The root of every atom, vectorised."""
+        p = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                return p
+            p = q
+
+
+# ----------------------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------------------
+Member = tuple[str, int]  # (state_dict tensor name, dim)
+
+
+@dataclass
+class Unit:
+    """One removable unit: the indices it owns in each member tensor dim."""
+
+    members: dict[Member, list[int]]
+
+
+@dataclass
+class Group:
+    """Units that share the same member tensors: one ratio, one ranking."""
+
+    id: int
+    name: str
+    units: list[Unit]
+    members: list[Member]
+    reason: str | None = None  # why it is left whole; None when prunable
+    normalised: str | None = None  # set when a norm over channels sees it (pruning is then not exact)
+    roles: dict[Member, str] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return len(self.units)
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "units": len(self.units),
+            "members": [f"{t}[{d}]" for t, d in self.members],
+            "prunable": self.prunable,
+            "reason": self.reason,
+            "normalised": self.normalised,
+        }
+
+
+@dataclass
+class Analysis:
+    """The channel graph of one model: every group, and the aliases of tied tensors."""
+
+    groups: list[Group]
+    aliases: dict[str, list[str]]  # canonical tensor name -> every state_dict name sharing it
+    shapes: dict[str, tuple[int, ...]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the interpreter
+# ----------------------------------------------------------------------------------------------------------
+Rule = Callable[["AtomInterpreter", fx.Node, tuple, dict, Any], Any]
+#: The one registry: module classes, functions, and method names (strings) -> rule.
+RULES: dict[Any, Rule] = {}
+
+
+def rule(*keys: Any) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the channel rule for modules classes, functions or method names."""
+
+    def deco(fn: Rule) -> Rule:
+        for k in keys:
+            RULES[k] = fn
+        return fn
+
+    return deco
+
+
+def _where(node: fx.Node) -> str:
+    st = getattr(node, "stack_trace", None) or node.meta.get("stack_trace")
+    if st:
+        lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip().startswith("File")]
+        lines = [ln for ln in lines if "/torch/" not in ln and "/slimnet/" not in ln]
+        if lines:
+            last = lines[-1].replace("File ", "").replace('"', "")
+            return f" ({last})"
+    return ""
+
+
+def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return f"{type(gm.get_submodule(node.target)).__name__} module {node.target}"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    t = node.target
+    return f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', str(t))}".lstrip(".")
+
+
+class AtomInterpreter(fx.Interpreter):
+    """Runs the graph on real values and, beside them, on atom-id tensors; rules fill the union-find."""
+
+    def __init__(self, gm: fx.GraphModule, aliases: dict[str, str]) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.alias = aliases  # any state_dict name -> canonical name
+        self.uf = UnionFind()
+        self.channel_ranges: list[tuple[int, int, str]] = []  # (start, n, producer name)
+        self.param_ranges: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self.bindings: list[tuple[str, int, np.ndarray, str]] = []  # (tensor, dim, atom per index, role)
+        self.poison: list[tuple[int, str]] = []
+        self.normed: list[tuple[int, str]] = []
+        self.notes: list[tuple[int, str]] = []
+        self.ids: dict[fx.Node, Any] = {}
+        self._params = dict(gm.named_parameters(remove_duplicate=False))
+        self._params.update(dict(gm.named_buffers(remove_duplicate=False)))
+        self.current: fx.Node | None = None
+
+    # -- atoms ------------------------------------------------------------------------------------------
+    def new_atoms(self, n: int, producer: str) -> np.ndarray:
+        start = self.uf.add(n)
+        self.channel_ranges.append((start, n, producer))
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def poison_atom(self, reason: str) -> int:
+        a = self.uf.add(1)
+        self.poison.append((a, reason))
+        return a
+
+    def poison_ids(self, ids: Any, reason: str) -> None:
+        for t in flat_tensors(ids):
+            for a in _unique_atoms(t):
+                self.poison.append((int(a), reason))
+
+    def unify(self, atoms: Any) -> None:
+        atoms = [int(a) for a in atoms if a >= 0]
+        self.uf.union_all(atoms)
+
+    def bind(self, name: str | None, dim: int, atoms: np.ndarray, role: str = "") -> None:
+        """Tensor ``name``'s slice ``i`` along ``dim`` belongs to ``atoms[i]``'s unit (-1: to none)."""
+        if name is None:
+            return
+        self.bindings.append((self.alias.get(name, name), dim, np.asarray(atoms, dtype=np.int64), role))
+
+    def where(self) -> str:
+        n = self.current
+        return f"{n.name}{_where(n)}" if n is not None else ""
+
+    # -- id tensors ---------------------------------------------------------------------------------------
+    def ids_of(self, value: Any) -> Any:
+        """Map fx nodes in an argument structure to their id tensors (lazily creating parameter atoms)."""
+        if isinstance(value, fx.Node):
+            if value not in self.ids:
+                return None
+            v = self.ids[value]
+            if callable(v) and not isinstance(v, torch.Tensor):
+                v = v()
+                self.ids[value] = v
+            return v
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.ids_of(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.ids_of(v) for k, v in value.items()}
+        return value
+
+    def param_name(self, arg: Any) -> str | None:
+        """The state_dict name behind a ``get_attr`` argument (a weight passed to F.conv2d...), else None."""
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            return str(arg.target)
+        return None
+
+    def per_index(self, ids: torch.Tensor, dim: int, why: str = "") -> np.ndarray:
+        """One atom per index along ``dim``; where a slice holds several atoms they become one unit."""
+        dim = dim % ids.dim()
+        n = ids.shape[dim]
+        t = ids.movedim(dim, 0).reshape(n, -1)
+        if t.shape[1] == 0:
+            return np.full(n, -1, dtype=np.int64)
+        mask = t >= 0
+        big = torch.tensor(float("inf"), dtype=t.dtype)
+        mn = torch.where(mask, t, big).amin(1)
+        mx = torch.where(mask, t, -big).amax(1)
+        has = mask.any(1)
+        out = torch.where(has, mn, torch.full_like(mn, -1)).to(torch.int64).numpy()
+        conflict = (has & (mn != mx)).nonzero().flatten().tolist()
+        for i in conflict:
+            atoms = _unique_atoms(t[i])
+            self.unify(atoms)
+            if why:
+                self.notes.append((int(atoms[0]), why))
+        return out
+
+    def fill(self, atoms: np.ndarray, shape: torch.Size, dim: int) -> torch.Tensor:
+        """An id tensor of ``shape`` whose slice ``i`` along ``dim`` is ``atoms[i]``."""
+        dim = dim % len(shape)
+        view = [1] * len(shape)
+        view[dim] = len(atoms)
+        return torch.as_tensor(atoms, dtype=torch.float64).reshape(view).expand(shape).clone()
+
+    def tie(self, ids: torch.Tensor, dim: int, why: str) -> None:
+        """The atoms along ``dim`` at each position must go together (the dim's size is fixed)."""
+        dim = dim % ids.dim()
+        n = ids.shape[dim]
+        if n <= 1:
+            return
+        t = ids.movedim(dim, -1).reshape(-1, n)
+        mask = t >= 0
+        big = torch.tensor(float("inf"), dtype=t.dtype)
+        mn = torch.where(mask, t, big).amin(1)
+        mx = torch.where(mask, t, -big).amax(1)
+        rows = (mask.any(1) & (mn != mx)).nonzero().flatten()
+        if len(rows) == 0:
+            return
+        sub, first = t[rows], mn[rows].unsqueeze(1).expand(-1, n)
+        keep = sub >= 0
+        for x, y in _unique_pairs(first[keep], sub[keep]):
+            self.uf.union(x, y)
+        self.notes.append((int(mn[rows[0]]), why))
+
+    def tie_pieces(self, ids: torch.Tensor, dim: int, pieces: int, why: str) -> None:
+        """Piece ``p`` position ``j`` goes with position ``j`` of every other piece (chunk, channel shuffle)."""
+        dim = dim % ids.dim()
+        n = ids.shape[dim]
+        if pieces <= 1 or n % pieces:
+            self.tie(ids, dim, why)
+            return
+        shape = list(ids.shape)
+        split = ids.reshape(shape[:dim] + [pieces, n // pieces] + shape[dim + 1 :])
+        self.tie(split, dim, why)
+
+    # -- running ------------------------------------------------------------------------------------------
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        real = super().run_node(n)
+        if n.op == "get_attr":
+            self.ids[n] = self._lazy_param(n, real)
+        elif n.op == "output":
+            self.poison_ids(self.ids_of(n.args[0]), "model output")
+        elif n.op == "placeholder":
+            self.ids[n] = self._input_ids(real)
+        else:
+            self.ids[n] = self._apply_rule(n, real)
+        for dead in self.user_to_last_uses.get(n, []):
+            self.ids.pop(dead, None)
+        return real
+
+    def _input_ids(self, real: Any) -> Any:
+        if not flat_tensors(real):
+            return None
+        a = self.poison_atom("model input")
+        return _map(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64))
+
+    def _lazy_param(self, n: fx.Node, real: Any) -> Any:
+        if not isinstance(real, torch.Tensor):
+            return None
+        name = self.alias.get(str(n.target), str(n.target))
+        if not real.is_floating_point():
+            return lambda: torch.full(real.shape, NONE, dtype=torch.float64)
+
+        def make() -> torch.Tensor:
+            if name in self.param_ranges:
+                start, shape = self.param_ranges[name]
+            else:
+                start = self.uf.add(real.numel())
+                shape = tuple(real.shape)
+                self.param_ranges[name] = (start, shape)
+            return torch.arange(start, start + real.numel(), dtype=torch.float64).reshape(shape)
+
+        return make
+
+    def _apply_rule(self, n: fx.Node, real: Any) -> Any:
+        if not flat_tensors(real):
+            return None
+        if n.op == "call_module":
+            mod = self.module.get_submodule(n.target)
+            fn = None
+            for cls in type(mod).__mro__:
+                fn = RULES.get(cls)
+                if fn is not None:
+                    break
+        elif n.op == "call_method":
+            fn = RULES.get(n.target)
+        else:
+            fn = RULES.get(n.target)
+        args, kwargs = n.args, n.kwargs
+        if fn is None:
+            return self._unknown(n, real)
+        return fn(self, n, args, kwargs, real)
+
+    def _unknown(self, n: fx.Node, real: Any, what: str | None = None) -> Any:
+        reason = f"no channel rule for {what or _op_name(n, self.module)} at node {self.where()}"
+        self.poison_ids(self.ids_of((n.args, n.kwargs)), reason)
+        a = self.poison_atom(reason)
+        return _map(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64))
+
+    def real(self, value: Any) -> Any:
+        """Real values of an argument structure (after the node ran: for sizes, dims, indices)."""
+        return fx.node.map_arg(value, lambda nd: self.env[nd] if nd in self.env else None)
+
+
+def _map(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map(v, fn) for k, v in value.items()}
+    return None
+
+
+def _unique_pairs(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
+    """Distinct (a, b) atom pairs, via one 1-D unique over a combined key (unique over rows is slow)."""
+    a64, b64 = a.to(torch.int64), b.to(torch.int64)
+    m = int(b64.max()) + 1
+    keys = torch.unique(a64 * m + b64)
+    return list(zip((keys // m).tolist(), (keys % m).tolist()))
+
+
+def _unique_atoms(t: torch.Tensor) -> list[int]:
+    u = torch.unique(t)
+    return [int(a) for a in u.tolist() if a >= 0]
+
+
+def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
+    if len(args) > i:
+        return args[i]
+    return kwargs.get(name, default)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rules: pass-through (per-element ops)
+# ----------------------------------------------------------------------------------------------------------
+_UNARY_FUNCS = [
+    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
+    F.selu, F.celu, F.softplus, F.mish, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+    F.alpha_dropout, F.softsign, F.tanhshrink, F.logsigmoid,
+    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.abs,
+    torch.neg, torch.clamp, torch.clip, torch.erf, torch.sin, torch.cos, torch.square, torch.reciprocal,
+    torch.sign, torch.floor, torch.ceil, torch.round, torch.nan_to_num, torch.log1p, torch.expm1,
+    operator.neg, operator.pos, F.hardshrink, F.softshrink, torch.nn.functional.threshold,
+]
+_UNARY_METHODS = [
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "rsqrt", "abs", "neg",
+    "clamp", "clamp_", "clip", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type",
+    "type_as", "detach", "cpu", "cuda", "erf", "square", "reciprocal", "sign", "floor", "ceil", "round",
+    "requires_grad_", "hardswish", "sin", "cos", "log1p", "expm1", "nan_to_num", "exp_", "neg_",
+]
+_UNARY_MODULES = [
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
+    nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Mish, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d,
+    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Softsign, nn.Tanhshrink,
+    nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.Threshold,
+]
+
+
+try:  # torchvision wraps it as an fx leaf function; per sample it is a scalar factor, per element a no-op
+    from torchvision.ops import StochasticDepth, stochastic_depth
+
+    _UNARY_FUNCS += [stochastic_depth]
+    _UNARY_MODULES += [StochasticDepth]
+except ImportError:  # pragma: no cover - torchvision is a dependency, but the rules do not need it
+    pass
+
+
+@rule(*_UNARY_FUNCS, *_UNARY_METHODS, *_UNARY_MODULES)
+def passthrough(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Per-element ops keep every position's atom."""
+    src = it.ids_of(args[0]) if args else None
+    if isinstance(src, torch.Tensor) and isinstance(real, torch.Tensor) and src.shape == real.shape:
+        return src
+    return elementwise(it, n, args, kwargs, real)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rules: elementwise combination with broadcasting
+# ----------------------------------------------------------------------------------------------------------
+def _combine(it: AtomInterpreter, a: torch.Tensor, b: torch.Tensor, out_shape: torch.Size) -> torch.Tensor:
+    """Unify two operands' atoms position by position; a broadcast operand couples only one-to-one."""
+    nd = len(out_shape)
+    a_shape = (1,) * (nd - a.dim()) + tuple(a.shape)
+    b_shape = (1,) * (nd - b.dim()) + tuple(b.shape)
+    a_bc = any(s == 1 and o > 1 for s, o in zip(a_shape, out_shape))
+    b_bc = any(s == 1 and o > 1 for s, o in zip(b_shape, out_shape))
+    ae = a.reshape(a_shape).expand(out_shape)
+    be = b.reshape(b_shape).expand(out_shape)
+    af, bf = ae.reshape(-1), be.reshape(-1)
+    both = (af >= 0) & (bf >= 0)
+    if both.any():
+        pairs = _unique_pairs(af[both], bf[both])
+        partners_a: dict[int, set[int]] = defaultdict(set)
+        partners_b: dict[int, set[int]] = defaultdict(set)
+        for x, y in pairs:
+            partners_a[x].add(y)
+            partners_b[y].add(x)
+        for x, y in pairs:
+            if a_bc and len(partners_a[x]) > 1:
+                continue
+            if b_bc and len(partners_b[y]) > 1:
+                continue
+            it.uf.union(x, y)
+    first, second = (be, ae) if (a_bc and not b_bc) else (ae, be)
+    return torch.where(first >= 0, first, second).clone()
+
+
+_BINARY_FUNCS = [
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.iadd,
+    operator.isub, operator.imul, operator.itruediv, operator.pow, operator.mod,
+    torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.maximum, torch.minimum,
+    torch.where, torch.pow, torch.eq, torch.ne, torch.gt, torch.lt, torch.ge, torch.le, torch.addcmul,
+    torch.addcdiv, torch.lerp, torch.masked_fill, torch.fmod, torch.remainder, torch.atan2, torch.hypot,
+    operator.eq, operator.ne, operator.gt, operator.lt, operator.ge, operator.le, operator.and_,
+    operator.or_, torch.logical_and, torch.logical_or, torch.subtract, torch.multiply, torch.divide,
+]
+_BINARY_METHODS = [
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "pow_", "maximum", "minimum",
+    "masked_fill", "masked_fill_", "eq", "ne", "gt", "lt", "ge", "le", "addcmul", "addcmul_", "lerp",
+    "where", "fmod", "remainder", "__add__", "__mul__", "__sub__", "__truediv__", "__radd__", "__rmul__",
+    "__rsub__", "__rtruediv__", "truediv", "subtract", "multiply", "divide", "logical_and", "logical_or",
+]
+
+
+@rule(*_BINARY_FUNCS, *_BINARY_METHODS)
+def elementwise(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Elementwise ops over several tensors (scalars couple nothing)."""
+    if not isinstance(real, torch.Tensor):
+        return it._unknown(n, real)
+    operands = [it.ids_of(a) for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Node)]
+    operands = [o for o in operands if isinstance(o, torch.Tensor)]
+    if not operands:
+        return torch.full(real.shape, NONE, dtype=torch.float64)
+    out = operands[0]
+    for other in operands[1:]:
+        out = _combine(it, out, other, real.shape)
+    if out.shape != real.shape:
+        out = out.reshape((1,) * (real.dim() - out.dim()) + tuple(out.shape)).expand(real.shape).clone()
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rules: data movement (applied to the id tensor itself)
+# ----------------------------------------------------------------------------------------------------------
+def _literal_dims(size_args: tuple) -> list[int]:
+    """Output dims whose size is an int literal in the forward code (not -1, not derived from a tensor)."""
+    if len(size_args) == 1 and isinstance(size_args[0], (tuple, list, torch.Size)):
+        size_args = tuple(size_args[0])
+    return [d for d, s in enumerate(size_args) if isinstance(s, int) and s > 1]
+
+
+def _apply_on_ids(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+    """Run the node's own op with id tensors in place of its tensor arguments."""
+    id_args = it.real(args)
+    id_kwargs = it.real(kwargs)
+    first = it.ids_of(args[0])
+    id_args = (first,) + tuple(id_args[1:])
+    if n.target in (torch.cat, torch.concat, torch.stack, torch.hstack, torch.vstack, torch.concatenate):
+        id_args = (it.ids_of(args[0]),) + tuple(id_args[1:])
+    if n.op == "call_method":
+        method = {"view": "reshape", "view_as": "reshape_as"}.get(n.target, n.target)  # ids need not be contiguous
+        return getattr(first, method)(*id_args[1:], **id_kwargs)
+    if n.op == "call_module":
+        return it.module.get_submodule(n.target)(*id_args, **id_kwargs)
+    return n.target(*id_args, **id_kwargs)
+
+
+_MOVE_FUNCS = [
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat, torch.concat, torch.stack,
+    torch.squeeze, torch.unsqueeze, torch.roll, torch.flip, torch.movedim, torch.t, torch.swapaxes,
+    torch.swapdims, torch.tile, F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
+    torch.hstack, torch.vstack, torch.concatenate, torch.repeat_interleave, torch.broadcast_to,
+]
+_MOVE_METHODS = [
+    "view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "repeat",
+    "flip", "roll", "t", "movedim", "unflatten", "swapaxes", "swapdims", "tile", "expand_as", "view_as",
+    "reshape_as", "unsqueeze_", "squeeze_", "transpose_", "repeat_interleave", "broadcast_to",
+]
+_MOVE_MODULES = [nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle]
+
+
+@rule(*_MOVE_FUNCS, *_MOVE_METHODS, *_MOVE_MODULES)
+def movement(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Index bookkeeping: the op moves ids exactly as it moves values."""
+    out = _apply_on_ids(it, n, args, kwargs)
+    literal: list[int] = []
+    if n.target in ("view", "reshape", "expand", "broadcast_to") or n.target is torch.reshape:
+        literal = _literal_dims(tuple(args[1:]))
+    elif n.target == "unflatten":
+        dim = it.real(_arg(args, kwargs, 1, "dim"))
+        sizes = _arg(args, kwargs, 2, "sizes")
+        dim = dim % (out.dim() - len(sizes) + 1)
+        literal = [dim + i for i in _literal_dims(tuple(sizes))]
+    elif isinstance(n.target, str) is False and n.op == "call_module":
+        mod = it.module.get_submodule(n.target)
+        if isinstance(mod, nn.Unflatten):
+            dim = mod.dim % (out.dim() - len(mod.unflattened_size) + 1)
+            literal = [dim + i for i in _literal_dims(tuple(mod.unflattened_size))]
+    if isinstance(out, torch.Tensor):
+        for d in literal:
+            it.tie(out, d, f"size fixed in forward at node {it.where()}")
+    return out
+
+
+@rule(F.pad, "pad")
+def pad(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Padding: constant padding holds no atom; reflect/replicate copy atoms like any data movement."""
+    x = it.ids_of(args[0])
+    padding = it.real(_arg(args, kwargs, 1, "pad"))
+    mode = it.real(_arg(args, kwargs, 2, "mode", "constant"))
+    if mode == "constant":
+        return F.pad(x, padding, mode="constant", value=NONE)
+    return F.pad(x, padding, mode=mode)
+
+
+@rule(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+      nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+      nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+def pad_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    mod = it.module.get_submodule(n.target)
+    x = it.ids_of(args[0])
+    if isinstance(mod, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+                        nn.ConstantPad3d)):
+        return F.pad(x, mod.padding, mode="constant", value=NONE)
+    return mod(x)
+
+
+@rule(operator.getitem)
+def getitem(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Indexing: a tuple element, or a tensor slice; a partial slice along varying atoms ties them."""
+    src = it.ids_of(args[0])
+    idx = it.real(args[1])
+    if isinstance(src, (tuple, list)):
+        return src[idx]
+    if not isinstance(src, torch.Tensor):
+        return torch.full(real.shape, NONE, dtype=torch.float64) if isinstance(real, torch.Tensor) else None
+    _tie_partial_index(it, src, idx)
+    return src[idx]
+
+
+def _tie_partial_index(it: AtomInterpreter, src: torch.Tensor, idx: Any) -> None:
+    """Positions picked by fixed indices do not follow pruning: tie the atoms along such a dim."""
+    items = idx if isinstance(idx, tuple) else (idx,)
+    dim = 0
+    for item in items:
+        if item is Ellipsis:
+            dim = src.dim() - (len(items) - 1 - items.index(Ellipsis)) - sum(1 for i in items if i is None)
+            continue
+        if item is None:
+            continue
+        if dim >= src.dim():
+            break
+        whole = isinstance(item, slice) and item == slice(None)
+        if not whole:
+            it.tie(src, dim, f"indexed with fixed positions at node {it.where()}")
+        dim += 1
+
+
+@rule(torch.split, torch.chunk, "split", "chunk", torch.tensor_split, "tensor_split", torch.unbind, "unbind")
+def split(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Splits: equal pieces whose size follows the input keep position j of each piece together; pieces of
+    literal sizes cannot follow pruning at all."""
+    src = it.ids_of(args[0])
+    name = n.target if isinstance(n.target, str) else n.target.__name__
+    dim = it.real(_arg(args, kwargs, 2 if name not in ("unbind",) else 1, "dim", 0))
+    if name == "unbind":
+        dim = it.real(_arg(args, kwargs, 1, "dim", 0))
+    dim = dim % src.dim()
+    pieces = len(real)
+    why = f"split at node {it.where()}"
+    if name == "chunk" and src.shape[dim] % pieces == 0:
+        it.tie_pieces(src, dim, pieces, why)
+    elif name == "split":
+        size = _arg(args, kwargs, 1, "split_size_or_sections")
+        if isinstance(size, fx.Node) and src.shape[dim] % pieces == 0:
+            it.tie_pieces(src, dim, pieces, why)
+        else:
+            it.tie(src, dim, why)
+    else:
+        it.tie(src, dim, why)
+    sizes = [r.shape[dim] for r in real] if name != "unbind" else None
+    if name == "unbind":
+        return tuple(src.unbind(dim))
+    return tuple(torch.split(src, sizes, dim))
+
+
+@rule(torch.narrow, "narrow", torch.select, "select", torch.index_select, "index_select", torch.gather,
+      "gather", torch.take_along_dim)
+def select(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Fixed-position selection along a dim: the atoms there cannot be pruned independently."""
+    src = it.ids_of(args[0])
+    dim = it.real(_arg(args, kwargs, 1, "dim"))
+    if isinstance(dim, int):
+        it.tie(src, dim, f"selected by position at node {it.where()}")
+    return _apply_on_ids(it, n, args, kwargs)
+
+
+@rule(nn.ChannelShuffle, torch.channel_shuffle, F.channel_shuffle if hasattr(F, "channel_shuffle") else "x")
+def channel_shuffle(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    src = it.ids_of(args[0])
+    if n.op == "call_module":
+        groups = it.module.get_submodule(n.target).groups
+    else:
+        groups = it.real(_arg(args, kwargs, 1, "groups"))
+    it.tie_pieces(src, 1, groups, f"channel shuffle at node {it.where()}")
+    return torch.channel_shuffle(src, groups)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rules: ops that mix positions (pooling, reductions, softmax...)
+# ----------------------------------------------------------------------------------------------------------
+def mix(it: AtomInterpreter, src: torch.Tensor, dims: list[int], real: Any, why: str) -> Any:
+    """Positions along ``dims`` are mixed: each slice's atoms become one unit, placed in the output."""
+    nd = src.dim()
+    dims = sorted({d % nd for d in dims})
+    keep = [d for d in range(nd) if d not in dims]
+    t = src.permute(keep + dims).reshape([src.shape[d] for d in keep] + [-1]) if dims else src.unsqueeze(-1)
+    lead = t.shape[:-1]
+    flat = t.reshape(-1, t.shape[-1])
+    atoms = it.per_index(flat, 0, why) if flat.shape[0] else np.zeros(0, dtype=np.int64)
+    row = torch.as_tensor(atoms, dtype=torch.float64).reshape(lead)
+
+    def place(r: torch.Tensor) -> torch.Tensor:
+        if r.dim() == nd:  # keepdim / pooling: mixed dims stay, other dims as before
+            shaped = row
+            for d in dims:
+                shaped = shaped.unsqueeze(d)
+            if tuple(r.shape[d] for d in keep) != tuple(lead):
+                return torch.full(r.shape, NONE, dtype=torch.float64)
+            return shaped.expand(r.shape).clone()
+        if r.dim() == len(keep) and tuple(r.shape) == tuple(lead):
+            return row.clone()
+        return torch.full(r.shape, NONE, dtype=torch.float64)
+
+    return _map(real, place)
+
+
+def _spatial(k: int) -> Callable[[AtomInterpreter, fx.Node, tuple, dict, Any], Any]:
+    def pool(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+        src = it.ids_of(args[0])
+        return mix(it, src, list(range(src.dim() - k, src.dim())), real, f"pooled at node {it.where()}")
+
+    return pool
+
+
+for _k, _keys in {
+    1: [F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d, F.lp_pool1d,
+        nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d,
+        torch.max_pool1d, torch.avg_pool1d, torch.adaptive_avg_pool1d, torch.adaptive_max_pool1d,
+        F.max_pool1d_with_indices],
+    2: [F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d,
+        nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
+        torch.max_pool2d, F.max_pool2d_with_indices, nn.FractionalMaxPool2d],
+    3: [F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d, nn.MaxPool3d, nn.AvgPool3d,
+        nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, torch.max_pool3d, F.max_pool3d_with_indices],
+}.items():
+    rule(*_keys)(_spatial(_k))
+
+
+@rule(F.interpolate, F.upsample, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
+def interpolate(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Nearest resizing copies positions (applied to ids); other modes mix a channel's positions."""
+    src = it.ids_of(args[0])
+    if n.op == "call_module":
+        mod = it.module.get_submodule(n.target)
+        mode = "bilinear" if isinstance(mod, nn.UpsamplingBilinear2d) else getattr(mod, "mode", "nearest")
+    else:
+        mode = it.real(_arg(args, kwargs, 4, "mode", "nearest"))
+    if mode in ("nearest", "nearest-exact"):
+        return F.interpolate(src, size=tuple(real.shape[2:]), mode=mode)
+    return mix(it, src, list(range(2, src.dim())), real, f"interpolated at node {it.where()}")
+
+
+def _reduce_dims(it: AtomInterpreter, args: tuple, kwargs: dict, src: torch.Tensor, default_all: bool) -> list[int]:
+    dim = it.real(_arg(args, kwargs, 1, "dim", None))
+    if dim is None:
+        return list(range(src.dim())) if default_all else [-1]
+    if isinstance(dim, (tuple, list)):
+        return list(dim)
+    return [dim]
+
+
+@rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.max, torch.min, torch.std, torch.var, torch.prod,
+      torch.logsumexp, torch.argmax, torch.argmin, torch.norm, torch.linalg.vector_norm, torch.cumsum,
+      torch.cumprod, torch.nansum, torch.nanmean, torch.median, torch.all, torch.any, torch.count_nonzero,
+      "mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "argmax", "argmin",
+      "norm", "cumsum", "cumprod", "nansum", "nanmean", "median", "all", "any", "count_nonzero")
+def reduction(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Reductions mix the positions along their dims (the atoms there become one unit)."""
+    src = it.ids_of(args[0])
+    if not isinstance(src, torch.Tensor):
+        return it._unknown(n, real)
+    other = _arg(args, kwargs, 1, "dim", None)
+    if isinstance(other, fx.Node) and isinstance(it.env.get(other), torch.Tensor):  # torch.max(a, b)
+        return elementwise(it, n, args, kwargs, real)
+    dims = _reduce_dims(it, args, kwargs, src, default_all=True)
+    return mix(it, src, dims, real, f"reduced at node {it.where()}")
+
+
+@rule(F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, "softmax", "log_softmax",
+      nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, F.normalize, nn.LocalResponseNorm,
+      F.local_response_norm)
+def softmax(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Normalisation along a dim: removing a position changes every other one, so they go together."""
+    src = it.ids_of(args[0])
+    if n.op == "call_module":
+        mod = it.module.get_submodule(n.target)
+        dim = getattr(mod, "dim", None)
+        if isinstance(mod, (nn.Softmax2d, nn.LocalResponseNorm)):
+            dim = -3
+    elif n.target in (F.normalize,):
+        dim = it.real(_arg(args, kwargs, 2, "dim", 1))
+    elif n.target is F.local_response_norm:
+        dim = 1
+    else:
+        dim = it.real(_arg(args, kwargs, 1, "dim", None))
+    if dim is None:
+        dim = 0 if src.dim() in (0, 1, 3) else 1
+    return mix(it, src, [dim], real, f"normalised along a dim at node {it.where()}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rules: ops that mix channels (they bind weight slices)
+# ----------------------------------------------------------------------------------------------------------
+def _producer(it: AtomInterpreter, n: fx.Node, name: str | None) -> str:
+    if name:
+        return name.rsplit(".", 1)[0]
+    return str(n.target) if n.op == "call_module" else n.name
+
+
+def conv_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, real: torch.Tensor, w: str | None,
+             b: str | None, groups: int, transposed: bool, spatial: int) -> torch.Tensor:
+    """conv: output channels are new atoms; input channels bind weight dim 1 (dim 0 when transposed);
+    a grouped conv ties each group's input and output channels into one unit (groups are kept whole)."""
+    cdim = x.dim() - spatial - 1
+    in_atoms = it.per_index(x, cdim, f"merged into one input channel at node {it.where()}")
+    cout = real.shape[cdim]
+    out_atoms = it.new_atoms(cout, _producer(it, n, w))
+    out_dim, in_dim = (1, 0) if transposed else (0, 1)
+    it.bind(b, 0, out_atoms)
+    if groups == 1:
+        it.bind(w, out_dim, out_atoms, "out")
+        it.bind(w, in_dim, in_atoms, "in")
+    else:
+        k, m = len(in_atoms) // groups, cout // groups
+        if transposed:  # weight [Cin, Cout/g, ...]: dim 0 follows the input channels
+            it.bind(w, 0, in_atoms, "in")
+        else:
+            it.bind(w, 0, out_atoms, "out")
+        for j in range(groups):
+            ins = in_atoms[j * k : (j + 1) * k]
+            outs = out_atoms[j * m : (j + 1) * m]
+            if (ins < 0).any():
+                for a in outs:
+                    it.poison.append((int(a), f"grouped conv {n.name} reads channels no layer produces"))
+            it.unify(list(ins) + list(outs))
+    return it.fill(out_atoms, real.shape, cdim)
+
+
+@rule(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def conv_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    mod = it.module.get_submodule(n.target)
+    x = it.ids_of(args[0])
+    b = f"{n.target}.bias" if mod.bias is not None else None
+    transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+    spatial = mod.weight.dim() - 2
+    return conv_ids(it, n, x, real, f"{n.target}.weight", b, mod.groups, transposed, spatial)
+
+
+@rule(F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+def conv_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    x = it.ids_of(args[0])
+    w_arg = _arg(args, kwargs, 1, "weight")
+    b_arg = _arg(args, kwargs, 2, "bias")
+    w, b = it.param_name(w_arg), it.param_name(b_arg)
+    transposed = "transpose" in n.target.__name__
+    groups = it.real(_arg(args, kwargs, 7 if transposed else 6, "groups", 1))
+    if w is None or (b_arg is not None and b is None):
+        return it._unknown(n, real, f"{n.target.__name__} with a computed weight")
+    spatial = int(n.target.__name__[-2])
+    return conv_ids(it, n, x, real, w, b, groups, transposed, spatial)
+
+
+def linear_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, real: torch.Tensor, w: str, b: str | None):
+    in_atoms = it.per_index(x, -1, f"merged into one input feature at node {it.where()}")
+    out_atoms = it.new_atoms(real.shape[-1], _producer(it, n, w))
+    it.bind(w, 0, out_atoms, "out")
+    it.bind(w, 1, in_atoms, "in")
+    it.bind(b, 0, out_atoms)
+    return it.fill(out_atoms, real.shape, -1)
+
+
+@rule(nn.Linear)
+def linear_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    mod = it.module.get_submodule(n.target)
+    b = f"{n.target}.bias" if mod.bias is not None else None
+    return linear_ids(it, n, it.ids_of(args[0]), real, f"{n.target}.weight", b)
+
+
+@rule(F.linear)
+def linear_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    w_arg, b_arg = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+    w, b = it.param_name(w_arg), it.param_name(b_arg)
+    if w is None or (b_arg is not None and b is None):
+        return it._unknown(n, real, "F.linear with a computed weight")
+    return linear_ids(it, n, it.ids_of(args[0]), real, w, b)
+
+
+def _channel_params(it: AtomInterpreter, x: torch.Tensor, cdim: int, names: list[str | None],
+                    scale: str | None) -> np.ndarray:
+    atoms = it.per_index(x, cdim, f"merged into one channel at node {it.where()}")
+    for name in names:
+        it.bind(name, 0, atoms, "norm_scale" if name is not None and name == scale else "")
+    return atoms
+
+
+@rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
+      nn.InstanceNorm3d, nn.LazyBatchNorm2d)
+def batchnorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Per-channel statistics and affine parameters follow the channel."""
+    mod = it.module.get_submodule(n.target)
+    x = it.ids_of(args[0])
+    cdim = 1 if x.dim() > 1 else 0
+    if isinstance(mod, nn.modules.instancenorm._InstanceNorm) and x.dim() == mod._get_no_batch_dim():
+        cdim = 0
+    names = [f"{n.target}.{p}" for p in ("weight", "bias", "running_mean", "running_var")
+             if getattr(mod, p, None) is not None]
+    _channel_params(it, x, cdim, names, f"{n.target}.weight")
+    return x
+
+
+@rule(F.batch_norm, F.instance_norm)
+def batchnorm_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    x = it.ids_of(args[0])
+    if n.target is F.batch_norm:
+        keys = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
+    else:
+        keys = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
+    arg_nodes = [_arg(args, kwargs, i, k) for i, k in keys]
+    names = [it.param_name(a) for a in arg_nodes]
+    if any(a is not None and nm is None for a, nm in zip(arg_nodes, names)):
+        return it._unknown(n, real, f"{n.target.__name__} with computed parameters")
+    _channel_params(it, x, 1 if x.dim() > 1 else 0, names, names[2])
+    return x
+
+
+def groupnorm_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, groups: int, names: list[str | None]):
+    """GroupNorm: the channels of one group share statistics, so a group is removed whole."""
+    atoms = _channel_params(it, x, 1, names, names[0])
+    k = len(atoms) // groups
+    for j in range(groups):
+        chunk = atoms[j * k : (j + 1) * k]
+        if (chunk < 0).any():
+            for a in chunk[chunk >= 0]:
+                it.poison.append((int(a), f"GroupNorm {n.name} normalises channels no layer produces"))
+        it.unify(chunk)
+    return x
+
+
+@rule(nn.GroupNorm)
+def groupnorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    mod = it.module.get_submodule(n.target)
+    names = [f"{n.target}.weight", f"{n.target}.bias"] if mod.affine else [None, None]
+    return groupnorm_ids(it, n, it.ids_of(args[0]), mod.num_groups, names)
+
+
+@rule(F.group_norm)
+def groupnorm_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    groups = it.real(_arg(args, kwargs, 1, "num_groups"))
+    w, b = _arg(args, kwargs, 2, "weight"), _arg(args, kwargs, 3, "bias")
+    names = [it.param_name(w), it.param_name(b)]
+    if (w is not None and names[0] is None) or (b is not None and names[1] is None):
+        return it._unknown(n, real, "F.group_norm with computed parameters")
+    return groupnorm_ids(it, n, it.ids_of(args[0]), groups, names)
+
+
+def layernorm_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, ndims: int, names: list[str | None],
+                  kind: str) -> torch.Tensor:
+    """LayerNorm/RMSNorm normalise over channels: removing one changes the others' values, so the group is
+    only pruned on request (and then the verifier reports the difference instead of failing)."""
+    if ndims != 1:
+        return it._unknown(n, x, f"{kind} over {ndims} dims")
+    atoms = it.per_index(x, -1, f"merged into one channel at node {it.where()}")
+    if all(nm is None for nm in names):
+        for a in atoms[atoms >= 0]:
+            it.poison.append((int(a), f"{kind} {n.name} has no affine weight to follow a pruned size"))
+    for nm in names:
+        it.bind(nm, 0, atoms)
+    for a in atoms[atoms >= 0]:
+        it.normed.append((int(a), f"normalised over by {kind} {n.target if n.op == 'call_module' else n.name}"))
+    return x
+
+
+@rule(nn.LayerNorm, *( [nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
+def layernorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    mod = it.module.get_submodule(n.target)
+    names = [f"{n.target}.{p}" for p in ("weight", "bias") if getattr(mod, p, None) is not None]
+    return layernorm_ids(it, n, it.ids_of(args[0]), len(mod.normalized_shape), names or [None],
+                         type(mod).__name__)
+
+
+@rule(F.layer_norm, *([F.rms_norm] if hasattr(F, "rms_norm") else []))
+def layernorm_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    shape = it.real(_arg(args, kwargs, 1, "normalized_shape"))
+    params = [_arg(args, kwargs, 2, "weight")] + ([_arg(args, kwargs, 3, "bias")] if n.target is F.layer_norm else [])
+    names = [it.param_name(p) for p in params]
+    if any(p is not None and nm is None for p, nm in zip(params, names)):
+        return it._unknown(n, real, f"{n.target.__name__} with computed parameters")
+    return layernorm_ids(it, n, it.ids_of(args[0]), len(shape), names, n.target.__name__)
+
+
+@rule(nn.PReLU)
+def prelu_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    mod = it.module.get_submodule(n.target)
+    x = it.ids_of(args[0])
+    if mod.num_parameters > 1:
+        it.bind(f"{n.target}.weight", 0, it.per_index(x, 1 if x.dim() > 1 else 0))
+    return x
+
+
+@rule(nn.Embedding)
+def embedding_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Embedding columns are new atoms (the indices it looks up carry no channels)."""
+    atoms = it.new_atoms(real.shape[-1], str(n.target))
+    it.bind(f"{n.target}.weight", 1, atoms, "out")
+    return it.fill(atoms, real.shape, -1)
+
+
+@rule(F.embedding)
+def embedding_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    w = it.param_name(_arg(args, kwargs, 1, "weight"))
+    if w is None:
+        return it._unknown(n, real, "F.embedding with a computed weight")
+    atoms = it.new_atoms(real.shape[-1], w.rsplit(".", 1)[0])
+    it.bind(w, 1, atoms, "out")
+    return it.fill(atoms, real.shape, -1)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rules: tensors created inside forward
+# ----------------------------------------------------------------------------------------------------------
+@rule(torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.randn, torch.rand, torch.eye,
+      torch.tensor, torch.linspace, torch.as_tensor, "new_zeros", "new_ones", "new_full", "new_empty",
+      "new_tensor")
+def factory(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """A tensor built with a literal size > 1 cannot follow pruning: it carries a poisoned atom so that
+    combining it with channels (rather than broadcasting) keeps them whole; sizes from tensors adapt."""
+    sizes = args[1:] if n.op == "call_method" else args
+    if n.target in (torch.arange, torch.linspace, torch.tensor, torch.as_tensor, torch.eye):
+        literal = True
+    else:
+        literal = bool(_literal_dims(tuple(sizes)))
+    if literal and isinstance(real, torch.Tensor) and real.numel() > 1:
+        a = it.poison_atom(f"tensor of fixed size created at node {it.where()}")
+        return torch.full(real.shape, float(a), dtype=torch.float64)
+    return _map(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64))
+
+
+@rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like,
+      "zero_", "fill_", "uniform_", "normal_", "bernoulli", "bernoulli_", torch.bernoulli)
+def like(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """New values shaped like an existing tensor: they follow its shape and carry no channel."""
+    return _map(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64))
+
+
+@rule(builtins.getattr, "size", "dim", "numel")
+def meta(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Attribute reads (``x.shape``, ``x.T``...)."""
+    if isinstance(real, torch.Tensor) and n.target is builtins.getattr and args[1] in ("T", "mT", "data"):
+        src = it.ids_of(args[0])
+        return getattr(src, args[1])
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# assembling groups
+# ----------------------------------------------------------------------------------------------------------
+def tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Tied parameters (one tensor under several state_dict names) map to one canonical name."""
+    canon: dict[int, str] = {}
+    alias: dict[str, str] = {}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = id(t)
+        first = canon.setdefault(key, name)
+        alias[name] = first
+        groups[first].append(name)
+    return alias, dict(groups)
+
+
+def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None) -> Analysis:
+    """Trace (unless given) and interpret the model on atom ids; return its coupled channel groups."""
+    from .trace import trace
+
+    if gm is None:
+        gm = trace(model)
+    alias, alias_groups = tensor_aliases(gm)
+    it = AtomInterpreter(gm, alias)
+    with torch.inference_mode(False), torch.no_grad():
+        it.run(*placeholder_args(gm, example))
+    shapes = {k: tuple(v.shape) for k, v in gm.state_dict().items()}
+    groups = _assemble(it, shapes)
+    return Analysis(groups=groups, aliases=alias_groups, shapes=shapes)
+
+
+def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[Group]:
+    uf = it.uf
+    # 1. One physical slice bound to several atoms (a shared module, a merged channel): they go together.
+    by_member: dict[Member, list[tuple[np.ndarray, str]]] = defaultdict(list)
+    for name, dim, atoms, role in it.bindings:
+        by_member[(name, dim)].append((atoms, role))
+    for entries in by_member.values():
+        if len(entries) > 1:
+            stacked = np.stack([a for a, _ in entries])
+            for col in stacked.T:
+                uf.union_all([a for a in col if a >= 0])
+    # 2. Free parameters (layer scales, position embeddings): the dim along which each slice is one unit.
+    roots = uf.roots()
+    for name, (start, shape) in it.param_ranges.items():
+        cls = roots[start : start + int(np.prod(shape))].reshape(shape)
+        found = None
+        for d in range(len(shape)):
+            if shape[d] <= 1:
+                continue
+            rows = np.moveaxis(cls, d, 0).reshape(shape[d], -1)
+            if (rows == rows[:, :1]).all():
+                found = d
+                break
+        if found is None:
+            for a in np.unique(cls):
+                it.notes.append((int(a), f"parameter {name} cannot be sliced along one dim"))
+                it.poison.append((int(a), f"parameter {name} cannot be sliced along one dim"))
+        else:
+            rows = np.moveaxis(cls, found, 0).reshape(shape[found], -1)
+            it.bind(name, found, rows[:, 0].copy())
+            by_member[(name, found)].append((rows[:, 0].copy(), ""))
+    roots = uf.roots()
+    # 3. Classes that hold a produced channel are units.
+    is_channel = np.zeros(len(roots), dtype=bool)
+    producer_of: dict[int, str] = {}
+    for start, n, producer in it.channel_ranges:
+        is_channel[start : start + n] = True
+        for r in np.unique(roots[start : start + n]).tolist():
+            producer_of.setdefault(r, producer)
+    unit_roots = set(np.unique(roots[is_channel]).tolist())
+    slots: dict[int, dict[Member, list[int]]] = defaultdict(dict)
+    roles: dict[Member, str] = {}
+    units_arr = np.zeros(len(roots), dtype=bool)
+    units_arr[list(unit_roots)] = True
+    for (name, dim), entries in by_member.items():
+        if name not in shapes:
+            continue
+        for atoms, role in entries:
+            if role:
+                roles[(name, dim)] = role
+        # every entry of one member binds the same physical slices: the first atom per index decides
+        atoms = np.max(np.stack([a for a, _ in entries]), axis=0)
+        idx = np.nonzero(atoms >= 0)[0]
+        r = roots[atoms[idx]]
+        ok = units_arr[r]
+        idx, r = idx[ok], r[ok]
+        order = np.argsort(r, kind="stable")
+        idx, r = idx[order], r[order]
+        bounds = np.nonzero(np.diff(r))[0] + 1
+        for ri, ii in zip(np.split(r, bounds), np.split(idx, bounds)):
+            if len(ri):
+                slots[int(ri[0])][(name, dim)] = sorted(ii.tolist())
+    poison: dict[int, str] = {}
+    for a, why in it.poison:
+        poison.setdefault(int(roots[a]), why)
+    normed: dict[int, str] = {}
+    for a, why in it.normed:
+        normed.setdefault(int(roots[a]), why)
+    notes: dict[int, str] = {}
+    for a, why in it.notes:
+        notes.setdefault(int(roots[a]), why)
+    # 4. Units with the same members form a group.
+    buckets: dict[tuple[Member, ...], list[int]] = defaultdict(list)
+    for r in sorted(unit_roots):
+        if not slots[r]:
+            continue
+        buckets[tuple(sorted(slots[r]))].append(r)
+    groups: list[Group] = []
+    names_seen: dict[str, int] = defaultdict(int)
+    for members, rs in sorted(buckets.items(), key=lambda kv: min(kv[1])):
+        units = [Unit({m: slots[r][m] for m in members}) for r in rs]
+        units.sort(key=lambda u: [u.members[m][0] for m in members])
+        name = producer_of.get(min(rs), members[0][0].rsplit(".", 1)[0])
+        names_seen[name] += 1
+        if names_seen[name] > 1:
+            name = f"{name}#{names_seen[name]}"
+        reason = next((poison[r] for r in rs if r in poison), None)
+        if reason is None and len(units) < 2:
+            reason = notes.get(rs[0], "a single unit: nothing to choose from")
+            if reason != "a single unit: nothing to choose from":
+                reason = f"all channels go together ({reason})"
+        norm = next((normed[r] for r in rs if r in normed), None)
+        groups.append(Group(
+            id=len(groups), name=name, units=units, members=list(members), reason=reason, normalised=norm,
+            roles={m: roles.get(m, "") for m in members},
+        ))
+    return groups
+
+
+def math_ceil(x: float) -> int:
+    return int(math.ceil(x))

@@ -1,0 +1,309 @@
+"""Load a model and its example input from what the user typed.
+
+MODEL is one of
+  * ``torchvision:NAME`` / ``timm:NAME``: a built-in architecture, randomly initialised (nothing downloaded);
+  * ``path/to/file.py:FACTORY``: a callable returning the model, optionally with ``--weights state_dict.pt``;
+  * a file written by ``torch.save(model)``.
+
+Unpickling a whole module runs code named by the file, so by default a pickle is loaded with torch's
+``weights_only`` unpickler. Files whose only classes are ``nn.Module`` subclasses from torch, torchvision,
+timm or transformers (what slimnet itself writes for built-in models) load that way without any flag;
+anything else needs ``--trust-pickle`` (or ``SLIMNET_TRUST_PICKLE=1``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import pickle
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SlimnetError
+
+#: Packages whose ``nn.Module`` classes may be rebuilt by the weights-only unpickler without --trust-pickle.
+TRUSTED_PACKAGES = ("torch.", "torchvision.", "timm.", "transformers.")
+#: Plain (non-module) globals that torch.save(model) writes for ordinary models and that are safe to allow.
+_SAFE_PLAIN = {
+    "collections.OrderedDict",
+    "torch.Size",
+    "torch.nn.parameter.Parameter",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_tensor_v2",
+    "builtins.set",
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model together with where it came from (the spec is recorded in plans and reports)."""
+
+    model: nn.Module
+    spec: str
+    kind: str  # "torchvision", "timm", "factory", "pickle"
+
+
+def trust_from_env(flag: bool) -> bool:
+    """--trust-pickle or SLIMNET_TRUST_PICKLE=1."""
+    return flag or os.environ.get("SLIMNET_TRUST_PICKLE", "") not in ("", "0", "false", "False")
+
+
+def default_input_shape(spec: str) -> tuple[int, ...]:
+    """The usual image size for a built-in model: 299 for inception, 224 otherwise."""
+    name = spec.split(":", 1)[-1].lower()
+    if "inception" in name:
+        return (1, 3, 299, 299)
+    return (1, 3, 224, 224)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """'1,3,224,224' -> (1, 3, 224, 224), with an error that says what a shape looks like."""
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise SlimnetError(
+            f"--input-shape {text!r} is not a shape: give comma-separated positive integers such as 1,3,224,224"
+        ) from None
+    if not shape or any(s <= 0 for s in shape):
+        raise SlimnetError(
+            f"--input-shape {text!r} is not a shape: give comma-separated positive integers such as 1,3,224,224"
+        )
+    return shape
+
+
+def load_input(path: str | None, shape: str | None, spec: str, seed: int = 0) -> Any:
+    """The example input: a saved tensor / tuple / dict of tensors, or a random tensor of a shape."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise SlimnetError(f"input file {path} does not exist: give a tensor saved with torch.save")
+        try:
+            value = torch.load(p, weights_only=True, map_location="cpu")
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user error
+            raise SlimnetError(
+                f"input file {path} could not be read as saved tensors ({type(exc).__name__}): "
+                "save a tensor, a tuple of tensors or a dict of tensors with torch.save"
+            ) from None
+        if isinstance(value, torch.Tensor) or (
+            isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value)
+        ) or (isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values())):
+            return tuple(value) if isinstance(value, list) else value
+        raise SlimnetError(
+            f"input file {path} holds a {type(value).__name__}, not a tensor, tuple or dict of tensors"
+        )
+    dims = parse_shape(shape) if shape else default_input_shape(spec)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(dims, generator=gen)
+
+
+def load_model(
+    spec: str, weights: str | None = None, trust_pickle: bool = False, num_classes: int | None = None
+) -> LoadedModel:
+    """Resolve MODEL into an ``nn.Module`` in eval mode; every failure is a one-line SlimnetError."""
+    trust_pickle = trust_from_env(trust_pickle)
+    if spec.startswith("torchvision:"):
+        model = _torchvision(spec.split(":", 1)[1], num_classes)
+        kind = "torchvision"
+    elif spec.startswith("timm:"):
+        model = _timm(spec.split(":", 1)[1])
+        kind = "timm"
+    elif _is_factory_spec(spec):
+        model = _factory(spec)
+        kind = "factory"
+    else:
+        model = _pickle(spec, trust_pickle)
+        kind = "pickle"
+    if weights is not None:
+        _load_weights(model, weights)
+    return LoadedModel(model=model.eval(), spec=spec, kind=kind)
+
+
+def _torchvision(name: str, num_classes: int | None) -> nn.Module:
+    import torchvision
+
+    names = set(torchvision.models.list_models())
+    if name not in names:
+        close = sorted(n for n in names if name.split("_")[0] in n)[:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SlimnetError(f"torchvision has no model {name!r}{hint}: see torchvision.models.list_models()")
+    kwargs: dict[str, Any] = {"weights": None}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if name in ("inception_v3", "googlenet"):
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = True
+    # Seeded, so that the same spec is the same random model: plans re-apply bit for bit, results repeat.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torchvision.models.get_model(name, **kwargs)
+
+
+def _timm(name: str) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise SlimnetError("timm is not installed: pip install 'slimnet[timm]' to load timm: models") from None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return timm.create_model(name, pretrained=False)
+    except RuntimeError as exc:
+        raise SlimnetError(f"timm cannot build {name!r}: {exc}") from None
+
+
+def _is_factory_spec(spec: str) -> bool:
+    path, sep, factory = spec.rpartition(":")
+    return bool(sep) and path.endswith(".py") and factory.isidentifier()
+
+
+def _factory(spec: str) -> nn.Module:
+    path, _, factory = spec.rpartition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise SlimnetError(f"model file {path} does not exist")
+    module_name = file.stem if file.stem.isidentifier() else "slimnet_user_model"
+    if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(file.resolve()):
+        module = sys.modules[module_name]
+    else:
+        loader_spec = importlib.util.spec_from_file_location(module_name, file.resolve())
+        if loader_spec is None or loader_spec.loader is None:
+            raise SlimnetError(f"{path} cannot be imported as a Python module")
+        module = importlib.util.module_from_spec(loader_spec)
+        # Registered under its own name so that torch.save(pruned_model) can pickle its classes; the file's
+        # folder goes on sys.path so that loading that pickle later finds them again.
+        sys.modules[module_name] = module
+        sys.path.insert(0, str(file.resolve().parent))
+        try:
+            loader_spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's file failed to import; say where
+            del sys.modules[module_name]
+            raise SlimnetError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    fn = getattr(module, factory, None)
+    if fn is None or not callable(fn):
+        raise SlimnetError(f"{path} has no callable {factory!r}: give FILE.py:FACTORY where FACTORY returns the model")
+    try:
+        model = fn()
+    except Exception as exc:  # noqa: BLE001
+        raise SlimnetError(f"{path}:{factory}() failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise SlimnetError(f"{path}:{factory}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _check_file(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise SlimnetError(
+            f"model {path} does not exist: give a file saved with torch.save(model), FILE.py:FACTORY, "
+            "or a built-in such as torchvision:resnet50"
+        )
+    if not p.is_file():
+        raise SlimnetError(f"model {path} is not a file")
+    if p.stat().st_size == 0:
+        raise SlimnetError(f"model file {path} is empty: save the model again with torch.save(model)")
+    return p
+
+
+def _is_torchscript(p: Path) -> bool:
+    if not zipfile.is_zipfile(p):
+        return False
+    try:
+        with zipfile.ZipFile(p) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+def _safe_module_globals(p: Path) -> list[Any] | None:
+    """The classes the checkpoint names, if every one is an nn.Module class from a trusted package."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    try:
+        names = get_unsafe_globals_in_checkpoint(str(p))
+    except Exception:  # noqa: BLE001 - not a torch checkpoint at all: the caller reports that
+        return None
+    objs: list[Any] = []
+    for name in names:
+        mod, _, attr = name.rpartition(".")
+        if name not in _SAFE_PLAIN and not name.startswith(TRUSTED_PACKAGES):
+            return None
+        try:
+            obj = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError):
+            return None
+        if name not in _SAFE_PLAIN and not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
+            return None
+        objs.append(obj)
+    return objs
+
+
+def _pickle(path: str, trust: bool) -> nn.Module:
+    p = _check_file(path)
+    if _is_torchscript(p):
+        raise SlimnetError(
+            f"{path} is a TorchScript archive: slimnet prunes eager modules; give the file saved with "
+            "torch.save(model) or FILE.py:FACTORY"
+        )
+    obj: Any
+    try:
+        if trust:
+            obj = torch.load(p, weights_only=False, map_location="cpu")
+        else:
+            allowed = _safe_module_globals(p)
+            if allowed is None:
+                try:
+                    obj = torch.load(p, weights_only=True, map_location="cpu")
+                except pickle.UnpicklingError:
+                    raise SlimnetError(
+                        f"{path} needs code to be run to unpickle (classes outside torch/torchvision/timm): "
+                        "if you trust the file, pass --trust-pickle (or set SLIMNET_TRUST_PICKLE=1)"
+                    ) from None
+            else:
+                with torch.serialization.safe_globals(allowed):
+                    obj = torch.load(p, weights_only=True, map_location="cpu")
+    except SlimnetError:
+        raise
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise SlimnetError(
+            f"{path} refers to code that cannot be imported ({exc}): make the model's module importable "
+            "(PYTHONPATH) or give FILE.py:FACTORY"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip, garbage bytes, wrong protocol...
+        raise SlimnetError(
+            f"{path} is not a readable torch file ({type(exc).__name__}): it may be truncated or corrupt; "
+            "save it again with torch.save(model)"
+        ) from None
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SlimnetError(
+            f"{path} holds a state_dict, not a model: slimnet needs the architecture too; give FILE.py:FACTORY "
+            f"--weights {path}, or save the whole module with torch.save(model)"
+        )
+    raise SlimnetError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
+
+
+def _load_weights(model: nn.Module, weights: str) -> None:
+    p = _check_file(weights)
+    try:
+        state = torch.load(p, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise SlimnetError(f"--weights {weights} is not a readable state_dict ({type(exc).__name__})") from None
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    if not isinstance(state, dict):
+        raise SlimnetError(f"--weights {weights} holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise SlimnetError(f"--weights {weights} does not fit the model: {detail}") from None

@@ -1,0 +1,218 @@
+"""The plan: which indices of which state_dict tensors survive. Plain data, the boundary between choosing
+(criteria, allocation) and cutting (the surgeon).
+
+Format ``slimnet.plan/1``::
+
+    {"format": "slimnet.plan/1", "model": "...", "criterion": "fpgm", "ratio": 0.5,
+     "tensors": {"layer1.0.conv1.weight": {"0": [0, 3, 4, ...]}, ...}}
+
+Keys are the original model's ``state_dict()`` names; only tensors whose shape changes are listed; each changed
+dim (a string) maps to the ascending indices it keeps. Extra fields (``round_to``, ``seed``, ``version``,
+``groups``) may be added; readers ignore what they do not know.
+
+Rounding (``--round-to N``, default 8): a group of ``n`` units keeps ``round(n * (1 - ratio))`` units, rounded
+to the nearest multiple of N (halves up), and never fewer than N. Groups of at most N units cannot be rounded
+meaningfully; they keep ``round(n * (1 - ratio))`` units, at least one. A unit of several channels (a group of
+a grouped conv, a PixelShuffle block) counts its channels: the multiple is taken over channels.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from . import __version__
+from .criteria import score
+from .errors import SlimnetError
+from .groups import Analysis, Group
+
+FORMAT = "slimnet.plan/1"
+DEFAULT_ROUND_TO = 8
+
+
+@dataclass
+class Decision:
+    """What happened to one group: kept units, or the reason it was left whole."""
+
+    group: Group
+    keep: list[int] = field(default_factory=list)  # unit positions kept (ascending)
+    reason: str | None = None
+    criterion: str = ""
+
+    @property
+    def pruned(self) -> bool:
+        return self.reason is None and len(self.keep) < len(self.group.units)
+
+
+def keep_count(n: int, ratio: float, round_to: int, unit_channels: int = 1) -> int:
+    """How many of ``n`` units a group keeps (see the module docstring for the rule)."""
+    target = n * (1.0 - ratio)
+    step = max(1, round_to // math.gcd(round_to, unit_channels)) if round_to > 1 else 1
+    if n <= step:
+        return max(1, min(n, int(math.floor(target + 0.5))))
+    k = int(math.floor(target / step + 0.5)) * step
+    return max(step, min(n, k))
+
+
+def check_ratio(ratio: float, flag: str = "--ratio") -> None:
+    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
+        raise SlimnetError(f"{flag} {ratio} is out of range: give a fraction to drop, 0 <= R < 1 (e.g. 0.5)")
+
+
+def resolve_ignore(model: nn.Module, patterns: list[str]) -> set[str]:
+    """Module names matched by the --ignore globs; a pattern that matches nothing is an error."""
+    names = [n for n, _ in model.named_modules() if n]
+    matched: set[str] = set()
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            sample = ", ".join(names[:6])
+            raise SlimnetError(f"--ignore {pat!r} matches no module (module names look like: {sample}, ...)")
+        matched.update(hits)
+    return matched
+
+
+def _module_of(tensor: str) -> str:
+    return tensor.rsplit(".", 1)[0] if "." in tensor else ""
+
+
+def decide(analysis: Analysis, model: nn.Module, *, ratio: float, criterion: str, round_to: int = DEFAULT_ROUND_TO,
+           ignore: list[str] | None = None, seed: int = 0, prune_norm: bool = False) -> list[Decision]:
+    """Rank every prunable group's units and choose which ones stay."""
+    check_ratio(ratio)
+    if round_to < 1:
+        raise SlimnetError(f"--round-to {round_to} must be at least 1")
+    ignored = resolve_ignore(model, ignore or [])
+    tensors = model.state_dict()
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    decisions = []
+    for g in analysis.groups:
+        d = Decision(group=g)
+        hit = sorted({_module_of(t) for t, _ in g.members if _module_of(t) in ignored})
+        if g.reason is not None:
+            d.reason = g.reason
+        elif hit:
+            d.reason = f"ignored by --ignore ({hit[0]})"
+        elif g.normalised and not prune_norm:
+            d.reason = f"{g.normalised}: pruning changes kept values (use --prune-norm to allow)"
+        if d.reason is not None:
+            d.keep = list(range(len(g.units)))
+            decisions.append(d)
+            continue
+        first = g.members[0]
+        unit_channels = max(1, len(g.units[0].members[first]))
+        k = keep_count(len(g.units), ratio, round_to, unit_channels)
+        scores, used = score(g, tensors, params, criterion, seed)
+        order = np.argsort(-scores, kind="stable")  # most important first; ties keep the earlier unit
+        d.keep = sorted(int(i) for i in order[:k])
+        d.criterion = used
+        decisions.append(d)
+    return decisions
+
+
+def build_plan(analysis: Analysis, decisions: list[Decision], *, model_name: str, criterion: str, ratio: float,
+               round_to: int, seed: int) -> dict[str, Any]:
+    """Turn decisions into the plain ``slimnet.plan/1`` data."""
+    dropped: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for d in decisions:
+        if not d.pruned:
+            continue
+        keep = set(d.keep)
+        for i, unit in enumerate(d.group.units):
+            if i not in keep:
+                for member, idx in unit.members.items():
+                    dropped[member].update(idx)
+    tensors: dict[str, dict[str, list[int]]] = {}
+    for (name, dim), drop in sorted(dropped.items()):
+        size = analysis.shapes[name][dim]
+        kept = [i for i in range(size) if i not in drop]
+        for alias in analysis.aliases.get(name, [name]):
+            tensors.setdefault(alias, {})[str(dim)] = kept
+    return {
+        "format": FORMAT,
+        "model": model_name,
+        "criterion": criterion,
+        "ratio": ratio,
+        "round_to": round_to,
+        "seed": seed,
+        "version": __version__,
+        "tensors": {k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in sorted(tensors.items())},
+    }
+
+
+def plan_path_for(output: str | os.PathLike[str]) -> Path:
+    """``pruned.pt`` -> ``pruned.plan.json`` beside it."""
+    p = Path(output)
+    return p.with_name(p.stem + ".plan.json") if p.suffix else p.with_name(p.name + ".plan.json")
+
+
+def dumps(plan: dict[str, Any]) -> str:
+    """Deterministic text, one tensor per line: the same plan is always the same bytes, and diffs read well."""
+    head = {k: v for k, v in plan.items() if k != "tensors"}
+    lines = ["{"]
+    for k, v in head.items():
+        lines.append(f" {json.dumps(k)}: {json.dumps(v)},")
+    lines.append(' "tensors": {')
+    items = list(plan.get("tensors", {}).items())
+    for i, (name, dims) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        lines.append(f"  {json.dumps(name)}: {json.dumps(dims, separators=(', ', ': '))}{comma}")
+    lines.append(" }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def save(plan: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    write_atomic(Path(path), dumps(plan).encode())
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SlimnetError(f"plan {path} does not exist")
+    try:
+        plan = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SlimnetError(f"plan {path} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    validate(plan, str(path))
+    return plan
+
+
+def validate(plan: Any, where: str = "plan") -> None:
+    """Check the structure of a plan (not yet whether it fits a model: the surgeon checks that)."""
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT:
+        raise SlimnetError(f"{where} is not a {FORMAT} plan (its 'format' field is missing or different)")
+    tensors = plan.get("tensors")
+    if not isinstance(tensors, dict):
+        raise SlimnetError(f"{where} has no 'tensors' mapping")
+    for name, dims in tensors.items():
+        if not isinstance(dims, dict):
+            raise SlimnetError(f"{where}: entry {name!r} must map dims to index lists")
+        for dim, idx in dims.items():
+            if not str(dim).isdigit() or not isinstance(idx, list) or not all(isinstance(i, int) for i in idx):
+                raise SlimnetError(f"{where}: entry {name!r} dim {dim!r} must be a list of ints")
+            if idx != sorted(set(idx)) or not idx:
+                raise SlimnetError(f"{where}: entry {name!r} dim {dim} must list ascending, distinct indices")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written output."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,160 @@
+"""The surgeon: rewrite a model into a smaller dense one by slicing every planned tensor.
+
+It reads the plan and nothing else (it never ranks). Each planned tensor is replaced by exactly the original
+sliced along its planned dims; then every module whose tensors changed gets its size attributes updated by
+its entry in :data:`SURGERY` (one small function per module type, found by the class's MRO). A module type
+with no entry just keeps its sliced tensors, which is right for modules that read sizes off their tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import SlimnetError
+
+Fixer = Callable[[nn.Module], None]
+#: One registry of per-module surgery rules: module class -> fixer that updates its size attributes.
+SURGERY: dict[type, Fixer] = {}
+
+
+def surgery(*classes: type) -> Callable[[Fixer], Fixer]:
+    def deco(fn: Fixer) -> Fixer:
+        for c in classes:
+            SURGERY[c] = fn
+        return fn
+
+    return deco
+
+
+@surgery(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv(m: nn.Module) -> None:
+    per_group_out = m.out_channels // m.groups
+    new_out = m.weight.shape[0]
+    groups = m.groups if m.groups == 1 else new_out // per_group_out
+    m.groups = groups
+    m.out_channels = new_out
+    m.in_channels = m.weight.shape[1] * groups
+
+
+@surgery(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _conv_transpose(m: nn.Module) -> None:
+    per_group_in = m.in_channels // m.groups
+    new_in = m.weight.shape[0]
+    groups = m.groups if m.groups == 1 else new_in // per_group_in
+    m.groups = groups
+    m.in_channels = new_in
+    m.out_channels = m.weight.shape[1] * groups
+
+
+@surgery(nn.Linear)
+def _linear(m: nn.Module) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+@surgery(nn.modules.batchnorm._NormBase)
+def _batchnorm(m: nn.Module) -> None:
+    t = m.weight if m.weight is not None else m.running_mean
+    if t is not None:
+        m.num_features = t.shape[0]
+
+
+@surgery(nn.GroupNorm)
+def _groupnorm(m: nn.Module) -> None:
+    per_group = m.num_channels // m.num_groups
+    m.num_channels = m.weight.shape[0]
+    m.num_groups = m.num_channels // per_group
+
+
+@surgery(nn.LayerNorm)
+def _layernorm(m: nn.Module) -> None:
+    t = m.weight if m.weight is not None else m.bias
+    m.normalized_shape = tuple(t.shape)
+
+
+if hasattr(nn, "RMSNorm"):
+    surgery(nn.RMSNorm)(_layernorm)
+
+
+@surgery(nn.PReLU)
+def _prelu(m: nn.Module) -> None:
+    m.num_parameters = m.weight.shape[0]
+
+
+@surgery(nn.Embedding)
+def _embedding(m: nn.Module) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+def _fixer(m: nn.Module) -> Fixer | None:
+    for cls in type(m).__mro__:
+        if cls in SURGERY:
+            return SURGERY[cls]
+    return None
+
+
+def _slice(t: torch.Tensor, dims: dict[str, list[int]], name: str) -> torch.Tensor:
+    out = t.detach()
+    for dim_s, idx in sorted(dims.items(), key=lambda kv: int(kv[0])):
+        dim = int(dim_s)
+        if dim >= out.dim():
+            raise SlimnetError(f"plan does not fit the model: {name} has {out.dim()} dims, the plan cuts dim {dim}")
+        if idx and (idx[-1] >= out.shape[dim] or idx[0] < 0):
+            raise SlimnetError(
+                f"plan does not fit the model: {name} dim {dim} has size {out.shape[dim]}, the plan keeps index "
+                f"{idx[-1]} (was the plan made for another model?)"
+            )
+        out = out.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=out.device))
+    return out.clone()
+
+
+def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """Slice ``model`` in place according to ``plan`` and fix the size attributes; returns ``model``."""
+    state = model.state_dict(keep_vars=True)
+    missing = [n for n in plan["tensors"] if n not in state]
+    if missing:
+        raise SlimnetError(
+            f"plan does not fit the model: it has no tensor {missing[0]!r} (was the plan made for another model?)"
+        )
+    new_by_id: dict[int, torch.Tensor] = {}
+    touched: dict[str, nn.Module] = {}
+    for name, dims in plan["tensors"].items():
+        old = state[name]
+        new = new_by_id.get(id(old))
+        if new is None:
+            new = _slice(old, dims, name)
+            if isinstance(old, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+            new_by_id[id(old)] = new
+        mod_name, _, attr = name.rpartition(".")
+        mod = model.get_submodule(mod_name) if mod_name else model
+        if attr in mod._parameters:
+            mod._parameters[attr] = new
+        elif attr in mod._buffers:
+            mod._buffers[attr] = new
+        else:
+            setattr(mod, attr, new)
+        touched[mod_name] = mod
+    for mod in touched.values():
+        fix = _fixer(mod)
+        if fix is not None:
+            fix(mod)
+    return model
+
+
+def mask_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """Zero every planned tensor outside its kept indices, in place (the verifier's reference)."""
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for name, dims in plan["tensors"].items():
+            t = state[name]
+            for dim_s, idx in dims.items():
+                dim = int(dim_s)
+                keep = torch.zeros(t.shape[dim], dtype=torch.bool, device=t.device)
+                keep[torch.as_tensor(idx, dtype=torch.long)] = True
+                shape = [1] * t.dim()
+                shape[dim] = -1
+                t.mul_(keep.reshape(shape).to(t.dtype))
+    return model
