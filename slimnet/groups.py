@@ -363,7 +363,10 @@ class AtomInterpreter(fx.Interpreter):
         args, kwargs = n.args, n.kwargs
         if fn is None:
             return self._unknown(n, real)
-        return fn(self, n, args, kwargs, real)
+        out = fn(self, n, args, kwargs, real)
+        if out is None:  # a rule that cannot say where a tensor's channels come from must not guess
+            return self._unknown(n, real)
+        return out
 
     def _unknown(self, n: fx.Node, real: Any, what: str | None = None) -> Any:
         reason = f"no channel rule for {what or _op_name(n, self.module)} at node {self.where()}"
