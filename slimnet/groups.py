@@ -189,6 +189,7 @@ class AtomInterpreter(fx.Interpreter):
         self.poison: list[tuple[int, str]] = []
         self.normed: list[tuple[int, str]] = []
         self.notes: list[tuple[int, str]] = []
+        self.frozen: dict[str, str] = {}  # parameters read by an op with no rule
         self.ids: dict[fx.Node, Any] = {}
         self._params = dict(gm.named_parameters(remove_duplicate=False))
         self._params.update(dict(gm.named_buffers(remove_duplicate=False)))
@@ -370,7 +371,16 @@ class AtomInterpreter(fx.Interpreter):
 
     def _unknown(self, n: fx.Node, real: Any, what: str | None = None) -> Any:
         reason = f"no channel rule for {what or _op_name(n, self.module)} at node {self.where()}"
-        self.poison_ids(self.ids_of((n.args, n.kwargs)), reason)
+        # Parameters handed straight to the op are frozen by name (giving each element an atom would cost
+        # memory for nothing); everything else it reads is poisoned atom by atom.
+        args = []
+        for a in list(n.args) + list(n.kwargs.values()):
+            name = self.param_name(a)
+            if name is not None and (a not in self.ids or callable(self.ids[a])):
+                self.frozen.setdefault(self.alias.get(name, name), reason)
+            else:
+                args.append(a)
+        self.poison_ids(self.ids_of(args), reason)
         a = self.poison_atom(reason)
         return _map(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64))
 
@@ -1144,6 +1154,11 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
             if len(ri):
                 slots[int(ri[0])][(name, dim)] = sorted(ii.tolist())
     poison: dict[int, str] = {}
+    for (name, _dim), entries in by_member.items():
+        if name in it.frozen:
+            for atoms, _ in entries:
+                for a in atoms[atoms >= 0].tolist():
+                    it.poison.append((int(a), it.frozen[name]))
     for a, why in it.poison:
         poison.setdefault(int(roots[a]), why)
     normed: dict[int, str] = {}
