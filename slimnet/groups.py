@@ -1006,6 +1006,32 @@ def prelu_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, rea
     return x
 
 
+@rule(nn.MultiheadAttention)
+def multihead_attention(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Whole heads: a head's q, k and v rows of the packed projection and its out_proj columns are one unit
+    (the attention rescales by the head size, so trimming inside a head would not be exact)."""
+    mod = it.module.get_submodule(n.target)
+    if not mod._qkv_same_embed_dim or mod.bias_k is not None or mod.add_zero_attn:
+        return it._unknown(n, real, "MultiheadAttention with separate q/k/v weights, bias_kv or zero_attn")
+    q, k, v = (it.ids_of(_arg(args, kwargs, i, name)) for i, name in enumerate(("query", "key", "value")))
+    w, b = f"{n.target}.in_proj_weight", f"{n.target}.in_proj_bias" if mod.in_proj_bias is not None else None
+    for src in (q, k, v):
+        it.bind(w, 1, it.per_index(src, -1, f"merged into one feature at node {it.where()}"), "in")
+    e, heads = mod.embed_dim, mod.num_heads
+    head_atoms = it.new_atoms(heads, str(n.target))
+    rows = np.tile(np.repeat(head_atoms, e // heads), 3)
+    it.bind(w, 0, rows, "out")
+    it.bind(b, 0, rows)
+    it.bind(f"{n.target}.out_proj.weight", 1, np.repeat(head_atoms, e // heads), "in")
+    out_real = real[0]
+    out_atoms = it.new_atoms(out_real.shape[-1], f"{n.target}.out_proj")
+    it.bind(f"{n.target}.out_proj.weight", 0, out_atoms, "out")
+    if mod.out_proj.bias is not None:
+        it.bind(f"{n.target}.out_proj.bias", 0, out_atoms)
+    weights = None if real[1] is None else torch.full(real[1].shape, NONE, dtype=torch.float64)
+    return (it.fill(out_atoms, out_real.shape, -1), weights)
+
+
 @rule(nn.Embedding)
 def embedding_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """Embedding columns are new atoms (the indices it looks up carry no channels)."""

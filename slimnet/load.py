@@ -30,7 +30,7 @@ from torch import nn
 from .errors import SlimnetError
 
 #: Packages whose ``nn.Module`` classes may be rebuilt by the weights-only unpickler without --trust-pickle.
-TRUSTED_PACKAGES = ("torch.", "torchvision.", "timm.", "transformers.")
+TRUSTED_PACKAGES = ("torch.", "torchvision.", "timm.", "transformers.", "slimnet.")
 #: Plain (non-module) globals that torch.save(model) writes for ordinary models and that are safe to allow.
 _SAFE_PLAIN = {
     "collections.OrderedDict",

@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import SlimnetError
 
-Fixer = Callable[[nn.Module], None]
+Fixer = Callable[[nn.Module], "nn.Module | None"]  # may return a replacement module
 #: One registry of per-module surgery rules: module class -> fixer that updates its size attributes.
 SURGERY: dict[type, Fixer] = {}
 
@@ -88,6 +88,19 @@ def _embedding(m: nn.Module) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
 
 
+@surgery(nn.MultiheadAttention)
+def _mha(m: nn.Module) -> nn.Module | None:
+    """Heads removed: nn.MultiheadAttention cannot have an inner width other than embed_dim, so it is
+    replaced by SlimMultiheadAttention holding the very same (sliced) parameters."""
+    head_dim = m.head_dim
+    if m.in_proj_weight.shape[0] == 3 * m.embed_dim and m.in_proj_weight.shape[1] == m.embed_dim:
+        return None
+    from .modules import SlimMultiheadAttention
+
+    _linear(m.out_proj)
+    return SlimMultiheadAttention(m, m.in_proj_weight, m.in_proj_bias, m.out_proj, head_dim)
+
+
 def _fixer(m: nn.Module) -> Fixer | None:
     for cls in type(m).__mro__:
         if cls in SURGERY:
@@ -137,10 +150,15 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
         else:
             setattr(mod, attr, new)
         touched[mod_name] = mod
-    for mod in touched.values():
+    for mod_name, mod in touched.items():
         fix = _fixer(mod)
-        if fix is not None:
-            fix(mod)
+        if fix is None:
+            continue
+        replacement = fix(mod)
+        if replacement is not None:
+            parent_name, _, child = mod_name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, replacement)
     return model
 
 

@@ -444,3 +444,32 @@ def test_fpgm_drops_the_filters_nearest_the_geometric_median():
         m.conv2.weight.fill_(0.1)
     res = check(m, torch.randn(1, 3, 8, 8), criterion="fpgm")
     assert kept(res, "conv1.weight") == [4, 5, 6, 7]
+
+
+class Attention(nn.Module):
+    def __init__(self, batch_first: bool) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.ln = nn.LayerNorm(16)
+        self.att = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.ln(self.inp(x))
+        a, w = self.att(h, h, h)
+        h = h + a + w.sum(-1, keepdim=True)
+        return self.out(h + self.fc2(torch.relu(self.fc1(h))))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_prunes_whole_heads(batch_first):
+    res = check(randomise(Attention(batch_first)), torch.randn(2, 5, 6), criterion="l2")
+    rows = kept(res, "att.in_proj_weight")
+    heads = sorted({r // 4 for r in rows if r < 16})
+    assert len(heads) == 2 and res.model.att.num_heads == 2 and res.model.att.head_dim == 4
+    assert rows == [blk * 16 + h * 4 + j for blk in range(3) for h in heads for j in range(4)]
+    assert kept(res, "att.out_proj.weight", 1) == [h * 4 + j for h in heads for j in range(4)]
+    assert len(kept(res, "fc1.weight")) == 16
+    assert "LayerNorm" in reasons(res)["inp"]
