@@ -459,7 +459,8 @@ class Attention(nn.Module):
     def forward(self, x):
         h = self.ln(self.inp(x))
         a, w = self.att(h, h, h)
-        h = h + a + w.sum(-1, keepdim=True)
+        w = w.sum(-1, keepdim=True)  # [N, L, 1]
+        h = h + a + (w if self.att.batch_first else w.transpose(0, 1))
         return self.out(h + self.fc2(torch.relu(self.fc1(h))))
 
 
