@@ -186,7 +186,8 @@ def shrink(
 ) -> None:
     """Prune MODEL: trace, group coupled channels, rank, cut, verify, and save the smaller model and its plan."""
     with guarded(debug):
-        from . import api, plan as plan_mod
+        from . import api
+        from . import plan as plan_mod
         from .criteria import CRITERIA
 
         plan_mod.check_ratio(ratio)
@@ -233,7 +234,8 @@ def apply(
 ) -> None:
     """Apply a saved plan to a fresh instance of the same architecture, verify it, and save the result."""
     with guarded(debug):
-        from . import api, plan as plan_mod
+        from . import api
+        from . import plan as plan_mod
         from .errors import VerificationError
 
         out_path = check_output(output, [model, plan, weights or ""])

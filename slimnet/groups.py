@@ -26,8 +26,9 @@ import builtins
 import math
 import operator
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -1164,7 +1165,7 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
     for (name, dim), entries in by_member.items():
         if name not in shapes:
             continue
-        for atoms, role in entries:
+        for _atoms, role in entries:
             if role:
                 roles[(name, dim)] = role
         # every entry of one member binds the same physical slices: the first atom per index decides

@@ -25,7 +25,8 @@ class SlimMultiheadAttention(nn.Module):
         self.num_heads = in_proj_weight.shape[0] // (3 * head_dim)
         self.batch_first = src.batch_first
         self.dropout = src.dropout
-        self.in_proj_weight = in_proj_weight if isinstance(in_proj_weight, nn.Parameter) else nn.Parameter(in_proj_weight)
+        is_param = isinstance(in_proj_weight, nn.Parameter)
+        self.in_proj_weight = in_proj_weight if is_param else nn.Parameter(in_proj_weight)
         if in_proj_bias is None:
             self.register_parameter("in_proj_bias", None)
         else:

@@ -8,7 +8,8 @@ with no entry just keeps its sliced tensors, which is right for modules that rea
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -18,7 +18,8 @@ from .randnet import RandomNet
 
 settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("slow", max_examples=int(os.environ.get("SLIMNET_FUZZ_EXAMPLES", "500")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("slow", max_examples=int(os.environ.get("SLIMNET_FUZZ_EXAMPLES", "500")), deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CRITERIA = ["l1", "l2", "fpgm", "random", "bn-scale"]

@@ -84,10 +84,11 @@ def main() -> None:
         "slimnet's time covers trace, grouping, ranking, surgery and verification (float64, two inputs); "
         "Torch-Pruning's covers its graph, importance and pruning step, with no verification.",
         "",
-        "| model | slimnet s | slimnet params after | verify diff | torch-pruning s | TP params after | ratio TP/slimnet |",
+        "| model | slimnet s | slimnet params after | verify diff | torch-pruning s | TP params after "
+        "| ratio TP/slimnet |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, s, sp, sd, p, pp, pd in rows:
+    for name, s, sp, sd, p, pp, _note in rows:
         lines.append(f"| {name} | {s:.2f} | {sp / 1e6:.2f}M | {sd} | {p:.2f} | {pp / 1e6:.2f}M | {p / s:.2f}x |")
     Path(args.out).write_text("\n".join(lines) + "\n")
 
