@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 from .errors import SlimnetError, VerificationError
 from .groups import Analysis, analyse
 from .plan import DEFAULT_ROUND_TO, Decision, build_plan, decide
-from .surgeon import apply_plan
+from .surgeon import pruned_copy
 from .trace import call, trace
 from .verify import VerifyResult, verify
 
@@ -101,7 +100,7 @@ def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str
                        seed=seed, prune_norm=prune_norm)
     plan = build_plan(analysis, decisions, model_name=model_name or type(model).__name__, criterion=criterion,
                       ratio=ratio, round_to=round_to, seed=seed)
-    pruned = apply_plan(copy.deepcopy(model), plan).eval()
+    pruned = pruned_copy(model, plan).eval()
     result = verify(model, pruned, plan, example)
     approximate = any(d.pruned and d.group.normalised for d in decisions)
     if not result.passed and not approximate:
@@ -115,7 +114,7 @@ def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str
 
 def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:
     """Apply a saved plan to a fresh instance; verify it when an example input is given."""
-    pruned = apply_plan(copy.deepcopy(model).eval(), plan).eval()
+    pruned = pruned_copy(model.eval(), plan).eval()
     result = verify(model, pruned, plan, example) if example is not None else None
     return pruned, result
 
@@ -129,7 +128,7 @@ def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: 
             continue
         single = build_plan(analysis, [d], model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
         try:
-            pruned = apply_plan(copy.deepcopy(model), single)
+            pruned = pruned_copy(model, single)
             if not verify(model, pruned, single, example).passed:
                 bad.append(d.group.name)
         except Exception:  # noqa: BLE001 - a crash during the re-check also names the group

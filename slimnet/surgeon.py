@@ -8,6 +8,7 @@ with no entry just keeps its sliced tensors, which is right for modules that rea
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -124,8 +125,8 @@ def _slice(t: torch.Tensor, dims: dict[str, list[int]], name: str) -> torch.Tens
     return out.clone()
 
 
-def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
-    """Slice ``model`` in place according to ``plan`` and fix the size attributes; returns ``model``."""
+def _sliced(model: nn.Module, plan: dict[str, Any]) -> dict[int, torch.Tensor]:
+    """id(original tensor) -> its sliced replacement, for every planned tensor (tied ones sliced once)."""
     state = model.state_dict(keep_vars=True)
     missing = [n for n in plan["tensors"] if n not in state]
     if missing:
@@ -133,15 +134,31 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
             f"plan does not fit the model: it has no tensor {missing[0]!r} (was the plan made for another model?)"
         )
     new_by_id: dict[int, torch.Tensor] = {}
-    touched: dict[str, nn.Module] = {}
     for name, dims in plan["tensors"].items():
         old = state[name]
-        new = new_by_id.get(id(old))
-        if new is None:
+        if id(old) not in new_by_id:
             new = _slice(old, dims, name)
             if isinstance(old, nn.Parameter):
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             new_by_id[id(old)] = new
+    return new_by_id
+
+
+def pruned_copy(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """A pruned copy of ``model``; the full-size planned tensors are never copied (peak memory: original +
+    pruned), and ``model`` is left as it was."""
+    new_by_id = _sliced(model, plan)
+    clone = copy.deepcopy(model, memo=dict(new_by_id))
+    return _fix_modules(clone, plan)
+
+
+def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """Slice ``model`` in place according to ``plan`` and fix the size attributes; returns ``model``."""
+    state = model.state_dict(keep_vars=True)
+    new_by_id = _sliced(model, plan)
+    for name in plan["tensors"]:
+        old = state[name]
+        new = new_by_id[id(old)]
         mod_name, _, attr = name.rpartition(".")
         mod = model.get_submodule(mod_name) if mod_name else model
         if attr in mod._parameters:
@@ -150,8 +167,14 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
             mod._buffers[attr] = new
         else:
             setattr(mod, attr, new)
-        touched[mod_name] = mod
-    for mod_name, mod in touched.items():
+    return _fix_modules(model, plan)
+
+
+def _fix_modules(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """Update the size attributes of every module whose tensors the plan changed (or replace the module)."""
+    touched = {name.rpartition(".")[0] for name in plan["tensors"]}
+    for mod_name in sorted(touched):
+        mod = model.get_submodule(mod_name) if mod_name else model
         fix = _fixer(mod)
         if fix is None:
             continue

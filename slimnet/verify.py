@@ -4,8 +4,9 @@ The reference is a copy of the original whose planned tensors are zeroed outside
 whole channels is then exact: a removed channel contributes exactly zero downstream in the reference and is
 absent in the pruned model. Both run in float64, so the only difference left is summation order.
 
-Tolerance: ``1e-6 * (1 + max|reference|)`` in float64 (``1e-4 * (1 + max|reference|)`` if the model cannot
-run in float64). Scaling by the output's magnitude keeps the check meaningful for logits of any size, and
+Tolerance: ``1e-6 * (1 + max|reference|)`` in float64 (``1e-4 * (1 + max|reference|)`` in float32, used
+for models that cannot run in float64 and for models of more than 100M parameters, where float64 copies would
+triple the memory). Scaling by the output's magnitude keeps the check meaningful for logits of any size, and
 float64 makes the bound about eight orders of magnitude looser than the rounding error it has to absorb, yet
 far below any real mistake (a wrong channel changes outputs at the scale of the outputs themselves).
 
@@ -27,6 +28,7 @@ from .trace import call, flat_tensors, map_tensors
 
 TOL64 = 1e-6
 TOL32 = 1e-4
+BIG_PARAMS = 100_000_000
 
 
 @dataclass
@@ -73,8 +75,23 @@ def _run(model: nn.Module, inp: Any, dtype: torch.dtype) -> list[torch.Tensor]:
         return [o.detach() for o in flat_tensors(call(model, map_tensors(inp, cast)))]
 
 
+def masked_view(original: nn.Module, plan: dict[str, Any]) -> nn.Module:
+    """A copy of ``original`` that shares every unplanned tensor with it and holds masked copies of the planned
+    ones: the reference costs the planned tensors only, not a whole second model."""
+    state = original.state_dict(keep_vars=True)
+    planned = {id(state[n]) for n in plan["tensors"]}
+    memo: dict[int, Any] = {id(t): t for t in state.values() if id(t) not in planned}
+    return mask_plan(copy.deepcopy(original, memo=memo), plan).eval()
+
+
 def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any) -> VerifyResult:
-    """Compare ``pruned`` with the masked ``original`` on several inputs; neither argument is modified."""
+    """Compare ``pruned`` with the masked ``original`` on several inputs; neither argument is modified.
+
+    Models of more than BIG_PARAMS parameters are checked in their own precision against a reference that
+    shares the unplanned tensors, so that shrinking holds about two extra copies of the weights at most."""
+    if sum(p.numel() for p in original.parameters()) > BIG_PARAMS:
+        with torch.no_grad():
+            return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32)
     reference = mask_plan(copy.deepcopy(original), plan).eval()
     candidate = copy.deepcopy(pruned).eval()
     for dtype, tol_scale in ((torch.float64, TOL64), (torch.float32, TOL32)):
