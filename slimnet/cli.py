@@ -165,6 +165,42 @@ def print_report(report: dict[str, Any]) -> None:
         out.print(f"wrote {report['output']} and {report['plan']}")
 
 
+RECIPE_KEYS = {"ratio": float, "criterion": str, "round_to": int, "ignore": list, "seed": int, "prune_norm": bool}
+
+
+def recipe_settings(path: str, current: dict[str, Any]) -> dict[str, Any]:
+    """Merge a recipe (plain YAML mapping) under the flags given on the command line; unknown keys are an error,
+    so that a typo cannot pass silently."""
+    import click
+    import yaml
+    from click.core import ParameterSource
+
+    p = Path(path)
+    if not p.is_file():
+        raise SlimnetError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SlimnetError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SlimnetError(f"recipe {path} must be a mapping of settings such as 'ratio: 0.5'")
+    unknown = sorted(set(data) - set(RECIPE_KEYS))
+    if unknown:
+        raise SlimnetError(f"recipe {path} has unknown keys {unknown}: allowed are {sorted(RECIPE_KEYS)}")
+    ctx = click.get_current_context(silent=True)
+    merged = dict(current)
+    for key, kind in RECIPE_KEYS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
+            raise SlimnetError(f"recipe {path}: {key} must be a {kind.__name__}")
+        source = ctx.get_parameter_source(key) if ctx is not None else None
+        if source in (None, ParameterSource.DEFAULT):
+            merged[key] = value
+    return merged
+
+
 @app.command()
 def shrink(
     model: str = typer.Argument(..., help="torchvision:NAME, timm:NAME, FILE.py:FACTORY, or a torch.save(model) file."),
@@ -180,6 +216,8 @@ def shrink(
     input_file: Optional[str] = typer.Option(None, "--input", help="Example input saved with torch.save."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Example input shape, e.g. 1,3,224,224."),
     onnx: Optional[str] = typer.Option(None, "--onnx", help="Also export the pruned model to this ONNX file."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="YAML file of settings (ratio, criterion, "
+                                         "round_to, ignore, seed, prune_norm); flags given explicitly win."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
@@ -189,6 +227,12 @@ def shrink(
         from . import api
         from . import plan as plan_mod
         from .criteria import CRITERIA
+
+        if recipe is not None:
+            settings = recipe_settings(recipe, {"ratio": ratio, "criterion": criterion, "round_to": round_to,
+                                                "ignore": ignore, "seed": seed, "prune_norm": prune_norm})
+            ratio, criterion, round_to = settings["ratio"], settings["criterion"], settings["round_to"]
+            ignore, seed, prune_norm = settings["ignore"], settings["seed"], settings["prune_norm"]
 
         plan_mod.check_ratio(ratio)
         if criterion not in CRITERIA:

@@ -116,3 +116,19 @@ def test_shrink_pickled_builtin_without_trust_and_input_untouched(tmp_path):
 def test_version_and_module_entry():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0 and r.stdout.startswith("slimnet ")
+
+
+def test_recipe_sets_defaults_and_flags_win(tmp_path):
+    spec = _net(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("ratio: 0.75\ncriterion: l2\nround_to: 1\n")
+    out = tmp_path / "o.pt"
+    r = runner.invoke(app, ["shrink", spec, "--recipe", str(recipe), "--criterion", "fpgm", "--input-shape",
+                            "1,3,8,8", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["ratio"] == 0.75 and rep["criterion"] == "fpgm" and rep["round_to"] == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ratoi: 0.5\n")
+    r = runner.invoke(app, ["shrink", spec, "--recipe", str(bad), "-o", str(tmp_path / "x.pt")])
+    assert r.exit_code == 2 and "unknown keys" in r.output and not (tmp_path / "x.pt").exists()
