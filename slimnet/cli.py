@@ -168,12 +168,10 @@ def print_report(report: dict[str, Any]) -> None:
 RECIPE_KEYS = {"ratio": float, "criterion": str, "round_to": int, "ignore": list, "seed": int, "prune_norm": bool}
 
 
-def recipe_settings(path: str, current: dict[str, Any]) -> dict[str, Any]:
+def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> dict[str, Any]:
     """Merge a recipe (plain YAML mapping) under the flags given on the command line; unknown keys are an error,
     so that a typo cannot pass silently."""
-    import click
     import yaml
-    from click.core import ParameterSource
 
     p = Path(path)
     if not p.is_file():
@@ -187,7 +185,6 @@ def recipe_settings(path: str, current: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(data) - set(RECIPE_KEYS))
     if unknown:
         raise SlimnetError(f"recipe {path} has unknown keys {unknown}: allowed are {sorted(RECIPE_KEYS)}")
-    ctx = click.get_current_context(silent=True)
     merged = dict(current)
     for key, kind in RECIPE_KEYS.items():
         if key not in data:
@@ -195,14 +192,15 @@ def recipe_settings(path: str, current: dict[str, Any]) -> dict[str, Any]:
         value = data[key]
         if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
             raise SlimnetError(f"recipe {path}: {key} must be a {kind.__name__}")
-        source = ctx.get_parameter_source(key) if ctx is not None else None
-        if source in (None, ParameterSource.DEFAULT):
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
             merged[key] = value
     return merged
 
 
 @app.command()
 def shrink(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="torchvision:NAME, timm:NAME, FILE.py:FACTORY, or a torch.save(model) file."),
     output: str = typer.Option(..., "-o", "--output", help="Where to write the pruned model (torch.save)."),
     ratio: float = typer.Option(0.5, "--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1."),
@@ -229,7 +227,7 @@ def shrink(
         from .criteria import CRITERIA
 
         if recipe is not None:
-            settings = recipe_settings(recipe, {"ratio": ratio, "criterion": criterion, "round_to": round_to,
+            settings = recipe_settings(ctx, recipe, {"ratio": ratio, "criterion": criterion, "round_to": round_to,
                                                 "ignore": ignore, "seed": seed, "prune_norm": prune_norm})
             ratio, criterion, round_to = settings["ratio"], settings["criterion"], settings["round_to"]
             ignore, seed, prune_norm = settings["ignore"], settings["seed"], settings["prune_norm"]
