@@ -1007,6 +1007,58 @@ def prelu_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, rea
     return x
 
 
+def _single(ids: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per slice along ``dim`` reduced away: the one atom it holds (-1 if none) and whether it holds several."""
+    mask = ids >= 0
+    big = torch.tensor(float("inf"), dtype=ids.dtype)
+    mn = torch.where(mask, ids, big).amin(dim)
+    mx = torch.where(mask, ids, -big).amax(dim)
+    has = mask.any(dim)
+    return torch.where(has, mn, torch.full_like(mn, NONE)), has & (mn != mx)
+
+
+@rule(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__")
+def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """``A[..., n, k] @ B[..., k, m]``: atoms that vary along the contracted dim are paired across A and B
+    (q against k in attention); atoms constant along it (a row of A, a column of B) carry to the output.
+    Anything else (an atom varying along both, a contraction the other side cannot follow, channel atoms on
+    both the rows and the columns) is poisoned."""
+    a, b = it.ids_of(args[0]), it.ids_of(args[1])
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() < 2 or b.dim() < 2:
+        return it._unknown(n, real, "matmul of vectors")
+    why = f"matmul at node {it.where()}"
+    a_row, a_row_multi = _single(a, -1)  # [..., n]: A's atom per row, constant along k?
+    a_col, a_col_multi = _single(a, -2)  # [..., k]: A's atom per contracted index, constant along n?
+    b_col, b_col_multi = _single(b, -2)  # [..., m]
+    b_row, b_row_multi = _single(b, -1)  # [..., k]
+    a_contracts = bool(a_row_multi.any())
+    b_contracts = bool(b_col_multi.any())
+    if a_contracts and a_col_multi.any():
+        it.poison_ids(a, f"{why}: an operand's atoms vary along both of its last dims")
+    if b_contracts and b_row_multi.any():
+        it.poison_ids(b, f"{why}: an operand's atoms vary along both of its last dims")
+    if a_contracts or b_contracts:
+        shape = torch.broadcast_shapes(a_col.shape, b_row.shape)
+        ac, br = a_col.expand(shape).reshape(-1), b_row.expand(shape).reshape(-1)
+        paired = (ac >= 0) & (br >= 0)
+        if paired.any():
+            for x, y in _unique_pairs(ac[paired], br[paired]):
+                it.uf.union(x, y)
+        lonely = torch.cat([ac[(ac >= 0) & (br < 0)], br[(br >= 0) & (ac < 0)]])
+        for atom in _unique_atoms(lonely):
+            it.poison.append((atom, f"{why}: contracted channels the other operand cannot follow"))
+    rows = torch.where(a_row_multi, torch.full_like(a_row, NONE), a_row) if a_contracts else a_row
+    cols = torch.where(b_col_multi, torch.full_like(b_col, NONE), b_col) if b_contracts else b_col
+    if a_contracts:
+        rows = torch.full_like(a_row, NONE)
+    if b_contracts:
+        cols = torch.full_like(b_col, NONE)
+    if (rows >= 0).any() and (cols >= 0).any():
+        it.poison_ids((rows, cols), f"{why}: both operands carry channels into the product")
+    out = torch.where(rows.unsqueeze(-1) >= 0, rows.unsqueeze(-1), cols.unsqueeze(-2))
+    return out.expand(real.shape).clone() if out.shape != real.shape else out
+
+
 @rule(nn.MultiheadAttention)
 def multihead_attention(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """Whole heads: a head's q, k and v rows of the packed projection and its out_proj columns are one unit

@@ -474,3 +474,33 @@ def test_multihead_attention_prunes_whole_heads(batch_first):
     assert kept(res, "att.out_proj.weight", 1) == [h * 4 + j for h in heads for j in range(4)]
     assert len(kept(res, "fc1.weight")) == 16
     assert "LayerNorm" in reasons(res)["inp"]
+
+
+class MatmulAttention(nn.Module):
+    """Attention written with matmul and a head size that follows the tensor (-1 in the reshape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.qkv = nn.Linear(16, 48)
+        self.proj = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        b, t, _ = h.shape
+        q, k, v = self.qkv(h).reshape(b, t, 3, 2, -1).permute(2, 0, 3, 1, 4)
+        att = torch.softmax((q @ k.transpose(-2, -1)) * 0.25, dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, -1)
+        return self.out(h + self.proj(y))
+
+
+def test_matmul_pairs_q_with_k_and_carries_v():
+    res = check(randomise(MatmulAttention()), torch.randn(2, 5, 6))
+    rows = kept(res, "qkv.weight")
+    q = [r for r in rows if r < 16]
+    k = [r - 16 for r in rows if 16 <= r < 32]
+    v = [r - 32 for r in rows if r >= 32]
+    # the two heads (literal 2 in the reshape) lose the same positions; q and k lose the same ones
+    assert q == k and all((j + 8 in q) == (j in q) for j in range(8))
+    assert kept(res, "proj.weight", 1) == v and len(v) in (4, 8, 12)
