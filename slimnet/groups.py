@@ -23,7 +23,6 @@ form a *group*, the thing a ratio applies to. Supporting a new op is one entry i
 from __future__ import annotations
 
 import builtins
-import math
 import operator
 from collections import defaultdict
 from collections.abc import Callable
@@ -651,26 +650,18 @@ def split(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any)
     literal sizes cannot follow pruning at all."""
     src = it.ids_of(args[0])
     name = n.target if isinstance(n.target, str) else n.target.__name__
-    dim = it.real(_arg(args, kwargs, 2 if name not in ("unbind",) else 1, "dim", 0))
-    if name == "unbind":
-        dim = it.real(_arg(args, kwargs, 1, "dim", 0))
-    dim = dim % src.dim()
+    dim = it.real(_arg(args, kwargs, 1 if name == "unbind" else 2, "dim", 0)) % src.dim()
     pieces = len(real)
     why = f"split at node {it.where()}"
-    if name == "chunk" and src.shape[dim] % pieces == 0:
+    size = _arg(args, kwargs, 1, "split_size_or_sections", kwargs.get("split_size"))
+    follows = name == "chunk" or (name == "split" and isinstance(size, fx.Node))  # piece size from the tensor
+    if follows and src.shape[dim] % pieces == 0:
         it.tie_pieces(src, dim, pieces, why)
-    elif name == "split":
-        size = _arg(args, kwargs, 1, "split_size_or_sections")
-        if isinstance(size, fx.Node) and src.shape[dim] % pieces == 0:
-            it.tie_pieces(src, dim, pieces, why)
-        else:
-            it.tie(src, dim, why)
     else:
         it.tie(src, dim, why)
-    sizes = [r.shape[dim] for r in real] if name != "unbind" else None
     if name == "unbind":
         return tuple(src.unbind(dim))
-    return tuple(torch.split(src, sizes, dim))
+    return tuple(torch.split(src, [r.shape[dim] for r in real], dim))
 
 
 @rule(torch.narrow, "narrow", torch.select, "select", torch.index_select, "index_select", torch.gather,
@@ -684,7 +675,7 @@ def select(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any
     return _apply_on_ids(it, n, args, kwargs)
 
 
-@rule(nn.ChannelShuffle, torch.channel_shuffle, F.channel_shuffle if hasattr(F, "channel_shuffle") else "x")
+@rule(nn.ChannelShuffle, torch.channel_shuffle, *([F.channel_shuffle] if hasattr(F, "channel_shuffle") else []))
 def channel_shuffle(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     src = it.ids_of(args[0])
     if n.op == "call_module":
@@ -921,10 +912,7 @@ def batchnorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict,
 @rule(F.batch_norm, F.instance_norm)
 def batchnorm_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     x = it.ids_of(args[0])
-    if n.target is F.batch_norm:
-        keys = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
-    else:
-        keys = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]
+    keys = [(1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")]  # same for both functions
     arg_nodes = [_arg(args, kwargs, i, k) for i, k in keys]
     names = [it.param_name(a) for a in arg_nodes]
     if any(a is not None and nm is None for a, nm in zip(arg_nodes, names)):
@@ -1272,7 +1260,3 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
             roles={m: roles.get(m, "") for m in members},
         ))
     return groups
-
-
-def math_ceil(x: float) -> int:
-    return int(math.ceil(x))
