@@ -85,7 +85,7 @@ def _describe(example: Any) -> str:
 def graph(model: nn.Module, example: Any) -> Analysis:
     """The coupled channel groups of ``model``, each prunable or with the reason it is not."""
     check_runs(model, example)
-    return analyse(model, example, trace(model))
+    return analyse(model, example, trace(model, example))
 
 
 def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str = "l1",
@@ -95,7 +95,7 @@ def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str
     t0 = time.perf_counter()
     model = model.eval()
     check_runs(model, example)
-    analysis = analyse(model, example, trace(model))
+    analysis = analyse(model, example, trace(model, example))
     decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore,
                        seed=seed, prune_norm=prune_norm)
     plan = build_plan(analysis, decisions, model_name=model_name or type(model).__name__, criterion=criterion,

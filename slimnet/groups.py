@@ -1148,7 +1148,7 @@ def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None) ->
     from .trace import trace
 
     if gm is None:
-        gm = trace(model)
+        gm = trace(model, example)
     alias, alias_groups = tensor_aliases(gm)
     it = AtomInterpreter(gm, alias)
     with torch.inference_mode(False), torch.no_grad():

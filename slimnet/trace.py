@@ -9,6 +9,7 @@ than a clear refusal.
 
 from __future__ import annotations
 
+import inspect
 import traceback
 from typing import Any
 
@@ -37,13 +38,30 @@ def _user_frame(exc: BaseException) -> str:
     return ""
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def concrete_args(model: nn.Module, example: Any) -> dict[str, Any] | None:
+    """forward() arguments the example does not give are traced as their defaults (``if mask is None``
+    branches then specialise the way the model will be called)."""
+    if example is None:
+        return None
+    params = list(inspect.signature(model.forward).parameters.values())
+    params = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if isinstance(example, dict):
+        given = set(example)
+    elif isinstance(example, (tuple, list)):
+        given = {p.name for p in params[: len(example)]}
+    else:
+        given = {params[0].name} if params else set()
+    fixed = {p.name: p.default for p in params if p.name not in given and p.default is not inspect.Parameter.empty}
+    return fixed or None
+
+
+def trace(model: nn.Module, example: Any = None) -> fx.GraphModule:
     """Symbolically trace ``model`` (in eval mode, so train-only branches such as stochastic depth vanish)."""
     was_training = model.training
     model.eval()
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=concrete_args(model, example))
     except Exception as exc:  # noqa: BLE001 - every tracing failure becomes one readable line
         where = _user_frame(exc)
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -71,7 +89,8 @@ def call(model: nn.Module, example: Any) -> Any:
 def placeholder_args(gm: fx.GraphModule, example: Any) -> list[Any]:
     """Order the example input as the graph's placeholders expect it."""
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    if isinstance(example, dict):
+    if isinstance(example, dict) or len(names) > 1 and not isinstance(example, (tuple, list)):
+        example = example if isinstance(example, dict) else {names[0]: example}
         missing = [k for k in example if k not in names]
         if missing:
             raise SlimnetError(f"input keys {missing} are not arguments of forward(): it takes {names}")

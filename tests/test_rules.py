@@ -504,3 +504,27 @@ def test_matmul_pairs_q_with_k_and_carries_v():
     # the two heads (literal 2 in the reshape) lose the same positions; q and k lose the same ones
     assert q == k and all((j + 8 in q) == (j in q) for j in range(8))
     assert kept(res, "proj.weight", 1) == v and len(v) in (4, 8, 12)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x, scale=None):
+        y = self.a(x)
+        if scale is not None:
+            y = y * scale
+        return self.b(y)
+
+
+def test_dict_and_tuple_inputs():
+    m = randomise(TwoInputs())
+    x = torch.randn(1, 3, 4, 4)
+    res = check(m, {"x": x, "scale": torch.rand(1, 1, 4, 4)})
+    assert len(kept(res, "a.weight")) == 4
+    res = check(m, (x,))
+    assert len(kept(res, "a.weight")) == 4
+    with pytest.raises(SlimnetError, match="unexpected keyword argument .y."):
+        shrink(m, {"y": x}, measure=False)
