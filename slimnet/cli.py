@@ -78,8 +78,10 @@ def guarded(debug: bool) -> Iterator[None]:
 
 
 def check_output(output: str, inputs: list[str], suffixes: tuple[str, ...] = ()) -> Path:
-    """The output path must differ from every input, and its folder must exist and be writable."""
+    """The output path must differ from every input (a FILE.py:FACTORY spec's file included), and its folder
+    must exist and be writable."""
     p = Path(output)
+    inputs = inputs + [i.rpartition(":")[0] for i in inputs if i.rpartition(":")[0].endswith(".py")]
     for i in inputs:
         if i and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
             raise SlimnetError(f"output {output} is the input: give another -o so that the input stays untouched")

@@ -19,6 +19,7 @@ import inspect
 import os
 import pickle
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ def load_input(path: str | None, shape: str | None, spec: str, seed: int = 0) ->
         raise SlimnetError(
             f"input file {path} holds a {type(value).__name__}, not a tensor, tuple or dict of tensors"
         )
-    dims = parse_shape(shape) if shape else default_input_shape(spec)
+    dims = parse_shape(shape) if shape is not None else default_input_shape(spec)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(dims, generator=gen)
 
@@ -245,6 +246,26 @@ def _safe_module_globals(p: Path) -> list[Any] | None:
     return objs
 
 
+def _names_code(message: str) -> bool:
+    """Whether a weights-only refusal is about a class or function the file names (vs. unreadable bytes)."""
+    return any(k in message for k in ("Unsupported global", "GLOBAL", "Unsupported class", "safe_globals",
+                                      "add_safe_globals", "REDUCE", "not an allowed global"))
+
+
+def _plain_pickle_names_code(p: Path) -> bool:
+    """For a plain (non-zip) pickle: does it import or call anything? Parsed, never executed."""
+    import pickletools
+
+    if zipfile.is_zipfile(p):
+        return False
+    try:
+        with open(p, "rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ")
+                       for op, _, _ in pickletools.genops(f))
+    except Exception:  # noqa: BLE001 - unparseable: corrupt, not code
+        return False
+
+
 def _pickle(path: str, trust: bool) -> nn.Module:
     p = _check_file(path)
     if _is_torchscript(p):
@@ -253,22 +274,37 @@ def _pickle(path: str, trust: bool) -> nn.Module:
             "torch.save(model) or FILE.py:FACTORY"
         )
     obj: Any
+    with warnings.catch_warnings():  # torch.load warns about old pickle protocols: noise before our one line
+        warnings.simplefilter("ignore")
+        obj = _unpickle(p, path, trust)
+    if isinstance(obj, nn.Module):
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SlimnetError(
+            f"{path} holds a state_dict, not a model: slimnet needs the architecture too; give FILE.py:FACTORY "
+            f"--weights {path}, or save the whole module with torch.save(model)"
+        )
+    raise SlimnetError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
+
+
+def _unpickle(p: Path, path: str, trust: bool) -> Any:
+    """torch.load, fully only with trust; otherwise weights-only with trusted module classes allowed."""
     try:
         if trust:
-            obj = torch.load(p, weights_only=False, map_location="cpu")
-        else:
-            allowed = _safe_module_globals(p)
-            if allowed is None:
-                try:
-                    obj = torch.load(p, weights_only=True, map_location="cpu")
-                except pickle.UnpicklingError:
-                    raise SlimnetError(
-                        f"{path} needs code to be run to unpickle (classes outside torch/torchvision/timm): "
-                        "if you trust the file, pass --trust-pickle (or set SLIMNET_TRUST_PICKLE=1)"
-                    ) from None
-            else:
-                with torch.serialization.safe_globals(allowed):
-                    obj = torch.load(p, weights_only=True, map_location="cpu")
+            return torch.load(p, weights_only=False, map_location="cpu")
+        allowed = _safe_module_globals(p)
+        if allowed is not None:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(p, weights_only=True, map_location="cpu")
+        try:
+            return torch.load(p, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as exc:
+            if not (_names_code(str(exc)) or _plain_pickle_names_code(p)):
+                raise  # corrupt bytes, not a refused class: reported as an unreadable file below
+            raise SlimnetError(
+                f"{path} needs code to be run to unpickle (classes outside torch/torchvision/timm): "
+                "if you trust the file, pass --trust-pickle (or set SLIMNET_TRUST_PICKLE=1)"
+            ) from None
     except SlimnetError:
         raise
     except (ModuleNotFoundError, AttributeError) as exc:
@@ -281,14 +317,6 @@ def _pickle(path: str, trust: bool) -> nn.Module:
             f"{path} is not a readable torch file ({type(exc).__name__}): it may be truncated or corrupt; "
             "save it again with torch.save(model)"
         ) from None
-    if isinstance(obj, nn.Module):
-        return obj
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise SlimnetError(
-            f"{path} holds a state_dict, not a model: slimnet needs the architecture too; give FILE.py:FACTORY "
-            f"--weights {path}, or save the whole module with torch.save(model)"
-        )
-    raise SlimnetError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
 
 
 def _load_weights(model: nn.Module, weights: str) -> None:
