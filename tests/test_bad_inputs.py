@@ -121,9 +121,14 @@ def check_refused(case: Case, exit_code: int, stdout: str, stderr: str, *phrases
 
 def shrink(case: Case, *args: str, phrases: tuple[str, ...] = (), code: int = 2) -> str:
     """Run ``slimnet shrink ARGS`` in-process and check that it refuses cleanly."""
+    return invoke(case, ["shrink", *args], phrases=phrases, code=code)
+
+
+def invoke(case: Case, argv: list[str], phrases: tuple[str, ...] = (), code: int = 2) -> str:
+    """Run ``slimnet ARGV`` in-process and check that it refuses cleanly."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")  # what a plain `slimnet` process shows; slimnet's own filters still apply
-        r = runner.invoke(app, ["shrink", *args])
+        r = runner.invoke(app, argv)
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise AssertionError(f"uncaught {type(r.exception).__name__}: {r.exception}")
     # In a real process every warning is printed to stderr (two lines each): count them as stderr here.
@@ -528,6 +533,69 @@ def test_output_in_read_only_folder(tmp_path: Path, net: Path) -> None:
         ro.chmod(0o700)
 
 
+# ------------------------------------------------------------------------------------------ apply and graph
+
+
+@pytest.fixture
+def good_plan(tmp_path: Path, net: Path) -> Path:
+    """A real plan for the tiny net (shrunk once, outside the folder the apply tests watch)."""
+    made = tmp_path / "made"
+    made.mkdir()
+    r = runner.invoke(app, ["shrink", f"{net}:make", "-o", str(made / "slim.pt"), "--input-shape", SHAPE,
+                            "--round-to", "4"])
+    assert r.exit_code == 0, r.stderr
+    return made / "slim.plan.json"
+
+
+@pytest.mark.parametrize(
+    "text,phrases,code",
+    [
+        ("not json at all", ("is not valid JSON",), 2),
+        ('{"format": "other/1", "tensors": {}}', ("is not a slimnet.plan/1 plan",), 2),
+        ('{"format": "slimnet.plan/1", "tensors": {"conv1.weight": {"0": [0, 1, 99]}}}',
+         ("does not fit the model", "index 99"), 2),
+        ('{"format": "slimnet.plan/1", "tensors": {"nope.weight": {"0": [0]}}}', ("no tensor 'nope.weight'",), 2),
+        ('{"format": "slimnet.plan/1", "tensors": {"conv1.weight": {"0": [1, 0]}}}', ("ascending",), 2),
+        # cuts conv1's weight but not its bias or bn1: refused by the verifier, nothing written
+        ('{"format": "slimnet.plan/1", "tensors": {"conv1.weight": {"0": [0, 1]}}}', ("verification failed",), 3),
+    ],
+    ids=["not-json", "other-format", "index-out-of-range", "unknown-tensor", "unsorted", "inconsistent"],
+)
+def test_apply_bad_plans(tmp_path: Path, out_dir: Path, net: Path, text: str, phrases: tuple[str, ...],
+                         code: int) -> None:
+    plan = tmp_path / "p.plan.json"
+    plan.write_text(text)
+    case = watch(tmp_path, net, plan)
+    invoke(case, ["apply", f"{net}:make", str(plan), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE],
+           phrases=phrases, code=code)
+
+
+def test_apply_missing_plan_and_output_over_plan(tmp_path: Path, out_dir: Path, net: Path, good_plan: Path) -> None:
+    case = watch(tmp_path, net, good_plan)
+    invoke(case, ["apply", f"{net}:make", str(tmp_path / "none.json"), "-o", str(out_dir / "o.pt"),
+                  "--input-shape", SHAPE], phrases=("none.json", "does not exist"))
+    invoke(case, ["apply", f"{net}:make", str(good_plan), "-o", str(good_plan), "--input-shape", SHAPE],
+           phrases=("is the input",))
+
+
+def test_apply_plan_to_another_model(tmp_path: Path, out_dir: Path, good_plan: Path) -> None:
+    other = tmp_path / "other.py"
+    other.write_text(NET.replace("nn.Conv2d(3, 16, 3, padding=1)", "nn.Conv2d(3, 8, 3, padding=1)")
+                     .replace("nn.BatchNorm2d(16)", "nn.BatchNorm2d(8)").replace("nn.Conv2d(16, 16", "nn.Conv2d(8, 16"))
+    case = watch(tmp_path, other, good_plan)
+    invoke(case, ["apply", f"{other}:make", str(good_plan), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE],
+           phrases=("does not fit the model",))
+
+
+@pytest.mark.parametrize("spec,phrases", [("nope.pt", ("does not exist",)), ("BRANCHY", ("cannot trace",))])
+def test_graph_bad_models(tmp_path: Path, spec: str, phrases: tuple[str, ...]) -> None:
+    f = tmp_path / "branchy.py"
+    f.write_text(UNTRACEABLE)
+    spec = f"{f}:make" if spec == "BRANCHY" else str(tmp_path / spec)
+    case = watch(tmp_path, f)
+    invoke(case, ["graph", spec, "--input-shape", SHAPE], phrases=phrases)
+
+
 # --------------------------------------------------------------------------------------------- interrupts
 
 
@@ -571,7 +639,7 @@ SLOW_FACTORY = textwrap.dedent(
     def make():
         pathlib.Path(os.environ["SLIMNET_TEST_STARTED"]).touch()  # imports done: the pipeline starts now
         torch.manual_seed(0)
-        return torchvision.models.resnet18(weights=None)
+        return torchvision.models.resnet50(weights=None)
     """
 )
 
@@ -584,8 +652,9 @@ def _env() -> dict[str, str]:
 
 
 def test_ctrl_c_during_shrink(tmp_path: Path, out_dir: Path, delay: float = 1.5) -> None:
-    """Real SIGINT to ``python -m slimnet shrink`` (resnet18 at 224 px) ~1.5 s into building, tracing, analysing
-    and verifying it: exit 130, one line 'interrupted', nothing written.
+    """Real SIGINT to ``python -m slimnet shrink`` (torchvision's resnet50 at 224 px, from a factory file so that
+    the start is observable) ~1.5 s into building, tracing and analysing it: exit 130, one line 'interrupted',
+    nothing written. (resnet50 rather than resnet18 so that a fast machine cannot finish before the signal.)
 
     The signal is timed from the moment the factory runs, not from process start: the first ~1.5 s of a fresh
     process are imports, where Ctrl-C is a separate (known) problem, see test_ctrl_c_while_torch_imports_numpy."""

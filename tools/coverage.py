@@ -327,8 +327,8 @@ def write_doc(path: Path, recs: dict[str, dict[str, Any]], order: list[str], ski
            "all-zero head; `perturb()` in the tool): otherwise a cut that keeps the wrong indices of such a tensor "
            "computes the same numbers, and ViT's outputs are exactly 0, so the verification would check nothing."
            if not args.plain_init else " torchvision's init is kept as built (`--plain-init`).")
-        + " A criterion *passes* when the pruned model is verified against the masked original (float64, "
-        "example input and a larger batch-2 input).",
+        + " A criterion *passes* when the pruned model is verified against the masked original (in float64; "
+        "in float32 for models of more than 100M parameters; on the example input and a larger batch-2 input).",
         "",
     ]
     if args.transformer_criteria:
@@ -402,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="Keep torchvision's init as built (identity norms, zero biases and heads: weaker checks).")
     ap.add_argument("--jsonl", default="", help="Append every model's raw record to this file.")
     ap.add_argument("--resume", action="store_true", help="Reuse records already in --jsonl.")
+    ap.add_argument("--date", default="", help="Date for the header (when re-rendering a finished sweep with "
+                    "--resume).")
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.criteria = [c for c in args.criteria.split(",") if c]
@@ -429,9 +431,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(rec) + "\n")
         return 0
 
-    command = "python tools/coverage.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                                              else sys.argv[1:]))
-    started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    shown, raw = [], list(argv if argv is not None else sys.argv[1:])
+    while raw:  # the sweep's own command: --resume/--date only re-render it
+        a = raw.pop(0)
+        if a == "--date":
+            raw = raw[1:]
+        elif a != "--resume" and not a.startswith("--date="):
+            shown.append(a)
+    command = "python tools/coverage.py " + " ".join(shlex.quote(a) for a in shown)
+    started = args.date or dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     args.revision = revision()
     names = zoo()
     if args.models:
