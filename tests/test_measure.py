@@ -1,0 +1,256 @@
+"""MACs against hand-computed formulas, skipped ops reported, the latency harness's shape (never its timings),
+and ``slimnet bench`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import typer
+from torch import nn
+from typer.testing import CliRunner
+
+from slimnet import measure
+from slimnet.cli_measure import register
+from slimnet.errors import SlimnetError
+from slimnet.measure import batch_input, compare, count_macs, device_info, own_macs, time_models
+
+app = typer.Typer()
+register(app)
+runner = CliRunner()
+
+
+def conv_net(width: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(width * 8 * 8, 10)).eval()
+
+
+def conv_net_macs(width: int = 8, batch: int = 1) -> int:
+    """On a [batch, 3, 16, 16] input."""
+    conv = batch * width * 16 * 16 * (3 * 3 * 3)  # one MAC per output element per kernel tap
+    relu = batch * width * 16 * 16  # one op per element
+    pool = batch * width * 8 * 8 * (2 * 2)  # each output looks at a 2x2 window
+    fc = batch * (width * 8 * 8) * 10
+    return conv + relu + pool + fc
+
+
+class LinearNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(20, 30)
+        self.fc2 = nn.Linear(30, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x))) * 2
+
+
+class Attention(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+class Cumsum(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(self.fc(x), dim=1)
+
+
+class Kwargs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * scale
+
+
+def test_conv_net_macs_by_formula():
+    model = conv_net()
+    cost = count_macs(model, torch.randn(1, 3, 16, 16))
+    assert cost["macs"] == conv_net_macs() == 64512
+    assert cost["flops"] == 2 * cost["macs"]
+    assert cost["params"] == (8 * 27 + 8) + (512 * 10 + 10)
+    assert cost["skipped_ops"] == {}
+    assert cost["by_op"] == {"conv": 55296, "linear": 5120, "relu": 2048, "max_pool2d": 2048}
+    assert cost["per_layer"]["0"] == {"macs": 55296, "params": 8 * 27 + 8}
+    assert cost["per_layer"]["2"]["macs"] == 2048 and cost["per_layer"]["4"]["macs"] == 5120
+    assert sum(own_macs(cost["per_layer"]).values()) == cost["macs"]
+    assert "one multiply-add as one flop" in cost["note"]
+    assert count_macs(model, torch.randn(3, 3, 16, 16))["macs"] == conv_net_macs(batch=3)
+
+
+def test_linear_net_macs_by_formula_and_mode_restored():
+    model = LinearNet().train()
+    cost = count_macs(model, torch.randn(4, 20))
+    fc1, gelu, fc2, mul = 4 * 20 * 30, 4 * 30, 4 * 30 * 5, 4 * 5
+    assert cost["macs"] == fc1 + gelu + fc2 + mul
+    assert cost["per_layer"] == {"fc1": {"macs": fc1, "params": 630}, "fc2": {"macs": fc2, "params": 155}}
+    assert model.training  # measured in eval mode, given back in train mode
+
+
+def test_attention_macs_and_tuple_input():
+    q, k, v = torch.randn(2, 4, 10, 8), torch.randn(2, 4, 12, 8), torch.randn(2, 4, 12, 6)
+    cost = count_macs(Attention(), (q, k, v))
+    assert cost["macs"] == 2 * 4 * 10 * 12 * 8 + 2 * 4 * 10 * 12 * 6  # q @ k^T, then attn @ v
+    assert cost["skipped_ops"] == {}
+
+
+def test_dict_input():
+    cost = count_macs(Kwargs(), {"x": torch.randn(2, 4), "scale": torch.randn(2, 3)})
+    assert cost["macs"] == 2 * 4 * 3 + 2 * 3 and cost["per_layer"]["fc"]["macs"] == 24
+
+
+def test_op_without_handle_is_listed_not_silently_zero():
+    cost = count_macs(Cumsum(), torch.randn(2, 6))
+    assert cost["skipped_ops"] == {"aten::cumsum": 1}
+    assert cost["macs"] == 2 * 6 * 6  # what has a handle is still counted
+
+
+def test_failures_are_one_error():
+    class Broken(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("boom")
+
+    with pytest.raises(SlimnetError, match="cannot count the MACs of Broken.*boom"):
+        count_macs(Broken(), torch.randn(1, 2))
+    with pytest.raises(SlimnetError, match="give a tensor, a tuple or a dict of tensors"):
+        count_macs(LinearNet(), [1, 2])
+
+
+def test_batch_input_repeats_rows():
+    x = torch.arange(6.0).reshape(2, 3)
+    y = batch_input(x, 5)
+    assert y.shape == (5, 3) and torch.equal(y[2], x[0]) and torch.equal(y[4], x[0])
+    assert batch_input(x, 2) is x
+    d = batch_input({"a": x, "n": torch.tensor(3)}, 3)
+    assert d["a"].shape == (3, 3) and d["n"].dim() == 0
+    with pytest.raises(SlimnetError):
+        batch_input(x, 0)
+
+
+def test_interleaved_order():
+    calls: list[str] = []
+
+    def step(name: str):
+        return lambda: calls.append(name) or 1.0
+
+    times = measure._interleaved([step("a"), step("b")], warmup=1, runs=2, bar=measure._Bar(False))
+    assert calls == ["a", "b"] * 3 and times == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_time_models_fields_not_values():
+    torch.manual_seed(0)
+    models = [("big", conv_net(8)), ("small", conv_net(4))]
+    res = time_models(models, torch.randn(1, 3, 16, 16), runs=5, warmup=1, threads=1, progress=False)
+    assert res["runs"] == 5 and res["warmup"] == 1 and res["threads"] == 1 and res["batch_size"] == 1
+    assert res["backends"] == list(measure.BACKENDS)
+    timed = ["torch-cpu", "ort-cpu"] + (["torch-cuda"] if torch.cuda.is_available() else [])
+    for label, _ in models:
+        for b in timed:
+            s = res["latency_ms"][label][b]
+            assert set(s) == {"p50", "p90", "min", "runs", "warmup"} and s["runs"] == 5
+            assert isinstance(s["p50"], float) and 0 < s["min"] <= s["p50"] <= s["p90"]
+    if not torch.cuda.is_available():
+        assert set(res["skipped"]) == {"torch-cuda", "ort-cuda"}
+        assert all("CUDA" in why for why in res["skipped"].values())
+    assert torch.get_num_threads() >= 1
+
+
+def test_time_models_batch_and_errors():
+    res = time_models([("m", LinearNet())], torch.randn(1, 20), backends=("torch-cpu",), batch_size=4, runs=2,
+                      warmup=0, progress=False)
+    assert res["latency_ms"]["m"]["torch-cpu"]["runs"] == 2 and res["skipped"] == {}
+    with pytest.raises(SlimnetError, match="unknown backend"):
+        time_models([("m", LinearNet())], torch.randn(1, 20), backends=("tpu",), runs=1, progress=False)
+    with pytest.raises(SlimnetError, match="unique"):
+        time_models([("m", LinearNet()), ("m", LinearNet())], torch.randn(1, 20), runs=1, progress=False)
+
+
+def test_compare_ratios():
+    a = {"macs": 400, "latency_ms": {"torch-cpu": {"p50": 10.0}, "ort-cpu": {"p50": 8.0}}}
+    b = {"macs": 100, "latency_ms": {"torch-cpu": {"p50": 5.0}, "ort-cpu": {"p50": 4.0}}}
+    c = compare(a, b)
+    assert c["speedup"] == {"theoretical": 4.0, "torch-cpu": 2.0, "ort-cpu": 2.0}
+    assert c["efficiency"] == {"torch-cpu": 0.5, "ort-cpu": 0.5}
+
+
+def test_device_info():
+    info = device_info(3)
+    assert info["threads"] == 3 and info["cpu"] and info["torch"] == torch.__version__
+    for key in ("gpu", "onnxruntime", "onnx", "fvcore", "slimnet", "cpu_count"):
+        assert key in info
+
+
+NET = """
+import torch
+from torch import nn
+
+def big():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 4))
+
+def small():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 4))
+"""
+
+
+def test_cli_bench_json(tmp_path):
+    (tmp_path / "net.py").write_text(NET)
+    big, small = f"{tmp_path / 'net.py'}:big", f"{tmp_path / 'net.py'}:small"
+    r = runner.invoke(app, ["bench", big, small, "--input-shape", "1,3,12,12", "--runs", "3", "--warmup", "1",
+                            "--threads", "1", "--backend", "torch-cpu,ort-cpu", "--backend", "torch-cuda",
+                            "--per-layer", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert [m["path"] for m in rep["models"]] == [big, small]
+    for m in rep["models"]:
+        assert {"params", "macs", "flops", "skipped_ops", "latency_ms", "per_layer"} <= set(m)
+        assert m["flops"] == 2 * m["macs"] and m["skipped_ops"] == {}
+        for b in ("torch-cpu", "ort-cpu"):
+            assert set(m["latency_ms"][b]) == {"p50", "p90", "min"}
+    assert rep["models"][0]["macs"] > rep["models"][1]["macs"]
+    assert rep["speedup"]["theoretical"] == rep["models"][0]["macs"] / rep["models"][1]["macs"]
+    assert set(rep["speedup"]) >= {"theoretical", "torch-cpu", "ort-cpu"}
+    assert set(rep["efficiency"]) >= {"torch-cpu", "ort-cpu"}
+    assert rep["device"]["threads"] == 1 and rep["backends"] == ["torch-cpu", "ort-cpu", "torch-cuda"]
+    if not torch.cuda.is_available():
+        assert set(rep["skipped_backends"]) == {"torch-cuda"}
+
+
+def test_cli_bench_tables_and_errors(tmp_path):
+    (tmp_path / "net.py").write_text(NET)
+    big, small = f"{tmp_path / 'net.py'}:big", f"{tmp_path / 'net.py'}:small"
+    r = runner.invoke(app, ["bench", big, small, "--input-shape", "1,3,12,12", "--runs", "2", "--warmup", "0",
+                            "--backend", "torch-cpu", "--per-layer"])
+    assert r.exit_code == 0, r.output
+    for text in ("theoretical cost", "latency", "speedup over", "MACs per layer"):
+        assert text in r.stdout
+    r = runner.invoke(app, ["bench", str(tmp_path / "missing.pt")])
+    assert r.exit_code == 2 and r.stderr.startswith("error:") and "Traceback" not in r.output
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(app, ["bench", big, "--backend", "tpu"])
+    assert r.exit_code == 2 and "unknown --backend tpu" in r.stderr
+    r = runner.invoke(app, ["bench", big, "--runs", "0"])
+    assert r.exit_code == 2 and "--runs" in r.stderr
+
+
+def test_shrunk_model_costs_less():
+    api = pytest.importorskip("slimnet.api")
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    model = conv_net(8)
+    res = api.shrink(model, x, ratio=0.5, round_to=1)
+    assert res.report["macs"] == [count_macs(model, x)["macs"], count_macs(res.model, x)["macs"]]
+    assert res.report["macs"][1] == conv_net_macs(width=4)
+    timing = time_models([("a", model), ("b", res.model)], x, backends=("torch-cpu",), runs=2, warmup=0,
+                         progress=False)
+    entries = [{"macs": m, "latency_ms": timing["latency_ms"][k]} for m, k in zip(res.report["macs"], "ab")]
+    assert compare(*entries)["speedup"]["theoretical"] == conv_net_macs(8) / conv_net_macs(4)
