@@ -19,7 +19,7 @@ from .errors import SlimnetError, VerificationError
 from .groups import Analysis, analyse
 from .plan import DEFAULT_ROUND_TO, Decision, build_plan, decide
 from .surgeon import pruned_copy
-from .trace import call, trace
+from .trace import call
 from .verify import VerifyResult, verify
 
 
@@ -85,7 +85,7 @@ def _describe(example: Any) -> str:
 def graph(model: nn.Module, example: Any) -> Analysis:
     """The coupled channel groups of ``model``, each prunable or with the reason it is not."""
     check_runs(model, example)
-    return analyse(model, example, trace(model, example))
+    return analyse(model, example)
 
 
 def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str = "l1",
@@ -95,7 +95,7 @@ def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str
     t0 = time.perf_counter()
     model = model.eval()
     check_runs(model, example)
-    analysis = analyse(model, example, trace(model, example))
+    analysis = analyse(model, example)
     decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore,
                        seed=seed, prune_norm=prune_norm)
     plan = build_plan(analysis, decisions, model_name=model_name or type(model).__name__, criterion=criterion,

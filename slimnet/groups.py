@@ -135,6 +135,7 @@ class Analysis:
     groups: list[Group]
     aliases: dict[str, list[str]]  # canonical tensor name -> every state_dict name sharing it
     shapes: dict[str, tuple[int, ...]]
+    notes: list[str] = field(default_factory=list)  # how the model was traced, when not in one piece
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -335,6 +336,12 @@ class AtomInterpreter(fx.Interpreter):
         name = self.alias.get(str(n.target), str(n.target))
         if not real.is_floating_point():
             return lambda: torch.full(real.shape, NONE, dtype=torch.float64)
+        if name not in self.alias:  # a constant or non-persistent buffer: no plan can slice it, so it is a
+            # fixed size (like a tensor built in forward): combined with channels it keeps them whole
+            if real.numel() <= 1:
+                return lambda: torch.full(real.shape, NONE, dtype=torch.float64)
+            a = self.poison_atom(f"tensor {name} is not in the state_dict, so it cannot be sliced")
+            return lambda: torch.full(real.shape, float(a), dtype=torch.float64)
 
         def make() -> torch.Tensor:
             if name in self.param_ranges:
@@ -354,7 +361,7 @@ class AtomInterpreter(fx.Interpreter):
             mod = self.module.get_submodule(n.target)
             fn = None
             for cls in type(mod).__mro__:
-                fn = RULES.get(cls)
+                fn = RULES.get(cls) or RULES.get(f"{cls.__module__}.{cls.__qualname__}")
                 if fn is not None:
                     break
         elif n.op == "call_method":
@@ -877,6 +884,19 @@ def linear_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, re
     return linear_ids(it, n, it.ids_of(args[0]), real, f"{n.target}.weight", b)
 
 
+@rule("transformers.pytorch_utils.Conv1D")
+def hf_conv1d(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """Hugging Face's Conv1D (GPT-2) is a Linear whose weight is stored transposed: [in, out]."""
+    x = it.ids_of(args[0])
+    w, b = f"{n.target}.weight", f"{n.target}.bias"
+    in_atoms = it.per_index(x, -1, f"merged into one input feature at node {it.where()}")
+    out_atoms = it.new_atoms(real.shape[-1], str(n.target))
+    it.bind(w, 1, out_atoms, "out")
+    it.bind(w, 0, in_atoms, "in")
+    it.bind(b, 0, out_atoms)
+    return it.fill(out_atoms, real.shape, -1)
+
+
 @rule(F.linear)
 def linear_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     w_arg, b_arg = _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
@@ -1035,14 +1055,36 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any
         lonely = torch.cat([ac[(ac >= 0) & (br < 0)], br[(br >= 0) & (ac < 0)]])
         for atom in _unique_atoms(lonely):
             it.poison.append((atom, f"{why}: contracted channels the other operand cannot follow"))
-    rows = torch.where(a_row_multi, torch.full_like(a_row, NONE), a_row) if a_contracts else a_row
-    cols = torch.where(b_col_multi, torch.full_like(b_col, NONE), b_col) if b_contracts else b_col
-    if a_contracts:
-        rows = torch.full_like(a_row, NONE)
-    if b_contracts:
-        cols = torch.full_like(b_col, NONE)
+    rows = torch.full_like(a_row, NONE) if a_contracts else a_row
+    cols = torch.full_like(b_col, NONE) if b_contracts else b_col
+    if (a_contracts or b_contracts) and not (rows >= 0).any() and not (cols >= 0).any():
+        # Only contracted channels feed the product (q @ k^T). Where a slice's contracted channels are all one
+        # unit (a whole head: its head size was fixed in a reshape), removing that unit would leave the product
+        # 0, not absent, and what follows (softmax, attn @ v) would still see it: the slice's product belongs
+        # to that unit. Where they are several units, a group always keeps one of them, and removing the others
+        # changes the original and the pruned model alike; the product then carries no channel.
+        shape = torch.broadcast_shapes(a_col.shape, b_row.shape)
+        both = torch.cat([a_col.expand(shape), b_row.expand(shape)], -1)
+        flat = both.reshape(-1, both.shape[-1]).to(torch.int64)
+        roots = torch.as_tensor(it.uf.roots())
+        has = flat >= 0
+        r = torch.where(has, roots[flat.clamp_min(0)], torch.full_like(flat, -1))
+        big = torch.iinfo(torch.int64).max
+        lo = torch.where(has, r, torch.full_like(r, big)).amin(1)
+        hi = torch.where(has, r, torch.full_like(r, -1)).amax(1)
+        single = has.any(1) & (lo == hi)
+        atoms = torch.where(single, lo, torch.full_like(lo, -1)).to(torch.float64)
+        out = atoms.reshape(tuple(both.shape[:-1]) + (1, 1))
+        return out.expand(real.shape).clone()
     if (rows >= 0).any() and (cols >= 0).any():
-        it.poison_ids((rows, cols), f"{why}: both operands carry channels into the product")
+        # out[i, j] = sum_k a[i, k] b[k, j] needs both a's row atom and b's column atom (attn @ v: a head's
+        # attention weights and its value columns): each such pair is one unit.
+        grid_r = rows.unsqueeze(-1).expand(real.shape).reshape(-1)
+        grid_c = cols.unsqueeze(-2).expand(real.shape).reshape(-1)
+        both = (grid_r >= 0) & (grid_c >= 0)
+        if both.any():
+            for x, y in _unique_pairs(grid_r[both], grid_c[both]):
+                it.uf.union(x, y)
     out = torch.where(rows.unsqueeze(-1) >= 0, rows.unsqueeze(-1), cols.unsqueeze(-2))
     return out.expand(real.shape).clone() if out.shape != real.shape else out
 
@@ -1144,18 +1186,63 @@ def tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, list[str
 
 
 def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None) -> Analysis:
-    """Trace (unless given) and interpret the model on atom ids; return its coupled channel groups."""
-    from .trace import trace
+    """Trace (unless given) and interpret the model on atom ids; return its coupled channel groups.
+
+    A model that cannot be traced whole is analysed piece by piece (:func:`slimnet.trace.trace_pieces`):
+    the pieces' inputs and outputs stay whole, and the reason the whole model did not trace is kept in
+    ``Analysis.notes``. With no prunable piece the tracing error is raised as it was."""
+    from .errors import SlimnetError
+    from .trace import trace, trace_pieces
 
     if gm is None:
-        gm = trace(model, example)
-    alias, alias_groups = tensor_aliases(gm)
+        try:
+            gm = trace(model, example)
+        except SlimnetError as exc:
+            pieces = trace_pieces(model, example)
+            analysis = _analyse_pieces(model, pieces, str(exc))
+            if not any(g.prunable for g in analysis.groups):
+                raise
+            return analysis
+    groups = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return Analysis(groups=groups, aliases=tensor_aliases(model)[1], shapes=shapes)
+
+
+def _analyse_graph(gm: fx.GraphModule, inputs: list[Any]) -> list[Group]:
+    alias, _ = tensor_aliases(gm)
     it = AtomInterpreter(gm, alias)
     with torch.inference_mode(False), torch.no_grad():
-        it.run(*placeholder_args(gm, example))
+        it.run(*inputs)
     shapes = {k: tuple(v.shape) for k, v in gm.state_dict().items()}
-    groups = _assemble(it, shapes)
-    return Analysis(groups=groups, aliases=alias_groups, shapes=shapes)
+    return _assemble(it, shapes)
+
+
+def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], why: str) -> Analysis:
+    """Groups of every piece, renamed to the model's state_dict names. A tensor tied to one outside its piece
+    (shared embeddings) is frozen: the other user was not traced with it."""
+    alias, alias_groups = tensor_aliases(model)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    groups: list[Group] = []
+    for path, gm in pieces:
+        def full(t: str, path: str = path) -> str:
+            name = f"{path}.{t}"
+            return alias.get(name, name)
+
+        for g in _analyse_graph(gm, gm.meta["inputs"]):
+            reason = g.reason
+            for t, _ in g.members:
+                outside = [a for a in alias_groups.get(full(t), []) if not a.startswith(f"{path}.")]
+                if outside and reason is None:
+                    reason = f"{full(t)} is tied to {outside[0]}, outside the traced piece {path}"
+            groups.append(Group(
+                id=len(groups), name=f"{path}.{g.name}", reason=reason, normalised=g.normalised,
+                members=[(full(t), d) for t, d in g.members],
+                units=[Unit({(full(t), d): idx for (t, d), idx in u.members.items()}) for u in g.units],
+                roles={(full(t), d): r for (t, d), r in g.roles.items()},
+            ))
+    first = why.split(": torch.fx needs")[0]
+    notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
+    return Analysis(groups=groups, aliases=alias_groups, shapes=shapes, notes=notes)
 
 
 def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[Group]:
@@ -1216,10 +1303,12 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
         idx, r = idx[ok], r[ok]
         order = np.argsort(r, kind="stable")
         idx, r = idx[order], r[order]
-        bounds = np.nonzero(np.diff(r))[0] + 1
-        for ri, ii in zip(np.split(r, bounds), np.split(idx, bounds)):
-            if len(ri):
-                slots[int(ri[0])][(name, dim)] = sorted(ii.tolist())
+        # runs of one root, sliced from plain lists (np.split makes an array per unit: slow on wide nets)
+        starts = [0] + (np.nonzero(np.diff(r))[0] + 1).tolist() + [len(r)]
+        r_list, idx_list = r.tolist(), idx.tolist()
+        for s, e in zip(starts[:-1], starts[1:]):
+            if e > s:
+                slots[r_list[s]][(name, dim)] = sorted(idx_list[s:e])
     poison: dict[int, str] = {}
     for (name, _dim), entries in by_member.items():
         if name in it.frozen:
@@ -1244,7 +1333,7 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
     names_seen: dict[str, int] = defaultdict(int)
     for members, rs in sorted(buckets.items(), key=lambda kv: min(kv[1])):
         units = [Unit({m: slots[r][m] for m in members}) for r in rs]
-        units.sort(key=lambda u: [u.members[m][0] for m in members])
+        units.sort(key=lambda u: u.members[members[0]][0])  # units own disjoint slices: one member orders them
         name = producer_of.get(min(rs), members[0][0].rsplit(".", 1)[0])
         names_seen[name] += 1
         if names_seen[name] > 1:

@@ -18,11 +18,12 @@ from torch import nn
 from .errors import SlimnetError
 
 Fixer = Callable[[nn.Module], "nn.Module | None"]  # may return a replacement module
-#: One registry of per-module surgery rules: module class -> fixer that updates its size attributes.
-SURGERY: dict[type, Fixer] = {}
+#: One registry of per-module surgery rules: module class (or qualified class name, for optional libraries)
+#: -> fixer that updates its size attributes.
+SURGERY: dict[type | str, Fixer] = {}
 
 
-def surgery(*classes: type) -> Callable[[Fixer], Fixer]:
+def surgery(*classes: type | str) -> Callable[[Fixer], Fixer]:
     def deco(fn: Fixer) -> Fixer:
         for c in classes:
             SURGERY[c] = fn
@@ -103,10 +104,16 @@ def _mha(m: nn.Module) -> nn.Module | None:
     return SlimMultiheadAttention(m, m.in_proj_weight, m.in_proj_bias, m.out_proj, head_dim)
 
 
+@surgery("transformers.pytorch_utils.Conv1D")
+def _hf_conv1d(m: nn.Module) -> None:
+    m.nx, m.nf = m.weight.shape
+
+
 def _fixer(m: nn.Module) -> Fixer | None:
     for cls in type(m).__mro__:
-        if cls in SURGERY:
-            return SURGERY[cls]
+        fix = SURGERY.get(cls) or SURGERY.get(f"{cls.__module__}.{cls.__qualname__}")
+        if fix is not None:
+            return fix
     return None
 
 
@@ -172,8 +179,10 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
 
 def _fix_modules(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     """Update the size attributes of every module whose tensors the plan changed (or replace the module)."""
+    from .sizes import recompute
+
     touched = {name.rpartition(".")[0] for name in plan["tensors"]}
-    for mod_name in sorted(touched):
+    for mod_name in sorted(touched, key=lambda n: (-n.count("."), n)):  # children before their parents
         mod = model.get_submodule(mod_name) if mod_name else model
         fix = _fixer(mod)
         if fix is None:
@@ -183,6 +192,10 @@ def _fix_modules(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
             parent_name, _, child = mod_name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, child, replacement)
+    # size attributes a parent's forward reads (GPT-2's split_size): recomputed from the pruned tensors
+    ancestors = {name.rsplit(".", k)[0] for name in touched for k in range(1, name.count(".") + 1)} | {""}
+    for mod_name in sorted(touched | ancestors):
+        recompute(model.get_submodule(mod_name) if mod_name else model)
     return model
 
 

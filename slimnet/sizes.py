@@ -1,0 +1,84 @@
+"""Size attributes that a module's forward reads and that pruning changes.
+
+Some forwards hard-code a width through an attribute (Hugging Face GPT-2 splits its fused qkv projection with
+``.split(self.split_size, dim=2)``). Traced as a plain int, such a size would freeze the channels it splits;
+so each such attribute has one entry here saying how it follows from the module's tensors. The same entry
+serves twice: while tracing, the attribute is replaced by that expression of traced tensor shapes (so the
+channel rules see a size that follows pruning), and after surgery the surgeon recomputes it from the pruned
+tensors. Supporting a new module's size attribute is one entry.
+
+Entries are keyed by qualified class name, so that optional libraries are never imported to build the table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch import nn
+
+Getter = Callable[[str], Any]  # tensor name relative to the module -> tensor (or traced proxy)
+SizeFn = Callable[[Getter, nn.Module], Any]
+#: qualified class name -> {attribute: fn(get, module) -> size}
+SIZES: dict[str, dict[str, SizeFn]] = {}
+
+
+def sizes(qualname: str, **attrs: SizeFn) -> None:
+    SIZES.setdefault(qualname, {}).update(attrs)
+
+
+def _qualname(m: nn.Module) -> str:
+    cls = type(m)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def entries(m: nn.Module) -> dict[str, SizeFn]:
+    """The size attributes of ``m`` (from its class or any base class) that it actually has."""
+    out: dict[str, SizeFn] = {}
+    for cls in reversed(type(m).__mro__):
+        for attr, fn in SIZES.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
+            if isinstance(getattr(m, attr, None), int):
+                out[attr] = fn
+    return out
+
+
+@contextlib.contextmanager
+def traced_sizes(m: nn.Module, get: Getter) -> Iterator[None]:
+    """While tracing ``m``'s forward, its size attributes are expressions of its traced tensors' shapes."""
+    fns = entries(m)
+    saved = {attr: m.__dict__.get(attr) for attr in fns}
+    try:
+        for attr, fn in fns.items():
+            try:
+                m.__dict__[attr] = fn(get, m)
+            except Exception:  # noqa: BLE001 - a size that cannot be expressed stays a literal (frozen)
+                m.__dict__[attr] = saved[attr]
+        yield
+    finally:
+        for attr, v in saved.items():
+            m.__dict__[attr] = v
+
+
+def recompute(m: nn.Module) -> None:
+    """After surgery: set ``m``'s size attributes from its (pruned) tensors."""
+    state = dict(m.named_parameters())
+    state.update(dict(m.named_buffers()))
+    for attr, fn in entries(m).items():
+        m.__dict__[attr] = int(fn(lambda name: state[name], m))
+
+
+# Hugging Face transformers
+# ---------------------------------------------------------------------------------------------------------
+_HF = "transformers.models"
+# GPT-2: forward splits the fused qkv Conv1D output by split_size (the inner width, c_proj's input).
+sizes(f"{_HF}.gpt2.modeling_gpt2.GPT2Attention",
+      split_size=lambda get, m: get("c_proj.weight").shape[0],
+      num_heads=lambda get, m: get("c_proj.weight").shape[0] // m.head_dim)
+# BERT, RoBERTa: read by nothing in forward since transformers 5, kept true for users.
+for _name in ("bert.modeling_bert.BertSelfAttention", "roberta.modeling_roberta.RobertaSelfAttention"):
+    sizes(f"{_HF}.{_name}",
+          num_attention_heads=lambda get, m: get("query.weight").shape[0] // m.attention_head_size,
+          all_head_size=lambda get, m: get("query.weight").shape[0])
+sizes(f"{_HF}.vit.modeling_vit.ViTAttention",
+      num_attention_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
