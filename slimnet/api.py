@@ -90,16 +90,17 @@ def graph(model: nn.Module, example: Any) -> Analysis:
 
 def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str = "l1",
            round_to: int = DEFAULT_ROUND_TO, ignore: list[str] | None = None, seed: int = 0,
-           prune_norm: bool = False, model_name: str = "", measure: bool = True) -> ShrinkResult:
+           prune_norm: bool = False, model_name: str = "", measure: bool = True,
+           head_ratio: float | None = None) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch."""
     t0 = time.perf_counter()
     model = model.eval()
     check_runs(model, example)
     analysis = analyse(model, example)
     decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore,
-                       seed=seed, prune_norm=prune_norm)
+                       seed=seed, prune_norm=prune_norm, head_ratio=head_ratio)
     plan = build_plan(analysis, decisions, model_name=model_name or type(model).__name__, criterion=criterion,
-                      ratio=ratio, round_to=round_to, seed=seed)
+                      ratio=ratio, round_to=round_to, seed=seed, head_ratio=head_ratio)
     pruned = pruned_copy(model, plan).eval()
     result = verify(model, pruned, plan, example)
     approximate = any(d.pruned and d.group.normalised for d in decisions)

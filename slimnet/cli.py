@@ -77,7 +77,7 @@ def guarded(debug: bool) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-def check_output(output: str, inputs: list[str], suffixes: tuple[str, ...] = ()) -> Path:
+def check_output(output: str, inputs: list[str], suffixes: tuple[str, ...] = (), folder: bool = False) -> Path:
     """The output path must differ from every input (a FILE.py:FACTORY spec's file included), and its folder
     must exist and be writable."""
     p = Path(output)
@@ -92,8 +92,10 @@ def check_output(output: str, inputs: list[str], suffixes: tuple[str, ...] = ())
         raise SlimnetError(f"output folder {parent} does not exist: create it first")
     if not os.access(parent, os.W_OK):
         raise SlimnetError(f"output folder {parent} is not writable")
-    if p.is_dir():
+    if p.is_dir() and not folder:
         raise SlimnetError(f"output {output} is a folder: give a file name such as model-slim.pt")
+    if folder and p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise SlimnetError(f"output {output} exists and is not an empty folder: give a new folder name")
     return p
 
 
@@ -116,9 +118,22 @@ def _model_inputs(model: str, weights: Optional[str], input_file: Optional[str],
                   trust_pickle: bool) -> tuple[Any, Any]:
     from .load import load_input, load_model
 
+    if model.startswith("hf:") and input_file is None:  # token ids or pixels, from the model's config
+        if input_shape is not None:
+            raise SlimnetError("--input-shape makes one float tensor; hf: models take a dict: give --input "
+                               "with e.g. {'input_ids': ..., 'attention_mask': ...} saved with torch.save")
+        from .hf import default_input
+
+        loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
+        return loaded, default_input(loaded.model)
     example = load_input(input_file, input_shape, model)  # cheap checks first
     loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
     return loaded, example
+
+
+def wants_folder(output: str, model: str) -> bool:
+    """A Hugging Face model written with -o NAME (no .pt/.pth suffix) becomes a save_pretrained folder."""
+    return model.startswith("hf:") and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
 
 
 def _emit_json(obj: dict[str, Any]) -> None:
@@ -203,8 +218,10 @@ def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> d
 @app.command()
 def shrink(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="torchvision:NAME, timm:NAME, FILE.py:FACTORY, or a torch.save(model) file."),
-    output: str = typer.Option(..., "-o", "--output", help="Where to write the pruned model (torch.save)."),
+    model: str = typer.Argument(..., help="torchvision:NAME, timm:NAME, hf:FOLDER, FILE.py:FACTORY, or a "
+                                "torch.save(model) file."),
+    output: str = typer.Option(..., "-o", "--output", help="Where to write the pruned model (torch.save); for "
+                               "hf: models a name without .pt is a save_pretrained folder."),
     ratio: float = typer.Option(0.5, "--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1."),
     criterion: str = typer.Option("l1", "--criterion", "-c", help="l1, l2, fpgm, random or bn-scale."),
     round_to: int = typer.Option(8, "--round-to", help="Kept channel counts are rounded to a multiple of this."),
@@ -212,6 +229,10 @@ def shrink(
     seed: int = typer.Option(0, "--seed", help="Seed for the random criterion."),
     prune_norm: bool = typer.Option(False, "--prune-norm", help="Also prune groups normalised by LayerNorm "
                                     "(not exact: the verifier then reports the difference)."),
+    prune_embed: bool = typer.Option(False, "--prune-embed", help="Transformers: also prune the embedding "
+                                     "(residual-stream) width; the same as --prune-norm."),
+    head_ratio: Optional[float] = typer.Option(None, "--head-ratio", help="Fraction of attention heads to drop "
+                                               "(default: --ratio)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="state_dict to load into FILE.py:FACTORY."),
     input_file: Optional[str] = typer.Option(None, "--input", help="Example input saved with torch.save."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Example input shape, e.g. 1,3,224,224."),
@@ -239,13 +260,15 @@ def shrink(
             raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
         if round_to < 1:
             raise SlimnetError(f"--round-to {round_to} must be at least 1")
-        out_path = check_output(output, [model, weights or "", input_file or ""])
+        folder = wants_folder(output, model)
+        out_path = check_output(output, [model, weights or "", input_file or ""], folder=folder)
         plan_path = plan_mod.plan_path_for(out_path)
         check_output(str(plan_path), [model])
         onnx_path = check_output(onnx, [model, output]) if onnx else None
         loaded, example = _model_inputs(model, weights, input_file, input_shape, trust_pickle)
         result = api.shrink(loaded.model, example, ratio=ratio, criterion=criterion, round_to=round_to,
-                            ignore=ignore, seed=seed, prune_norm=prune_norm, model_name=model)
+                            ignore=ignore, seed=seed, prune_norm=prune_norm or prune_embed, model_name=model,
+                            head_ratio=head_ratio)
         report = result.report
         if onnx_path is not None:
             from .export import export_onnx
@@ -253,7 +276,12 @@ def shrink(
             report["onnx"] = export_onnx(result.model, example, onnx_path)
         plan_mod.save(result.plan, plan_path)
         try:
-            save_model_atomic(result.model, out_path)
+            if folder:
+                from .hf import save_pretrained
+
+                save_pretrained(result.model, result.plan, out_path)
+            else:
+                save_model_atomic(result.model, out_path)
         except BaseException:
             plan_path.unlink(missing_ok=True)
             raise

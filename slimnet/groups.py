@@ -107,6 +107,7 @@ class Group:
     reason: str | None = None  # why it is left whole; None when prunable
     normalised: str | None = None  # set when a norm over channels sees it (pruning is then not exact)
     roles: dict[Member, str] = field(default_factory=dict)
+    kind: str = "channels"  # "heads" when each unit is a whole attention head (or a key/value head's group)
 
     @property
     def channels(self) -> int:
@@ -125,6 +126,7 @@ class Group:
             "prunable": self.prunable,
             "reason": self.reason,
             "normalised": self.normalised,
+            "kind": self.kind,
         }
 
 
@@ -190,6 +192,7 @@ class AtomInterpreter(fx.Interpreter):
         self.poison: list[tuple[int, str]] = []
         self.normed: list[tuple[int, str]] = []
         self.notes: list[tuple[int, str]] = []
+        self.heads: list[int] = []  # atoms that stand for a whole attention head
         self.frozen: dict[str, str] = {}  # parameters read by an op with no rule
         self.ids: dict[fx.Node, Any] = {}
         self._params = dict(gm.named_parameters(remove_duplicate=False))
@@ -1073,7 +1076,9 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any
         lo = torch.where(has, r, torch.full_like(r, big)).amin(1)
         hi = torch.where(has, r, torch.full_like(r, -1)).amax(1)
         single = has.any(1) & (lo == hi)
-        atoms = torch.where(single, lo, torch.full_like(lo, -1)).to(torch.float64)
+        atoms = torch.where(single, lo, torch.full_like(lo, -1))
+        it.heads.extend(torch.unique(atoms[atoms >= 0]).tolist())
+        atoms = atoms.to(torch.float64)
         out = atoms.reshape(tuple(both.shape[:-1]) + (1, 1))
         return out.expand(real.shape).clone()
     if (rows >= 0).any() and (cols >= 0).any():
@@ -1102,6 +1107,7 @@ def multihead_attention(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: di
         it.bind(w, 1, it.per_index(src, -1, f"merged into one feature at node {it.where()}"), "in")
     e, heads = mod.embed_dim, mod.num_heads
     head_atoms = it.new_atoms(heads, str(n.target))
+    it.heads.extend(head_atoms.tolist())
     rows = np.tile(np.repeat(head_atoms, e // heads), 3)
     it.bind(w, 0, rows, "out")
     it.bind(b, 0, rows)
@@ -1238,7 +1244,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
                 id=len(groups), name=f"{path}.{g.name}", reason=reason, normalised=g.normalised,
                 members=[(full(t), d) for t, d in g.members],
                 units=[Unit({(full(t), d): idx for (t, d), idx in u.members.items()}) for u in g.units],
-                roles={(full(t), d): r for (t, d), r in g.roles.items()},
+                roles={(full(t), d): r for (t, d), r in g.roles.items()}, kind=g.kind,
             ))
     first = why.split(": torch.fx needs")[0]
     notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
@@ -1320,6 +1326,7 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
     normed: dict[int, str] = {}
     for a, why in it.normed:
         normed.setdefault(int(roots[a]), why)
+    head_roots = {int(roots[a]) for a in it.heads}
     notes: dict[int, str] = {}
     for a, why in it.notes:
         notes.setdefault(int(roots[a]), why)
@@ -1347,5 +1354,6 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
         groups.append(Group(
             id=len(groups), name=name, units=units, members=list(members), reason=reason, normalised=norm,
             roles={m: roles.get(m, "") for m in members},
+            kind="heads" if any(r in head_roots for r in rs) else "channels",
         ))
     return groups

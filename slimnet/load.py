@@ -2,6 +2,8 @@
 
 MODEL is one of
   * ``torchvision:NAME`` / ``timm:NAME``: a built-in architecture, randomly initialised (nothing downloaded);
+  * ``hf:PATH``: a local Hugging Face model folder (config.json and safetensors; nothing downloaded), also one
+    that slimnet wrote for a pruned model (see :mod:`slimnet.hf`);
   * ``path/to/file.py:FACTORY``: a callable returning the model, optionally with ``--weights state_dict.pt``;
   * a file written by ``torch.save(model)``.
 
@@ -49,7 +51,7 @@ class LoadedModel:
 
     model: nn.Module
     spec: str
-    kind: str  # "torchvision", "timm", "factory", "pickle"
+    kind: str  # "torchvision", "timm", "hf", "factory", "pickle"
 
 
 def trust_from_env(flag: bool) -> bool:
@@ -116,6 +118,11 @@ def load_model(
     elif spec.startswith("timm:"):
         model = _timm(spec.split(":", 1)[1])
         kind = "timm"
+    elif spec.startswith("hf:"):
+        from .hf import from_pretrained
+
+        model = from_pretrained(spec.split(":", 1)[1])
+        kind = "hf"
     elif _is_factory_spec(spec):
         model = _factory(spec)
         kind = "factory"

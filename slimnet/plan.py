@@ -87,9 +87,13 @@ def _module_of(tensor: str) -> str:
 
 
 def decide(analysis: Analysis, model: nn.Module, *, ratio: float, criterion: str, round_to: int = DEFAULT_ROUND_TO,
-           ignore: list[str] | None = None, seed: int = 0, prune_norm: bool = False) -> list[Decision]:
-    """Rank every prunable group's units and choose which ones stay."""
+           ignore: list[str] | None = None, seed: int = 0, prune_norm: bool = False,
+           head_ratio: float | None = None) -> list[Decision]:
+    """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
+    ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group."""
     check_ratio(ratio)
+    if head_ratio is not None:
+        check_ratio(head_ratio, "--head-ratio")
     if round_to < 1:
         raise SlimnetError(f"--round-to {round_to} must be at least 1")
     ignored = resolve_ignore(model, ignore or [])
@@ -111,7 +115,8 @@ def decide(analysis: Analysis, model: nn.Module, *, ratio: float, criterion: str
             continue
         first = g.members[0]
         unit_channels = max(1, len(g.units[0].members[first]))
-        k = keep_count(len(g.units), ratio, round_to, unit_channels)
+        r = head_ratio if (head_ratio is not None and g.kind == "heads") else ratio
+        k = keep_count(len(g.units), r, round_to, unit_channels)
         scores, used = score(g, tensors, params, criterion, seed)
         order = np.argsort(-scores, kind="stable")  # most important first; ties keep the earlier unit
         d.keep = sorted(int(i) for i in order[:k])
@@ -121,7 +126,7 @@ def decide(analysis: Analysis, model: nn.Module, *, ratio: float, criterion: str
 
 
 def build_plan(analysis: Analysis, decisions: list[Decision], *, model_name: str, criterion: str, ratio: float,
-               round_to: int, seed: int) -> dict[str, Any]:
+               round_to: int, seed: int, head_ratio: float | None = None) -> dict[str, Any]:
     """Turn decisions into the plain ``slimnet.plan/1`` data."""
     dropped: dict[tuple[str, int], set[int]] = defaultdict(set)
     for d in decisions:
@@ -138,11 +143,13 @@ def build_plan(analysis: Analysis, decisions: list[Decision], *, model_name: str
         kept = [i for i in range(size) if i not in drop]
         for alias in analysis.aliases.get(name, [name]):
             tensors.setdefault(alias, {})[str(dim)] = kept
+    extra = {"head_ratio": head_ratio} if head_ratio is not None else {}
     return {
         "format": FORMAT,
         "model": model_name,
         "criterion": criterion,
         "ratio": ratio,
+        **extra,
         "round_to": round_to,
         "seed": seed,
         "version": __version__,

@@ -1,0 +1,149 @@
+"""Hugging Face models: load a local directory (``hf:PATH``), and save a pruned model so it loads again.
+
+A pruned model has per-layer head counts and hidden sizes that a transformers config cannot state (it has
+one ``num_attention_heads``, one ``intermediate_size``). So :func:`save_pretrained` writes the usual
+directory (``config.json`` + safetensors, via the model's own ``save_pretrained``) with the plan added to
+the config as ``slimnet_plan``; :func:`from_pretrained` builds the original architecture from that config,
+applies the plan (the surgeon: shapes only) and then loads the saved weights, strictly. Nothing is
+downloaded: every load is ``local_files_only``. transformers is an optional extra.
+
+transformers' own ``from_pretrained`` on such a directory refuses with a size-mismatch error (it never loads
+the pruned weights into the wrong shapes silently); :func:`from_pretrained` is the loader for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import SlimnetError
+
+PLAN_KEY = "slimnet_plan"
+
+
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise SlimnetError(
+            "transformers is not installed: pip install 'slimnet[transformers]' to use hf: models") from None
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return transformers
+
+
+def is_hf_model(model: nn.Module) -> bool:
+    return hasattr(model, "save_pretrained") and hasattr(model, "config") and type(model).__module__.startswith(
+        "transformers.")
+
+
+def _model_class(config: Any) -> Any:
+    tf = _transformers()
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(tf, name, None)
+        if cls is not None:
+            return cls
+    return tf.AutoModel
+
+
+def from_pretrained(path: str | os.PathLike) -> nn.Module:
+    """Load a model directory written by ``save_pretrained`` (transformers' or :func:`save_pretrained`)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise SlimnetError(f"hf:{path}: no such directory (give a local folder with config.json and weights; "
+                           "nothing is downloaded)")
+    if not (p / "config.json").is_file():
+        raise SlimnetError(f"hf:{path} has no config.json: give a folder written by save_pretrained")
+    tf = _transformers()
+    try:
+        config = tf.AutoConfig.from_pretrained(str(p), local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - a config transformers cannot read is the user's file problem
+        raise SlimnetError(f"hf:{path}: transformers cannot read config.json ({str(exc).splitlines()[0][:200]})"
+                           ) from None
+    cls = _model_class(config)
+    plan = getattr(config, PLAN_KEY, None)
+    try:
+        if plan is None:
+            return cls.from_pretrained(str(p), local_files_only=True).eval()
+        model = cls.from_config(config) if cls is tf.AutoModel else cls._from_config(config)
+    except SlimnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise SlimnetError(f"hf:{path}: transformers cannot build the model ({str(exc).splitlines()[0][:200]})"
+                           ) from None
+    from .surgeon import apply_plan
+
+    apply_plan(model, plan)
+    _load_weights(model, p)
+    return model.eval()
+
+
+def _load_weights(model: nn.Module, p: Path) -> None:
+    from safetensors.torch import load_file
+
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise SlimnetError(f"hf:{p} has no *.safetensors weights next to its config.json")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    own = model.state_dict(keep_vars=True)
+    by_id = {}
+    for name, t in own.items():
+        by_id.setdefault(id(t), []).append(name)
+    # a tied tensor is saved once: a missing name is fine when another name of the same tensor was loaded
+    really_missing = [m for m in missing if not any(o in state for o in by_id.get(id(own[m]), []))]
+    if really_missing or unexpected:
+        raise SlimnetError(f"hf:{p}: weights do not fit the pruned architecture (missing {really_missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+
+
+def save_pretrained(model: nn.Module, plan: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``model`` (pruned by ``plan``) as a transformers directory whose config carries the plan.
+
+    Written to a temporary folder beside ``path`` and renamed at the end: an error leaves nothing behind."""
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SlimnetError(f"output {path} exists and is not an empty folder: give a new folder name")
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        setattr(model.config, PLAN_KEY, {"format": plan.get("format"), "model": plan.get("model"),
+                                         "tensors": plan["tensors"]})
+        model.save_pretrained(str(tmp))
+        cfg = json.loads((tmp / "config.json").read_text())
+        if PLAN_KEY not in cfg:  # a config class that drops unknown attributes: write it ourselves
+            cfg[PLAN_KEY] = getattr(model.config, PLAN_KEY)
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def default_input(model: nn.Module, seq_len: int = 16) -> dict[str, torch.Tensor]:
+    """A plausible example input from the config: token ids for text models, pixels for vision ones."""
+    cfg = model.config
+    gen = torch.Generator().manual_seed(0)
+    if hasattr(cfg, "image_size") and hasattr(cfg, "num_channels"):
+        size = cfg.image_size if isinstance(cfg.image_size, int) else cfg.image_size[0]
+        return {"pixel_values": torch.randn(1, cfg.num_channels, size, size, generator=gen)}
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    if vocab <= 0:
+        raise SlimnetError("cannot make an example input for this model: give --input with a dict of tensors")
+    n = min(seq_len, int(getattr(cfg, "max_position_embeddings", seq_len) or seq_len))
+    ids = torch.randint(0, vocab, (1, n), generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}

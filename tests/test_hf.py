@@ -1,0 +1,158 @@
+"""Hugging Face transformers: whole heads and MLP hidden units of BERT, GPT-2, ViT and a Llama-style decoder
+with grouped-query attention, each built from a small config with random weights; exact, verified, and
+reloaded from a saved folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from slimnet import plan as plan_mod
+from slimnet.api import apply
+from slimnet.cli import app
+from slimnet.hf import from_pretrained, save_pretrained
+
+from .conftest import check, kept, randomise
+
+tf = pytest.importorskip("transformers")
+tf.logging.set_verbosity_error()
+
+SMALL = {"num_hidden_layers": 2, "max_position_embeddings": 32}
+
+
+def bert() -> torch.nn.Module:
+    cfg = tf.BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=50, num_labels=3,
+                        **SMALL)
+    return randomise(tf.BertForSequenceClassification(cfg))
+
+
+def gpt2() -> torch.nn.Module:
+    cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=50, n_positions=32, bos_token_id=0,
+                        eos_token_id=0)
+    return randomise(tf.GPT2LMHeadModel(cfg))
+
+
+def llama() -> torch.nn.Module:
+    cfg = tf.LlamaConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=96,
+                         vocab_size=50, **SMALL)
+    return randomise(tf.LlamaForCausalLM(cfg))
+
+
+def vit() -> torch.nn.Module:
+    cfg = tf.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                       image_size=32, patch_size=8, num_labels=5)
+    return randomise(tf.ViTForImageClassification(cfg))
+
+
+def tokens(n: int = 7) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, 50, (1, n))
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def heads_of(rows: list[int], head_dim: int) -> list[int]:
+    """The heads a kept row list covers, asserting each is kept whole."""
+    heads = sorted({r // head_dim for r in rows})
+    assert rows == [h * head_dim + j for h in heads for j in range(head_dim)], "a head was cut inside"
+    return heads
+
+
+def test_bert_whole_heads_and_mlp():
+    res = check(bert(), tokens(), criterion="l2")
+    for layer in (0, 1):
+        p = f"bert.encoder.layer.{layer}"
+        q = heads_of(kept(res, f"{p}.attention.self.query.weight"), 16)
+        assert len(q) == 2
+        assert kept(res, f"{p}.attention.self.key.weight") == kept(res, f"{p}.attention.self.query.weight")
+        assert kept(res, f"{p}.attention.self.value.weight") == kept(res, f"{p}.attention.self.query.weight")
+        assert kept(res, f"{p}.attention.output.dense.weight", 1) == kept(res, f"{p}.attention.self.query.weight")
+        assert len(kept(res, f"{p}.intermediate.dense.weight")) == 48
+        att = res.model.bert.encoder.layer[layer].attention.self
+        assert att.num_attention_heads == 2 and att.all_head_size == 32
+    groups = {d["group"]: d for d in res.report["group_details"]}
+    assert any(g.kind == "heads" for g in res.analysis.groups)
+    assert "embeddings" in next(n for n, d in groups.items() if d["reason"] and "LayerNorm" in d["reason"])
+
+
+def test_gpt2_fused_qkv_split_follows_pruning():
+    res = check(gpt2(), tokens(), criterion="fpgm")
+    rows = kept(res, "transformer.h.0.attn.c_attn.weight", 1)  # Conv1D: weight is [in, out]
+    q, k, v = ([r - off for r in rows if off <= r < off + 64] for off in (0, 64, 128))
+    assert q == k == v and len(heads_of(q, 16)) == 2
+    attn = res.model.transformer.h[0].attn
+    assert attn.split_size == 32 and attn.num_heads == 2 and attn.c_attn.nf == 96
+    assert len(kept(res, "transformer.h.0.mlp.c_fc.weight", 1)) == 128
+    assert kept(res, "lm_head.weight") is None  # tied to wte, the output: left whole
+
+
+def test_llama_grouped_query_attention_keeps_groups_consistent():
+    res = check(llama(), tokens(), criterion="l1")
+    for layer in (0, 1):
+        p = f"model.layers.{layer}.self_attn"
+        kv = heads_of(kept(res, f"{p}.k_proj.weight"), 8)
+        assert kv == heads_of(kept(res, f"{p}.v_proj.weight"), 8) and len(kv) == 1
+        q = heads_of(kept(res, f"{p}.q_proj.weight"), 8)
+        assert q == [h * 4 + j for h in kv for j in range(4)]  # 4 query heads per key/value head
+        assert kept(res, f"{p}.o_proj.weight", 1) == kept(res, f"{p}.q_proj.weight")
+        gate = kept(res, f"model.layers.{layer}.mlp.gate_proj.weight")
+        assert gate == kept(res, f"model.layers.{layer}.mlp.up_proj.weight") == kept(
+            res, f"model.layers.{layer}.mlp.down_proj.weight", 1)
+        assert len(gate) == 48
+
+
+def test_vit_heads_and_mlp():
+    res = check(vit(), {"pixel_values": torch.randn(1, 3, 32, 32)}, criterion="l2")
+    q = heads_of(kept(res, "vit.layers.0.attention.q_proj.weight"), 16)
+    assert len(q) == 2 and kept(res, "vit.layers.0.attention.o_proj.weight", 1) == kept(
+        res, "vit.layers.0.attention.q_proj.weight")
+    assert res.model.vit.layers[0].attention.num_attention_heads == 2
+
+
+def test_head_ratio_applies_to_heads_only():
+    res = check(bert(), tokens(), ratio=0.0, head_ratio=0.75)
+    assert len(heads_of(kept(res, "bert.encoder.layer.0.attention.self.query.weight"), 16)) == 1
+    assert kept(res, "bert.encoder.layer.0.intermediate.dense.weight") is None
+    assert res.plan["head_ratio"] == 0.75
+
+
+@pytest.mark.parametrize("make", [bert, gpt2, llama], ids=["bert", "gpt2", "llama"])
+def test_save_pretrained_round_trip(tmp_path: Path, make):
+    model = make()
+    res = check(model, tokens())
+    out = save_pretrained(res.model, res.plan, tmp_path / "slim")
+    assert json.loads((out / "config.json").read_text())["slimnet_plan"]["tensors"] == res.plan["tensors"]
+    again = from_pretrained(out)
+    x = tokens(9)
+    with torch.no_grad():
+        assert torch.equal(again(**x).logits, res.model(**x).logits)
+    assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in res.model.parameters())
+    with pytest.raises(Exception, match="mismatched|size"):  # transformers' own loader refuses, loudly
+        type(model).from_pretrained(out, local_files_only=True)
+
+
+def test_cli_hf_folder_in_and_out(tmp_path: Path):
+    src = tmp_path / "gpt2"
+    gpt2().save_pretrained(src)
+    inp = tmp_path / "inp.pt"
+    torch.save(tokens(6), inp)
+    runner = CliRunner()
+    r = runner.invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "slim"), "--input", str(inp),
+                            "--round-to", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["verified"] and report["params"][1] < report["params"][0]
+    plan = plan_mod.load(tmp_path / "slim.plan.json")
+    reloaded = from_pretrained(tmp_path / "slim")
+    fresh, result = apply(from_pretrained(src), plan, tokens(6))
+    assert result.passed
+    with torch.no_grad():
+        x = tokens(8)
+        assert torch.equal(reloaded(**x).logits, fresh(**x).logits)
+    # the default input comes from the config; a missing folder is one clear line
+    r = runner.invoke(app, ["graph", f"hf:{src}", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["prunable"] >= 4
+    r = runner.invoke(app, ["graph", f"hf:{tmp_path / 'nope'}"])
+    assert r.exit_code == 2 and "no such directory" in r.output
