@@ -1094,6 +1094,31 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any
     return out.expand(real.shape).clone() if out.shape != real.shape else out
 
 
+@rule(F.scaled_dot_product_attention)
+def sdpa(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    """``softmax(q k^T * scale + mask) v`` per leading slice (batch, head). The default scale is
+    1/sqrt(head size) and a removed head would leave uniform attention, not none: so a slice's q, k and v
+    channels (and a per-head mask such as a relative position bias) are one unit, a whole head. With
+    ``enable_gqa`` a key/value head serves its group of query heads, which then go together."""
+    q, k, v = (it.ids_of(_arg(args, kwargs, i, name)) for i, name in enumerate(("query", "key", "value")))
+    mask = it.ids_of(_arg(args, kwargs, 3, "attn_mask"))
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in (q, k, v)):
+        return it._unknown(n, real, "scaled_dot_product_attention of vectors")
+    if q.dim() >= 3 and k.shape[-3] != q.shape[-3] and q.shape[-3] % k.shape[-3] == 0:  # grouped-query
+        rep = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(rep, -3), v.repeat_interleave(rep, -3)
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    parts = [t.expand(tuple(lead) + tuple(t.shape[-2:])).reshape(-1, t.shape[-2] * t.shape[-1]) for t in (q, k, v)]
+    if isinstance(mask, torch.Tensor) and mask.dim() >= 2:
+        m = mask.reshape((1,) * (len(lead) + 2 - mask.dim()) + tuple(mask.shape))
+        if all(a in (1, b) for a, b in zip(m.shape[:-2], lead)):
+            m = m.expand(tuple(lead) + tuple(m.shape[-2:]))
+            parts.append(m.reshape(-1, m.shape[-2] * m.shape[-1]))
+    atoms = it.per_index(torch.cat(parts, -1), 0, f"attention head at node {it.where()}")
+    it.heads.extend(int(a) for a in np.unique(atoms[atoms >= 0]))
+    return torch.as_tensor(atoms, dtype=torch.float64).reshape(tuple(lead) + (1, 1)).expand(real.shape).clone()
+
+
 @rule(nn.MultiheadAttention)
 def multihead_attention(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """Whole heads: a head's q, k and v rows of the packed projection and its out_proj columns are one unit

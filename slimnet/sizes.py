@@ -82,3 +82,11 @@ for _name in ("bert.modeling_bert.BertSelfAttention", "roberta.modeling_roberta.
           all_head_size=lambda get, m: get("query.weight").shape[0])
 sizes(f"{_HF}.vit.modeling_vit.ViTAttention",
       num_attention_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
+
+# ---------------------------------------------------------------------------------------------------------
+# timm
+# ---------------------------------------------------------------------------------------------------------
+# ViT/DeiT/BEiT-style attention: reshape(B, N, 3, self.num_heads, self.head_dim), then reshape(B, N, attn_dim).
+sizes("timm.layers.attention.Attention",
+      num_heads=lambda get, m: get("qkv.weight").shape[0] // 3 // m.head_dim,
+      attn_dim=lambda get, m: get("proj.weight").shape[1])

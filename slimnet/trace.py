@@ -22,11 +22,31 @@ from .errors import SlimnetError
 
 
 class _Tracer(fx.Tracer):
-    """A symbolic tracer that records stack traces, so that reasons can name the user's source line."""
+    """A symbolic tracer that records stack traces, so that reasons can name the user's source line.
+
+    Module classes with a channel rule keyed by qualified name (Hugging Face's ``Conv1D``) are leaves, and
+    size attributes listed in :data:`slimnet.sizes.SIZES` are traced as expressions of tensor shapes, so that
+    a reshape by ``self.num_heads`` or a split by ``self.split_size`` follows pruning instead of freezing it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        from .groups import RULES
+
+        if qualname(type(m)) in RULES:
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        from .sizes import entries, traced_sizes
+
+        if not entries(m) or self.is_leaf_module(m, self.path_of_module(m)):
+            return super().call_module(m, forward, args, kwargs)
+        path = self.path_of_module(m)
+        with traced_sizes(m, lambda name: self.create_proxy("get_attr", f"{path}.{name}", (), {})):
+            return super().call_module(m, forward, args, kwargs)
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -174,11 +194,7 @@ class _ValueTracer(_Tracer):
     HFTracer). Only sizes, dtypes and flags are read back (unpacking ``x.shape``, ``if seq_len > 1``):
     branching on a tensor's *values* is still refused. Branches on sizes specialise to the example's sizes,
     which is safe here because the graph is only read for channel structure; the verifier runs the real
-    models on the example and on a second input of another batch size.
-
-    Module classes with a channel rule keyed by qualified name (Hugging Face's ``Conv1D``) are leaves, and
-    size attributes listed in :data:`slimnet.sizes.SIZES` are traced as expressions of tensor shapes, so that
-    a split by ``self.split_size`` follows pruning instead of freezing it."""
+    models on the example and on a second input of another batch size."""
 
     def __init__(self, inputs: dict[str, Any]) -> None:
         super().__init__()
@@ -240,28 +256,15 @@ class _ValueTracer(_Tracer):
             return iter([obj[i] for i in range(len(v))])
         return super().iter(obj)
 
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from .groups import RULES
-
-        if qualname(type(m)) in RULES:
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
         if self._computing:
             return attr_val
         return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        from .sizes import traced_sizes
-
         if self._computing:
             return forward(*args, **kwargs)
-
-        if self.is_leaf_module(m, self.path_of_module(m)):
-            return super().call_module(m, forward, args, kwargs)
-        with traced_sizes(m, lambda name: self.create_proxy("get_attr", f"{self.path_of_module(m)}.{name}", (), {})):
-            return super().call_module(m, forward, args, kwargs)
+        return super().call_module(m, forward, args, kwargs)
 
 
 def qualname(cls: type) -> str:

@@ -156,3 +156,19 @@ def test_cli_hf_folder_in_and_out(tmp_path: Path):
     assert r.exit_code == 0 and json.loads(r.stdout)["prunable"] >= 4
     r = runner.invoke(app, ["graph", f"hf:{tmp_path / 'nope'}"])
     assert r.exit_code == 2 and "no such directory" in r.output
+
+
+def test_timm_vit_fused_qkv_heads():
+    timm = pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer
+
+    assert timm.__version__
+    model = randomise(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+                                        num_classes=5))
+    res = check(model, torch.randn(1, 3, 32, 32), criterion="fpgm")
+    rows = kept(res, "blocks.0.attn.qkv.weight")
+    q, k, v = ([r - off for r in rows if off <= r < off + 64] for off in (0, 64, 128))
+    assert q == k == v and len(heads_of(q, 16)) == 2
+    assert kept(res, "blocks.0.attn.proj.weight", 1) == q
+    attn = res.model.blocks[0].attn
+    assert attn.num_heads == 2 and attn.attn_dim == 32
