@@ -999,6 +999,23 @@ def layernorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict,
                          type(mod).__name__)
 
 
+#: RMSNorm classes of Hugging Face decoders (x / rms(x) * weight over the last dim, weight 1-D): leaves with
+#: the LayerNorm rule, so that their width is a (normalised, opt-in) group rather than a reduction that ties
+#: every channel into one.
+HF_RMSNORMS = [f"transformers.models.{m}.modeling_{m}.{c}RMSNorm" for m, c in (
+    ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"), ("qwen3", "Qwen3"), ("gemma", "Gemma"),
+    ("phi3", "Phi3"), ("mixtral", "Mixtral"), ("olmo2", "Olmo2"), ("granite", "Granite"))]
+
+
+@rule(*HF_RMSNORMS)
+def hf_rmsnorm(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
+    mod = it.module.get_submodule(n.target)
+    w = getattr(mod, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != 1:
+        return it._unknown(n, real)
+    return layernorm_ids(it, n, it.ids_of(args[0]), 1, [f"{n.target}.weight"], type(mod).__name__)
+
+
 @rule(F.layer_norm, *([F.rms_norm] if hasattr(F, "rms_norm") else []))
 def layernorm_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     shape = it.real(_arg(args, kwargs, 1, "normalized_shape"))

@@ -172,3 +172,22 @@ def test_timm_vit_fused_qkv_heads():
     assert kept(res, "blocks.0.attn.proj.weight", 1) == q
     attn = res.model.blocks[0].attn
     assert attn.num_heads == 2 and attn.attn_dim == 32
+
+
+def test_prune_embed_cuts_the_residual_stream_and_reports_the_difference():
+    model = llama()
+    x = tokens()
+    exact = check(model, x)
+    assert kept(exact, "model.embed_tokens.weight", 1) is None  # RMSNorm-normalised: left whole by default
+    from slimnet.api import shrink
+
+    res = shrink(model, x, ratio=0.5, round_to=1, prune_norm=True, measure=False)
+    assert not res.report["exact"] and res.report["max_abs_diff"] > 0  # reported, not hidden
+    width = kept(res, "model.embed_tokens.weight", 1)
+    assert len(width) == 32
+    for name in ("model.norm.weight", "model.layers.0.input_layernorm.weight"):
+        assert kept(res, name) == width
+    assert kept(res, "model.layers.0.self_attn.q_proj.weight", 1) == width
+    assert kept(res, "lm_head.weight", 1) == width
+    with torch.no_grad():
+        assert res.model(**tokens(9)).logits.shape == (1, 9, 50)
