@@ -138,7 +138,8 @@ FREE_OPS = ("aten::unflatten", "aten::pad", "aten::fill_", "aten::dropout_", "at
             "aten::alpha_dropout", "aten::ne", "aten::lt", "aten::le", "aten::logical_not", "aten::expand_as",
             "aten::repeat", "aten::flip", "aten::channel_shuffle", "aten::pixel_shuffle", "aten::pixel_unshuffle",
             "aten::clone", "aten::masked_fill_", "aten::ones_like", "aten::new_ones", "aten::movedim", "aten::tile",
-            "aten::view_as", "aten::tensor_split", "aten::linspace", "aten::meshgrid", "prim::device")
+            "aten::view_as", "aten::tensor_split", "aten::linspace", "aten::meshgrid", "prim::device",
+            "aten::embedding")  # a table lookup: no multiply-adds
 
 
 # ----------------------------------------------------------------------------------------------- MAC counting

@@ -191,3 +191,16 @@ def test_prune_embed_cuts_the_residual_stream_and_reports_the_difference():
     assert kept(res, "lm_head.weight", 1) == width
     with torch.no_grad():
         assert res.model(**tokens(9)).logits.shape == (1, 9, 50)
+
+
+def test_pruned_bert_exports_to_onnx_with_parity(tmp_path: Path):
+    pytest.importorskip("onnxruntime")
+    from slimnet.export import export_onnx
+
+    x = tokens(12)
+    res = check(bert(), x)
+    info = export_onnx(res.model, x, tmp_path / "bert.onnx")
+    assert info["checker"] == "ok" and info["max_abs_diff"] <= info["tolerance"]
+    assert info["inputs"] == ["input_ids", "attention_mask"] and info["dynamic_batch"]
+    full = export_onnx(bert(), x, tmp_path / "full.onnx")
+    assert info["bytes"] < full["bytes"]  # the pruned file is physically smaller
