@@ -9,6 +9,8 @@ for the ops that it leaves out but that a pruned network still pays for:
   one per output element, the convention fvcore already uses for batch norm and pooling;
 * pooling: ``kernel area`` per output element (max/avg), one per input element (adaptive);
 * ``scaled_dot_product_attention``: the MACs of ``q @ k^T`` and ``attn @ v`` (softmax and scaling not counted);
+* ``_native_multi_head_attention`` (``nn.MultiheadAttention``'s fused inference path): projections, both
+  attention products and the softmax;
 * reductions (mean, sum) and ``rms_norm``.
 
 Shape-only ops (view, pad, cat, dropout in eval, comparisons, ...) are explicitly free (:data:`FREE_OPS`). Any op
@@ -105,6 +107,25 @@ def sdpa(inputs: list[Any], outputs: list[Any]) -> float:
     return batch * length * source * (embed + value_dim)
 
 
+def native_mha(inputs: list[Any], outputs: list[Any]) -> float:
+    """``nn.MultiheadAttention``'s fused fast path (eval, no grad): the q/k/v in-projections, ``q @ k^T`` and
+    ``attn @ v`` over all heads, the softmax (one per attention weight) and the out-projection.
+
+    Inputs: query [.., L, E], key [.., S, E], value, embed_dim, num_heads, qkv_weight [3E, E], qkv_bias,
+    proj_weight [E, E], ...; without this handle a ViT's attention would count as zero MACs.
+    """
+    q, k, w_qkv, w_out = (_shape(inputs[i]) for i in (0, 1, 5, 7))
+    if not q or not k or not w_qkv or not w_out:
+        return 0
+    batch, length, source, embed_in = math.prod(q[:-2]), q[-2], k[-2], q[-1]
+    inner = w_qkv[0] // 3
+    heads = _ivalue(inputs[4])
+    projections = batch * (length + 2 * source) * inner * embed_in + batch * length * w_out[0] * w_out[1]
+    attention = 2 * batch * length * source * inner
+    softmax = batch * (heads if isinstance(heads, int) else 1) * length * source
+    return projections + attention + softmax
+
+
 def rms_norm(inputs: list[Any], outputs: list[Any]) -> float:
     """RMSNorm: square, mean, scale (about 3 per element; 4 with a weight), as fvcore counts its other norms."""
     has_weight = len(inputs) > 2 and _shape(inputs[2]) is not None
@@ -131,6 +152,7 @@ EXTRA_HANDLES: dict[str, Handle] = {
     "aten::mean": per_input,
     "aten::sum": per_input,
     "aten::scaled_dot_product_attention": sdpa,
+    "aten::_native_multi_head_attention": native_mha,
     "aten::rms_norm": rms_norm,
 }
 #: Ops that move or select data (or are no-ops in eval mode): deliberately zero, not "skipped".

@@ -80,7 +80,7 @@ def load_bench_model(name: str, args: argparse.Namespace) -> tuple[nn.Module, An
 
         model_cls, config_cls = (getattr(tf, n) for n in HF_MODELS[name])
         torch.manual_seed(0)
-        model = model_cls(getattr(tf, config_cls)()).eval()
+        model = model_cls(config_cls()).eval()
         ids = torch.randint(0, model.config.vocab_size, (1, args.seq_len))
         return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     return load_model(f"torchvision:{name}").model, torch.randn(1, 3, args.size, args.size)
