@@ -165,6 +165,7 @@ def make_report(model: nn.Module, pruned: nn.Module, example: Any, analysis: Ana
         "exact": not approximate,
         "verify_dtype": result.dtype,
         "verify_inputs": result.inputs,
+        "verify_randomised": result.randomised,
         "output": None,
         "plan": None,
     }

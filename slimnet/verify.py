@@ -12,11 +12,22 @@ far below any real mistake (a wrong channel changes outputs at the scale of the 
 
 Inputs checked: the example input, the same at batch size 2, and (for image-like inputs) a larger image when
 the original accepts it; that catches forward code that hard-codes a size that pruning changed.
+
+Constant tensors. A tensor whose elements are all equal (a freshly initialised BatchNorm's weight, bias and
+running statistics, torchvision ViT's zero-initialised classifier) hides wrong cuts: keeping the wrong channels
+of a constant tensor computes the same numbers, and a zero classifier makes every output zero whatever happened
+before it. Randomly initialised built-in models are full of them. So when the original holds constant tensors,
+the check runs a second time with those tensors (and only those: the rest keep their scale) replaced by seeded
+noise in both models, the pruned model's copy sliced by the plan. That is still a proof about this plan: the
+surgery never looks at weight values, so a cut that is exact for every value of those tensors is exact for
+theirs. Trained models rarely hold constant tensors, so they pay nothing for it.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +52,8 @@ class VerifyResult:
     dtype: str
     inputs: list[str] = field(default_factory=list)
     error: str | None = None
+    #: how many constant tensors were randomised for the second check (0: the model had none)
+    randomised: int = 0
 
 
 def variants(example: Any) -> list[tuple[str, Any]]:
@@ -85,10 +98,30 @@ def masked_view(original: nn.Module, plan: dict[str, Any]) -> nn.Module:
 
 
 def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any) -> VerifyResult:
-    """Compare ``pruned`` with the masked ``original`` on several inputs; neither argument is modified.
+    """Compare ``pruned`` with the masked ``original`` on several inputs, then again with the original's
+    constant tensors randomised (module docstring); neither argument is modified.
 
     Models of more than BIG_PARAMS parameters are checked in their own precision against a reference that
     shares the unplanned tensors, so that shrinking holds about two extra copies of the weights at most."""
+    result = _verify_once(original, pruned, plan, example)
+    constants = constant_tensors(original)
+    if not result.passed or not constants:
+        return result
+    try:
+        noisy_original, noisy_pruned = _randomised(original, pruned, plan, constants)
+    except AssertionError as exc:  # the pruned model's tensors do not have the shapes the plan gives
+        return VerifyResult(float("inf"), result.tolerance, False, result.dtype, result.inputs, error=str(exc))
+    second = _verify_once(noisy_original, noisy_pruned, plan, example)
+    second.randomised = len(constants)
+    if not second.passed:
+        second.error = (f"{second.error}, with the {len(constants)} constant-initialised tensors of the original "
+                        "(norm weights, biases, zero classifier...) randomised in both models")
+        return second
+    return VerifyResult(max(result.max_abs_diff, second.max_abs_diff), max(result.tolerance, second.tolerance), True,
+                        result.dtype, result.inputs, randomised=len(constants))
+
+
+def _verify_once(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any) -> VerifyResult:
     if sum(p.numel() for p in original.parameters()) > BIG_PARAMS:
         with torch.no_grad():
             return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32)
@@ -105,6 +138,64 @@ def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example
             raise
         return _compare(ref_model, cand_model, example, dtype, tol_scale)
     raise AssertionError("unreachable")
+
+
+def constant_tensors(model: nn.Module) -> list[str]:
+    """State-dict names of floating parameters and norm running statistics of more than one element whose
+    elements are all equal (tied names listed once)."""
+    names, seen = [], set()
+    buffers = {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")}
+    params = {n for n, _ in model.named_parameters()}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen or (name not in params and name not in buffers):
+            continue
+        seen.add(id(t))
+        if t.is_floating_point() and t.numel() > 1:
+            flat = t.detach().reshape(-1)
+            if bool((flat == flat[0]).all()):
+                names.append(name)
+    return names
+
+
+def _noise(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Seeded by the tensor's name: around its constant value, at a scale that keeps activations in range
+    (1/sqrt(fan-in) for weight matrices and kernels, 0.1 for vectors; running variances stay positive)."""
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
+    value = float(t.reshape(-1)[0])
+    z = torch.randn(t.shape, generator=gen, dtype=torch.float64)
+    if name.endswith("running_var"):
+        return (abs(value) or 1.0) * (0.5 + torch.rand(t.shape, generator=gen, dtype=torch.float64))
+    if t.dim() >= 2:
+        return value + z / math.sqrt(max(1, t.numel() // t.shape[0]))
+    return value + 0.1 * z * (abs(value) or 1.0)
+
+
+def _randomised(original: nn.Module, pruned: nn.Module, plan: dict[str, Any],
+                names: list[str]) -> tuple[nn.Module, nn.Module]:
+    """Copies of both models (sharing every other tensor with them) whose constant tensors hold the same
+    noise, sliced by the plan on the pruned side."""
+    source = original.state_dict(keep_vars=True)
+    out = []
+    for model, slice_it in ((original, False), (pruned, True)):
+        state = model.state_dict(keep_vars=True)
+        targets = {id(state[n]) for n in names if n in state}
+        memo: dict[int, Any] = {id(t): t for t in state.values() if id(t) not in targets}
+        twin = copy.deepcopy(model, memo=memo).eval()
+        twin_state = twin.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name in names:
+                if name not in twin_state:
+                    continue
+                noise = _noise(name, source[name])
+                if slice_it:
+                    for dim_s, idx in plan["tensors"].get(name, {}).items():
+                        noise = noise.index_select(int(dim_s), torch.as_tensor(idx, dtype=torch.long))
+                target = twin_state[name]
+                if tuple(noise.shape) != tuple(target.shape):
+                    raise AssertionError(f"{name}: planned shape {tuple(noise.shape)} != {tuple(target.shape)}")
+                target.copy_(noise.to(target.dtype))
+        out.append(twin)
+    return out[0], out[1]
 
 
 def _compare(reference: nn.Module, candidate: nn.Module, example: Any, dtype: torch.dtype,

@@ -145,18 +145,39 @@ def lively(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18"])
-def test_torchvision_models(tmp_path, name):
+def _zoo_model(name: str) -> nn.Module:
+    if name == "vit":  # torchvision's VisionTransformer (nn.MultiheadAttention), small enough for CI
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        torch.manual_seed(0)
+        return VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128)
     from slimnet.load import load_model
 
-    model = lively(load_model(f"torchvision:{name}").model)
+    return load_model(f"torchvision:{name}").model
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "vit"])
+def test_torchvision_models_pruned_export_with_parity(tmp_path, name):
+    """Pruned torchvision models (depthwise convs, residual adds, pruned attention heads) export and match."""
+    from slimnet.api import shrink
+
+    model = lively(_zoo_model(name))
+    x = torch.randn(1, 3, 64, 64)
+    res = shrink(model, x, ratio=0.5, round_to=1, measure=False)
+    if name == "vit":  # the export below is of the smaller model: heads 4 -> 2 (of 16 dims), MLP 128 -> 64
+        block = res.model.encoder.layers[0]
+        assert type(block.self_attention).__name__ == "SlimMultiheadAttention"
+        assert block.self_attention.num_heads == 2 and block.self_attention.in_proj_weight.shape == (96, 64)
+        assert block.mlp[0].out_features == 64
+    else:
+        assert res.report["params"][1] < 0.7 * res.report["params"][0]
     path = tmp_path / f"{name}.onnx"
-    info = export_onnx(model, torch.randn(1, 3, 64, 64), path)
+    info = export_onnx(res.model, x, path)
     _assert_ok(info, path)
-    x = torch.randn(3, 3, 64, 64)
-    (got,) = _run(str(path), {"input": x.numpy()})
+    x3 = torch.randn(3, 3, 64, 64)
+    (got,) = _run(str(path), {"input": x3.numpy()})
     with torch.no_grad():
-        ref = model(x).numpy()
+        ref = res.model(x3).numpy()
     assert np.abs(ref).max() > 0.05  # outputs big enough for the comparison to mean something
     assert got.shape == (3, 1000) and np.abs(got - ref).max() <= 1e-4 * (1 + np.abs(ref).max())
 

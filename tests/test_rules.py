@@ -384,6 +384,40 @@ def test_a_wrong_plan_is_caught_by_the_verifier():
     assert not verify(m, broken, half, x).passed
 
 
+class ZeroHead(nn.Module):
+    """Fresh BatchNorm and a zero-initialised classifier, as torchvision builds ViT: every output is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        x = self.conv2(F.relu(self.bn1(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_constant_tensors_cannot_hide_a_wrong_cut():
+    """A zero classifier makes the output zero whatever the pruned layers compute; the verifier re-checks with
+    the constant tensors randomised in both models, and a corrupted pruned weight is then caught."""
+    torch.manual_seed(0)
+    m, x = ZeroHead().eval(), torch.randn(1, 3, 8, 8)
+    res = shrink(m, x, ratio=0.5, round_to=1, measure=False)
+    assert res.verification.passed and res.report["verify_randomised"] == 6  # bn1 x4, head weight and bias
+    assert res.report["tolerance"] > 1e-6  # the re-check saw non-zero outputs
+    bad = copy.deepcopy(res.model)
+    with torch.no_grad():
+        bad.conv2.weight[:, [0, 1]] = bad.conv2.weight[:, [1, 0]].clone()  # a surgeon that mixed up two inputs
+    result = verify(m, bad, res.plan, x)
+    assert not result.passed and "constant-initialised" in result.error and "differ" in result.error
+    trained = randomise(ZeroHead())  # no constant tensors left: one check only
+    assert verify(trained, copy.deepcopy(trained), {"tensors": {}}, x).randomised == 0
+
+
 def test_plan_that_does_not_fit_is_refused():
     m = ConvBNConv()
     with pytest.raises(SlimnetError, match="no tensor"):
