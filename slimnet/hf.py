@@ -7,8 +7,12 @@ the config as ``slimnet_plan``; :func:`from_pretrained` builds the original arch
 applies the plan (the surgeon: shapes only) and then loads the saved weights, strictly. Nothing is
 downloaded: every load is ``local_files_only``. transformers is an optional extra.
 
-transformers' own ``from_pretrained`` on such a directory refuses with a size-mismatch error (it never loads
-the pruned weights into the wrong shapes silently); :func:`from_pretrained` is the loader for it.
+transformers' own loaders work too, through its remote-code mechanism: the folder also holds
+``slimnet_pruned.py``, a subclass of the original architecture whose ``__init__`` applies the config's plan,
+and ``config.json`` maps the Auto classes that build that architecture to it (``auto_map``). So
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` loads the pruned model (slimnet must be
+installed). Without ``trust_remote_code`` transformers uses its own class and refuses with a size-mismatch
+error: it never loads the pruned weights into the wrong shapes silently.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 from .errors import SlimnetError
 
 PLAN_KEY = "slimnet_plan"
+REMOTE_FILE = "slimnet_pruned.py"
 
 
 def _transformers() -> Any:
@@ -108,6 +113,64 @@ def _load_weights(model: nn.Module, p: Path) -> None:
                            f"unexpected {unexpected[:3]})")
 
 
+def apply_config_plan(model: nn.Module) -> nn.Module:
+    """Apply the plan stored in ``model.config`` (shapes only; the weights are loaded afterwards)."""
+    plan = getattr(model.config, PLAN_KEY, None)
+    if plan:
+        from .surgeon import apply_plan
+
+        apply_plan(model, plan)
+    return model
+
+
+_REMOTE_CODE = '''"""Written by slimnet. Lets transformers load this pruned model:
+AutoModel...from_pretrained(this_folder, trust_remote_code=True).
+
+{cls} builds the original {base} from config.json, then applies the plan stored there as "slimnet_plan"
+(which channels, heads and hidden units each layer keeps: shapes only); transformers then loads the pruned
+weights. Needs slimnet (pip install slimnet) besides transformers.
+"""
+
+from transformers import {base}
+
+from slimnet.hf import apply_config_plan
+
+
+class {cls}({base}):
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        apply_config_plan(self)
+'''
+
+
+def _auto_classes(model: nn.Module) -> list[str]:
+    """The transformers Auto classes that would build ``type(model)`` for this config's model_type."""
+    tf = _transformers()
+    names = []
+    for name in sorted(dir(tf)):
+        if not name.startswith("AutoModel"):
+            continue
+        mapping = getattr(getattr(tf, name, None), "_model_mapping", None)
+        table = getattr(mapping, "_model_mapping", None)
+        if isinstance(table, dict) and table.get(model.config.model_type) == type(model).__name__:
+            names.append(name)
+    return names
+
+
+def _write_remote_code(model: nn.Module, folder: Path) -> None:
+    """slimnet_pruned.py and the config's auto_map (see the module docstring); skipped for classes that
+    transformers does not export by name (nothing to subclass from a plain import)."""
+    tf = _transformers()
+    base = type(model).__name__
+    if getattr(tf, base, None) is not type(model):
+        return
+    cls = f"Slimnet{base}"
+    (folder / REMOTE_FILE).write_text(_REMOTE_CODE.format(cls=cls, base=base))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {auto: f"{REMOTE_FILE[:-3]}.{cls}" for auto in _auto_classes(model) or ["AutoModel"]}
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
 def save_pretrained(model: nn.Module, plan: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``model`` (pruned by ``plan``) as a transformers directory whose config carries the plan.
 
@@ -125,6 +188,7 @@ def save_pretrained(model: nn.Module, plan: dict[str, Any], path: str | os.PathL
         if PLAN_KEY not in cfg:  # a config class that drops unknown attributes: write it ourselves
             cfg[PLAN_KEY] = getattr(model.config, PLAN_KEY)
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        _write_remote_code(model, tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

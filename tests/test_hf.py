@@ -129,8 +129,17 @@ def test_save_pretrained_round_trip(tmp_path: Path, make):
     with torch.no_grad():
         assert torch.equal(again(**x).logits, res.model(**x).logits)
     assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in res.model.parameters())
-    with pytest.raises(Exception, match="mismatched|size"):  # transformers' own loader refuses, loudly
+    with pytest.raises(Exception, match="mismatched|size"):  # transformers' own class refuses, loudly
         type(model).from_pretrained(out, local_files_only=True)
+    # transformers' Auto loader with the folder's own code (slimnet_pruned.py) builds the pruned model
+    import transformers
+
+    auto_map = json.loads((out / "config.json").read_text())["auto_map"]
+    auto = getattr(transformers, next(iter(auto_map)))
+    native = auto.from_pretrained(out, trust_remote_code=True, local_files_only=True).eval()
+    assert type(native).__name__ == f"Slimnet{type(model).__name__}" and isinstance(native, type(model))
+    with torch.no_grad():
+        assert torch.equal(native(**x).logits, res.model(**x).logits)
 
 
 def test_cli_hf_folder_in_and_out(tmp_path: Path):
