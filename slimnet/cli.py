@@ -114,7 +114,7 @@ def save_model_atomic(model: Any, path: Path) -> None:
         raise
 
 
-def _model_inputs(model: str, weights: Optional[str], input_file: Optional[str], input_shape: Optional[str],
+def model_inputs(model: str, weights: Optional[str], input_file: Optional[str], input_shape: Optional[str],
                   trust_pickle: bool) -> tuple[Any, Any]:
     from .load import load_input, load_model
 
@@ -268,7 +268,7 @@ def shrink(
         plan_path = plan_mod.plan_path_for(out_path)
         check_output(str(plan_path), [model])
         onnx_path = check_output(onnx, [model, output]) if onnx else None
-        loaded, example = _model_inputs(model, weights, input_file, input_shape, trust_pickle)
+        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         result = api.shrink(loaded.model, example, ratio=ratio, criterion=criterion, round_to=round_to,
                             ignore=ignore, seed=seed, prune_norm=prune_norm or prune_embed, model_name=model,
                             head_ratio=head_ratio)
@@ -315,7 +315,7 @@ def apply(
 
         out_path = check_output(output, [model, plan, weights or ""])
         the_plan = plan_mod.load(plan)
-        loaded, example = _model_inputs(model, weights, input_file, input_shape, trust_pickle)
+        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         api.check_runs(loaded.model, example)
         pruned, result = api.apply(loaded.model, the_plan, example)
         if result is not None and not result.passed:
@@ -352,7 +352,7 @@ def graph(
     with guarded(debug):
         from . import api
 
-        loaded, example = _model_inputs(model, weights, input_file, input_shape, trust_pickle)
+        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         analysis = api.graph(loaded.model, example)
         groups = [g.describe() for g in analysis.groups]
         if as_json:

@@ -80,14 +80,13 @@ def export_command(
     from .cli import check_output, guarded
 
     with guarded(debug):
+        from .cli import model_inputs
         from .export import export_onnx
-        from .load import load_input, load_model
 
         if opset is not None and not 7 <= opset <= 25:
             raise SlimnetError(f"--opset {opset} is not an ONNX opset torch can write: use 17 or 18")
         out_path = check_output(output, [spec_file(model), weights or "", input_file or ""])
-        example = load_input(input_file, input_shape, model)
-        loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
+        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         info = export_onnx(loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch,
                            simplify=simplify)
         info["model"] = model
@@ -172,11 +171,14 @@ def run_bench(specs: list[str], backends: list[str], *, batch_size: int = 1, war
               threads: Optional[int] = None, input_file: Optional[str] = None, input_shape: Optional[str] = None,
               trust_pickle: bool = False, per_layer: bool = False) -> dict[str, Any]:
     """Load, count, time and compare; returns the ``bench --json`` object (fields may be added, not changed)."""
-    from .load import load_input, load_model
+    from .cli import model_inputs
+    from .load import load_model
     from .measure import MACS_NOTE, batch_input, compare, count_macs, device_info, time_models
 
-    example = load_input(input_file, input_shape, specs[0])
-    loaded = [load_model(s, trust_pickle=trust_pickle).model for s in specs]
+
+
+    first, example = model_inputs(specs[0], None, input_file, input_shape, trust_pickle)  # hf: -> token ids
+    loaded = [first.model] + [load_model(s, trust_pickle=trust_pickle).model for s in specs[1:]]
     timed_input = batch_input(example, batch_size)
     entries = []
     for spec, model in zip(specs, loaded):

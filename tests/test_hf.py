@@ -160,6 +160,15 @@ def test_cli_hf_folder_in_and_out(tmp_path: Path):
     with torch.no_grad():
         x = tokens(8)
         assert torch.equal(reloaded(**x).logits, fresh(**x).logits)
+    # bench and export take hf: folders too, with token ids from the config (not an image tensor)
+    r = runner.invoke(app, ["bench", f"hf:{src}", f"hf:{tmp_path / 'slim'}", "--backend", "torch-cpu", "--runs",
+                            "2", "--warmup", "0", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    bench = json.loads(r.stdout)
+    assert bench["models"][1]["params"] == report["params"][1] and bench["speedup"]["theoretical"] > 1.3
+    r = runner.invoke(app, ["export", f"hf:{tmp_path / 'slim'}", "-o", str(tmp_path / "slim.onnx"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["max_abs_diff"] <= json.loads(r.stdout)["tolerance"]
     # the default input comes from the config; a missing folder is one clear line
     r = runner.invoke(app, ["graph", f"hf:{src}", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["prunable"] >= 4
