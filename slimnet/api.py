@@ -166,6 +166,7 @@ def make_report(model: nn.Module, pruned: nn.Module, example: Any, analysis: Ana
         "verify_dtype": result.dtype,
         "verify_inputs": result.inputs,
         "verify_randomised": result.randomised,
+        "verify_randomised_diff": result.randomised_diff,
         "output": None,
         "plan": None,
     }

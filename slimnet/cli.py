@@ -172,8 +172,9 @@ def print_report(report: dict[str, Any]) -> None:
     out.print(f"verified ({verdict}): max abs diff {report['max_abs_diff']:.3g} <= tolerance "
               f"{report['tolerance']:.3g} on {', '.join(report['verify_inputs'])}; {report.get('seconds', 0):.1f} s")
     if report.get("verify_randomised"):
-        out.print(f"  checked twice: again with the model's {report['verify_randomised']} constant tensors (fresh "
-                  "norms, zero biases or classifier) randomised, where a wrong cut could hide")
+        out.print(f"  and again with the model's {report['verify_randomised']} constant tensors (fresh norms, zero "
+                  f"biases or classifier), where a wrong cut could hide, randomised: max abs diff "
+                  f"{report['verify_randomised_diff']:.3g} (float32)")
     if report["skipped"]:
         skipped = Table(title="left whole", show_header=True)
         skipped.add_column("group")

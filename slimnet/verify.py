@@ -17,10 +17,10 @@ Constant tensors. A tensor whose elements are all equal (a freshly initialised B
 running statistics, torchvision ViT's zero-initialised classifier) hides wrong cuts: keeping the wrong channels
 of a constant tensor computes the same numbers, and a zero classifier makes every output zero whatever happened
 before it. Randomly initialised built-in models are full of them. So when the original holds constant tensors,
-the check runs a second time with those tensors (and only those: the rest keep their scale) replaced by seeded
-noise in both models, the pruned model's copy sliced by the plan. That is still a proof about this plan: the
-surgery never looks at weight values, so a cut that is exact for every value of those tensors is exact for
-theirs. Trained models rarely hold constant tensors, so they pay nothing for it.
+the check runs a second time, on the example input in float32, with those tensors (and only those: the rest keep their
+scale) replaced by seeded noise in both models, the pruned model's copy sliced by the plan. That is still a
+proof about this plan: the surgery never looks at weight values, so a cut that is exact for every value of
+those tensors is exact for theirs. Trained models rarely hold constant tensors, so they pay nothing for it.
 """
 
 from __future__ import annotations
@@ -52,8 +52,11 @@ class VerifyResult:
     dtype: str
     inputs: list[str] = field(default_factory=list)
     error: str | None = None
-    #: how many constant tensors were randomised for the second check (0: the model had none)
+    #: how many constant tensors were randomised for the second check (0: the model had none), and that check's
+    #: max abs difference and tolerance (float32, example input)
     randomised: int = 0
+    randomised_diff: float | None = None
+    randomised_tolerance: float | None = None
 
 
 def variants(example: Any) -> list[tuple[str, Any]]:
@@ -111,23 +114,30 @@ def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example
         noisy_original, noisy_pruned = _randomised(original, pruned, plan, constants)
     except AssertionError as exc:  # the pruned model's tensors do not have the shapes the plan gives
         return VerifyResult(float("inf"), result.tolerance, False, result.dtype, result.inputs, error=str(exc))
-    second = _verify_once(noisy_original, noisy_pruned, plan, example)
+    second = _verify_once(noisy_original, noisy_pruned, plan, example, example_only=True)
     second.randomised = len(constants)
     if not second.passed:
         second.error = (f"{second.error}, with the {len(constants)} constant-initialised tensors of the original "
                         "(norm weights, biases, zero classifier...) randomised in both models")
         return second
-    return VerifyResult(max(result.max_abs_diff, second.max_abs_diff), max(result.tolerance, second.tolerance), True,
-                        result.dtype, result.inputs, randomised=len(constants))
+    result.randomised = len(constants)
+    result.randomised_diff, result.randomised_tolerance = second.max_abs_diff, second.tolerance
+    return result
 
 
-def _verify_once(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any) -> VerifyResult:
+def _verify_once(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any,
+                 example_only: bool = False) -> VerifyResult:
+    """One check; ``example_only`` (the re-check with randomised constants) runs the example alone in float32:
+    sizes that a forward hard-codes do not depend on weight values, so the first check has covered them, and a
+    wrong cut moves outputs by far more than float32's tolerance."""
     if sum(p.numel() for p in original.parameters()) > BIG_PARAMS:
         with torch.no_grad():
-            return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32)
+            return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32,
+                            example_only)
     reference = mask_plan(copy.deepcopy(original), plan).eval()
     candidate = copy.deepcopy(pruned).eval()
-    for dtype, tol_scale in ((torch.float64, TOL64), (torch.float32, TOL32)):
+    precisions = ((torch.float32, TOL32),) if example_only else ((torch.float64, TOL64), (torch.float32, TOL32))
+    for dtype, tol_scale in precisions:
         try:
             ref_model = reference.to(dtype)
             cand_model = candidate.to(dtype)
@@ -136,7 +146,7 @@ def _verify_once(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], e
             if dtype is torch.float64:
                 continue
             raise
-        return _compare(ref_model, cand_model, example, dtype, tol_scale)
+        return _compare(ref_model, cand_model, example, dtype, tol_scale, example_only)
     raise AssertionError("unreachable")
 
 
@@ -199,9 +209,9 @@ def _randomised(original: nn.Module, pruned: nn.Module, plan: dict[str, Any],
 
 
 def _compare(reference: nn.Module, candidate: nn.Module, example: Any, dtype: torch.dtype,
-             tol_scale: float) -> VerifyResult:
+             tol_scale: float, example_only: bool = False) -> VerifyResult:
     worst, tol, checked = 0.0, 0.0, []
-    for label, inp in variants(example):
+    for label, inp in variants(example)[:1] if example_only else variants(example):
         if label == "batch 2" and any(c.startswith("batch 2") for c in checked):
             continue  # the larger batch-2 input already covered it
         try:

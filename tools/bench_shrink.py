@@ -5,7 +5,7 @@
 Both tools prune the same randomly initialised torchvision model at ratio 0.5 in one process, alternating, and
 the median of ``--repeats`` runs is reported. slimnet's time includes its verification (two inputs through the
 masked original and the pruned model in float64, and since torchvision's fresh BatchNorms are constant tensors,
-the same again with those randomised) and excludes MAC counting; Torch-Pruning's includes building its
+the example again in float32 with those randomised) and excludes MAC counting; Torch-Pruning's includes building its
 dependency graph, its importance and the pruning step (it has no verification).
 """
 
@@ -82,8 +82,9 @@ def main() -> None:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, "
         f"torch-pruning {tp.__version__}; median of {args.repeats} runs in one process, the two tools alternating.",
         "",
-        "slimnet's time covers trace, grouping, ranking, surgery and verification (float64, two inputs, done twice "
-        "because the fresh BatchNorms of a built-in model are constant tensors: see README, verification); "
+        "slimnet's time covers trace, grouping, ranking, surgery and verification (float64, two inputs; then, "
+        "because the fresh BatchNorms of a built-in model are constant tensors, the example again in float32 with "
+        "those randomised: see README, verification); "
         "Torch-Pruning's covers its graph, importance and pruning step, with no verification.",
         "",
         "| model | slimnet s | slimnet params after | verify diff | torch-pruning s | TP params after "
