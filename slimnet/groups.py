@@ -880,7 +880,7 @@ def linear_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, real: torch.Ten
     return it.fill(out_atoms, real.shape, -1)
 
 
-@rule(nn.Linear)
+@rule(nn.Linear, "transformers.models.falcon.modeling_falcon.FalconLinear")  # a Linear computing x @ W.T + b
 def linear_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     mod = it.module.get_submodule(n.target)
     b = f"{n.target}.bias" if mod.bias is not None else None

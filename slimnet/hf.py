@@ -4,7 +4,8 @@ A pruned model has per-layer head counts and hidden sizes that a transformers co
 one ``num_attention_heads``, one ``intermediate_size``). So :func:`save_pretrained` writes the usual
 directory (``config.json`` + safetensors, via the model's own ``save_pretrained``) with the plan added to
 the config as ``slimnet_plan``; :func:`from_pretrained` builds the original architecture from that config,
-applies the plan (the surgeon: shapes only) and then loads the saved weights, strictly. Nothing is
+applies the plan (the surgeon: shapes only) and then lets transformers load the saved weights (so its
+checkpoint key renames apply), refusing any missing, unexpected or mismatched tensor. Nothing is
 downloaded: every load is ``local_files_only``. transformers is an optional extra.
 
 transformers' own loaders work too, through its remote-code mechanism: the folder also holds
@@ -55,7 +56,11 @@ def _model_class(config: Any) -> Any:
         cls = getattr(tf, name, None)
         if cls is not None:
             return cls
-    return tf.AutoModel
+    try:  # no (known) architectures listed: the base model of this config type
+        return tf.AutoModel._model_mapping[type(config)]
+    except (KeyError, AttributeError):
+        raise SlimnetError(f"transformers has no model class for config type {type(config).__name__}: "
+                           "give a folder whose config.json lists its architectures") from None
 
 
 def from_pretrained(path: str | os.PathLike) -> nn.Module:
@@ -74,43 +79,53 @@ def from_pretrained(path: str | os.PathLike) -> nn.Module:
                            ) from None
     cls = _model_class(config)
     plan = getattr(config, PLAN_KEY, None)
+    if plan is not None:
+        cls = pruned_class(cls)
     try:
-        if plan is None:
-            return cls.from_pretrained(str(p), local_files_only=True).eval()
-        model = cls.from_config(config) if cls is tf.AutoModel else cls._from_config(config)
-    except SlimnetError:
-        raise
+        model, info = cls.from_pretrained(str(p), local_files_only=True, output_loading_info=True)
     except Exception as exc:  # noqa: BLE001
-        raise SlimnetError(f"hf:{path}: transformers cannot build the model ({str(exc).splitlines()[0][:200]})"
+        raise SlimnetError(f"hf:{path}: transformers cannot load the model ({str(exc).splitlines()[0][:200]})"
                            ) from None
-    from .surgeon import apply_plan
-
-    apply_plan(model, plan)
-    _load_weights(model, p)
+    bad = {k: sorted(v)[:3] for k, v in info.items() if k != "error_msgs" and v}
+    if bad or info.get("error_msgs"):
+        raise SlimnetError(f"hf:{path}: the weights do not fit the {'pruned ' if plan else ''}architecture "
+                           f"({bad or info['error_msgs'][:1]}): was the folder edited after saving?")
+    if plan is not None:
+        model.__class__ = cls.__bases__[0]  # the subclass only adds __init__: keep the picklable original class
     return model.eval()
 
 
-def _load_weights(model: nn.Module, p: Path) -> None:
-    from safetensors.torch import load_file
+def pruned_class(base: type) -> type:
+    """A subclass of ``base`` whose ``__init__`` applies the plan in its config before the weights load.
 
-    files = sorted(p.glob("*.safetensors"))
-    if not files:
-        raise SlimnetError(f"hf:{p} has no *.safetensors weights next to its config.json")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    own = model.state_dict(keep_vars=True)
-    by_id = {}
-    for name, t in own.items():
-        by_id.setdefault(id(t), []).append(name)
-    # a tied tensor is saved once: a missing name is fine when another name of the same tensor was loaded
-    really_missing = [m for m in missing if not any(o in state for o in by_id.get(id(own[m]), []))]
-    if really_missing or unexpected:
-        raise SlimnetError(f"hf:{p}: weights do not fit the pruned architecture (missing {really_missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
+    transformers renames checkpoint keys per class (transformers 5's conversion mapping: saving writes the old
+    names, e.g. GPT-NeoX's ``embed_out``, and loading maps them back), looked up by class name and skipped for
+    classes defined outside transformers; the subclass is registered under the base's mapping so that the
+    saved names map back exactly as they would for the base."""
+    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        base.__init__(self, config, *args, **kwargs)
+        apply_config_plan(self)
+
+    cls = type(f"Slimnet{base.__name__}", (base,), {"__init__": __init__, "__module__": __name__})
+    register_weight_renames(cls)
+    return cls
+
+
+def register_weight_renames(cls: type) -> None:
+    """Give ``cls`` (a subclass of a transformers model) the checkpoint key renames of the class it extends."""
+    try:
+        from transformers import conversion_mapping as cm
+    except ImportError:  # transformers < 5 loads keys as saved
+        return
+    base = next((b for b in cls.__mro__[1:] if b.__module__.startswith("transformers.")), None)
+    if base is None:
+        return
+    model_type = getattr(getattr(base, "config_class", None), "model_type", None)
+    renames = cm.get_checkpoint_conversion_mapping(base.__name__)
+    if renames is None and model_type:
+        renames = cm.get_checkpoint_conversion_mapping(model_type)
+    if renames is not None:
+        cm.register_checkpoint_conversion_mapping(cls.__name__, renames, overwrite=True)
 
 
 def apply_config_plan(model: nn.Module) -> nn.Module:
@@ -133,13 +148,16 @@ weights. Needs slimnet (pip install slimnet) besides transformers.
 
 from transformers import {base}
 
-from slimnet.hf import apply_config_plan
+from slimnet.hf import apply_config_plan, register_weight_renames
 
 
 class {cls}({base}):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         apply_config_plan(self)
+
+
+register_weight_renames({cls})
 '''
 
 

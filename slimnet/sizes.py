@@ -82,6 +82,25 @@ for _name in ("bert.modeling_bert.BertSelfAttention", "roberta.modeling_roberta.
           all_head_size=lambda get, m: get("query.weight").shape[0])
 sizes(f"{_HF}.vit.modeling_vit.ViTAttention",
       num_attention_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
+# OPT: view(bsz, -1, self.num_heads, self.head_dim).
+sizes(f"{_HF}.opt.modeling_opt.OPTAttention",
+      num_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
+
+
+def _falcon_kv_heads(get: Getter, m: nn.Module) -> Any:
+    """Falcon's key/value heads: the new architecture lays its fused qkv out per key/value group (the group's
+    query heads, then its key and its value head), so whole groups are what can go; multi-query keeps one."""
+    if m.new_decoder_architecture:
+        per_group = m.config.num_attention_heads // m.config.num_kv_heads + 2
+        return get("query_key_value.weight").shape[0] // m.head_dim // per_group
+    if m.multi_query:
+        return 1
+    return get("dense.weight").shape[1] // m.head_dim
+
+
+# Falcon: views by self.num_heads (and, for the new architecture, self.num_heads // self.num_kv_heads + 2).
+sizes(f"{_HF}.falcon.modeling_falcon.FalconAttention",
+      num_heads=lambda get, m: get("dense.weight").shape[1] // m.head_dim, num_kv_heads=_falcon_kv_heads)
 
 # ---------------------------------------------------------------------------------------------------------
 # timm
