@@ -195,6 +195,9 @@ class AtomInterpreter(fx.Interpreter):
         self.heads: list[int] = []  # atoms that stand for a whole attention head
         self.frozen: dict[str, str] = {}  # parameters read by an op with no rule
         self.ids: dict[fx.Node, Any] = {}
+        # int/float nodes computed from tensor sizes -> the (id tensor, dim) pairs they read; a size used as a
+        # *value* (a 1/sqrt(d) scale, a mean's divisor) must not change, so those dims get tied (see value_use)
+        self.size_src: dict[fx.Node, list[tuple[torch.Tensor, int]]] = {}
         self._params = dict(gm.named_parameters(remove_duplicate=False))
         self._params.update(dict(gm.named_buffers(remove_duplicate=False)))
         self.current: fx.Node | None = None
@@ -320,17 +323,18 @@ class AtomInterpreter(fx.Interpreter):
         elif n.op == "output":
             self.poison_ids(self.ids_of(n.args[0]), "model output")
         elif n.op == "placeholder":
-            self.ids[n] = self._input_ids(real)
+            self.ids[n] = self._input_ids(real, str(n.target))
         else:
             self.ids[n] = self._apply_rule(n, real)
         for dead in self.user_to_last_uses.get(n, []):
             self.ids.pop(dead, None)
+            self.size_src.pop(dead, None)
         return real
 
-    def _input_ids(self, real: Any) -> Any:
+    def _input_ids(self, real: Any, name: str) -> Any:
         if not flat_tensors(real):
             return None
-        a = self.poison_atom("model input")
+        a = self.poison_atom(f"model input {name}")  # named: a group tied to an attention mask says so
         return _map(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64))
 
     def _lazy_param(self, n: fx.Node, real: Any) -> Any:
@@ -359,6 +363,7 @@ class AtomInterpreter(fx.Interpreter):
 
     def _apply_rule(self, n: fx.Node, real: Any) -> Any:
         if not flat_tensors(real):
+            self._track_sizes(n)
             return None
         if n.op == "call_module":
             mod = self.module.get_submodule(n.target)
@@ -378,6 +383,39 @@ class AtomInterpreter(fx.Interpreter):
         if out is None:  # a rule that cannot say where a tensor's channels come from must not guess
             return self._unknown(n, real)
         return out
+
+    def _track_sizes(self, n: fx.Node) -> None:
+        """Record which tensor dims an int (or a float computed from ints) was read from."""
+        args = list(n.args) + list(n.kwargs.values())
+        is_size = n.op == "call_method" and n.target == "size"
+        is_shape = n.op == "call_function" and n.target is builtins.getattr and len(n.args) > 1 and n.args[1] == "shape"
+        if is_size or is_shape:
+            src = self.ids_of(n.args[0])
+            if not isinstance(src, torch.Tensor) or src.dim() == 0:
+                return
+            dim = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")) if is_size else None
+            dims = range(src.dim()) if dim is None else [int(dim) % src.dim()]
+            self.size_src[n] = [(src, d) for d in dims]
+            if dim is None:  # a whole shape: x.shape[i] reads dim i alone
+                self.size_src[n].append((src, -1 - src.dim()))
+            return
+        if n.target is operator.getitem and isinstance(n.args[0], fx.Node) and isinstance(n.args[1], int):
+            whole = self.size_src.get(n.args[0], [])
+            if whole and whole[-1][1] < 0:
+                src = whole[-1][0]
+                self.size_src[n] = [(src, n.args[1] % src.dim())]
+                return
+        found = [s for a in _nodes_in(args) for s in self.size_src.get(a, []) if s[1] >= 0]
+        if found:
+            self.size_src[n] = found
+
+    def value_use(self, values: Any) -> None:
+        """``values`` (fx nodes) enter a computation as numbers, not as sizes: where one was read from a
+        tensor's dim, that dim's size must not change (pruning it would change the number), so it is tied."""
+        for v in _nodes_in(values):
+            for src, dim in self.size_src.get(v, []):
+                if dim >= 0:
+                    self.tie(src, dim, f"the size of dim {dim} is used as a value at node {self.where()}")
 
     def _unknown(self, n: fx.Node, real: Any, what: str | None = None) -> Any:
         reason = f"no channel rule for {what or _op_name(n, self.module)} at node {self.where()}"
@@ -420,6 +458,13 @@ def _unique_pairs(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
 def _unique_atoms(t: torch.Tensor) -> list[int]:
     u = torch.unique(t)
     return [int(a) for a in u.tolist() if a >= 0]
+
+
+def _nodes_in(value: Any) -> list[fx.Node]:
+    """The fx nodes anywhere in an argument structure."""
+    out: list[fx.Node] = []
+    fx.node.map_arg(value, out.append)
+    return out
 
 
 def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
@@ -525,7 +570,9 @@ def elementwise(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real
     """Elementwise ops over several tensors (scalars couple nothing)."""
     if not isinstance(real, torch.Tensor):
         return it._unknown(n, real)
-    operands = [it.ids_of(a) for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Node)]
+    nodes = [a for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Node)]
+    it.value_use([a for a in nodes if a in it.size_src])  # x / math.sqrt(x.size(-1))
+    operands = [it.ids_of(a) for a in nodes]
     operands = [o for o in operands if isinstance(o, torch.Tensor)]
     if not operands:
         return torch.full(real.shape, NONE, dtype=torch.float64)
@@ -1191,6 +1238,10 @@ def factory(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: An
     """A tensor built with a literal size > 1 cannot follow pruning: it carries a poisoned atom so that
     combining it with channels (rather than broadcasting) keeps them whole; sizes from tensors adapt."""
     sizes = args[1:] if n.op == "call_method" else args
+    if n.target in (torch.tensor, torch.as_tensor, "new_tensor"):
+        it.value_use(list(sizes[:1]))  # torch.tensor(q.size(-1)): a size become a value (DeBERTa's scale)
+    elif n.target in (torch.full, "new_full"):
+        it.value_use([_arg(sizes, kwargs, 1, "fill_value")])
     if n.target in (torch.arange, torch.linspace, torch.tensor, torch.as_tensor, torch.eye):
         literal = True
     else:
@@ -1278,6 +1329,9 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
 
         for g in _analyse_graph(gm, gm.meta["inputs"]):
             reason = g.reason
+            if reason and (reason.startswith("model input") or reason == "model output"):
+                end = "input" if reason.startswith("model input") else "output"
+                reason = f"{end} of {path}, traced as a separate piece (the whole model did not trace)"
             for t, _ in g.members:
                 outside = [a for a in alias_groups.get(full(t), []) if not a.startswith(f"{path}.")]
                 if outside and reason is None:

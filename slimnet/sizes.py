@@ -82,6 +82,10 @@ for _name in ("bert.modeling_bert.BertSelfAttention", "roberta.modeling_roberta.
           all_head_size=lambda get, m: get("query.weight").shape[0])
 sizes(f"{_HF}.vit.modeling_vit.ViTAttention",
       num_attention_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
+# DeBERTa-v2: transpose_for_scores(x, self.num_attention_heads) folds the heads into the batch dim.
+sizes(f"{_HF}.deberta_v2.modeling_deberta_v2.DisentangledSelfAttention",
+      num_attention_heads=lambda get, m: get("query_proj.weight").shape[0] // m.attention_head_size,
+      all_head_size=lambda get, m: get("query_proj.weight").shape[0])
 # OPT: view(bsz, -1, self.num_heads, self.head_dim).
 sizes(f"{_HF}.opt.modeling_opt.OPTAttention",
       num_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)

@@ -10,13 +10,17 @@ than a clear refusal.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import keyword
+import re
 import traceback
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from .errors import SlimnetError
 
@@ -42,11 +46,22 @@ class _Tracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         from .sizes import entries, traced_sizes
 
+        if not self._installed(m):
+            # a module object used like a function (transformers' shared activation instances): nothing of it
+            # is in the state_dict, so its forward is traced inline
+            return forward(*args, **kwargs)
         if not entries(m) or self.is_leaf_module(m, self.path_of_module(m)):
             return super().call_module(m, forward, args, kwargs)
         path = self.path_of_module(m)
         with traced_sizes(m, lambda name: self.create_proxy("get_attr", f"{path}.{name}", (), {})):
             return super().call_module(m, forward, args, kwargs)
+
+    def _installed(self, m: nn.Module) -> bool:
+        try:
+            self.path_of_module(m)
+        except NameError:
+            return next(iter(m.parameters()), None) is not None or next(iter(m.buffers()), None) is not None
+        return True
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -267,6 +282,35 @@ class _ValueTracer(_Tracer):
         return super().call_module(m, forward, args, kwargs)
 
 
+_FACTORIES = ("ones", "zeros", "full", "empty", "arange", "tensor", "rand", "randn")
+
+
+@contextlib.contextmanager
+def _traced_factories(tracer: _ValueTracer) -> Iterator[None]:
+    """``torch.ones(batch, seq_len)`` with traced sizes (BART's default mask, DeBERTa's
+    ``torch.tensor(q.size(-1))``) becomes a graph node instead of a TypeError: torch's factories take no
+    proxies, so while tracing they are wrapped to record themselves when a size is traced."""
+    saved = {name: getattr(torch, name) for name in _FACTORIES}
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            traced = any(isinstance(x, fx.Proxy) for x in pytree.tree_leaves((args, kwargs)))
+            if traced and not tracer._computing:
+                return tracer.create_proxy("call_function", fn, args, kwargs)
+            return fn(*args, **kwargs)
+
+        return call
+
+    try:
+        for name, fn in saved.items():
+            setattr(torch, name, wrap(fn))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch, name, fn)
+
+
 def qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -287,6 +331,24 @@ def _leaves(value: Any) -> list[torch.Tensor]:
     if isinstance(value, dict):
         return [t for v in value.values() for t in _leaves(v)]
     return []
+
+
+def _leaf_names(args: tuple, kwargs: dict) -> list[str]:
+    """Identifiers for the tensors :func:`_leaves` finds, in its order: keyword names, ``arg0``..., suffixed
+    with positions inside nested containers."""
+    names: list[str] = []
+    for prefix, value in [(f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items()):
+        base = re.sub(r"\W", "_", str(prefix))
+        if not base.isidentifier() or keyword.iskeyword(base):
+            base = f"input_{base}"
+        n = len(_leaves(value))
+        names += [base] if isinstance(value, torch.Tensor) else [f"{base}_{j}" for j in range(n)]
+    out: list[str] = []
+    for nm in names:  # unique
+        while nm in out:
+            nm += "_"
+        out.append(nm)
+    return out
 
 
 def _rebuild(value: Any, leaves: Iterator) -> Any:
@@ -323,7 +385,7 @@ def trace_call(module: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
     if kwargs.get("past_key_values") is not None:
         kwargs["past_key_values"] = None
     leaves = _leaves((args, kwargs))
-    names = [f"input_{i}" for i in range(len(leaves))]
+    names = _leaf_names(args, kwargs)  # the call's own argument names: reasons then say "model input attention_mask"
     ns: dict[str, Any] = {}
     exec(f"def forward(self, {', '.join(names)}):\n    return self.call({', '.join(names)})\n", ns)  # noqa: S102
     root = type("_Call", (_Call,), {"forward": ns["forward"]})(module, args, kwargs)  # fx reads the class's forward
@@ -331,7 +393,7 @@ def trace_call(module: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
     was_training = module.training
     module.eval()
     try:
-        with eager_attention(module):
+        with eager_attention(module), _traced_factories(tracer):
             graph = tracer.trace(root)
     finally:
         module.train(was_training)

@@ -187,6 +187,19 @@ def test_opt_heads_follow_num_heads():
     assert res.model.model.decoder.layers[0].self_attn.num_heads == 2
 
 
+def test_deberta_v2_heads_despite_its_size_scale():
+    """DeBERTa folds heads into the batch dim and scales by torch.tensor(q.size(-1)): the head size is a value,
+    so only whole heads may go (a cut inside heads changed the scale and failed verification)."""
+    cfg = tf.DebertaV2Config(hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=50,
+                             num_labels=3, **SMALL)
+    res = check(randomise(tf.DebertaV2ForSequenceClassification(cfg)), tokens(), criterion="l1")
+    p = "deberta.encoder.layer.0.attention.self"
+    q = heads_of(kept(res, f"{p}.query_proj.weight"), 16)
+    assert len(q) == 2 and kept(res, f"{p}.key_proj.weight") == kept(res, f"{p}.value_proj.weight") == kept(
+        res, f"{p}.query_proj.weight")
+    assert res.model.deberta.encoder.layer[0].attention.self.num_attention_heads == 2
+
+
 def test_falcon_new_architecture_keeps_whole_key_value_groups():
     cfg = tf.FalconConfig(hidden_size=64, num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True,
                           vocab_size=50, num_hidden_layers=2)

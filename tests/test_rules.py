@@ -4,6 +4,7 @@ masked original (the ``check`` helper re-verifies independently of slimnet's own
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -361,6 +362,34 @@ def test_hard_coded_view_leaves_the_group_with_a_reason():
     res = check(randomise(HardCoded()), torch.randn(1, 3, 4, 4))
     assert "size fixed in forward" in reasons(res)["conv"]
     assert res.plan["tensors"] == {}
+
+
+class SizeAsValue(nn.Module):
+    """Channel counts read from a tensor and used as numbers (a 1/sqrt(d) scale, DeBERTa's
+    ``torch.tensor(q.size(-1))``): pruning those channels would change the numbers. Sizes used as sizes
+    (a view) are fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 4)
+        self.c, self.d = nn.Linear(6, 16), nn.Linear(16, 4)
+        self.e, self.f = nn.Linear(6, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        y = self.b(h / math.sqrt(h.size(-1)))
+        g = self.c(x)
+        y = y + self.d(g * torch.tensor(g.shape[-1], dtype=g.dtype).rsqrt())
+        e = self.e(x)
+        return y + self.f(e.reshape(*e.shape[:-1], -1).view(e.size(0), -1))
+
+
+def test_a_size_used_as_a_value_keeps_its_channels():
+    res = check(randomise(SizeAsValue()), torch.randn(3, 6))
+    why = reasons(res)
+    assert "used as a value" in why["a"] and "used as a value" in why["c"]
+    assert kept(res, "a.weight") is None and kept(res, "c.weight") is None
+    assert kept(res, "e.weight") == kept(res, "f.weight", 1) and len(kept(res, "e.weight")) == 8
 
 
 def test_inputs_and_outputs_are_never_pruned():
