@@ -170,8 +170,9 @@ def _auto_classes(model: nn.Module) -> list[str]:
             continue
         mapping = getattr(getattr(tf, name, None), "_model_mapping", None)
         table = getattr(mapping, "_model_mapping", None)
-        if isinstance(table, dict) and table.get(model.config.model_type) == type(model).__name__:
-            names.append(name)
+        entry = table.get(model.config.model_type) if isinstance(table, dict) else None
+        if entry == type(model).__name__ or (isinstance(entry, (tuple, list)) and type(model).__name__ in entry):
+            names.append(name)  # an entry may list several classes (DeiT: with and without its teacher)
     return names
 
 
