@@ -175,8 +175,6 @@ def run_bench(specs: list[str], backends: list[str], *, batch_size: int = 1, war
     from .load import load_model
     from .measure import MACS_NOTE, batch_input, compare, count_macs, device_info, time_models
 
-
-
     first, example = model_inputs(specs[0], None, input_file, input_shape, trust_pickle)  # hf: -> token ids
     loaded = [first.model] + [load_model(s, trust_pickle=trust_pickle).model for s in specs[1:]]
     timed_input = batch_input(example, batch_size)

@@ -198,6 +198,7 @@ class AtomInterpreter(fx.Interpreter):
         # int/float nodes computed from tensor sizes -> the (id tensor, dim) pairs they read; a size used as a
         # *value* (a 1/sqrt(d) scale, a mean's divisor) must not change, so those dims get tied (see value_use)
         self.size_src: dict[fx.Node, list[tuple[torch.Tensor, int]]] = {}
+        self.shapes: dict[fx.Node, torch.Tensor] = {}  # x.shape / x.size() nodes -> x's ids (x.shape[i] reads dim i)
         self._params = dict(gm.named_parameters(remove_duplicate=False))
         self._params.update(dict(gm.named_buffers(remove_duplicate=False)))
         self.current: fx.Node | None = None
@@ -329,6 +330,7 @@ class AtomInterpreter(fx.Interpreter):
         for dead in self.user_to_last_uses.get(n, []):
             self.ids.pop(dead, None)
             self.size_src.pop(dead, None)
+            self.shapes.pop(dead, None)
         return real
 
     def _input_ids(self, real: Any, name: str) -> Any:
@@ -386,7 +388,6 @@ class AtomInterpreter(fx.Interpreter):
 
     def _track_sizes(self, n: fx.Node) -> None:
         """Record which tensor dims an int (or a float computed from ints) was read from."""
-        args = list(n.args) + list(n.kwargs.values())
         is_size = n.op == "call_method" and n.target == "size"
         is_shape = n.op == "call_function" and n.target is builtins.getattr and len(n.args) > 1 and n.args[1] == "shape"
         if is_size or is_shape:
@@ -394,18 +395,16 @@ class AtomInterpreter(fx.Interpreter):
             if not isinstance(src, torch.Tensor) or src.dim() == 0:
                 return
             dim = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")) if is_size else None
+            if dim is None:
+                self.shapes[n] = src
             dims = range(src.dim()) if dim is None else [int(dim) % src.dim()]
             self.size_src[n] = [(src, d) for d in dims]
-            if dim is None:  # a whole shape: x.shape[i] reads dim i alone
-                self.size_src[n].append((src, -1 - src.dim()))
             return
-        if n.target is operator.getitem and isinstance(n.args[0], fx.Node) and isinstance(n.args[1], int):
-            whole = self.size_src.get(n.args[0], [])
-            if whole and whole[-1][1] < 0:
-                src = whole[-1][0]
-                self.size_src[n] = [(src, n.args[1] % src.dim())]
-                return
-        found = [s for a in _nodes_in(args) for s in self.size_src.get(a, []) if s[1] >= 0]
+        if n.target is operator.getitem and n.args[0] in self.shapes and isinstance(n.args[1], int):
+            src = self.shapes[n.args[0]]
+            self.size_src[n] = [(src, n.args[1] % src.dim())]
+            return
+        found = [s for a in _nodes_in((n.args, n.kwargs)) for s in self.size_src.get(a, [])]
         if found:
             self.size_src[n] = found
 
@@ -414,8 +413,7 @@ class AtomInterpreter(fx.Interpreter):
         tensor's dim, that dim's size must not change (pruning it would change the number), so it is tied."""
         for v in _nodes_in(values):
             for src, dim in self.size_src.get(v, []):
-                if dim >= 0:
-                    self.tie(src, dim, f"the size of dim {dim} is used as a value at node {self.where()}")
+                self.tie(src, dim, f"the size of dim {dim} is used as a value at node {self.where()}")
 
     def _unknown(self, n: fx.Node, real: Any, what: str | None = None) -> Any:
         reason = f"no channel rule for {what or _op_name(n, self.module)} at node {self.where()}"
@@ -571,7 +569,7 @@ def elementwise(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real
     if not isinstance(real, torch.Tensor):
         return it._unknown(n, real)
     nodes = [a for a in list(args) + list(kwargs.values()) if isinstance(a, fx.Node)]
-    it.value_use([a for a in nodes if a in it.size_src])  # x / math.sqrt(x.size(-1))
+    it.value_use(nodes)  # x / math.sqrt(x.size(-1))
     operands = [it.ids_of(a) for a in nodes]
     operands = [o for o in operands if isinstance(o, torch.Tensor)]
     if not operands:

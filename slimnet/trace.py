@@ -46,7 +46,7 @@ class _Tracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
         from .sizes import entries, traced_sizes
 
-        if not self._installed(m):
+        if self._inline(m):
             # a module object used like a function (transformers' shared activation instances): nothing of it
             # is in the state_dict, so its forward is traced inline
             return forward(*args, **kwargs)
@@ -56,12 +56,13 @@ class _Tracer(fx.Tracer):
         with traced_sizes(m, lambda name: self.create_proxy("get_attr", f"{path}.{name}", (), {})):
             return super().call_module(m, forward, args, kwargs)
 
-    def _installed(self, m: nn.Module) -> bool:
+    def _inline(self, m: nn.Module) -> bool:
+        """A module that is not a submodule of the traced root and holds no tensors of its own."""
         try:
             self.path_of_module(m)
         except NameError:
-            return next(iter(m.parameters()), None) is not None or next(iter(m.buffers()), None) is not None
-        return True
+            return next(iter(m.parameters()), None) is None and next(iter(m.buffers()), None) is None
+        return False
 
 
 def _user_frame(exc: BaseException) -> str:
