@@ -1,10 +1,10 @@
 """The Python API: every CLI command is a thin shell over these functions.
 
-    from slimnet.api import shrink
-    result = shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
-    result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
-    result.plan     # slimnet.plan/1 data
-    result.report   # the same dict that ``slimnet shrink --json`` prints
+from slimnet.api import shrink
+result = shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
+result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
+result.plan     # slimnet.plan/1 data
+result.report   # the same dict that ``slimnet shrink --json`` prints
 """
 
 from __future__ import annotations
@@ -88,19 +88,46 @@ def graph(model: nn.Module, example: Any) -> Analysis:
     return analyse(model, example)
 
 
-def shrink(model: nn.Module, example: Any, *, ratio: float = 0.5, criterion: str = "l1",
-           round_to: int = DEFAULT_ROUND_TO, ignore: list[str] | None = None, seed: int = 0,
-           prune_norm: bool = False, model_name: str = "", measure: bool = True,
-           head_ratio: float | None = None) -> ShrinkResult:
+def shrink(
+    model: nn.Module,
+    example: Any,
+    *,
+    ratio: float = 0.5,
+    criterion: str = "l1",
+    round_to: int = DEFAULT_ROUND_TO,
+    ignore: list[str] | None = None,
+    seed: int = 0,
+    prune_norm: bool = False,
+    model_name: str = "",
+    measure: bool = True,
+    head_ratio: float | None = None,
+) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch."""
     t0 = time.perf_counter()
     model = model.eval()
     check_runs(model, example)
     analysis = analyse(model, example)
-    decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore,
-                       seed=seed, prune_norm=prune_norm, head_ratio=head_ratio)
-    plan = build_plan(analysis, decisions, model_name=model_name or type(model).__name__, criterion=criterion,
-                      ratio=ratio, round_to=round_to, seed=seed, head_ratio=head_ratio)
+    decisions = decide(
+        analysis,
+        model,
+        ratio=ratio,
+        criterion=criterion,
+        round_to=round_to,
+        ignore=ignore,
+        seed=seed,
+        prune_norm=prune_norm,
+        head_ratio=head_ratio,
+    )
+    plan = build_plan(
+        analysis,
+        decisions,
+        model_name=model_name or type(model).__name__,
+        criterion=criterion,
+        ratio=ratio,
+        round_to=round_to,
+        seed=seed,
+        head_ratio=head_ratio,
+    )
     pruned = pruned_copy(model, plan).eval()
     result = verify(model, pruned, plan, example)
     approximate = any(d.pruned and d.group.normalised for d in decisions)
@@ -120,8 +147,9 @@ def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) ->
     return pruned, result
 
 
-def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
-                 plan: dict[str, Any]) -> str:
+def find_culprit(
+    model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision], plan: dict[str, Any]
+) -> str:
     """Re-verify one pruned group at a time to name the one whose cut is wrong."""
     bad = []
     for d in decisions:
@@ -139,8 +167,17 @@ def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: 
     return f" (group {', '.join(bad)})" if bad else ""
 
 
-def make_report(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
-                plan: dict[str, Any], result: VerifyResult, approximate: bool, measure: bool) -> dict[str, Any]:
+def make_report(
+    model: nn.Module,
+    pruned: nn.Module,
+    example: Any,
+    analysis: Analysis,
+    decisions: list[Decision],
+    plan: dict[str, Any],
+    result: VerifyResult,
+    approximate: bool,
+    measure: bool,
+) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
     macs = [count_macs(model, example), count_macs(pruned, example)] if measure else [None, None]
     return {
@@ -155,8 +192,14 @@ def make_report(model: nn.Module, pruned: nn.Module, example: Any, analysis: Ana
         "pruned_groups": sum(1 for d in decisions if d.pruned),
         "skipped": [{"group": d.group.name, "reason": d.reason} for d in decisions if d.reason],
         "group_details": [
-            {"group": d.group.name, "units": len(d.group.units), "kept": len(d.keep), "reason": d.reason,
-             "criterion": d.criterion or None, "members": len(d.group.members)}
+            {
+                "group": d.group.name,
+                "units": len(d.group.units),
+                "kept": len(d.keep),
+                "reason": d.reason,
+                "criterion": d.criterion or None,
+                "members": len(d.group.members),
+            }
             for d in decisions
         ],
         "max_abs_diff": result.max_abs_diff,

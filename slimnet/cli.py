@@ -72,8 +72,12 @@ def guarded(debug: bool) -> Iterator[None]:
         if debug:
             raise
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {first} (run again with --debug for the "
-                  "traceback, and please report it)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {first} (run again with --debug for the "
+            "traceback, and please report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None
 
 
@@ -114,14 +118,17 @@ def save_model_atomic(model: Any, path: Path) -> None:
         raise
 
 
-def model_inputs(model: str, weights: Optional[str], input_file: Optional[str], input_shape: Optional[str],
-                  trust_pickle: bool) -> tuple[Any, Any]:
+def model_inputs(
+    model: str, weights: Optional[str], input_file: Optional[str], input_shape: Optional[str], trust_pickle: bool
+) -> tuple[Any, Any]:
     from .load import load_input, load_model
 
     if model.startswith("hf:") and input_file is None:  # token ids or pixels, from the model's config
         if input_shape is not None:
-            raise SlimnetError("--input-shape makes one float tensor; hf: models take a dict: give --input "
-                               "with e.g. {'input_ids': ..., 'attention_mask': ...} saved with torch.save")
+            raise SlimnetError(
+                "--input-shape makes one float tensor; hf: models take a dict: give --input "
+                "with e.g. {'input_ids': ..., 'attention_mask': ...} saved with torch.save"
+            )
         from .hf import default_input
 
         loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
@@ -169,12 +176,16 @@ def print_report(report: dict[str, Any]) -> None:
         f"criterion {report['criterion']}, ratio {report['ratio']}, round-to {report['round_to']}"
     )
     verdict = "exact" if report.get("exact") else "approximate (normalised groups pruned on request)"
-    out.print(f"verified ({verdict}): max abs diff {report['max_abs_diff']:.3g} <= tolerance "
-              f"{report['tolerance']:.3g} on {', '.join(report['verify_inputs'])}; {report.get('seconds', 0):.1f} s")
+    out.print(
+        f"verified ({verdict}): max abs diff {report['max_abs_diff']:.3g} <= tolerance "
+        f"{report['tolerance']:.3g} on {', '.join(report['verify_inputs'])}; {report.get('seconds', 0):.1f} s"
+    )
     if report.get("verify_randomised"):
-        out.print(f"  and again with the model's {report['verify_randomised']} constant tensors (fresh norms, zero "
-                  f"biases or classifier), where a wrong cut could hide, randomised: max abs diff "
-                  f"{report['verify_randomised_diff']:.3g} (float32)")
+        out.print(
+            f"  and again with the model's {report['verify_randomised']} constant tensors (fresh norms, zero "
+            f"biases or classifier), where a wrong cut could hide, randomised: max abs diff "
+            f"{report['verify_randomised_diff']:.3g} (float32)"
+        )
     if report["skipped"]:
         skipped = Table(title="left whole", show_header=True)
         skipped.add_column("group")
@@ -222,27 +233,44 @@ def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> d
 @app.command()
 def shrink(
     ctx: typer.Context,
-    model: str = typer.Argument(..., help="torchvision:NAME, timm:NAME, hf:FOLDER, FILE.py:FACTORY, or a "
-                                "torch.save(model) file."),
-    output: str = typer.Option(..., "-o", "--output", help="Where to write the pruned model (torch.save); for "
-                               "hf: models a name without .pt is a save_pretrained folder."),
+    model: str = typer.Argument(
+        ..., help="torchvision:NAME, timm:NAME, hf:FOLDER, FILE.py:FACTORY, or a torch.save(model) file."
+    ),
+    output: str = typer.Option(
+        ...,
+        "-o",
+        "--output",
+        help="Where to write the pruned model (torch.save); for "
+        "hf: models a name without .pt is a save_pretrained folder.",
+    ),
     ratio: float = typer.Option(0.5, "--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1."),
     criterion: str = typer.Option("l1", "--criterion", "-c", help="l1, l2, fpgm, random or bn-scale."),
     round_to: int = typer.Option(8, "--round-to", help="Kept channel counts are rounded to a multiple of this."),
     ignore: list[str] = typer.Option([], "--ignore", help="Glob of module names to leave untouched (repeatable)."),
     seed: int = typer.Option(0, "--seed", help="Seed for the random criterion."),
-    prune_norm: bool = typer.Option(False, "--prune-norm", help="Also prune groups normalised by LayerNorm "
-                                    "(not exact: the verifier then reports the difference)."),
-    prune_embed: bool = typer.Option(False, "--prune-embed", help="Transformers: also prune the embedding "
-                                     "(residual-stream) width; the same as --prune-norm."),
-    head_ratio: Optional[float] = typer.Option(None, "--head-ratio", help="Fraction of attention heads to drop "
-                                               "(default: --ratio)."),
+    prune_norm: bool = typer.Option(
+        False,
+        "--prune-norm",
+        help="Also prune groups normalised by LayerNorm (not exact: the verifier then reports the difference).",
+    ),
+    prune_embed: bool = typer.Option(
+        False,
+        "--prune-embed",
+        help="Transformers: also prune the embedding (residual-stream) width; the same as --prune-norm.",
+    ),
+    head_ratio: Optional[float] = typer.Option(
+        None, "--head-ratio", help="Fraction of attention heads to drop (default: --ratio)."
+    ),
     weights: Optional[str] = typer.Option(None, "--weights", help="state_dict to load into FILE.py:FACTORY."),
     input_file: Optional[str] = typer.Option(None, "--input", help="Example input saved with torch.save."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Example input shape, e.g. 1,3,224,224."),
     onnx: Optional[str] = typer.Option(None, "--onnx", help="Also export the pruned model to this ONNX file."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="YAML file of settings (ratio, criterion, "
-                                         "round_to, ignore, seed, prune_norm); flags given explicitly win."),
+    recipe: Optional[str] = typer.Option(
+        None,
+        "--recipe",
+        help="YAML file of settings (ratio, criterion, "
+        "round_to, ignore, seed, prune_norm); flags given explicitly win.",
+    ),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
@@ -254,8 +282,18 @@ def shrink(
         from .criteria import CRITERIA
 
         if recipe is not None:
-            settings = recipe_settings(ctx, recipe, {"ratio": ratio, "criterion": criterion, "round_to": round_to,
-                                                "ignore": ignore, "seed": seed, "prune_norm": prune_norm})
+            settings = recipe_settings(
+                ctx,
+                recipe,
+                {
+                    "ratio": ratio,
+                    "criterion": criterion,
+                    "round_to": round_to,
+                    "ignore": ignore,
+                    "seed": seed,
+                    "prune_norm": prune_norm,
+                },
+            )
             ratio, criterion, round_to = settings["ratio"], settings["criterion"], settings["round_to"]
             ignore, seed, prune_norm = settings["ignore"], settings["seed"], settings["prune_norm"]
 
@@ -270,9 +308,18 @@ def shrink(
         check_output(str(plan_path), [model])
         onnx_path = check_output(onnx, [model, output]) if onnx else None
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        result = api.shrink(loaded.model, example, ratio=ratio, criterion=criterion, round_to=round_to,
-                            ignore=ignore, seed=seed, prune_norm=prune_norm or prune_embed, model_name=model,
-                            head_ratio=head_ratio)
+        result = api.shrink(
+            loaded.model,
+            example,
+            ratio=ratio,
+            criterion=criterion,
+            round_to=round_to,
+            ignore=ignore,
+            seed=seed,
+            prune_norm=prune_norm or prune_embed,
+            model_name=model,
+            head_ratio=head_ratio,
+        )
         report = result.report
         if onnx_path is not None:
             from .export import export_onnx
@@ -323,7 +370,9 @@ def apply(
             raise VerificationError(f"verification failed: {result.error}; nothing was written")
         save_model_atomic(pruned, out_path)
         report = {
-            "model": model, "plan": plan, "output": str(out_path),
+            "model": model,
+            "plan": plan,
+            "output": str(out_path),
             "params": [api.count_params(loaded.model), api.count_params(pruned)],
             "tensors": len(the_plan["tensors"]),
             "max_abs_diff": result.max_abs_diff if result else None,
@@ -333,9 +382,11 @@ def apply(
         if as_json:
             _emit_json(report)
         else:
-            out.print(f"applied {plan} to {model}: {report['tensors']} tensors cut, params "
-                      f"{_fmt(report['params'][0])} -> {_fmt(report['params'][1])}; verified, max abs diff "
-                      f"{report['max_abs_diff']:.3g}; wrote {out_path}")
+            out.print(
+                f"applied {plan} to {model}: {report['tensors']} tensors cut, params "
+                f"{_fmt(report['params'][0])} -> {_fmt(report['params'][1])}; verified, max abs diff "
+                f"{report['max_abs_diff']:.3g}; wrote {out_path}"
+            )
 
 
 @app.command()
@@ -357,8 +408,7 @@ def graph(
         analysis = api.graph(loaded.model, example)
         groups = [g.describe() for g in analysis.groups]
         if as_json:
-            _emit_json({"model": model, "groups": groups,
-                        "prunable": sum(1 for g in groups if g["prunable"])})
+            _emit_json({"model": model, "groups": groups, "prunable": sum(1 for g in groups if g["prunable"])})
             return
         table = Table(title=f"channel groups of {model}")
         for col in ("id", "group", "units", "members", "prunable / why not"):

@@ -87,8 +87,9 @@ def export_command(
             raise SlimnetError(f"--opset {opset} is not an ONNX opset torch can write: use 17 or 18")
         out_path = check_output(output, [spec_file(model), weights or "", input_file or ""])
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        info = export_onnx(loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch,
-                           simplify=simplify)
+        info = export_onnx(
+            loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch, simplify=simplify
+        )
         info["model"] = model
         if as_json:
             _emit_json(info)
@@ -98,7 +99,9 @@ def export_command(
             f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, opset {info['opset']}, {info['exporter']} "
             f"exporter{', dynamic batch' if info['dynamic_batch'] else ''}): onnx.checker ok; onnxruntime matches "
             f"torch at batch {batches}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}",
-            highlight=False, soft_wrap=True)
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # ------------------------------------------------------------------------------------------------- bench
@@ -108,8 +111,12 @@ def bench_command(
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs per model and backend."),
     runs: int = typer.Option(50, "--runs", help="Timed runs per model and backend."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch and onnxruntime."),
-    backend: list[str] = typer.Option([], "--backend", help="torch-cpu, ort-cpu, torch-cuda, ort-cuda (repeatable "
-                                      "or comma-separated; default: all, unavailable ones are skipped)."),
+    backend: list[str] = typer.Option(
+        [],
+        "--backend",
+        help="torch-cpu, ort-cpu, torch-cuda, ort-cuda (repeatable "
+        "or comma-separated; default: all, unavailable ones are skipped).",
+    ),
     per_layer: bool = typer.Option(False, "--per-layer", help="Show where the MACs go, layer by layer."),
     input_file: Optional[str] = typer.Option(None, "--input", help=INPUT_HELP),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", help=SHAPE_HELP),
@@ -126,9 +133,18 @@ def bench_command(
     with guarded(debug):
         backends = parse_backends(backend)
         _check_counts(batch_size, warmup, runs, threads)
-        report = run_bench(models, backends, batch_size=batch_size, warmup=warmup, runs=runs, threads=threads,
-                           input_file=input_file, input_shape=input_shape, trust_pickle=trust_pickle,
-                           per_layer=per_layer)
+        report = run_bench(
+            models,
+            backends,
+            batch_size=batch_size,
+            warmup=warmup,
+            runs=runs,
+            threads=threads,
+            input_file=input_file,
+            input_shape=input_shape,
+            trust_pickle=trust_pickle,
+            per_layer=per_layer,
+        )
         if as_json:
             _emit_json(report)
         else:
@@ -167,9 +183,19 @@ def _labels(specs: list[str]) -> list[str]:
     return labels
 
 
-def run_bench(specs: list[str], backends: list[str], *, batch_size: int = 1, warmup: int = 10, runs: int = 50,
-              threads: Optional[int] = None, input_file: Optional[str] = None, input_shape: Optional[str] = None,
-              trust_pickle: bool = False, per_layer: bool = False) -> dict[str, Any]:
+def run_bench(
+    specs: list[str],
+    backends: list[str],
+    *,
+    batch_size: int = 1,
+    warmup: int = 10,
+    runs: int = 50,
+    threads: Optional[int] = None,
+    input_file: Optional[str] = None,
+    input_shape: Optional[str] = None,
+    trust_pickle: bool = False,
+    per_layer: bool = False,
+) -> dict[str, Any]:
     """Load, count, time and compare; returns the ``bench --json`` object (fields may be added, not changed)."""
     from .cli import model_inputs
     from .load import load_model
@@ -181,24 +207,46 @@ def run_bench(specs: list[str], backends: list[str], *, batch_size: int = 1, war
     entries = []
     for spec, model in zip(specs, loaded):
         cost = count_macs(model, timed_input)
-        entry = {"path": spec, "params": cost["params"], "macs": cost["macs"], "flops": cost["flops"],
-                 "skipped_ops": cost["skipped_ops"], "by_op": cost["by_op"]}
+        entry = {
+            "path": spec,
+            "params": cost["params"],
+            "macs": cost["macs"],
+            "flops": cost["flops"],
+            "skipped_ops": cost["skipped_ops"],
+            "by_op": cost["by_op"],
+        }
         if per_layer:
             entry["per_layer"] = cost["per_layer"]
         entries.append(entry)
     labels = _labels(specs)
-    timing = time_models(list(zip(labels, loaded)), example, backends=backends, batch_size=batch_size,
-                         warmup=warmup, runs=runs, threads=threads)
+    timing = time_models(
+        list(zip(labels, loaded)),
+        example,
+        backends=backends,
+        batch_size=batch_size,
+        warmup=warmup,
+        runs=runs,
+        threads=threads,
+    )
     for label, entry in zip(labels, entries):
-        entry["latency_ms"] = {b: {k: s[k] for k in ("p50", "p90", "min")} for b, s in
-                               timing["latency_ms"][label].items()}
+        entry["latency_ms"] = {
+            b: {k: s[k] for k in ("p50", "p90", "min")} for b, s in timing["latency_ms"][label].items()
+        }
     for entry in entries[1:]:
         entry.update(compare(entries[0], entry))
     first = compare(entries[0], entries[1]) if len(entries) > 1 else {"speedup": {}, "efficiency": {}}
     return {
-        "models": entries, "baseline": specs[0], "speedup": first["speedup"], "efficiency": first["efficiency"],
-        "skipped_backends": timing["skipped"], "backends": backends, "batch_size": batch_size,
-        "warmup": warmup, "runs": runs, "threads": timing["threads"], "macs_note": MACS_NOTE,
+        "models": entries,
+        "baseline": specs[0],
+        "speedup": first["speedup"],
+        "efficiency": first["efficiency"],
+        "skipped_backends": timing["skipped"],
+        "backends": backends,
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "runs": runs,
+        "threads": timing["threads"],
+        "macs_note": MACS_NOTE,
         "device": device_info(timing["threads"]),
     }
 
@@ -208,9 +256,13 @@ def print_bench(report: dict[str, Any], per_layer: bool) -> None:
     console = Console()
     models = report["models"]
     d = report["device"]
-    console.print(f"{d['cpu']}, {d['threads']} thread(s){', ' + d['gpu'] if d['gpu'] else ''}; torch {d['torch']}, "
-                  f"onnxruntime {d['onnxruntime']}; batch {report['batch_size']}, {report['warmup']} warm-up + "
-                  f"{report['runs']} timed runs, models interleaved", highlight=False, soft_wrap=True)
+    console.print(
+        f"{d['cpu']}, {d['threads']} thread(s){', ' + d['gpu'] if d['gpu'] else ''}; torch {d['torch']}, "
+        f"onnxruntime {d['onnxruntime']}; batch {report['batch_size']}, {report['warmup']} warm-up + "
+        f"{report['runs']} timed runs, models interleaved",
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print(_cost_table(models))
     for m in models:
         if m["skipped_ops"]:
@@ -233,8 +285,9 @@ def _cost_table(models: list[dict[str, Any]]) -> Table:
     for col in ("model", "params", "MACs", "FLOPs", "skipped ops"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in models:
-        table.add_row(m["path"], _fmt(m["params"]), _fmt(m["macs"]), _fmt(m["flops"]),
-                      str(sum(m["skipped_ops"].values())))
+        table.add_row(
+            m["path"], _fmt(m["params"]), _fmt(m["macs"]), _fmt(m["flops"]), str(sum(m["skipped_ops"].values()))
+        )
     return table
 
 

@@ -57,8 +57,9 @@ def _fpgm(vectors: list[torch.Tensor]) -> np.ndarray:
     return d2.sqrt().sum(1).double().numpy()
 
 
-def score(group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str,
-          seed: int = 0) -> tuple[np.ndarray, str]:
+def score(
+    group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str, seed: int = 0
+) -> tuple[np.ndarray, str]:
     """Scores per unit (higher = more important) and the criterion actually used."""
     if criterion not in CRITERIA:
         raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")

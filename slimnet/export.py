@@ -48,8 +48,16 @@ DEFAULT_TOLERANCE = 1e-4
 EXTERNAL_DATA_BYTES = 2**31 - 2**24
 
 
-def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike[str], *, opset: int | None = None,
-                dynamic_batch: bool = True, simplify: bool = False, tolerance: float | None = None) -> dict[str, Any]:
+def export_onnx(
+    model: nn.Module,
+    example_input: Any,
+    path: str | os.PathLike[str],
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    simplify: bool = False,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
     """Write ``model`` to ``path`` as ONNX, check it, and compare it with torch in onnxruntime (CPU).
 
     ``example_input`` is a tensor, a tuple of tensors (positional arguments) or a dict of tensors (keyword
@@ -81,9 +89,18 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike[st
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return {
-        "path": str(out), "opset": used_opset, "exporter": exporter, "bytes": _size(out, external),
-        "max_abs_diff": diff, "tolerance": bound, "inputs": input_names, "outputs": output_names, "checker": "ok",
-        "dynamic_batch": dynamic_batch, "checked_batches": batches, "external_data": external,
+        "path": str(out),
+        "opset": used_opset,
+        "exporter": exporter,
+        "bytes": _size(out, external),
+        "max_abs_diff": diff,
+        "tolerance": bound,
+        "inputs": input_names,
+        "outputs": output_names,
+        "checker": "ok",
+        "dynamic_batch": dynamic_batch,
+        "checked_batches": batches,
+        "external_data": external,
         "simplified": simplified,
     }
 
@@ -95,8 +112,10 @@ def _count_outputs(wrapped: nn.Module, args: tuple[torch.Tensor, ...]) -> int:
             n = len(wrapped(*args))
     except Exception as exc:  # noqa: BLE001 - whatever the forward raised, say it in one line
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise SlimnetError(f"the model rejects the example input ({type(exc).__name__}: {first}): give the right "
-                           "--input-shape or --input") from None
+        raise SlimnetError(
+            f"the model rejects the example input ({type(exc).__name__}: {first}): give the right "
+            "--input-shape or --input"
+        ) from None
     if n == 0:
         raise SlimnetError("the model returns no tensors: there is nothing to export")
     return n
@@ -120,8 +139,15 @@ def _batch_dims(args: tuple[torch.Tensor, ...], dynamic: bool) -> list[bool]:
     return [t.dim() > 0 and t.shape[0] == batch for t in args]
 
 
-def _export(wrapped: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path, input_names: list[str],
-            output_names: list[str], opset: int | None, dynamic: bool) -> tuple[str, int]:
+def _export(
+    wrapped: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    tmp: Path,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int | None,
+    dynamic: bool,
+) -> tuple[str, int]:
     """TorchScript exporter first, dynamo second; returns (exporter, opset) or raises one SlimnetError."""
     errors = []
     for exporter in ("torchscript", "dynamo"):
@@ -143,8 +169,15 @@ def _export(wrapped: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path, input
     raise SlimnetError(f"ONNX export failed ({'; '.join(errors)})")
 
 
-def _export_torchscript(wrapped: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path, input_names: list[str],
-                        output_names: list[str], opset: int, dynamic: bool) -> None:
+def _export_torchscript(
+    wrapped: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    tmp: Path,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    dynamic: bool,
+) -> None:
     axes: dict[str, dict[int, str]] = {}
     flags = _batch_dims(args, dynamic)
     for name, flag in zip(input_names, flags):
@@ -155,12 +188,28 @@ def _export_torchscript(wrapped: nn.Module, args: tuple[torch.Tensor, ...], tmp:
             outs = wrapped(*args)
         batch = args[0].shape[0]
         axes.update({n: {0: "batch"} for n, t in zip(output_names, outs) if t.dim() > 0 and t.shape[0] == batch})
-    torch.onnx.export(wrapped, args, str(tmp), dynamo=False, opset_version=opset, input_names=input_names,
-                      output_names=output_names, dynamic_axes=axes or None, do_constant_folding=True)
+    torch.onnx.export(
+        wrapped,
+        args,
+        str(tmp),
+        dynamo=False,
+        opset_version=opset,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=axes or None,
+        do_constant_folding=True,
+    )
 
 
-def _export_dynamo(wrapped: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path, input_names: list[str],
-                   output_names: list[str], opset: int, dynamic: bool) -> None:
+def _export_dynamo(
+    wrapped: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    tmp: Path,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    dynamic: bool,
+) -> None:
     """From a batch of at least 2: with batch 1, torch.export specialises the batch of attention models."""
     flags = _batch_dims(args, dynamic)
     shapes = None
@@ -170,9 +219,16 @@ def _export_dynamo(wrapped: nn.Module, args: tuple[torch.Tensor, ...], tmp: Path
         if args[0].shape[0] == 1:
             args = tuple(batch_input(t, 2) if f else t for t, f in zip(args, flags))
     # The wrapper's forward(*args) takes one varargs tuple, so its shapes nest one level down.
-    program = torch.onnx.export(wrapped, args, dynamo=True, opset_version=opset, input_names=input_names,
-                                output_names=output_names, dynamic_shapes=(shapes,) if shapes else None,
-                                verbose=False)
+    program = torch.onnx.export(
+        wrapped,
+        args,
+        dynamo=True,
+        opset_version=opset,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_shapes=(shapes,) if shapes else None,
+        verbose=False,
+    )
     program.save(str(tmp), external_data=False)
 
 
@@ -194,8 +250,14 @@ def _consolidate(tmp: Path, final_name: str, weight_bytes: int) -> bool:
     proto = onnx.load(str(tmp), load_external_data=True)
     for p in extra:
         p.unlink()
-    onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{final_name}.data", size_threshold=1024)
+    onnx.save_model(
+        proto,
+        str(tmp),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{final_name}.data",
+        size_threshold=1024,
+    )
     return (tmp.parent / f"{final_name}.data").is_file()  # False when every tensor was small enough to stay inline
 
 
@@ -223,8 +285,9 @@ def _check(tmp: Path) -> None:
         raise SlimnetError(f"onnx.checker rejected the exported file: {first}") from None
 
 
-def _parity(wrapped: nn.Module, example: Any, tmp: Path, input_names: list[str], rel: float,
-            dynamic: bool) -> tuple[float, float, list[int]]:
+def _parity(
+    wrapped: nn.Module, example: Any, tmp: Path, input_names: list[str], rel: float, dynamic: bool
+) -> tuple[float, float, list[int]]:
     """Run torch and onnxruntime on the example (and on batch+2 when the batch is dynamic); returns (max diff,
     absolute bound, batches checked) or raises naming the difference."""
     args, _ = as_args(example)
@@ -243,8 +306,10 @@ def _parity(wrapped: nn.Module, example: Any, tmp: Path, input_names: list[str],
         worst = max(worst, diff)
         checked.append(batch)
         if diff > rel * (1.0 + scale):
-            raise SlimnetError(f"the ONNX file disagrees with torch at batch {batch}: max abs diff {diff:.3g} > "
-                               f"tolerance {rel * (1.0 + scale):.3g}; nothing was written")
+            raise SlimnetError(
+                f"the ONNX file disagrees with torch at batch {batch}: max abs diff {diff:.3g} > "
+                f"tolerance {rel * (1.0 + scale):.3g}; nothing was written"
+            )
     return worst, bound, checked
 
 
@@ -257,15 +322,19 @@ def _compare_once(wrapped: nn.Module, session: Any, input_names: list[str], inpu
         got = session.run(None, ort_feed(session, input_names, inputs))
     except Exception as exc:  # noqa: BLE001 - e.g. a graph that fixed the batch size
         first = str(exc).strip().splitlines()[0][:200]
-        raise SlimnetError(f"onnxruntime cannot run the exported file at batch {batch} ({first}); if the model "
-                           "only works at one batch size, export with --no-dynamic-batch") from None
+        raise SlimnetError(
+            f"onnxruntime cannot run the exported file at batch {batch} ({first}); if the model "
+            "only works at one batch size, export with --no-dynamic-batch"
+        ) from None
     diff, scale = 0.0, 0.0
     for r, g in zip(ref, got):
         r64 = r.detach().double()
         g64 = torch.from_numpy(g).double()
         if tuple(r64.shape) != tuple(g64.shape):
-            raise SlimnetError(f"the ONNX output has shape {tuple(g64.shape)} where torch gives {tuple(r64.shape)} "
-                               f"at batch {batch}; nothing was written")
+            raise SlimnetError(
+                f"the ONNX output has shape {tuple(g64.shape)} where torch gives {tuple(r64.shape)} "
+                f"at batch {batch}; nothing was written"
+            )
         if r64.numel():
             diff = max(diff, _max_diff(r64, g64))
             finite = r64[r64.isfinite()]

@@ -475,25 +475,132 @@ def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> A
 # rules: pass-through (per-element ops)
 # ----------------------------------------------------------------------------------------------------------
 _UNARY_FUNCS = [
-    F.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh, F.leaky_relu, F.elu,
-    F.selu, F.celu, F.softplus, F.mish, F.hardtanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-    F.alpha_dropout, F.softsign, F.tanhshrink, F.logsigmoid,
-    torch.relu, torch.sigmoid, torch.tanh, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.abs,
-    torch.neg, torch.clamp, torch.clip, torch.erf, torch.sin, torch.cos, torch.square, torch.reciprocal,
-    torch.sign, torch.floor, torch.ceil, torch.round, torch.nan_to_num, torch.log1p, torch.expm1,
-    operator.neg, operator.pos, F.hardshrink, F.softshrink, torch.nn.functional.threshold,
+    F.relu,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.hardsigmoid,
+    F.sigmoid,
+    F.tanh,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.softplus,
+    F.mish,
+    F.hardtanh,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    F.alpha_dropout,
+    F.softsign,
+    F.tanhshrink,
+    F.logsigmoid,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.exp,
+    torch.log,
+    torch.sqrt,
+    torch.rsqrt,
+    torch.abs,
+    torch.neg,
+    torch.clamp,
+    torch.clip,
+    torch.erf,
+    torch.sin,
+    torch.cos,
+    torch.square,
+    torch.reciprocal,
+    torch.sign,
+    torch.floor,
+    torch.ceil,
+    torch.round,
+    torch.nan_to_num,
+    torch.log1p,
+    torch.expm1,
+    operator.neg,
+    operator.pos,
+    F.hardshrink,
+    F.softshrink,
+    torch.nn.functional.threshold,
 ]
 _UNARY_METHODS = [
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "exp", "log", "sqrt", "rsqrt", "abs", "neg",
-    "clamp", "clamp_", "clip", "contiguous", "clone", "float", "double", "half", "bfloat16", "to", "type",
-    "type_as", "detach", "cpu", "cuda", "erf", "square", "reciprocal", "sign", "floor", "ceil", "round",
-    "requires_grad_", "hardswish", "sin", "cos", "log1p", "expm1", "nan_to_num", "exp_", "neg_",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "abs",
+    "neg",
+    "clamp",
+    "clamp_",
+    "clip",
+    "contiguous",
+    "clone",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "to",
+    "type",
+    "type_as",
+    "detach",
+    "cpu",
+    "cuda",
+    "erf",
+    "square",
+    "reciprocal",
+    "sign",
+    "floor",
+    "ceil",
+    "round",
+    "requires_grad_",
+    "hardswish",
+    "sin",
+    "cos",
+    "log1p",
+    "expm1",
+    "nan_to_num",
+    "exp_",
+    "neg_",
 ]
 _UNARY_MODULES = [
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.SELU, nn.CELU, nn.Softplus, nn.Mish, nn.Hardtanh, nn.Identity, nn.Dropout, nn.Dropout1d,
-    nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Softsign, nn.Tanhshrink,
-    nn.LogSigmoid, nn.Hardshrink, nn.Softshrink, nn.Threshold,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.Threshold,
 ]
 
 
@@ -547,19 +654,95 @@ def _combine(it: AtomInterpreter, a: torch.Tensor, b: torch.Tensor, out_shape: t
 
 
 _BINARY_FUNCS = [
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.iadd,
-    operator.isub, operator.imul, operator.itruediv, operator.pow, operator.mod,
-    torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.maximum, torch.minimum,
-    torch.where, torch.pow, torch.eq, torch.ne, torch.gt, torch.lt, torch.ge, torch.le, torch.addcmul,
-    torch.addcdiv, torch.lerp, torch.masked_fill, torch.fmod, torch.remainder, torch.atan2, torch.hypot,
-    operator.eq, operator.ne, operator.gt, operator.lt, operator.ge, operator.le, operator.and_,
-    operator.or_, torch.logical_and, torch.logical_or, torch.subtract, torch.multiply, torch.divide,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.floordiv,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.pow,
+    operator.mod,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.true_divide,
+    torch.maximum,
+    torch.minimum,
+    torch.where,
+    torch.pow,
+    torch.eq,
+    torch.ne,
+    torch.gt,
+    torch.lt,
+    torch.ge,
+    torch.le,
+    torch.addcmul,
+    torch.addcdiv,
+    torch.lerp,
+    torch.masked_fill,
+    torch.fmod,
+    torch.remainder,
+    torch.atan2,
+    torch.hypot,
+    operator.eq,
+    operator.ne,
+    operator.gt,
+    operator.lt,
+    operator.ge,
+    operator.le,
+    operator.and_,
+    operator.or_,
+    torch.logical_and,
+    torch.logical_or,
+    torch.subtract,
+    torch.multiply,
+    torch.divide,
 ]
 _BINARY_METHODS = [
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "pow_", "maximum", "minimum",
-    "masked_fill", "masked_fill_", "eq", "ne", "gt", "lt", "ge", "le", "addcmul", "addcmul_", "lerp",
-    "where", "fmod", "remainder", "__add__", "__mul__", "__sub__", "__truediv__", "__radd__", "__rmul__",
-    "__rsub__", "__rtruediv__", "truediv", "subtract", "multiply", "divide", "logical_and", "logical_or",
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
+    "pow",
+    "pow_",
+    "maximum",
+    "minimum",
+    "masked_fill",
+    "masked_fill_",
+    "eq",
+    "ne",
+    "gt",
+    "lt",
+    "ge",
+    "le",
+    "addcmul",
+    "addcmul_",
+    "lerp",
+    "where",
+    "fmod",
+    "remainder",
+    "__add__",
+    "__mul__",
+    "__sub__",
+    "__truediv__",
+    "__radd__",
+    "__rmul__",
+    "__rsub__",
+    "__rtruediv__",
+    "truediv",
+    "subtract",
+    "multiply",
+    "divide",
+    "logical_and",
+    "logical_or",
 ]
 
 
@@ -609,15 +792,58 @@ def _apply_on_ids(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict) ->
 
 
 _MOVE_FUNCS = [
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat, torch.concat, torch.stack,
-    torch.squeeze, torch.unsqueeze, torch.roll, torch.flip, torch.movedim, torch.t, torch.swapaxes,
-    torch.swapdims, torch.tile, F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
-    torch.hstack, torch.vstack, torch.concatenate, torch.repeat_interleave, torch.broadcast_to,
+    torch.flatten,
+    torch.reshape,
+    torch.permute,
+    torch.transpose,
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.roll,
+    torch.flip,
+    torch.movedim,
+    torch.t,
+    torch.swapaxes,
+    torch.swapdims,
+    torch.tile,
+    F.pixel_shuffle,
+    F.pixel_unshuffle,
+    torch.pixel_shuffle,
+    torch.pixel_unshuffle,
+    torch.hstack,
+    torch.vstack,
+    torch.concatenate,
+    torch.repeat_interleave,
+    torch.broadcast_to,
 ]
 _MOVE_METHODS = [
-    "view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand", "repeat",
-    "flip", "roll", "t", "movedim", "unflatten", "swapaxes", "swapdims", "tile", "expand_as", "view_as",
-    "reshape_as", "unsqueeze_", "squeeze_", "transpose_", "repeat_interleave", "broadcast_to",
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "repeat",
+    "flip",
+    "roll",
+    "t",
+    "movedim",
+    "unflatten",
+    "swapaxes",
+    "swapdims",
+    "tile",
+    "expand_as",
+    "view_as",
+    "reshape_as",
+    "unsqueeze_",
+    "squeeze_",
+    "transpose_",
+    "repeat_interleave",
+    "broadcast_to",
 ]
 _MOVE_MODULES = [nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle]
 
@@ -656,14 +882,29 @@ def pad(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -
     return F.pad(x, padding, mode=mode)
 
 
-@rule(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-      nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
-      nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d)
+@rule(
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    nn.ConstantPad1d,
+    nn.ConstantPad2d,
+    nn.ConstantPad3d,
+    nn.ReflectionPad1d,
+    nn.ReflectionPad2d,
+    nn.ReflectionPad3d,
+    nn.ReplicationPad1d,
+    nn.ReplicationPad2d,
+    nn.ReplicationPad3d,
+    nn.CircularPad1d,
+    nn.CircularPad2d,
+    nn.CircularPad3d,
+)
 def pad_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     mod = it.module.get_submodule(n.target)
     x = it.ids_of(args[0])
-    if isinstance(mod, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
-                        nn.ConstantPad3d)):
+    if isinstance(
+        mod, (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+    ):
         return F.pad(x, mod.padding, mode="constant", value=NONE)
     return mod(x)
 
@@ -719,8 +960,17 @@ def split(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any)
     return tuple(torch.split(src, [r.shape[dim] for r in real], dim))
 
 
-@rule(torch.narrow, "narrow", torch.select, "select", torch.index_select, "index_select", torch.gather,
-      "gather", torch.take_along_dim)
+@rule(
+    torch.narrow,
+    "narrow",
+    torch.select,
+    "select",
+    torch.index_select,
+    "index_select",
+    torch.gather,
+    "gather",
+    torch.take_along_dim,
+)
 def select(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """Fixed-position selection along a dim: the atoms there cannot be pruned independently."""
     src = it.ids_of(args[0])
@@ -779,15 +1029,50 @@ def _spatial(k: int) -> Callable[[AtomInterpreter, fx.Node, tuple, dict, Any], A
 
 
 for _k, _keys in {
-    1: [F.max_pool1d, F.avg_pool1d, F.adaptive_avg_pool1d, F.adaptive_max_pool1d, F.lp_pool1d,
-        nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.LPPool1d,
-        torch.max_pool1d, torch.avg_pool1d, torch.adaptive_avg_pool1d, torch.adaptive_max_pool1d,
-        F.max_pool1d_with_indices],
-    2: [F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.lp_pool2d,
-        nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d,
-        torch.max_pool2d, F.max_pool2d_with_indices, nn.FractionalMaxPool2d],
-    3: [F.max_pool3d, F.avg_pool3d, F.adaptive_avg_pool3d, F.adaptive_max_pool3d, nn.MaxPool3d, nn.AvgPool3d,
-        nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, torch.max_pool3d, F.max_pool3d_with_indices],
+    1: [
+        F.max_pool1d,
+        F.avg_pool1d,
+        F.adaptive_avg_pool1d,
+        F.adaptive_max_pool1d,
+        F.lp_pool1d,
+        nn.MaxPool1d,
+        nn.AvgPool1d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveMaxPool1d,
+        nn.LPPool1d,
+        torch.max_pool1d,
+        torch.avg_pool1d,
+        torch.adaptive_avg_pool1d,
+        torch.adaptive_max_pool1d,
+        F.max_pool1d_with_indices,
+    ],
+    2: [
+        F.max_pool2d,
+        F.avg_pool2d,
+        F.adaptive_avg_pool2d,
+        F.adaptive_max_pool2d,
+        F.lp_pool2d,
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveMaxPool2d,
+        nn.LPPool2d,
+        torch.max_pool2d,
+        F.max_pool2d_with_indices,
+        nn.FractionalMaxPool2d,
+    ],
+    3: [
+        F.max_pool3d,
+        F.avg_pool3d,
+        F.adaptive_avg_pool3d,
+        F.adaptive_max_pool3d,
+        nn.MaxPool3d,
+        nn.AvgPool3d,
+        nn.AdaptiveAvgPool3d,
+        nn.AdaptiveMaxPool3d,
+        torch.max_pool3d,
+        F.max_pool3d_with_indices,
+    ],
 }.items():
     rule(*_keys)(_spatial(_k))
 
@@ -815,11 +1100,51 @@ def _reduce_dims(it: AtomInterpreter, args: tuple, kwargs: dict, src: torch.Tens
     return [dim]
 
 
-@rule(torch.mean, torch.sum, torch.amax, torch.amin, torch.max, torch.min, torch.std, torch.var, torch.prod,
-      torch.logsumexp, torch.argmax, torch.argmin, torch.norm, torch.linalg.vector_norm, torch.cumsum,
-      torch.cumprod, torch.nansum, torch.nanmean, torch.median, torch.all, torch.any, torch.count_nonzero,
-      "mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "argmax", "argmin",
-      "norm", "cumsum", "cumprod", "nansum", "nanmean", "median", "all", "any", "count_nonzero")
+@rule(
+    torch.mean,
+    torch.sum,
+    torch.amax,
+    torch.amin,
+    torch.max,
+    torch.min,
+    torch.std,
+    torch.var,
+    torch.prod,
+    torch.logsumexp,
+    torch.argmax,
+    torch.argmin,
+    torch.norm,
+    torch.linalg.vector_norm,
+    torch.cumsum,
+    torch.cumprod,
+    torch.nansum,
+    torch.nanmean,
+    torch.median,
+    torch.all,
+    torch.any,
+    torch.count_nonzero,
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "std",
+    "var",
+    "prod",
+    "logsumexp",
+    "argmax",
+    "argmin",
+    "norm",
+    "cumsum",
+    "cumprod",
+    "nansum",
+    "nanmean",
+    "median",
+    "all",
+    "any",
+    "count_nonzero",
+)
 def reduction(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """Reductions mix the positions along their dims (the atoms there become one unit)."""
     src = it.ids_of(args[0])
@@ -832,9 +1157,22 @@ def reduction(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: 
     return mix(it, src, dims, real, f"reduced at node {it.where()}")
 
 
-@rule(F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax, "softmax", "log_softmax",
-      nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d, F.normalize, nn.LocalResponseNorm,
-      F.local_response_norm)
+@rule(
+    F.softmax,
+    F.log_softmax,
+    F.softmin,
+    torch.softmax,
+    torch.log_softmax,
+    "softmax",
+    "log_softmax",
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.Softmin,
+    nn.Softmax2d,
+    F.normalize,
+    nn.LocalResponseNorm,
+    F.local_response_norm,
+)
 def softmax(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """Normalisation along a dim: removing a position changes every other one, so they go together."""
     src = it.ids_of(args[0])
@@ -863,8 +1201,17 @@ def _producer(it: AtomInterpreter, n: fx.Node, name: str | None) -> str:
     return str(n.target) if n.op == "call_module" else n.name
 
 
-def conv_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, real: torch.Tensor, w: str | None,
-             b: str | None, groups: int, transposed: bool, spatial: int) -> torch.Tensor:
+def conv_ids(
+    it: AtomInterpreter,
+    n: fx.Node,
+    x: torch.Tensor,
+    real: torch.Tensor,
+    w: str | None,
+    b: str | None,
+    groups: int,
+    transposed: bool,
+    spatial: int,
+) -> torch.Tensor:
     """conv: output channels are new atoms; input channels bind weight dim 1 (dim 0 when transposed);
     a grouped conv ties each group's input and output channels into one unit (groups are kept whole)."""
     cdim = x.dim() - spatial - 1
@@ -954,16 +1301,25 @@ def linear_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, 
     return linear_ids(it, n, it.ids_of(args[0]), real, w, b)
 
 
-def _channel_params(it: AtomInterpreter, x: torch.Tensor, cdim: int, names: list[str | None],
-                    scale: str | None) -> np.ndarray:
+def _channel_params(
+    it: AtomInterpreter, x: torch.Tensor, cdim: int, names: list[str | None], scale: str | None
+) -> np.ndarray:
     atoms = it.per_index(x, cdim, f"merged into one channel at node {it.where()}")
     for name in names:
         it.bind(name, 0, atoms, "norm_scale" if name is not None and name == scale else "")
     return atoms
 
 
-@rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
-      nn.InstanceNorm3d, nn.LazyBatchNorm2d)
+@rule(
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyBatchNorm2d,
+)
 def batchnorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """Per-channel statistics and affine parameters follow the channel."""
     mod = it.module.get_submodule(n.target)
@@ -971,8 +1327,11 @@ def batchnorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict,
     cdim = 1 if x.dim() > 1 else 0
     if isinstance(mod, nn.modules.instancenorm._InstanceNorm) and x.dim() == mod._get_no_batch_dim():
         cdim = 0
-    names = [f"{n.target}.{p}" for p in ("weight", "bias", "running_mean", "running_var")
-             if getattr(mod, p, None) is not None]
+    names = [
+        f"{n.target}.{p}"
+        for p in ("weight", "bias", "running_mean", "running_var")
+        if getattr(mod, p, None) is not None
+    ]
     _channel_params(it, x, cdim, names, f"{n.target}.weight")
     return x
 
@@ -1019,8 +1378,9 @@ def groupnorm_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dic
     return groupnorm_ids(it, n, it.ids_of(args[0]), groups, names)
 
 
-def layernorm_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, ndims: int, names: list[str | None],
-                  kind: str) -> torch.Tensor:
+def layernorm_ids(
+    it: AtomInterpreter, n: fx.Node, x: torch.Tensor, ndims: int, names: list[str | None], kind: str
+) -> torch.Tensor:
     """LayerNorm/RMSNorm normalise over channels: removing one changes the others' values, so the group is
     only pruned on request (and then the verifier reports the difference instead of failing)."""
     if ndims != 1:
@@ -1036,20 +1396,30 @@ def layernorm_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, ndims: int, 
     return x
 
 
-@rule(nn.LayerNorm, *( [nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
+@rule(nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))
 def layernorm_module(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     mod = it.module.get_submodule(n.target)
     names = [f"{n.target}.{p}" for p in ("weight", "bias") if getattr(mod, p, None) is not None]
-    return layernorm_ids(it, n, it.ids_of(args[0]), len(mod.normalized_shape), names or [None],
-                         type(mod).__name__)
+    return layernorm_ids(it, n, it.ids_of(args[0]), len(mod.normalized_shape), names or [None], type(mod).__name__)
 
 
 #: RMSNorm classes of Hugging Face decoders (x / rms(x) * weight over the last dim, weight 1-D): leaves with
 #: the LayerNorm rule, so that their width is a (normalised, opt-in) group rather than a reduction that ties
 #: every channel into one.
-HF_RMSNORMS = [f"transformers.models.{m}.modeling_{m}.{c}RMSNorm" for m, c in (
-    ("llama", "Llama"), ("mistral", "Mistral"), ("qwen2", "Qwen2"), ("qwen3", "Qwen3"), ("gemma", "Gemma"),
-    ("phi3", "Phi3"), ("mixtral", "Mixtral"), ("olmo2", "Olmo2"), ("granite", "Granite"))]
+HF_RMSNORMS = [
+    f"transformers.models.{m}.modeling_{m}.{c}RMSNorm"
+    for m, c in (
+        ("llama", "Llama"),
+        ("mistral", "Mistral"),
+        ("qwen2", "Qwen2"),
+        ("qwen3", "Qwen3"),
+        ("gemma", "Gemma"),
+        ("phi3", "Phi3"),
+        ("mixtral", "Mixtral"),
+        ("olmo2", "Olmo2"),
+        ("granite", "Granite"),
+    )
+]
 
 
 @rule(*HF_RMSNORMS)
@@ -1229,9 +1599,24 @@ def embedding_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dic
 # ----------------------------------------------------------------------------------------------------------
 # rules: tensors created inside forward
 # ----------------------------------------------------------------------------------------------------------
-@rule(torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.randn, torch.rand, torch.eye,
-      torch.tensor, torch.linspace, torch.as_tensor, "new_zeros", "new_ones", "new_full", "new_empty",
-      "new_tensor")
+@rule(
+    torch.zeros,
+    torch.ones,
+    torch.full,
+    torch.empty,
+    torch.arange,
+    torch.randn,
+    torch.rand,
+    torch.eye,
+    torch.tensor,
+    torch.linspace,
+    torch.as_tensor,
+    "new_zeros",
+    "new_ones",
+    "new_full",
+    "new_empty",
+    "new_tensor",
+)
 def factory(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """A tensor built with a literal size > 1 cannot follow pruning: it carries a poisoned atom so that
     combining it with channels (rather than broadcasting) keeps them whole; sizes from tensors adapt."""
@@ -1250,8 +1635,21 @@ def factory(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: An
     return _map(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64))
 
 
-@rule(torch.zeros_like, torch.ones_like, torch.full_like, torch.empty_like, torch.rand_like, torch.randn_like,
-      "zero_", "fill_", "uniform_", "normal_", "bernoulli", "bernoulli_", torch.bernoulli)
+@rule(
+    torch.zeros_like,
+    torch.ones_like,
+    torch.full_like,
+    torch.empty_like,
+    torch.rand_like,
+    torch.randn_like,
+    "zero_",
+    "fill_",
+    "uniform_",
+    "normal_",
+    "bernoulli",
+    "bernoulli_",
+    torch.bernoulli,
+)
 def like(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """New values shaped like an existing tensor: they follow its shape and carry no channel."""
     return _map(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64))
@@ -1321,6 +1719,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     groups: list[Group] = []
     for path, gm in pieces:
+
         def full(t: str, path: str = path) -> str:
             name = f"{path}.{t}"
             return alias.get(name, name)
@@ -1334,12 +1733,18 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
                 outside = [a for a in alias_groups.get(full(t), []) if not a.startswith(f"{path}.")]
                 if outside and reason is None:
                     reason = f"{full(t)} is tied to {outside[0]}, outside the traced piece {path}"
-            groups.append(Group(
-                id=len(groups), name=f"{path}.{g.name}", reason=reason, normalised=g.normalised,
-                members=[(full(t), d) for t, d in g.members],
-                units=[Unit({(full(t), d): idx for (t, d), idx in u.members.items()}) for u in g.units],
-                roles={(full(t), d): r for (t, d), r in g.roles.items()}, kind=g.kind,
-            ))
+            groups.append(
+                Group(
+                    id=len(groups),
+                    name=f"{path}.{g.name}",
+                    reason=reason,
+                    normalised=g.normalised,
+                    members=[(full(t), d) for t, d in g.members],
+                    units=[Unit({(full(t), d): idx for (t, d), idx in u.members.items()}) for u in g.units],
+                    roles={(full(t), d): r for (t, d), r in g.roles.items()},
+                    kind=g.kind,
+                )
+            )
     first = why.split(": torch.fx needs")[0]
     notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
     return Analysis(groups=groups, aliases=alias_groups, shapes=shapes, notes=notes)
@@ -1445,9 +1850,16 @@ def _assemble(it: AtomInterpreter, shapes: dict[str, tuple[int, ...]]) -> list[G
             if reason != "a single unit: nothing to choose from":
                 reason = f"all channels go together ({reason})"
         norm = next((normed[r] for r in rs if r in normed), None)
-        groups.append(Group(
-            id=len(groups), name=name, units=units, members=list(members), reason=reason, normalised=norm,
-            roles={m: roles.get(m, "") for m in members},
-            kind="heads" if any(r in head_roots for r in rs) else "channels",
-        ))
+        groups.append(
+            Group(
+                id=len(groups),
+                name=name,
+                units=units,
+                members=list(members),
+                reason=reason,
+                normalised=norm,
+                roles={m: roles.get(m, "") for m in members},
+                kind="heads" if any(r in head_roots for r in rs) else "channels",
+            )
+        )
     return groups

@@ -39,15 +39,19 @@ def _transformers() -> Any:
         import transformers
     except ImportError:
         raise SlimnetError(
-            "transformers is not installed: pip install 'slimnet[transformers]' to use hf: models") from None
+            "transformers is not installed: pip install 'slimnet[transformers]' to use hf: models"
+        ) from None
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers
 
 
 def is_hf_model(model: nn.Module) -> bool:
-    return hasattr(model, "save_pretrained") and hasattr(model, "config") and type(model).__module__.startswith(
-        "transformers.")
+    return (
+        hasattr(model, "save_pretrained")
+        and hasattr(model, "config")
+        and type(model).__module__.startswith("transformers.")
+    )
 
 
 def _model_class(config: Any) -> Any:
@@ -59,24 +63,28 @@ def _model_class(config: Any) -> Any:
     try:  # no (known) architectures listed: the base model of this config type
         return tf.AutoModel._model_mapping[type(config)]
     except (KeyError, AttributeError):
-        raise SlimnetError(f"transformers has no model class for config type {type(config).__name__}: "
-                           "give a folder whose config.json lists its architectures") from None
+        raise SlimnetError(
+            f"transformers has no model class for config type {type(config).__name__}: "
+            "give a folder whose config.json lists its architectures"
+        ) from None
 
 
 def from_pretrained(path: str | os.PathLike) -> nn.Module:
     """Load a model directory written by ``save_pretrained`` (transformers' or :func:`save_pretrained`)."""
     p = Path(path)
     if not p.is_dir():
-        raise SlimnetError(f"hf:{path}: no such directory (give a local folder with config.json and weights; "
-                           "nothing is downloaded)")
+        raise SlimnetError(
+            f"hf:{path}: no such directory (give a local folder with config.json and weights; nothing is downloaded)"
+        )
     if not (p / "config.json").is_file():
         raise SlimnetError(f"hf:{path} has no config.json: give a folder written by save_pretrained")
     tf = _transformers()
     try:
         config = tf.AutoConfig.from_pretrained(str(p), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - a config transformers cannot read is the user's file problem
-        raise SlimnetError(f"hf:{path}: transformers cannot read config.json ({str(exc).splitlines()[0][:200]})"
-                           ) from None
+        raise SlimnetError(
+            f"hf:{path}: transformers cannot read config.json ({str(exc).splitlines()[0][:200]})"
+        ) from None
     cls = _model_class(config)
     plan = getattr(config, PLAN_KEY, None)
     if plan is not None:
@@ -84,12 +92,15 @@ def from_pretrained(path: str | os.PathLike) -> nn.Module:
     try:
         model, info = cls.from_pretrained(str(p), local_files_only=True, output_loading_info=True)
     except Exception as exc:  # noqa: BLE001
-        raise SlimnetError(f"hf:{path}: transformers cannot load the model ({str(exc).splitlines()[0][:200]})"
-                           ) from None
+        raise SlimnetError(
+            f"hf:{path}: transformers cannot load the model ({str(exc).splitlines()[0][:200]})"
+        ) from None
     bad = {k: sorted(v)[:3] for k, v in info.items() if k != "error_msgs" and v}
     if bad or info.get("error_msgs"):
-        raise SlimnetError(f"hf:{path}: the weights do not fit the {'pruned ' if plan else ''}architecture "
-                           f"({bad or info['error_msgs'][:1]}): was the folder edited after saving?")
+        raise SlimnetError(
+            f"hf:{path}: the weights do not fit the {'pruned ' if plan else ''}architecture "
+            f"({bad or info['error_msgs'][:1]}): was the folder edited after saving?"
+        )
     if plan is not None:
         model.__class__ = cls.__bases__[0]  # the subclass only adds __init__: keep the picklable original class
     return model.eval()
@@ -102,6 +113,7 @@ def pruned_class(base: type) -> type:
     names, e.g. GPT-NeoX's ``embed_out``, and loading maps them back), looked up by class name and skipped for
     classes defined outside transformers; the subclass is registered under the base's mapping so that the
     saved names map back exactly as they would for the base."""
+
     def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
         base.__init__(self, config, *args, **kwargs)
         apply_config_plan(self)
@@ -200,8 +212,11 @@ def save_pretrained(model: nn.Module, plan: dict[str, Any], path: str | os.PathL
     parent = out.resolve().parent
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
-        setattr(model.config, PLAN_KEY, {"format": plan.get("format"), "model": plan.get("model"),
-                                         "tensors": plan["tensors"]})
+        setattr(
+            model.config,
+            PLAN_KEY,
+            {"format": plan.get("format"), "model": plan.get("model"), "tensors": plan["tensors"]},
+        )
         model.save_pretrained(str(tmp))
         cfg = json.loads((tmp / "config.json").read_text())
         if PLAN_KEY not in cfg:  # a config class that drops unknown attributes: write it ourselves

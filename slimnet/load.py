@@ -95,13 +95,13 @@ def load_input(path: str | None, shape: str | None, spec: str, seed: int = 0) ->
                 f"input file {path} could not be read as saved tensors ({type(exc).__name__}): "
                 "save a tensor, a tuple of tensors or a dict of tensors with torch.save"
             ) from None
-        if isinstance(value, torch.Tensor) or (
-            isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value)
-        ) or (isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values())):
+        if (
+            isinstance(value, torch.Tensor)
+            or (isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value))
+            or (isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()))
+        ):
             return tuple(value) if isinstance(value, list) else value
-        raise SlimnetError(
-            f"input file {path} holds a {type(value).__name__}, not a tensor, tuple or dict of tensors"
-        )
+        raise SlimnetError(f"input file {path} holds a {type(value).__name__}, not a tensor, tuple or dict of tensors")
     dims = parse_shape(shape) if shape is not None else default_input_shape(spec)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(dims, generator=gen)
@@ -255,8 +255,18 @@ def _safe_module_globals(p: Path) -> list[Any] | None:
 
 def _names_code(message: str) -> bool:
     """Whether a weights-only refusal is about a class or function the file names (vs. unreadable bytes)."""
-    return any(k in message for k in ("Unsupported global", "GLOBAL", "Unsupported class", "safe_globals",
-                                      "add_safe_globals", "REDUCE", "not an allowed global"))
+    return any(
+        k in message
+        for k in (
+            "Unsupported global",
+            "GLOBAL",
+            "Unsupported class",
+            "safe_globals",
+            "add_safe_globals",
+            "REDUCE",
+            "not an allowed global",
+        )
+    )
 
 
 def _plain_pickle_names_code(p: Path) -> bool:
@@ -267,8 +277,10 @@ def _plain_pickle_names_code(p: Path) -> bool:
         return False
     try:
         with open(p, "rb") as f:
-            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ")
-                       for op, _, _ in pickletools.genops(f))
+            return any(
+                op.name in ("GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ")
+                for op, _, _ in pickletools.genops(f)
+            )
     except Exception:  # noqa: BLE001 - unparseable: corrupt, not code
         return False
 

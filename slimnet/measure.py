@@ -132,11 +132,53 @@ def rms_norm(inputs: list[Any], outputs: list[Any]) -> float:
     return _numel(inputs[0]) * (4 if has_weight else 3)
 
 
-_ELEMENTWISE = ("add", "sub", "rsub", "mul", "div", "pow", "sqrt", "rsqrt", "exp", "log", "neg", "abs", "reciprocal",
-                "where", "addcmul", "addcdiv", "lerp", "maximum", "minimum")
-_ACTIVATIONS = ("relu", "relu6", "hardtanh", "clamp", "clamp_min", "clamp_max", "gelu", "silu", "hardswish",
-                "hardsigmoid", "sigmoid", "tanh", "elu", "selu", "celu", "leaky_relu", "mish", "softplus", "prelu",
-                "erf", "softmax", "log_softmax", "glu", "threshold")
+_ELEMENTWISE = (
+    "add",
+    "sub",
+    "rsub",
+    "mul",
+    "div",
+    "pow",
+    "sqrt",
+    "rsqrt",
+    "exp",
+    "log",
+    "neg",
+    "abs",
+    "reciprocal",
+    "where",
+    "addcmul",
+    "addcdiv",
+    "lerp",
+    "maximum",
+    "minimum",
+)
+_ACTIVATIONS = (
+    "relu",
+    "relu6",
+    "hardtanh",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "gelu",
+    "silu",
+    "hardswish",
+    "hardsigmoid",
+    "sigmoid",
+    "tanh",
+    "elu",
+    "selu",
+    "celu",
+    "leaky_relu",
+    "mish",
+    "softplus",
+    "prelu",
+    "erf",
+    "softmax",
+    "log_softmax",
+    "glu",
+    "threshold",
+)
 
 
 def _with_inplace(names: Sequence[str], handle: Handle) -> dict[str, Handle]:
@@ -156,12 +198,36 @@ EXTRA_HANDLES: dict[str, Handle] = {
     "aten::rms_norm": rms_norm,
 }
 #: Ops that move or select data (or are no-ops in eval mode): deliberately zero, not "skipped".
-FREE_OPS = ("aten::unflatten", "aten::pad", "aten::fill_", "aten::dropout_", "aten::feature_dropout",
-            "aten::alpha_dropout", "aten::ne", "aten::lt", "aten::le", "aten::logical_not", "aten::expand_as",
-            "aten::repeat", "aten::flip", "aten::channel_shuffle", "aten::pixel_shuffle", "aten::pixel_unshuffle",
-            "aten::clone", "aten::masked_fill_", "aten::ones_like", "aten::new_ones", "aten::movedim", "aten::tile",
-            "aten::view_as", "aten::tensor_split", "aten::linspace", "aten::meshgrid", "prim::device",
-            "aten::embedding")  # a table lookup: no multiply-adds
+FREE_OPS = (
+    "aten::unflatten",
+    "aten::pad",
+    "aten::fill_",
+    "aten::dropout_",
+    "aten::feature_dropout",
+    "aten::alpha_dropout",
+    "aten::ne",
+    "aten::lt",
+    "aten::le",
+    "aten::logical_not",
+    "aten::expand_as",
+    "aten::repeat",
+    "aten::flip",
+    "aten::channel_shuffle",
+    "aten::pixel_shuffle",
+    "aten::pixel_unshuffle",
+    "aten::clone",
+    "aten::masked_fill_",
+    "aten::ones_like",
+    "aten::new_ones",
+    "aten::movedim",
+    "aten::tile",
+    "aten::view_as",
+    "aten::tensor_split",
+    "aten::linspace",
+    "aten::meshgrid",
+    "prim::device",
+    "aten::embedding",
+)  # a table lookup: no multiply-adds
 
 
 # ----------------------------------------------------------------------------------------------- MAC counting
@@ -240,8 +306,10 @@ def count_macs(model: nn.Module, example_input: Any) -> dict[str, Any]:
             macs = int(analysis.total())
         except Exception as exc:  # noqa: BLE001 - the tracer under fvcore failed: say so in one line
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise SlimnetError(f"cannot count the MACs of {type(model).__name__}: the TorchScript trace that "
-                               f"fvcore uses failed ({type(exc).__name__}: {first})") from None
+            raise SlimnetError(
+                f"cannot count the MACs of {type(model).__name__}: the TorchScript trace that "
+                f"fvcore uses failed ({type(exc).__name__}: {first})"
+            ) from None
         by_module = analysis.by_module()
         skipped = dict(sorted(analysis.unsupported_ops("model").items()))
         by_op = dict(sorted(((k, int(v)) for k, v in analysis.by_operator("model").items()), key=lambda kv: -kv[1]))
@@ -377,8 +445,9 @@ def ort_feed(session: Any, names: Sequence[str], inputs: Any) -> dict[str, Any]:
     return {n: t.detach().cpu().numpy() for n, t in zip(names, args) if n in wanted}
 
 
-def _ort(model: nn.Module, example: Any, inputs: Any, threads: int, folder: str, index: int,
-         cuda: bool) -> Callable[[], float]:
+def _ort(
+    model: nn.Module, example: Any, inputs: Any, threads: int, folder: str, index: int, cuda: bool
+) -> Callable[[], float]:
     from .export import export_onnx
 
     path = Path(folder) / f"model{index}.onnx"
@@ -386,6 +455,7 @@ def _ort(model: nn.Module, example: Any, inputs: Any, threads: int, folder: str,
     session = ort_session(path, "CUDAExecutionProvider" if cuda else "CPUExecutionProvider", threads)
     feed = ort_feed(session, info["inputs"], inputs)
     if not cuda:
+
         def step() -> float:
             t0 = time.perf_counter()
             session.run(None, feed)
@@ -414,8 +484,9 @@ def _ort_cuda_step(session: Any, feed: dict[str, Any]) -> Callable[[], float]:
     return step
 
 
-def _runner(backend: str, model: nn.Module, example: Any, inputs: Any, threads: int, folder: str,
-            index: int) -> Callable[[], float]:
+def _runner(
+    backend: str, model: nn.Module, example: Any, inputs: Any, threads: int, folder: str, index: int
+) -> Callable[[], float]:
     if backend == "torch-cpu":
         return _torch_cpu(model, inputs)
     if backend == "torch-cuda":
@@ -428,8 +499,13 @@ def summarize(times_ms: Sequence[float], warmup: int) -> dict[str, float | int]:
     import numpy as np
 
     arr = np.asarray(times_ms, dtype=float)
-    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)), "min": float(arr.min()),
-            "runs": len(arr), "warmup": warmup}
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p90": float(np.percentile(arr, 90)),
+        "min": float(arr.min()),
+        "runs": len(arr),
+        "warmup": warmup,
+    }
 
 
 @contextlib.contextmanager
@@ -484,9 +560,16 @@ def _interleaved(steps: Sequence[Callable[[], float]], warmup: int, runs: int, b
     return times
 
 
-def time_models(models: Sequence[tuple[str, nn.Module]], example_input: Any,
-                backends: Sequence[str] = BACKENDS, batch_size: int | None = 1, warmup: int = 10, runs: int = 50,
-                threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+def time_models(
+    models: Sequence[tuple[str, nn.Module]],
+    example_input: Any,
+    backends: Sequence[str] = BACKENDS,
+    batch_size: int | None = 1,
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Time every model on every backend, interleaved. Returns ``{"latency_ms": {label: {backend: {"p50",
     "p90", "min", "runs", "warmup"}}}, "skipped": {backend: reason}, "backends", "batch_size", "threads",
     "warmup", "runs"}``; a backend that cannot run here (no GPU, no provider, export failed) is in ``skipped``."""
@@ -501,8 +584,12 @@ def time_models(models: Sequence[tuple[str, nn.Module]], example_input: Any,
     inputs = batch_input(example_input, batch_size)
     latency: dict[str, dict[str, Any]] = {label: {} for label in labels}
     skipped: dict[str, str] = {}
-    with _Bar(progress) as bar, tempfile.TemporaryDirectory(prefix="slimnet-bench-") as folder, \
-            _torch_threads(threads), eval_modes([m for _, m in models]):
+    with (
+        _Bar(progress) as bar,
+        tempfile.TemporaryDirectory(prefix="slimnet-bench-") as folder,
+        _torch_threads(threads),
+        eval_modes([m for _, m in models]),
+    ):
         for backend in backends:
             steps = unavailable(backend) or _prepare(backend, models, example_input, inputs, threads, folder)
             if isinstance(steps, str):
@@ -512,12 +599,20 @@ def time_models(models: Sequence[tuple[str, nn.Module]], example_input: Any,
             for label, times in zip(labels, _interleaved(steps, warmup, runs, bar)):
                 latency[label][backend] = summarize(times, warmup)
             del steps  # free sessions / device copies before the next backend
-    return {"latency_ms": latency, "skipped": skipped, "backends": list(backends), "batch_size": batch_size,
-            "threads": threads, "warmup": warmup, "runs": runs}
+    return {
+        "latency_ms": latency,
+        "skipped": skipped,
+        "backends": list(backends),
+        "batch_size": batch_size,
+        "threads": threads,
+        "warmup": warmup,
+        "runs": runs,
+    }
 
 
-def _prepare(backend: str, models: Sequence[tuple[str, nn.Module]], example: Any, inputs: Any, threads: int,
-             folder: str) -> list[Callable[[], float]] | str:
+def _prepare(
+    backend: str, models: Sequence[tuple[str, nn.Module]], example: Any, inputs: Any, threads: int, folder: str
+) -> list[Callable[[], float]] | str:
     """One timing step per model, or the reason the backend cannot time them (e.g. an export failed)."""
     steps = []
     for i, (label, model) in enumerate(models):

@@ -17,8 +17,14 @@ from torch import nn
 class SlimMultiheadAttention(nn.Module):
     """Packed-projection multi-head attention whose inner width is ``num_heads * head_dim`` (any value)."""
 
-    def __init__(self, src: nn.MultiheadAttention, in_proj_weight: torch.Tensor, in_proj_bias: torch.Tensor | None,
-                 out_proj: nn.Linear, head_dim: int) -> None:
+    def __init__(
+        self,
+        src: nn.MultiheadAttention,
+        in_proj_weight: torch.Tensor,
+        in_proj_bias: torch.Tensor | None,
+        out_proj: nn.Linear,
+        head_dim: int,
+    ) -> None:
         super().__init__()
         self.embed_dim = in_proj_weight.shape[1]
         self.head_dim = head_dim
@@ -33,10 +39,17 @@ class SlimMultiheadAttention(nn.Module):
             self.in_proj_bias = in_proj_bias if isinstance(in_proj_bias, nn.Parameter) else nn.Parameter(in_proj_bias)
         self.out_proj = out_proj
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         inner = self.num_heads * self.head_dim
@@ -66,8 +79,15 @@ class SlimMultiheadAttention(nn.Module):
         return out, weights
 
 
-def _merge_masks(attn_mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, bsz: int, heads: int,
-                 tq: int, tk: int, dtype: torch.dtype) -> torch.Tensor | None:
+def _merge_masks(
+    attn_mask: torch.Tensor | None,
+    key_padding_mask: torch.Tensor | None,
+    bsz: int,
+    heads: int,
+    tq: int,
+    tk: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
     """nn.MultiheadAttention's masks as one additive mask of shape [B, H, Tq, Tk]."""
     mask = None
     if attn_mask is not None:

@@ -86,9 +86,18 @@ def _module_of(tensor: str) -> str:
     return tensor.rsplit(".", 1)[0] if "." in tensor else ""
 
 
-def decide(analysis: Analysis, model: nn.Module, *, ratio: float, criterion: str, round_to: int = DEFAULT_ROUND_TO,
-           ignore: list[str] | None = None, seed: int = 0, prune_norm: bool = False,
-           head_ratio: float | None = None) -> list[Decision]:
+def decide(
+    analysis: Analysis,
+    model: nn.Module,
+    *,
+    ratio: float,
+    criterion: str,
+    round_to: int = DEFAULT_ROUND_TO,
+    ignore: list[str] | None = None,
+    seed: int = 0,
+    prune_norm: bool = False,
+    head_ratio: float | None = None,
+) -> list[Decision]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
     ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group."""
     check_ratio(ratio)
@@ -125,8 +134,17 @@ def decide(analysis: Analysis, model: nn.Module, *, ratio: float, criterion: str
     return decisions
 
 
-def build_plan(analysis: Analysis, decisions: list[Decision], *, model_name: str, criterion: str, ratio: float,
-               round_to: int, seed: int, head_ratio: float | None = None) -> dict[str, Any]:
+def build_plan(
+    analysis: Analysis,
+    decisions: list[Decision],
+    *,
+    model_name: str,
+    criterion: str,
+    ratio: float,
+    round_to: int,
+    seed: int,
+    head_ratio: float | None = None,
+) -> dict[str, Any]:
     """Turn decisions into the plain ``slimnet.plan/1`` data."""
     dropped: dict[tuple[str, int], set[int]] = defaultdict(set)
     for d in decisions:

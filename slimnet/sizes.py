@@ -72,23 +72,30 @@ def recompute(m: nn.Module) -> None:
 # ---------------------------------------------------------------------------------------------------------
 _HF = "transformers.models"
 # GPT-2: forward splits the fused qkv Conv1D output by split_size (the inner width, c_proj's input).
-sizes(f"{_HF}.gpt2.modeling_gpt2.GPT2Attention",
-      split_size=lambda get, m: get("c_proj.weight").shape[0],
-      num_heads=lambda get, m: get("c_proj.weight").shape[0] // m.head_dim)
+sizes(
+    f"{_HF}.gpt2.modeling_gpt2.GPT2Attention",
+    split_size=lambda get, m: get("c_proj.weight").shape[0],
+    num_heads=lambda get, m: get("c_proj.weight").shape[0] // m.head_dim,
+)
 # BERT, RoBERTa: read by nothing in forward since transformers 5, kept true for users.
 for _name in ("bert.modeling_bert.BertSelfAttention", "roberta.modeling_roberta.RobertaSelfAttention"):
-    sizes(f"{_HF}.{_name}",
-          num_attention_heads=lambda get, m: get("query.weight").shape[0] // m.attention_head_size,
-          all_head_size=lambda get, m: get("query.weight").shape[0])
-sizes(f"{_HF}.vit.modeling_vit.ViTAttention",
-      num_attention_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
+    sizes(
+        f"{_HF}.{_name}",
+        num_attention_heads=lambda get, m: get("query.weight").shape[0] // m.attention_head_size,
+        all_head_size=lambda get, m: get("query.weight").shape[0],
+    )
+sizes(
+    f"{_HF}.vit.modeling_vit.ViTAttention",
+    num_attention_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim,
+)
 # DeBERTa-v2: transpose_for_scores(x, self.num_attention_heads) folds the heads into the batch dim.
-sizes(f"{_HF}.deberta_v2.modeling_deberta_v2.DisentangledSelfAttention",
-      num_attention_heads=lambda get, m: get("query_proj.weight").shape[0] // m.attention_head_size,
-      all_head_size=lambda get, m: get("query_proj.weight").shape[0])
+sizes(
+    f"{_HF}.deberta_v2.modeling_deberta_v2.DisentangledSelfAttention",
+    num_attention_heads=lambda get, m: get("query_proj.weight").shape[0] // m.attention_head_size,
+    all_head_size=lambda get, m: get("query_proj.weight").shape[0],
+)
 # OPT: view(bsz, -1, self.num_heads, self.head_dim).
-sizes(f"{_HF}.opt.modeling_opt.OPTAttention",
-      num_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
+sizes(f"{_HF}.opt.modeling_opt.OPTAttention", num_heads=lambda get, m: get("q_proj.weight").shape[0] // m.head_dim)
 
 
 def _falcon_kv_heads(get: Getter, m: nn.Module) -> Any:
@@ -103,13 +110,18 @@ def _falcon_kv_heads(get: Getter, m: nn.Module) -> Any:
 
 
 # Falcon: views by self.num_heads (and, for the new architecture, self.num_heads // self.num_kv_heads + 2).
-sizes(f"{_HF}.falcon.modeling_falcon.FalconAttention",
-      num_heads=lambda get, m: get("dense.weight").shape[1] // m.head_dim, num_kv_heads=_falcon_kv_heads)
+sizes(
+    f"{_HF}.falcon.modeling_falcon.FalconAttention",
+    num_heads=lambda get, m: get("dense.weight").shape[1] // m.head_dim,
+    num_kv_heads=_falcon_kv_heads,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # timm
 # ---------------------------------------------------------------------------------------------------------
 # ViT/DeiT/BEiT-style attention: reshape(B, N, 3, self.num_heads, self.head_dim), then reshape(B, N, attn_dim).
-sizes("timm.layers.attention.Attention",
-      num_heads=lambda get, m: get("qkv.weight").shape[0] // 3 // m.head_dim,
-      attn_dim=lambda get, m: get("proj.weight").shape[1])
+sizes(
+    "timm.layers.attention.Attention",
+    num_heads=lambda get, m: get("qkv.weight").shape[0] // 3 // m.head_dim,
+    attn_dim=lambda get, m: get("proj.weight").shape[1],
+)

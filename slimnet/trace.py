@@ -233,8 +233,16 @@ class _ValueTracer(_Tracer):
 
         return fx.node.map_aggregate(a, one)
 
-    def create_proxy(self, kind: str, target: Any, args: tuple, kwargs: dict, name: str | None = None,
-                     type_expr: Any = None, proxy_factory_fn: Any = None) -> fx.Proxy:
+    def create_proxy(
+        self,
+        kind: str,
+        target: Any,
+        args: tuple,
+        kwargs: dict,
+        name: str | None = None,
+        type_expr: Any = None,
+        proxy_factory_fn: Any = None,
+    ) -> fx.Proxy:
         p = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if kind == "output" or not isinstance(p, fx.Proxy):
             return p
@@ -427,6 +435,7 @@ def trace_pieces(model: nn.Module, example: Any) -> list[tuple[str, fx.GraphModu
     calls: dict[str, tuple[tuple, dict]] = {}
     hooks = []
     for name, mod in model.named_modules():
+
         def pre(_m: nn.Module, a: tuple, kw: dict, name: str = name) -> None:
             calls.setdefault(name, (a, dict(kw)))
 

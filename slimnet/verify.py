@@ -117,23 +117,25 @@ def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example
     second = _verify_once(noisy_original, noisy_pruned, plan, example, example_only=True)
     second.randomised = len(constants)
     if not second.passed:
-        second.error = (f"{second.error}, with the {len(constants)} constant-initialised tensors of the original "
-                        "(norm weights, biases, zero classifier...) randomised in both models")
+        second.error = (
+            f"{second.error}, with the {len(constants)} constant-initialised tensors of the original "
+            "(norm weights, biases, zero classifier...) randomised in both models"
+        )
         return second
     result.randomised = len(constants)
     result.randomised_diff, result.randomised_tolerance = second.max_abs_diff, second.tolerance
     return result
 
 
-def _verify_once(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any,
-                 example_only: bool = False) -> VerifyResult:
+def _verify_once(
+    original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, example_only: bool = False
+) -> VerifyResult:
     """One check; ``example_only`` (the re-check with randomised constants) runs the example alone in float32:
     sizes that a forward hard-codes do not depend on weight values, so the first check has covered them, and a
     wrong cut moves outputs by far more than float32's tolerance."""
     if sum(p.numel() for p in original.parameters()) > BIG_PARAMS:
         with torch.no_grad():
-            return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32,
-                            example_only)
+            return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32, example_only)
     reference = mask_plan(copy.deepcopy(original), plan).eval()
     candidate = copy.deepcopy(pruned).eval()
     precisions = ((torch.float32, TOL32),) if example_only else ((torch.float64, TOL64), (torch.float32, TOL32))
@@ -180,8 +182,9 @@ def _noise(name: str, t: torch.Tensor) -> torch.Tensor:
     return value + 0.1 * z * (abs(value) or 1.0)
 
 
-def _randomised(original: nn.Module, pruned: nn.Module, plan: dict[str, Any],
-                names: list[str]) -> tuple[nn.Module, nn.Module]:
+def _randomised(
+    original: nn.Module, pruned: nn.Module, plan: dict[str, Any], names: list[str]
+) -> tuple[nn.Module, nn.Module]:
     """Copies of both models (sharing every other tensor with them) whose constant tensors hold the same
     noise, sliced by the plan on the pruned side."""
     source = original.state_dict(keep_vars=True)
@@ -208,8 +211,14 @@ def _randomised(original: nn.Module, pruned: nn.Module, plan: dict[str, Any],
     return out[0], out[1]
 
 
-def _compare(reference: nn.Module, candidate: nn.Module, example: Any, dtype: torch.dtype,
-             tol_scale: float, example_only: bool = False) -> VerifyResult:
+def _compare(
+    reference: nn.Module,
+    candidate: nn.Module,
+    example: Any,
+    dtype: torch.dtype,
+    tol_scale: float,
+    example_only: bool = False,
+) -> VerifyResult:
     worst, tol, checked = 0.0, 0.0, []
     for label, inp in variants(example)[:1] if example_only else variants(example):
         if label == "batch 2" and any(c.startswith("batch 2") for c in checked):
@@ -224,17 +233,35 @@ def _compare(reference: nn.Module, candidate: nn.Module, example: Any, dtype: to
             got = _run(candidate, inp, dtype)
         except Exception as exc:  # noqa: BLE001 - the pruned model breaks where the original does not
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            return VerifyResult(float("inf"), tol, False, str(dtype), checked + [label],
-                                error=f"pruned model fails on input {label}: {first}")
+            return VerifyResult(
+                float("inf"),
+                tol,
+                False,
+                str(dtype),
+                checked + [label],
+                error=f"pruned model fails on input {label}: {first}",
+            )
         if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
-            return VerifyResult(float("inf"), tol, False, str(dtype), checked + [label],
-                                error=f"pruned model's outputs have other shapes on input {label}")
+            return VerifyResult(
+                float("inf"),
+                tol,
+                False,
+                str(dtype),
+                checked + [label],
+                error=f"pruned model's outputs have other shapes on input {label}",
+            )
         scale = max((float(r.abs().max()) for r in ref if r.numel() and r.is_floating_point()), default=0.0)
         diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ref, got) if a.numel()), default=0.0)
         this_tol = tol_scale * (1.0 + scale)
         checked.append(label)
         if diff > this_tol or diff != diff:
-            return VerifyResult(diff, this_tol, False, str(dtype), checked,
-                                error=f"outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})")
+            return VerifyResult(
+                diff,
+                this_tol,
+                False,
+                str(dtype),
+                checked,
+                error=f"outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})",
+            )
         worst, tol = max(worst, diff), max(tol, this_tol)
     return VerifyResult(worst, tol, True, str(dtype), checked)

@@ -41,7 +41,8 @@ def check(model: nn.Module, x: Any, ratio: float = 0.5, **kw: Any) -> ShrinkResu
     pruned = copy.deepcopy(res.model).double()
     with torch.no_grad():
         xs = torch.utils._pytree.tree_map(
-            lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, x)
+            lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, x
+        )
         ref, got = flat_tensors(call(masked, xs)), flat_tensors(call(pruned, xs))
     for r, g in zip(ref, got):
         assert r.shape == g.shape

@@ -49,8 +49,9 @@ class RandomNet(nn.Module):
         for _ in range(rng.randint(2, 8)):
             last = len(widths) - 1
             c = widths[last]
-            kind = rng.choice(["conv", "conv", "dw", "group", "norm", "act", "add", "cat", "split", "se", "gate",
-                               "shared"])
+            kind = rng.choice(
+                ["conv", "conv", "dw", "group", "norm", "act", "add", "cat", "split", "se", "gate", "shared"]
+            )
             if kind == "conv":
                 conv(last, rng.choice([4, 6, 8, 12, 16]), rng.choice([1, 3]))
             elif kind == "dw":

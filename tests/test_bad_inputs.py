@@ -165,14 +165,28 @@ def seq_file(tmp_path: Path) -> Path:
 
 def test_missing_model_file(tmp_path: Path, out_dir: Path) -> None:
     case = watch(tmp_path)
-    shrink(case, str(tmp_path / "nope.pt"), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("nope.pt", "does not exist"))
+    shrink(
+        case,
+        str(tmp_path / "nope.pt"),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("nope.pt", "does not exist"),
+    )
 
 
 def test_missing_factory_file(tmp_path: Path, out_dir: Path) -> None:
     case = watch(tmp_path)
-    shrink(case, f"{tmp_path / 'nope.py'}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("nope.py", "does not exist"))
+    shrink(
+        case,
+        f"{tmp_path / 'nope.py'}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("nope.py", "does not exist"),
+    )
 
 
 def test_empty_file(tmp_path: Path, out_dir: Path) -> None:
@@ -187,16 +201,30 @@ def test_truncated_torch_file(tmp_path: Path, out_dir: Path, seq_file: Path) -> 
     f = tmp_path / "half.pt"
     f.write_bytes(data[: len(data) // 2])
     case = watch(tmp_path, f)
-    shrink(case, str(f), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("half.pt", "not a readable torch file", "truncated"))
+    shrink(
+        case,
+        str(f),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("half.pt", "not a readable torch file", "truncated"),
+    )
 
 
 def test_text_file(tmp_path: Path, out_dir: Path) -> None:
     f = tmp_path / "notes.pt"
     f.write_text("these are my notes, not a model\n")
     case = watch(tmp_path, f)
-    shrink(case, str(f), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("notes.pt", "not a readable torch file"))
+    shrink(
+        case,
+        str(f),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("notes.pt", "not a readable torch file"),
+    )
 
 
 @pytest.mark.parametrize("head", [b"", b"\x80\x02", b"\x89PNG\r\n\x1a\n"], ids=["random", "pickle-header", "png"])
@@ -213,8 +241,15 @@ def test_state_dict_instead_of_module(tmp_path: Path, out_dir: Path) -> None:
     f = tmp_path / "sd.pt"
     torch.save(nn.Sequential(nn.Conv2d(3, 8, 3)).state_dict(), f)
     case = watch(tmp_path, f)
-    shrink(case, str(f), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("holds a state_dict", "FILE.py:FACTORY", "--weights"))
+    shrink(
+        case,
+        str(f),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("holds a state_dict", "FILE.py:FACTORY", "--weights"),
+    )
 
 
 @pytest.mark.parametrize("obj,kind", [([1, 2, 3], "list"), ({"a": 1, "b": 2}, "dict"), (torch.ones(3), "Tensor")])
@@ -222,8 +257,15 @@ def test_pickle_of_something_else(tmp_path: Path, out_dir: Path, obj: object, ki
     f = tmp_path / "thing.pt"
     torch.save(obj, f)
     case = watch(tmp_path, f)
-    shrink(case, str(f), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=(f"holds a {kind}", "not a torch.nn.Module"))
+    shrink(
+        case,
+        str(f),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=(f"holds a {kind}", "not a torch.nn.Module"),
+    )
 
 
 def test_torchscript_archive(tmp_path: Path, out_dir: Path) -> None:
@@ -232,8 +274,15 @@ def test_torchscript_archive(tmp_path: Path, out_dir: Path) -> None:
         warnings.simplefilter("ignore")  # torch.jit is deprecated, and still what people have files of
         torch.jit.save(torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())), f)
     case = watch(tmp_path, f)
-    shrink(case, str(f), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("TorchScript archive", "torch.save(model)"))
+    shrink(
+        case,
+        str(f),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("TorchScript archive", "torch.save(model)"),
+    )
 
 
 # ------------------------------------------------------------------------------------- pickles that run code
@@ -284,8 +333,16 @@ def test_evil_pickle_payload_is_real(tmp_path: Path, out_dir: Path) -> None:
     _evil_torch(f, marker)
     case = watch(tmp_path, f)
     case.before.add("MARKER")
-    shrink(case, str(f), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--trust-pickle",
-           phrases=("not a torch.nn.Module",))
+    shrink(
+        case,
+        str(f),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--trust-pickle",
+        phrases=("not a torch.nn.Module",),
+    )
     assert marker.exists()
 
 
@@ -296,8 +353,18 @@ def test_code_running_pickle_as_input_or_weights(tmp_path: Path, out_dir: Path, 
     f = tmp_path / "evil.pt"
     _evil_torch(f, marker)
     case = watch(tmp_path, f, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, flag, str(f), "--trust-pickle",
-           phrases=("evil.pt",))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        flag,
+        str(f),
+        "--trust-pickle",
+        phrases=("evil.pt",),
+    )
     assert not marker.exists()
 
 
@@ -306,8 +373,17 @@ def test_recipe_with_python_tags_is_not_run(tmp_path: Path, out_dir: Path, net: 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"ratio: !!python/object/apply:os.system ['touch {marker}']\n")
     case = watch(tmp_path, recipe, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--recipe", str(recipe),
-           phrases=("recipe.yaml", "not valid YAML"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--recipe",
+        str(recipe),
+        phrases=("recipe.yaml", "not valid YAML"),
+    )
     assert not marker.exists()
 
 
@@ -346,28 +422,57 @@ def user_pickle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 
 def test_user_class_pickle_needs_trust(tmp_path: Path, out_dir: Path, user_pickle: Path) -> None:
     case = watch(tmp_path, user_pickle)
-    shrink(case, str(user_pickle), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("user.pt", "--trust-pickle"))
+    shrink(
+        case,
+        str(user_pickle),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("user.pt", "--trust-pickle"),
+    )
 
 
 def test_user_class_pickle_works_with_trust(out_dir: Path, user_pickle: Path) -> None:
     digest = sha(user_pickle)
     out = out_dir / "slim.pt"
-    r = runner.invoke(app, ["shrink", str(user_pickle), "-o", str(out), "--input-shape", SHAPE, "--trust-pickle",
-                            "--round-to", "4", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "shrink",
+            str(user_pickle),
+            "-o",
+            str(out),
+            "--input-shape",
+            SHAPE,
+            "--trust-pickle",
+            "--round-to",
+            "4",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.stderr
     assert out.is_file() and sha(user_pickle) == digest
 
 
-def test_user_class_pickle_not_importable(tmp_path: Path, out_dir: Path, user_pickle: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_user_class_pickle_not_importable(
+    tmp_path: Path, out_dir: Path, user_pickle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Trusted, but the class's module is not on the path: say so (PYTHONPATH / FILE.py:FACTORY)."""
     src = str(user_pickle.parent / "src")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != src])
     sys.modules.pop("usernet_bad_inputs", None)
     case = watch(tmp_path, user_pickle)
-    shrink(case, str(user_pickle), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--trust-pickle",
-           phrases=("cannot be imported", "PYTHONPATH"))
+    shrink(
+        case,
+        str(user_pickle),
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--trust-pickle",
+        phrases=("cannot be imported", "PYTHONPATH"),
+    )
 
 
 # ------------------------------------------------------------------------------------------- factories
@@ -379,8 +484,15 @@ def test_untraceable_forward_names_file_and_line(tmp_path: Path, out_dir: Path) 
     lineno = UNTRACEABLE.splitlines().index("        if x.sum() > 0:  # data-dependent control flow") + 1
     assert UNTRACEABLE != NET
     case = watch(tmp_path, f)
-    shrink(case, f"{f}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE,
-           phrases=("cannot trace", f"{f}:{lineno}", "x.sum() > 0"))
+    shrink(
+        case,
+        f"{f}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("cannot trace", f"{f}:{lineno}", "x.sum() > 0"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -411,39 +523,75 @@ def test_unknown_torchvision_model(tmp_path: Path, out_dir: Path) -> None:
 
 def test_input_shape_the_model_rejects(tmp_path: Path, out_dir: Path, net: Path) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", "1,5,32,32",
-           phrases=("rejects the example input 1x5x32x32", "--input-shape"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        "1,5,32,32",
+        phrases=("rejects the example input 1x5x32x32", "--input-shape"),
+    )
 
 
 @pytest.mark.parametrize("shape", ["a,b", "1,3,-2,32", "1,,0", "1.5,3"])
 def test_input_shape_that_does_not_parse(tmp_path: Path, out_dir: Path, net: Path, shape: str) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", shape,
-           phrases=("--input-shape", "is not a shape"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        shape,
+        phrases=("--input-shape", "is not a shape"),
+    )
 
 
 def test_empty_input_shape(tmp_path: Path, out_dir: Path, net: Path) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", "",
-           phrases=("--input-shape", "is not a shape"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        "",
+        phrases=("--input-shape", "is not a shape"),
+    )
 
 
 def test_input_file_missing_or_not_tensors(tmp_path: Path, out_dir: Path, net: Path) -> None:
     bad = tmp_path / "x.pt"
     torch.save([1, 2], bad)
     case = watch(tmp_path, net, bad)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input", str(tmp_path / "none.pt"),
-           phrases=("none.pt", "does not exist"))
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input", str(bad),
-           phrases=("x.pt", "not a tensor"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input",
+        str(tmp_path / "none.pt"),
+        phrases=("none.pt", "does not exist"),
+    )
+    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input", str(bad), phrases=("x.pt", "not a tensor"))
 
 
 def test_weights_that_do_not_fit(tmp_path: Path, out_dir: Path, net: Path) -> None:
     w = tmp_path / "w.pt"
     torch.save(nn.Sequential(nn.Conv2d(3, 8, 3)).state_dict(), w)
     case = watch(tmp_path, net, w)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--weights", str(w),
-           phrases=("--weights", "does not fit the model"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--weights",
+        str(w),
+        phrases=("--weights", "does not fit the model"),
+    )
 
 
 # ------------------------------------------------------------------------------------------------- flags
@@ -452,34 +600,78 @@ def test_weights_that_do_not_fit(tmp_path: Path, out_dir: Path, net: Path) -> No
 @pytest.mark.parametrize("ratio", ["-0.1", "1.0", "1.5", "nan"])
 def test_ratio_out_of_range(tmp_path: Path, out_dir: Path, net: Path, ratio: str) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, f"--ratio={ratio}",
-           phrases=("--ratio", "out of range"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        f"--ratio={ratio}",
+        phrases=("--ratio", "out of range"),
+    )
 
 
 def test_unknown_criterion(tmp_path: Path, out_dir: Path, net: Path) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--criterion", "l3",
-           phrases=("unknown criterion 'l3'", "fpgm"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--criterion",
+        "l3",
+        phrases=("unknown criterion 'l3'", "fpgm"),
+    )
 
 
 def test_round_to_zero(tmp_path: Path, out_dir: Path, net: Path) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--round-to", "0",
-           phrases=("--round-to 0",))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--round-to",
+        "0",
+        phrases=("--round-to 0",),
+    )
 
 
 def test_ignore_pattern_matching_nothing(tmp_path: Path, out_dir: Path, net: Path) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--ignore", "layer9.*",
-           phrases=("--ignore 'layer9.*' matches no module", "conv1"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--ignore",
+        "layer9.*",
+        phrases=("--ignore 'layer9.*' matches no module", "conv1"),
+    )
 
 
 def test_recipe_with_unknown_key(tmp_path: Path, out_dir: Path, net: Path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text("ratio: 0.3\nratoi: 0.5\n")
     case = watch(tmp_path, net, recipe)
-    shrink(case, f"{net}:make", "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE, "--recipe", str(recipe),
-           phrases=("unknown keys ['ratoi']",))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(out_dir / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        "--recipe",
+        str(recipe),
+        phrases=("unknown keys ['ratoi']",),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -487,8 +679,15 @@ def test_recipe_with_unknown_key(tmp_path: Path, out_dir: Path, net: Path) -> No
 
 def test_output_in_missing_folder(tmp_path: Path, net: Path) -> None:
     case = watch(tmp_path, net)
-    shrink(case, f"{net}:make", "-o", str(tmp_path / "no" / "such" / "o.pt"), "--input-shape", SHAPE,
-           phrases=("output folder", "does not exist"))
+    shrink(
+        case,
+        f"{net}:make",
+        "-o",
+        str(tmp_path / "no" / "such" / "o.pt"),
+        "--input-shape",
+        SHAPE,
+        phrases=("output folder", "does not exist"),
+    )
 
 
 def test_output_is_a_folder(tmp_path: Path, out_dir: Path, net: Path) -> None:
@@ -497,8 +696,9 @@ def test_output_is_a_folder(tmp_path: Path, out_dir: Path, net: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["same", "relative", "symlink"])
-def test_output_equal_to_input_pickle(tmp_path: Path, seq_file: Path, how: str,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_equal_to_input_pickle(
+    tmp_path: Path, seq_file: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     target = {"same": str(seq_file), "relative": f"./{seq_file.name}", "symlink": "link.pt"}[how]
     if how == "symlink":
@@ -516,8 +716,7 @@ def test_output_equal_to_weights(tmp_path: Path, net: Path) -> None:
     w = tmp_path / "w.pt"
     torch.save(nn.Sequential(nn.Conv2d(3, 8, 3)).state_dict(), w)
     case = watch(tmp_path, net, w)
-    shrink(case, f"{net}:make", "-o", str(w), "--weights", str(w), "--input-shape", SHAPE,
-           phrases=("is the input",))
+    shrink(case, f"{net}:make", "-o", str(w), "--weights", str(w), "--input-shape", SHAPE, phrases=("is the input",))
 
 
 def test_output_in_read_only_folder(tmp_path: Path, net: Path) -> None:
@@ -541,8 +740,9 @@ def good_plan(tmp_path: Path, net: Path) -> Path:
     """A real plan for the tiny net (shrunk once, outside the folder the apply tests watch)."""
     made = tmp_path / "made"
     made.mkdir()
-    r = runner.invoke(app, ["shrink", f"{net}:make", "-o", str(made / "slim.pt"), "--input-shape", SHAPE,
-                            "--round-to", "4"])
+    r = runner.invoke(
+        app, ["shrink", f"{net}:make", "-o", str(made / "slim.pt"), "--input-shape", SHAPE, "--round-to", "4"]
+    )
     assert r.exit_code == 0, r.stderr
     return made / "slim.plan.json"
 
@@ -552,8 +752,11 @@ def good_plan(tmp_path: Path, net: Path) -> Path:
     [
         ("not json at all", ("is not valid JSON",), 2),
         ('{"format": "other/1", "tensors": {}}', ("is not a slimnet.plan/1 plan",), 2),
-        ('{"format": "slimnet.plan/1", "tensors": {"conv1.weight": {"0": [0, 1, 99]}}}',
-         ("does not fit the model", "index 99"), 2),
+        (
+            '{"format": "slimnet.plan/1", "tensors": {"conv1.weight": {"0": [0, 1, 99]}}}',
+            ("does not fit the model", "index 99"),
+            2,
+        ),
         ('{"format": "slimnet.plan/1", "tensors": {"nope.weight": {"0": [0]}}}', ("no tensor 'nope.weight'",), 2),
         ('{"format": "slimnet.plan/1", "tensors": {"conv1.weight": {"0": [1, 0]}}}', ("ascending",), 2),
         # cuts conv1's weight but not its bias or bn1: refused by the verifier, nothing written
@@ -561,30 +764,47 @@ def good_plan(tmp_path: Path, net: Path) -> Path:
     ],
     ids=["not-json", "other-format", "index-out-of-range", "unknown-tensor", "unsorted", "inconsistent"],
 )
-def test_apply_bad_plans(tmp_path: Path, out_dir: Path, net: Path, text: str, phrases: tuple[str, ...],
-                         code: int) -> None:
+def test_apply_bad_plans(
+    tmp_path: Path, out_dir: Path, net: Path, text: str, phrases: tuple[str, ...], code: int
+) -> None:
     plan = tmp_path / "p.plan.json"
     plan.write_text(text)
     case = watch(tmp_path, net, plan)
-    invoke(case, ["apply", f"{net}:make", str(plan), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE],
-           phrases=phrases, code=code)
+    invoke(
+        case,
+        ["apply", f"{net}:make", str(plan), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE],
+        phrases=phrases,
+        code=code,
+    )
 
 
 def test_apply_missing_plan_and_output_over_plan(tmp_path: Path, out_dir: Path, net: Path, good_plan: Path) -> None:
     case = watch(tmp_path, net, good_plan)
-    invoke(case, ["apply", f"{net}:make", str(tmp_path / "none.json"), "-o", str(out_dir / "o.pt"),
-                  "--input-shape", SHAPE], phrases=("none.json", "does not exist"))
-    invoke(case, ["apply", f"{net}:make", str(good_plan), "-o", str(good_plan), "--input-shape", SHAPE],
-           phrases=("is the input",))
+    invoke(
+        case,
+        ["apply", f"{net}:make", str(tmp_path / "none.json"), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE],
+        phrases=("none.json", "does not exist"),
+    )
+    invoke(
+        case,
+        ["apply", f"{net}:make", str(good_plan), "-o", str(good_plan), "--input-shape", SHAPE],
+        phrases=("is the input",),
+    )
 
 
 def test_apply_plan_to_another_model(tmp_path: Path, out_dir: Path, good_plan: Path) -> None:
     other = tmp_path / "other.py"
-    other.write_text(NET.replace("nn.Conv2d(3, 16, 3, padding=1)", "nn.Conv2d(3, 8, 3, padding=1)")
-                     .replace("nn.BatchNorm2d(16)", "nn.BatchNorm2d(8)").replace("nn.Conv2d(16, 16", "nn.Conv2d(8, 16"))
+    other.write_text(
+        NET.replace("nn.Conv2d(3, 16, 3, padding=1)", "nn.Conv2d(3, 8, 3, padding=1)")
+        .replace("nn.BatchNorm2d(16)", "nn.BatchNorm2d(8)")
+        .replace("nn.Conv2d(16, 16", "nn.Conv2d(8, 16")
+    )
     case = watch(tmp_path, other, good_plan)
-    invoke(case, ["apply", f"{other}:make", str(good_plan), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE],
-           phrases=("does not fit the model",))
+    invoke(
+        case,
+        ["apply", f"{other}:make", str(good_plan), "-o", str(out_dir / "o.pt"), "--input-shape", SHAPE],
+        phrases=("does not fit the model",),
+    )
 
 
 @pytest.mark.parametrize("spec,phrases", [("nope.pt", ("does not exist",)), ("BRANCHY", ("cannot trace",))])
@@ -599,8 +819,9 @@ def test_graph_bad_models(tmp_path: Path, spec: str, phrases: tuple[str, ...]) -
 # --------------------------------------------------------------------------------------------- interrupts
 
 
-def test_interrupt_while_saving_leaves_nothing(tmp_path: Path, out_dir: Path, net: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_while_saving_leaves_nothing(
+    tmp_path: Path, out_dir: Path, net: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ctrl-C in the middle of writing the model: no half file, no temp file, and the plan written just
     before is taken back."""
     real_save = torch.save
@@ -665,9 +886,22 @@ def test_ctrl_c_during_shrink(tmp_path: Path, out_dir: Path, delay: float = 1.5)
     env = _env()
     env["SLIMNET_TEST_STARTED"] = str(started)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "slimnet", "shrink", f"{f}:make", "--input-shape", "1,3,224,224",
-         "-o", str(out_dir / "out.pt")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "slimnet",
+            "shrink",
+            f"{f}:make",
+            "--input-shape",
+            "1,3,224,224",
+            "-o",
+            str(out_dir / "out.pt"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     try:
         deadline = time.monotonic() + 120
@@ -711,26 +945,35 @@ _HOOK = textwrap.dedent(
 def _ctrl_c_at_import(tmp_path: Path, module: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "ctrl_c.py"
     script.write_text(_HOOK.format(module=module, argv=argv))
-    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_env(), cwd=tmp_path,
-                          timeout=180)
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=180
+    )
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py imports torch lazily inside guarded(); torch._C swallows a "
-                   "KeyboardInterrupt raised while it imports numpy, so the run goes on, writes the output and "
-                   "exits 0 (with a real SIGINT ~1.0-1.5 s after start; other timings give 'internal error' exit 1 "
-                   "or a C++ abort)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="cli.py imports torch lazily inside guarded(); torch._C swallows a "
+    "KeyboardInterrupt raised while it imports numpy, so the run goes on, writes the output and "
+    "exits 0 (with a real SIGINT ~1.0-1.5 s after start; other timings give 'internal error' exit 1 "
+    "or a C++ abort)",
+)
 def test_ctrl_c_while_torch_imports_numpy(tmp_path: Path, out_dir: Path, net: Path) -> None:
     case = watch(out_dir)
-    r = _ctrl_c_at_import(tmp_path, "numpy", ["shrink", f"{net}:make", "--input-shape", SHAPE,
-                                              "-o", str(out_dir / "out.pt")])
+    r = _ctrl_c_at_import(
+        tmp_path, "numpy", ["shrink", f"{net}:make", "--input-shape", SHAPE, "-o", str(out_dir / "out.pt")]
+    )
     check_refused(case, r.returncode, r.stdout, r.stderr, "interrupted", code=130)
 
 
-@pytest.mark.xfail(strict=True, reason="typer's own KeyboardInterrupt handler (Exit(130), no message) catches a "
-                   "Ctrl-C that arrives before slimnet's command body runs (typer imports pydantic lazily): "
-                   "exit 130 but nothing on stderr")
+@pytest.mark.xfail(
+    strict=True,
+    reason="typer's own KeyboardInterrupt handler (Exit(130), no message) catches a "
+    "Ctrl-C that arrives before slimnet's command body runs (typer imports pydantic lazily): "
+    "exit 130 but nothing on stderr",
+)
 def test_ctrl_c_before_the_command_runs(tmp_path: Path, out_dir: Path, net: Path) -> None:
     case = watch(out_dir)
-    r = _ctrl_c_at_import(tmp_path, "typer._adapters", ["shrink", f"{net}:make", "--input-shape", SHAPE,
-                                                        "-o", str(out_dir / "out.pt")])
+    r = _ctrl_c_at_import(
+        tmp_path, "typer._adapters", ["shrink", f"{net}:make", "--input-shape", SHAPE, "-o", str(out_dir / "out.pt")]
+    )
     check_refused(case, r.returncode, r.stdout, r.stderr, "interrupted", code=130)

@@ -53,8 +53,10 @@ def _sha(p: Path) -> str:
 def test_shrink_json_contract_and_files(tmp_path):
     spec = _net(tmp_path)
     out = tmp_path / "slim.pt"
-    r = runner.invoke(app, ["shrink", spec, "--ratio", "0.5", "--input-shape", "1,3,16,16", "--round-to", "4",
-                            "-o", str(out), "--json"])
+    r = runner.invoke(
+        app,
+        ["shrink", spec, "--ratio", "0.5", "--input-shape", "1,3,16,16", "--round-to", "4", "-o", str(out), "--json"],
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     for key in ("params", "macs", "groups", "pruned_groups", "skipped", "max_abs_diff", "output", "plan"):
@@ -80,8 +82,9 @@ def test_apply_reproduces_bit_for_bit_and_plans_are_deterministic(tmp_path):
     assert runner.invoke(app, ["shrink", spec, *args, "-o", str(a)]).exit_code == 0
     assert runner.invoke(app, ["shrink", spec, *args, "-o", str(b)]).exit_code == 0
     assert (tmp_path / "a.plan.json").read_bytes() == (tmp_path / "b.plan.json").read_bytes()
-    r = runner.invoke(app, ["apply", spec, str(tmp_path / "a.plan.json"), "-o", str(c), "--input-shape", "1,3,8,8",
-                            "--json"])
+    r = runner.invoke(
+        app, ["apply", spec, str(tmp_path / "a.plan.json"), "-o", str(c), "--input-shape", "1,3,8,8", "--json"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["verified"] is True
     sa = torch.load(a, weights_only=False).state_dict()
@@ -123,8 +126,22 @@ def test_recipe_sets_defaults_and_flags_win(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("ratio: 0.75\ncriterion: l2\nround_to: 1\n")
     out = tmp_path / "o.pt"
-    r = runner.invoke(app, ["shrink", spec, "--recipe", str(recipe), "--criterion", "fpgm", "--input-shape",
-                            "1,3,8,8", "-o", str(out), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "shrink",
+            spec,
+            "--recipe",
+            str(recipe),
+            "--criterion",
+            "fpgm",
+            "--input-shape",
+            "1,3,8,8",
+            "-o",
+            str(out),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["ratio"] == 0.75 and rep["criterion"] == "fpgm" and rep["round_to"] == 1

@@ -140,8 +140,11 @@ def lively(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=gen) + 0.5 if "running_var" in name
-                        else torch.randn(t.shape, generator=gen) * 0.05)
+                t.copy_(
+                    torch.rand(t.shape, generator=gen) + 0.5
+                    if "running_var" in name
+                    else torch.randn(t.shape, generator=gen) * 0.05
+                )
     return model.eval()
 
 
@@ -261,8 +264,9 @@ def test_cli_export_json_and_errors(tmp_path):
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
     assert info["path"] == str(out) and out.is_file() and info["checker"] == "ok" and info["model"] == spec
-    r = runner.invoke(app, ["export", spec, "-o", str(out), "--input-shape", "1,3,12,12", "--opset", "18",
-                            "--no-dynamic-batch"])
+    r = runner.invoke(
+        app, ["export", spec, "-o", str(out), "--input-shape", "1,3,12,12", "--opset", "18", "--no-dynamic-batch"]
+    )
     assert r.exit_code == 0 and "wrote" in r.stdout and "opset 18" in r.stdout
 
     # -o in a missing folder, -o equal to the input, a missing model: one line, exit 2, no traceback

@@ -25,26 +25,34 @@ SMALL = {"num_hidden_layers": 2, "max_position_embeddings": 32}
 
 
 def bert() -> torch.nn.Module:
-    cfg = tf.BertConfig(hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=50, num_labels=3,
-                        **SMALL)
+    cfg = tf.BertConfig(
+        hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=50, num_labels=3, **SMALL
+    )
     return randomise(tf.BertForSequenceClassification(cfg))
 
 
 def gpt2() -> torch.nn.Module:
-    cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=50, n_positions=32, bos_token_id=0,
-                        eos_token_id=0)
+    cfg = tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=50, n_positions=32, bos_token_id=0, eos_token_id=0)
     return randomise(tf.GPT2LMHeadModel(cfg))
 
 
 def llama() -> torch.nn.Module:
-    cfg = tf.LlamaConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=96,
-                         vocab_size=50, **SMALL)
+    cfg = tf.LlamaConfig(
+        hidden_size=64, num_attention_heads=8, num_key_value_heads=2, intermediate_size=96, vocab_size=50, **SMALL
+    )
     return randomise(tf.LlamaForCausalLM(cfg))
 
 
 def vit() -> torch.nn.Module:
-    cfg = tf.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                       image_size=32, patch_size=8, num_labels=5)
+    cfg = tf.ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        image_size=32,
+        patch_size=8,
+        num_labels=5,
+    )
     return randomise(tf.ViTForImageClassification(cfg))
 
 
@@ -98,8 +106,11 @@ def test_llama_grouped_query_attention_keeps_groups_consistent():
         assert q == [h * 4 + j for h in kv for j in range(4)]  # 4 query heads per key/value head
         assert kept(res, f"{p}.o_proj.weight", 1) == kept(res, f"{p}.q_proj.weight")
         gate = kept(res, f"model.layers.{layer}.mlp.gate_proj.weight")
-        assert gate == kept(res, f"model.layers.{layer}.mlp.up_proj.weight") == kept(
-            res, f"model.layers.{layer}.mlp.down_proj.weight", 1)
+        assert (
+            gate
+            == kept(res, f"model.layers.{layer}.mlp.up_proj.weight")
+            == kept(res, f"model.layers.{layer}.mlp.down_proj.weight", 1)
+        )
         assert len(gate) == 48
 
 
@@ -107,7 +118,8 @@ def test_vit_heads_and_mlp():
     res = check(vit(), {"pixel_values": torch.randn(1, 3, 32, 32)}, criterion="l2")
     q = heads_of(kept(res, "vit.layers.0.attention.q_proj.weight"), 16)
     assert len(q) == 2 and kept(res, "vit.layers.0.attention.o_proj.weight", 1) == kept(
-        res, "vit.layers.0.attention.q_proj.weight")
+        res, "vit.layers.0.attention.q_proj.weight"
+    )
     assert res.model.vit.layers[0].attention.num_attention_heads == 2
 
 
@@ -134,8 +146,11 @@ def logits(model: torch.nn.Module, x: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # GPT-NeoX and ViT: transformers 5 saves them under older key names (embed_out, attention.attention.query) and
 # renames them back per class on loading; the loaders must get those renames too (they once failed on them).
-@pytest.mark.parametrize("make, inputs", [(bert, tokens), (gpt2, tokens), (llama, tokens), (gpt_neox, tokens),
-                                          (vit, pixels)], ids=["bert", "gpt2", "llama", "gpt_neox", "vit"])
+@pytest.mark.parametrize(
+    "make, inputs",
+    [(bert, tokens), (gpt2, tokens), (llama, tokens), (gpt_neox, tokens), (vit, pixels)],
+    ids=["bert", "gpt2", "llama", "gpt_neox", "vit"],
+)
 def test_save_pretrained_round_trip(tmp_path: Path, make, inputs):
     model = make()
     res = check(model, inputs())
@@ -157,8 +172,7 @@ def test_save_pretrained_round_trip(tmp_path: Path, make, inputs):
 
     auto_map = json.loads((out / "config.json").read_text())["auto_map"]
     auto = getattr(transformers, next(iter(auto_map)))
-    native, info = auto.from_pretrained(out, trust_remote_code=True, local_files_only=True,
-                                        output_loading_info=True)
+    native, info = auto.from_pretrained(out, trust_remote_code=True, local_files_only=True, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert type(native).__name__ == f"Slimnet{type(model).__name__}" and isinstance(native, type(model))
     torch.testing.assert_close(logits(native.eval(), x), logits(res.model, x), rtol=0, atol=1e-6)
@@ -177,8 +191,9 @@ def test_a_folder_whose_weights_do_not_fit_is_refused(tmp_path: Path):
 
 
 def test_opt_heads_follow_num_heads():
-    cfg = tf.OPTConfig(hidden_size=64, num_attention_heads=4, ffn_dim=96, vocab_size=50, word_embed_proj_dim=64,
-                       **SMALL)
+    cfg = tf.OPTConfig(
+        hidden_size=64, num_attention_heads=4, ffn_dim=96, vocab_size=50, word_embed_proj_dim=64, **SMALL
+    )
     res = check(randomise(tf.OPTForCausalLM(cfg)), tokens(), criterion="l2")
     p = "model.decoder.layers.0.self_attn"
     q = heads_of(kept(res, f"{p}.q_proj.weight"), 16)
@@ -190,19 +205,27 @@ def test_opt_heads_follow_num_heads():
 def test_deberta_v2_heads_despite_its_size_scale():
     """DeBERTa folds heads into the batch dim and scales by torch.tensor(q.size(-1)): the head size is a value,
     so only whole heads may go (a cut inside heads changed the scale and failed verification)."""
-    cfg = tf.DebertaV2Config(hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=50,
-                             num_labels=3, **SMALL)
+    cfg = tf.DebertaV2Config(
+        hidden_size=64, num_attention_heads=4, intermediate_size=96, vocab_size=50, num_labels=3, **SMALL
+    )
     res = check(randomise(tf.DebertaV2ForSequenceClassification(cfg)), tokens(), criterion="l1")
     p = "deberta.encoder.layer.0.attention.self"
     q = heads_of(kept(res, f"{p}.query_proj.weight"), 16)
     assert len(q) == 2 and kept(res, f"{p}.key_proj.weight") == kept(res, f"{p}.value_proj.weight") == kept(
-        res, f"{p}.query_proj.weight")
+        res, f"{p}.query_proj.weight"
+    )
     assert res.model.deberta.encoder.layer[0].attention.self.num_attention_heads == 2
 
 
 def test_falcon_new_architecture_keeps_whole_key_value_groups():
-    cfg = tf.FalconConfig(hidden_size=64, num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True,
-                          vocab_size=50, num_hidden_layers=2)
+    cfg = tf.FalconConfig(
+        hidden_size=64,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        new_decoder_architecture=True,
+        vocab_size=50,
+        num_hidden_layers=2,
+    )
     res = check(randomise(tf.FalconForCausalLM(cfg)), tokens(), criterion="l1")
     for layer in (0, 1):
         p = f"transformer.h.{layer}"
@@ -222,8 +245,9 @@ def test_cli_hf_folder_in_and_out(tmp_path: Path):
     inp = tmp_path / "inp.pt"
     torch.save(tokens(6), inp)
     runner = CliRunner()
-    r = runner.invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "slim"), "--input", str(inp),
-                            "--round-to", "1", "--json"])
+    r = runner.invoke(
+        app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "slim"), "--input", str(inp), "--round-to", "1", "--json"]
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["verified"] and report["params"][1] < report["params"][0]
@@ -235,8 +259,23 @@ def test_cli_hf_folder_in_and_out(tmp_path: Path):
         x = tokens(8)
         assert torch.equal(reloaded(**x).logits, fresh(**x).logits)
     # bench and export take hf: folders too, with token ids from the config (not an image tensor)
-    r = runner.invoke(app, ["bench", f"hf:{src}", f"hf:{tmp_path / 'slim'}", "--backend", "torch-cpu", "--runs",
-                            "2", "--warmup", "0", "--threads", "1", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            f"hf:{src}",
+            f"hf:{tmp_path / 'slim'}",
+            "--backend",
+            "torch-cpu",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     bench = json.loads(r.stdout)
     assert bench["models"][1]["params"] == report["params"][1] and bench["speedup"]["theoretical"] > 1.3
@@ -255,8 +294,7 @@ def test_timm_vit_fused_qkv_heads():
     from timm.models.vision_transformer import VisionTransformer
 
     assert timm.__version__
-    model = randomise(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
-                                        num_classes=5))
+    model = randomise(VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5))
     res = check(model, torch.randn(1, 3, 32, 32), criterion="fpgm")
     rows = kept(res, "blocks.0.attn.qkv.weight")
     q, k, v = ([r - off for r in rows if off <= r < off + 64] for off in (0, 64, 128))

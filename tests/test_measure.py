@@ -23,8 +23,9 @@ runner = CliRunner()
 
 
 def conv_net(width: int = 8) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(width * 8 * 8, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(width * 8 * 8, 10)
+    ).eval()
 
 
 def conv_net_macs(width: int = 8, batch: int = 1) -> int:
@@ -182,8 +183,15 @@ def test_time_models_fields_not_values():
 
 
 def test_time_models_batch_and_errors():
-    res = time_models([("m", LinearNet())], torch.randn(1, 20), backends=("torch-cpu",), batch_size=4, runs=2,
-                      warmup=0, progress=False)
+    res = time_models(
+        [("m", LinearNet())],
+        torch.randn(1, 20),
+        backends=("torch-cpu",),
+        batch_size=4,
+        runs=2,
+        warmup=0,
+        progress=False,
+    )
     assert res["latency_ms"]["m"]["torch-cpu"]["runs"] == 2 and res["skipped"] == {}
     with pytest.raises(SlimnetError, match="unknown backend"):
         time_models([("m", LinearNet())], torch.randn(1, 20), backends=("tpu",), runs=1, progress=False)
@@ -225,9 +233,28 @@ def small():
 def test_cli_bench_json(tmp_path):
     (tmp_path / "net.py").write_text(NET)
     big, small = f"{tmp_path / 'net.py'}:big", f"{tmp_path / 'net.py'}:small"
-    r = runner.invoke(app, ["bench", big, small, "--input-shape", "1,3,12,12", "--runs", "3", "--warmup", "1",
-                            "--threads", "1", "--backend", "torch-cpu,ort-cpu", "--backend", "torch-cuda",
-                            "--per-layer", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            big,
+            small,
+            "--input-shape",
+            "1,3,12,12",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--backend",
+            "torch-cpu,ort-cpu",
+            "--backend",
+            "torch-cuda",
+            "--per-layer",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert [m["path"] for m in rep["models"]] == [big, small]
@@ -248,8 +275,23 @@ def test_cli_bench_json(tmp_path):
 def test_cli_bench_tables_and_errors(tmp_path):
     (tmp_path / "net.py").write_text(NET)
     big, small = f"{tmp_path / 'net.py'}:big", f"{tmp_path / 'net.py'}:small"
-    r = runner.invoke(app, ["bench", big, small, "--input-shape", "1,3,12,12", "--runs", "2", "--warmup", "0",
-                            "--backend", "torch-cpu", "--per-layer"])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            big,
+            small,
+            "--input-shape",
+            "1,3,12,12",
+            "--runs",
+            "2",
+            "--warmup",
+            "0",
+            "--backend",
+            "torch-cpu",
+            "--per-layer",
+        ],
+    )
     assert r.exit_code == 0, r.output
     for text in ("theoretical cost", "latency", "speedup over", "MACs per layer"):
         assert text in r.stdout
@@ -270,7 +312,6 @@ def test_shrunk_model_costs_less():
     res = api.shrink(model, x, ratio=0.5, round_to=1)
     assert res.report["macs"] == [count_macs(model, x)["macs"], count_macs(res.model, x)["macs"]]
     assert res.report["macs"][1] == conv_net_macs(width=4)
-    timing = time_models([("a", model), ("b", res.model)], x, backends=("torch-cpu",), runs=2, warmup=0,
-                         progress=False)
+    timing = time_models([("a", model), ("b", res.model)], x, backends=("torch-cpu",), runs=2, warmup=0, progress=False)
     entries = [{"macs": m, "latency_ms": timing["latency_ms"][k]} for m, k in zip(res.report["macs"], "ab")]
     assert compare(*entries)["speedup"]["theoretical"] == conv_net_macs(8) / conv_net_macs(4)

@@ -16,10 +16,15 @@ from hypothesis import strategies as st
 from .conftest import check, randomise
 from .randnet import RandomNet
 
-settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("slow", max_examples=int(os.environ.get("SLIMNET_FUZZ_EXAMPLES", "500")), deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "slow",
+    max_examples=int(os.environ.get("SLIMNET_FUZZ_EXAMPLES", "500")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CRITERIA = ["l1", "l2", "fpgm", "random", "bn-scale"]
@@ -36,8 +41,12 @@ def _run(seed: int, ratio: float, criterion: str, round_to: int) -> None:
         assert res.model(net.example(batch=3)).shape[0] == 3
 
 
-@given(seed=st.integers(0, 2**31 - 1), ratio=st.floats(0.0, 0.95), criterion=st.sampled_from(CRITERIA),
-       round_to=st.sampled_from([1, 2, 4, 8]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    ratio=st.floats(0.0, 0.95),
+    criterion=st.sampled_from(CRITERIA),
+    round_to=st.sampled_from([1, 2, 4, 8]),
+)
 def test_random_networks_shrink_exactly(seed, ratio, criterion, round_to):
     _run(seed, ratio, criterion, round_to)
 

@@ -456,10 +456,21 @@ def test_plan_that_does_not_fit_is_refused():
         apply_plan(m, {"format": "slimnet.plan/1", "tensors": {"conv1.weight": {"0": [0, 9]}}})
 
 
-@pytest.mark.parametrize(("n", "ratio", "step", "want"), [
-    (64, 0.5, 8, 32), (24, 0.5, 8, 16), (16, 0.5, 8, 8), (8, 0.5, 8, 4), (3, 0.5, 8, 2), (1, 0.9, 8, 1),
-    (100, 0.0, 8, 100), (96, 0.3, 1, 67), (10, 0.99, 4, 4), (2, 0.99, 1, 1),
-])
+@pytest.mark.parametrize(
+    ("n", "ratio", "step", "want"),
+    [
+        (64, 0.5, 8, 32),
+        (24, 0.5, 8, 16),
+        (16, 0.5, 8, 8),
+        (8, 0.5, 8, 4),
+        (3, 0.5, 8, 2),
+        (1, 0.9, 8, 1),
+        (100, 0.0, 8, 100),
+        (96, 0.3, 1, 67),
+        (10, 0.99, 4, 4),
+        (2, 0.99, 1, 1),
+    ],
+)
 def test_round_to_rule(n, ratio, step, want):
     assert keep_count(n, ratio, step) == want
 

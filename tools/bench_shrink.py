@@ -44,8 +44,7 @@ def run_tp(name: str) -> tuple[float, int, str]:
     t0 = time.perf_counter()
     imp = tp.importance.MagnitudeImportance(p=1)
     ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000]
-    pruner = tp.pruner.MagnitudePruner(model, x, importance=imp, pruning_ratio=0.5, ignored_layers=ignored,
-                                       round_to=8)
+    pruner = tp.pruner.MagnitudePruner(model, x, importance=imp, pruning_ratio=0.5, ignored_layers=ignored, round_to=8)
     pruner.step()
     dt = time.perf_counter() - t0
     return dt, count_params(model), "not verified"

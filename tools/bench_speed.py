@@ -62,9 +62,14 @@ def tp_variant(model: nn.Module, x: torch.Tensor, ratio: float, round_to: int) -
     with torch.no_grad():
         out_features = model(x).shape[-1]
     ignored = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == out_features]
-    pruner = tp.pruner.MagnitudePruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                       pruning_ratio=ratio, ignored_layers=ignored,
-                                       round_to=round_to if round_to > 1 else None)
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        ignored_layers=ignored,
+        round_to=round_to if round_to > 1 else None,
+    )
     pruner.step()
     return model.eval()
 
@@ -91,8 +96,15 @@ def build_variants(name: str, x: Any, args: argparse.Namespace) -> list[Variant]
     variants = [Variant(f"{name} original", "original", None, original)]
     tools = [("slimnet", lambda rt: slimnet_variant(original, x, args.ratio, rt, args.criterion))]
     if name in HF_MODELS:
-        variants.append(Variant(f"{name} torch-pruning", "torch-pruning", None, None,
-                                note="not run: Torch-Pruning needs per-model head settings for Hugging Face BERT"))
+        variants.append(
+            Variant(
+                f"{name} torch-pruning",
+                "torch-pruning",
+                None,
+                None,
+                note="not run: Torch-Pruning needs per-model head settings for Hugging Face BERT",
+            )
+        )
     elif not args.no_torch_pruning:
         tools.append(("torch-pruning", lambda rt: tp_variant(original, x, args.ratio, rt)))
     for tool, make in tools:
@@ -128,8 +140,16 @@ def time_variants(variants: list[Variant], x: Any, args: argparse.Namespace) -> 
     skipped: dict[str, str] = {}
     for threads in args.threads:
         log(f"timing {len(live)} variants, {threads} thread(s), {args.warmup}+{args.runs} runs per backend")
-        res = time_models([(v.label, v.model) for v in live], x, backends=args.backends, batch_size=1,
-                          warmup=args.warmup, runs=args.runs, threads=threads, progress=True)
+        res = time_models(
+            [(v.label, v.model) for v in live],
+            x,
+            backends=args.backends,
+            batch_size=1,
+            warmup=args.warmup,
+            runs=args.runs,
+            threads=threads,
+            progress=True,
+        )
         for v in live:
             for backend, stats in res["latency_ms"][v.label].items():
                 v.latency[f"{backend}@{threads}"] = stats["p50"]
@@ -155,13 +175,16 @@ def table(variants: list[Variant], columns: list[str]) -> list[str]:
         name = v.label.split(" ")[0]
         if v.model is None:
             note = v.note.replace("|", "/")
-            lines.append(f"| {name} | {v.tool} | {v.round_to} | - | - | {note} | " + " | ".join(["-"] * len(columns))
-                         + " |")
+            lines.append(
+                f"| {name} | {v.tool} | {v.round_to} | - | - | {note} | " + " | ".join(["-"] * len(columns)) + " |"
+            )
             continue
         theo = "1.00x" if v is original else f"{original.macs / v.macs:.2f}x"
         cells = [_cell(original, v, c) for c in columns]
-        lines.append(f"| {name} | {v.tool} | {v.round_to or '-'} | {v.macs / 1e9:.3f} | {v.params / 1e6:.2f} | "
-                     f"{theo} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {v.tool} | {v.round_to or '-'} | {v.macs / 1e9:.3f} | {v.params / 1e6:.2f} | "
+            f"{theo} | " + " | ".join(cells) + " |"
+        )
     return lines
 
 

@@ -38,10 +38,32 @@ ALL_CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale")
 TRANSFORMERS = ("vit", "swin", "swin_v2", "maxvit")
 #: Name prefixes -> family, longest first so that ``efficientnet_v2`` wins over ``efficientnet``.
 FAMILIES = sorted(
-    ["alexnet", "convnext", "densenet", "efficientnet", "efficientnet_v2", "googlenet", "inception", "maxvit",
-     "mnasnet", "mobilenet_v2", "mobilenet_v3", "regnet_x", "regnet_y", "resnet", "resnext", "shufflenet_v2",
-     "squeezenet", "swin", "swin_v2", "vgg", "vit", "wide_resnet"],
-    key=len, reverse=True,
+    [
+        "alexnet",
+        "convnext",
+        "densenet",
+        "efficientnet",
+        "efficientnet_v2",
+        "googlenet",
+        "inception",
+        "maxvit",
+        "mnasnet",
+        "mobilenet_v2",
+        "mobilenet_v3",
+        "regnet_x",
+        "regnet_y",
+        "resnet",
+        "resnext",
+        "shufflenet_v2",
+        "squeezenet",
+        "swin",
+        "swin_v2",
+        "vgg",
+        "vit",
+        "wide_resnet",
+    ],
+    key=len,
+    reverse=True,
 )
 
 
@@ -79,8 +101,9 @@ def one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------- worker
 
 
-def _shrink_reusing(model: Any, example: Any, analysis: Any, *, ratio: float, criterion: str, round_to: int,
-                    name: str) -> Any:
+def _shrink_reusing(
+    model: Any, example: Any, analysis: Any, *, ratio: float, criterion: str, round_to: int, name: str
+) -> Any:
     """api.shrink minus check_runs/trace/analyse (done once per model) and MAC counting."""
     from slimnet import api
     from slimnet.errors import VerificationError
@@ -90,8 +113,7 @@ def _shrink_reusing(model: Any, example: Any, analysis: Any, *, ratio: float, cr
 
     t0 = time.perf_counter()
     decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to)
-    plan = build_plan(analysis, decisions, model_name=name, criterion=criterion, ratio=ratio, round_to=round_to,
-                      seed=0)
+    plan = build_plan(analysis, decisions, model_name=name, criterion=criterion, ratio=ratio, round_to=round_to, seed=0)
     pruned = pruned_copy(model, plan).eval()
     result = verify(model, pruned, plan, example)
     approximate = any(d.pruned and d.group.normalised for d in decisions)
@@ -153,8 +175,15 @@ def perturb(model: Any, seed: int = 0) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def run_model(name: str, criteria: list[str], ratio: float, round_to: int, size: int | None,
-              reanalyse: bool, plain_init: bool = False) -> dict[str, Any]:
+def run_model(
+    name: str,
+    criteria: list[str],
+    ratio: float,
+    round_to: int,
+    size: int | None,
+    reanalyse: bool,
+    plain_init: bool = False,
+) -> dict[str, Any]:
     """Everything about one model, as plain data; never raises."""
     import resource
     import warnings
@@ -190,16 +219,31 @@ def run_model(name: str, criteria: list[str], ratio: float, round_to: int, size:
         row: dict[str, Any] = {"passed": False}
         try:
             if analysis is None or reanalyse:
-                res = api.shrink(model, example, ratio=ratio, criterion=crit, round_to=round_to,
-                                 model_name=f"torchvision:{name}", measure=(i == 0))
+                res = api.shrink(
+                    model,
+                    example,
+                    ratio=ratio,
+                    criterion=crit,
+                    round_to=round_to,
+                    model_name=f"torchvision:{name}",
+                    measure=(i == 0),
+                )
                 analysis = res.analysis
             else:
-                res = _shrink_reusing(model, example, analysis, ratio=ratio, criterion=crit, round_to=round_to,
-                                      name=f"torchvision:{name}")
+                res = _shrink_reusing(
+                    model, example, analysis, ratio=ratio, criterion=crit, round_to=round_to, name=f"torchvision:{name}"
+                )
             rep = res.report
-            row.update(passed=bool(res.verification.passed), max_diff=rep["max_abs_diff"],
-                       tolerance=rep["tolerance"], params_after=rep["params"][1], pruned=rep["pruned_groups"],
-                       groups=rep["groups"], exact=rep["exact"], dtype=rep["verify_dtype"])
+            row.update(
+                passed=bool(res.verification.passed),
+                max_diff=rep["max_abs_diff"],
+                tolerance=rep["tolerance"],
+                params_after=rep["params"][1],
+                pruned=rep["pruned_groups"],
+                groups=rep["groups"],
+                exact=rep["exact"],
+                dtype=rep["verify_dtype"],
+            )
             if rep["macs"][0] is not None:
                 rec["macs"] = rep["macs"]
             if not res.verification.passed:
@@ -221,8 +265,20 @@ def run_model(name: str, criteria: list[str], ratio: float, round_to: int, size:
 
 def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one model in a fresh interpreter: a segfault, OOM kill or hang costs only its row."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--criteria", ",".join(args.criteria),
-           "--ratio", str(args.ratio), "--round-to", str(args.round_to), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        name,
+        "--criteria",
+        ",".join(args.criteria),
+        "--ratio",
+        str(args.ratio),
+        "--round-to",
+        str(args.round_to),
+        "--threads",
+        str(args.threads),
+    ]
     if args.size:
         cmd += ["--size", str(args.size)]
     if args.reanalyse:
@@ -237,15 +293,25 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
-        return {"model": name, "family": family(name), "criteria": {},
-                "error": f"timed out after {args.timeout} s", "seconds": round(time.perf_counter() - t0, 1)}
+        return {
+            "model": name,
+            "family": family(name),
+            "criteria": {},
+            "error": f"timed out after {args.timeout} s",
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
     tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     why = tail[-1][:300] if tail else "no output"
-    return {"model": name, "family": family(name), "criteria": {},
-            "error": f"worker died (exit {proc.returncode}): {why}", "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "model": name,
+        "family": family(name),
+        "criteria": {},
+        "error": f"worker died (exit {proc.returncode}): {why}",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def _g(n: float | None) -> str:
@@ -293,15 +359,30 @@ def row_of(rec: dict[str, Any], criteria: list[str]) -> str:
     if rec.get("output_absmax") == 0:
         size += " (**output all zero: verification vacuous**)"
     cells = [
-        f"{rec['model']}{size}", rec.get("family", ""), str(rec.get("groups", "-")), pruned_s,
-        f"{_m(rec.get('params_before'))} -> {params_after}", f"{_g(macs[0])} -> {_g(macs[1])}", diff,
-        passed_cell(rec, criteria), f"{rec.get('seconds', 0):.0f}", str(rec.get("peak_rss_gb", "-")),
+        f"{rec['model']}{size}",
+        rec.get("family", ""),
+        str(rec.get("groups", "-")),
+        pruned_s,
+        f"{_m(rec.get('params_before'))} -> {params_after}",
+        f"{_g(macs[0])} -> {_g(macs[1])}",
+        diff,
+        passed_cell(rec, criteria),
+        f"{rec.get('seconds', 0):.0f}",
+        str(rec.get("peak_rss_gb", "-")),
     ]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
-def write_doc(path: Path, recs: dict[str, dict[str, Any]], order: list[str], skipped: dict[str, str],
-              args: argparse.Namespace, command: str, started: str, done: bool) -> None:
+def write_doc(
+    path: Path,
+    recs: dict[str, dict[str, Any]],
+    order: list[str],
+    skipped: dict[str, str],
+    args: argparse.Namespace,
+    command: str,
+    started: str,
+    done: bool,
+) -> None:
     import torch
     import torchvision
 
@@ -324,24 +405,36 @@ def write_doc(path: Path, recs: dict[str, dict[str, Any]], order: list[str], ski
         f"ratio {args.ratio}, round-to {args.round_to}. The first criterion runs `slimnet.api.shrink` as is "
         "(MACs from its report: `api.count_macs`, i.e. fvcore with slimnet.measure's extra op handles where that "
         "module is present; one multiply-add = one MAC); "
-        + ("every other criterion too." if args.reanalyse else
-           "the others reuse its channel analysis and repeat decide/plan/cut/verify.")
-        + (" Before shrinking, tensors that torchvision initialises constant across channels are given seeded "
-           "random values (norm weights/biases/running stats, zero biases, ConvNeXt's 1e-6 layer scales, ViT's "
-           "all-zero head; `perturb()` in the tool): otherwise a cut that keeps the wrong indices of such a tensor "
-           "computes the same numbers, and ViT's outputs are exactly 0, so the verification would check nothing."
-           if not args.plain_init else " torchvision's init is kept as built (`--plain-init`).")
+        + (
+            "every other criterion too."
+            if args.reanalyse
+            else "the others reuse its channel analysis and repeat decide/plan/cut/verify."
+        )
+        + (
+            " Before shrinking, tensors that torchvision initialises constant across channels are given seeded "
+            "random values (norm weights/biases/running stats, zero biases, ConvNeXt's 1e-6 layer scales, ViT's "
+            "all-zero head; `perturb()` in the tool): otherwise a cut that keeps the wrong indices of such a tensor "
+            "computes the same numbers, and ViT's outputs are exactly 0, so the verification would check nothing."
+            if not args.plain_init
+            else " torchvision's init is kept as built (`--plain-init`)."
+        )
         + " A criterion *passes* when the pruned model is verified against the masked original (in float64; "
         "in float32 for models of more than 100M parameters; on the example input and a larger batch-2 input).",
         "",
     ]
     if args.transformer_criteria:
-        lines += [f"Transformer families ({', '.join(TRANSFORMERS)}) ran with {','.join(args.transformer_criteria)} "
-                  "only, to keep the sweep within time on 2 cores.", ""]
+        lines += [
+            f"Transformer families ({', '.join(TRANSFORMERS)}) ran with {','.join(args.transformer_criteria)} "
+            "only, to keep the sweep within time on 2 cores.",
+            "",
+        ]
     n_pass = {c: sum(1 for r in ran if r.get("criteria", {}).get(c, {}).get("passed")) for c in args.criteria}
     n_ran = {c: sum(1 for r in ran if c in crits[r["model"]]) for c in args.criteria}
-    all_ok = sum(1 for r in ran if not r.get("error")
-                 and all(r.get("criteria", {}).get(c, {}).get("passed") for c in crits[r["model"]]))
+    all_ok = sum(
+        1
+        for r in ran
+        if not r.get("error") and all(r.get("criteria", {}).get(c, {}).get("passed") for c in crits[r["model"]])
+    )
     lines += [
         f"**Summary: {len(ran)} models run ({all_ok} passed every criterion), {len(skipped)} skipped; passed per "
         "criterion: " + ", ".join(f"{c} {n_pass[c]}/{n_ran[c]}" for c in args.criteria) + ".**",
@@ -364,8 +457,12 @@ def write_doc(path: Path, recs: dict[str, dict[str, Any]], order: list[str], ski
     pending = [n for n in order if n not in recs]
     if pending and not done:
         lines += ["", f"Not yet run: {', '.join(pending)}"]
-    failures = [(r["model"], c, row.get("error", "")) for r in ran for c, row in r.get("criteria", {}).items()
-                if not row.get("passed")]
+    failures = [
+        (r["model"], c, row.get("error", ""))
+        for r in ran
+        for c, row in r.get("criteria", {}).items()
+        if not row.get("passed")
+    ]
     failures += [(r["model"], "(model)", r["error"]) for r in ran if r.get("error")]
     lines += ["", "## Failures", ""]
     lines += [f"- {m} / {c}: {e}" for m, c, e in failures] if failures else ["None."]
@@ -377,10 +474,12 @@ def write_doc(path: Path, recs: dict[str, dict[str, Any]], order: list[str], ski
 def revision() -> str:
     """The commit the sweep ran on, and whether slimnet/ had uncommitted changes (results then may not repeat)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "slimnet"], capture_output=True, text=True,
-                               cwd=ROOT, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "slimnet"], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
     return f"commit {head}" + (" with uncommitted changes in slimnet/" if dirty else "")
@@ -390,11 +489,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="", help="Comma-separated zoo names (default: the whole zoo).")
     ap.add_argument("--skip", default="", help="Comma-separated names to leave out.")
-    ap.add_argument("--max-params", type=float, default=300e6,
-                    help="Skip models with more parameters than this (torchvision metadata); 0 = no limit.")
+    ap.add_argument(
+        "--max-params",
+        type=float,
+        default=300e6,
+        help="Skip models with more parameters than this (torchvision metadata); 0 = no limit.",
+    )
     ap.add_argument("--criteria", default=",".join(ALL_CRITERIA))
-    ap.add_argument("--transformer-criteria", default="",
-                    help="Criteria for vit/swin/maxvit models if different (e.g. l1), to save time.")
+    ap.add_argument(
+        "--transformer-criteria",
+        default="",
+        help="Criteria for vit/swin/maxvit models if different (e.g. l1), to save time.",
+    )
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--size", type=int, default=None, help="Image size (default 224, 299 for inception).")
@@ -403,12 +509,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per model (default cores / jobs).")
     ap.add_argument("--timeout", type=int, default=3600, help="Seconds per model before it is recorded as a hang.")
     ap.add_argument("--reanalyse", action="store_true", help="Call api.shrink (trace + analyse) per criterion.")
-    ap.add_argument("--plain-init", action="store_true",
-                    help="Keep torchvision's init as built (identity norms, zero biases and heads: weaker checks).")
+    ap.add_argument(
+        "--plain-init",
+        action="store_true",
+        help="Keep torchvision's init as built (identity norms, zero biases and heads: weaker checks).",
+    )
     ap.add_argument("--jsonl", default="", help="Append every model's raw record to this file.")
     ap.add_argument("--resume", action="store_true", help="Reuse records already in --jsonl.")
-    ap.add_argument("--date", default="", help="Date for the header (when re-rendering a finished sweep with "
-                    "--resume).")
+    ap.add_argument(
+        "--date", default="", help="Date for the header (when re-rendering a finished sweep with --resume)."
+    )
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.criteria = [c for c in args.criteria.split(",") if c]
@@ -431,8 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        rec = run_model(args.worker, args.criteria, args.ratio, args.round_to, args.size, args.reanalyse,
-                        args.plain_init)
+        rec = run_model(
+            args.worker, args.criteria, args.ratio, args.round_to, args.size, args.reanalyse, args.plain_init
+        )
         sys.stdout.write(json.dumps(rec) + "\n")
         return 0
 
@@ -474,8 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = [n for n in order if n not in recs]
-    print(f"coverage: {len(order)} models ({len(todo)} to run), {len(skipped)} skipped; writing {out}",
-          file=sys.stderr)
+    print(f"coverage: {len(order)} models ({len(todo)} to run), {len(skipped)} skipped; writing {out}", file=sys.stderr)
     write_doc(out, recs, order, skipped, args, command, started, done=False)
     t0 = time.perf_counter()
 
@@ -488,8 +598,12 @@ def main(argv: list[str] | None = None) -> int:
         write_doc(out, recs, order, skipped, args, command, started, done=False)
         crits = args.criteria_for(name)
         status = passed_cell(rec, crits)
-        print(f"[{len(recs)}/{len(order)} {time.perf_counter() - t0:.0f}s] {name}: {status} "
-              f"({rec.get('seconds', 0):.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[{len(recs)}/{len(order)} {time.perf_counter() - t0:.0f}s] {name}: {status} "
+            f"({rec.get('seconds', 0):.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def submit(name: str) -> dict[str, Any]:
         sub = argparse.Namespace(**vars(args))
@@ -507,10 +621,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     pool.shutdown()
     write_doc(out, recs, order, skipped, args, command, started, done=True)
-    failed = sum(1 for r in recs.values() if r.get("error")
-                 or not all(r.get("criteria", {}).get(c, {}).get("passed") for c in args.criteria_for(r["model"])))
-    print(f"coverage: done in {time.perf_counter() - t0:.0f} s; {failed} model(s) with failures; wrote {out}",
-          file=sys.stderr)
+    failed = sum(
+        1
+        for r in recs.values()
+        if r.get("error")
+        or not all(r.get("criteria", {}).get(c, {}).get("passed") for c in args.criteria_for(r["model"]))
+    )
+    print(
+        f"coverage: done in {time.perf_counter() - t0:.0f} s; {failed} model(s) with failures; wrote {out}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -60,53 +60,138 @@ def pixels(size: int = 32) -> dict[str, torch.Tensor]:
     return {"pixel_values": torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))}
 
 
-ENC = {"hidden_size": H, "num_hidden_layers": L, "num_attention_heads": HEADS, "intermediate_size": FF,
-       "vocab_size": VOCAB, "max_position_embeddings": POS}
+ENC = {
+    "hidden_size": H,
+    "num_hidden_layers": L,
+    "num_attention_heads": HEADS,
+    "intermediate_size": FF,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": POS,
+}
 DEC = {**ENC, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 GQA = {**DEC, "num_attention_heads": 8, "num_key_value_heads": 2}
-VIS = {"hidden_size": H, "num_hidden_layers": L, "num_attention_heads": HEADS, "intermediate_size": FF,
-       "image_size": 32, "patch_size": 8, "num_labels": 5}
+VIS = {
+    "hidden_size": H,
+    "num_hidden_layers": L,
+    "num_attention_heads": HEADS,
+    "intermediate_size": FF,
+    "image_size": 32,
+    "patch_size": 8,
+    "num_labels": 5,
+}
 
 #: name -> (config class, model class, config kwargs, example input)
 ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], dict[str, torch.Tensor]]]] = {
     "bert": ("BertConfig", "BertForSequenceClassification", {**ENC, "num_labels": 3}, text),
     "roberta": ("RobertaConfig", "RobertaForMaskedLM", {**ENC, "pad_token_id": 1}, text),
-    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
-                   {"dim": H, "n_layers": L, "n_heads": HEADS, "hidden_dim": FF, "vocab_size": VOCAB,
-                    "max_position_embeddings": POS}, text),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertForSequenceClassification",
+        {
+            "dim": H,
+            "n_layers": L,
+            "n_heads": HEADS,
+            "hidden_dim": FF,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": POS,
+        },
+        text,
+    ),
     "albert": ("AlbertConfig", "AlbertForMaskedLM", {**ENC, "embedding_size": 32}, text),
     "electra": ("ElectraConfig", "ElectraForSequenceClassification", {**ENC, "embedding_size": 32}, text),
     "deberta_v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", ENC, text),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
-             {"n_embd": H, "n_layer": L, "n_head": HEADS, "vocab_size": VOCAB, "n_positions": POS,
-              "bos_token_id": 0, "eos_token_id": 0}, text),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        {
+            "n_embd": H,
+            "n_layer": L,
+            "n_head": HEADS,
+            "vocab_size": VOCAB,
+            "n_positions": POS,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        },
+        text,
+    ),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", DEC, text),
-    "opt": ("OPTConfig", "OPTForCausalLM",
-            {"hidden_size": H, "num_hidden_layers": L, "num_attention_heads": HEADS, "ffn_dim": FF,
-             "vocab_size": VOCAB, "max_position_embeddings": POS, "word_embed_proj_dim": H}, text),
-    "bloom": ("BloomConfig", "BloomForCausalLM",
-              {"hidden_size": H, "n_layer": L, "n_head": HEADS, "vocab_size": VOCAB}, text),
-    "falcon": ("FalconConfig", "FalconForCausalLM",
-               {"hidden_size": H, "num_hidden_layers": L, "num_attention_heads": HEADS, "vocab_size": VOCAB,
-                "new_decoder_architecture": True, "num_kv_heads": 2}, text),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        {
+            "hidden_size": H,
+            "num_hidden_layers": L,
+            "num_attention_heads": HEADS,
+            "ffn_dim": FF,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": POS,
+            "word_embed_proj_dim": H,
+        },
+        text,
+    ),
+    "bloom": (
+        "BloomConfig",
+        "BloomForCausalLM",
+        {"hidden_size": H, "n_layer": L, "n_head": HEADS, "vocab_size": VOCAB},
+        text,
+    ),
+    "falcon": (
+        "FalconConfig",
+        "FalconForCausalLM",
+        {
+            "hidden_size": H,
+            "num_hidden_layers": L,
+            "num_attention_heads": HEADS,
+            "vocab_size": VOCAB,
+            "new_decoder_architecture": True,
+            "num_kv_heads": 2,
+        },
+        text,
+    ),
     "llama": ("LlamaConfig", "LlamaForCausalLM", GQA, text),
     "mistral": ("MistralConfig", "MistralForCausalLM", GQA, text),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", GQA, text),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {**GQA, "head_dim": 8}, text),
     "phi": ("PhiConfig", "PhiForCausalLM", DEC, text),
-    "t5": ("T5Config", "T5ForConditionalGeneration",
-           {"d_model": H, "d_kv": 16, "d_ff": FF, "num_layers": L, "num_heads": HEADS, "vocab_size": VOCAB,
-            "decoder_start_token_id": 0}, seq2seq),
-    "bart": ("BartConfig", "BartForConditionalGeneration",
-             {"d_model": H, "encoder_layers": L, "decoder_layers": L, "encoder_attention_heads": HEADS,
-              "decoder_attention_heads": HEADS, "encoder_ffn_dim": FF, "decoder_ffn_dim": FF,
-              "vocab_size": VOCAB, "max_position_embeddings": POS}, seq2seq),
+    "t5": (
+        "T5Config",
+        "T5ForConditionalGeneration",
+        {
+            "d_model": H,
+            "d_kv": 16,
+            "d_ff": FF,
+            "num_layers": L,
+            "num_heads": HEADS,
+            "vocab_size": VOCAB,
+            "decoder_start_token_id": 0,
+        },
+        seq2seq,
+    ),
+    "bart": (
+        "BartConfig",
+        "BartForConditionalGeneration",
+        {
+            "d_model": H,
+            "encoder_layers": L,
+            "decoder_layers": L,
+            "encoder_attention_heads": HEADS,
+            "decoder_attention_heads": HEADS,
+            "encoder_ffn_dim": FF,
+            "decoder_ffn_dim": FF,
+            "vocab_size": VOCAB,
+            "max_position_embeddings": POS,
+        },
+        seq2seq,
+    ),
     "vit": ("ViTConfig", "ViTForImageClassification", VIS, pixels),
     "deit": ("DeiTConfig", "DeiTForImageClassification", VIS, pixels),
     "dinov2": ("Dinov2Config", "Dinov2Model", {**VIS, "mlp_ratio": 2}, pixels),
-    "convnext": ("ConvNextConfig", "ConvNextForImageClassification",
-                 {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_labels": 5, "image_size": 32},
-                 pixels),
+    "convnext": (
+        "ConvNextConfig",
+        "ConvNextForImageClassification",
+        {"hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1], "num_labels": 5, "image_size": 32},
+        pixels,
+    ),
 }
 
 
@@ -154,9 +239,14 @@ def run_one(name: str, ratio: float) -> dict[str, Any]:
         res = shrink(model, example, ratio=ratio, criterion="l1", round_to=1, model_name=name)
         rep = res.report
         kinds = Counter(d.group.kind for d in res.decisions if d.pruned)
-        rec.update(status="pass", params=tuple(rep["params"]),
-                   heads=kinds.get("heads", 0), pruned=sum(kinds.values()),
-                   groups=len(res.decisions), diff=res.verification.max_abs_diff)
+        rec.update(
+            status="pass",
+            params=tuple(rep["params"]),
+            heads=kinds.get("heads", 0),
+            pruned=sum(kinds.values()),
+            groups=len(res.decisions),
+            diff=res.verification.max_abs_diff,
+        )
         reasons = Counter(short(d.reason).split(": ")[0][:130] for d in res.decisions if d.reason)
         rec["left"] = "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
         rd = reload_diff(res.model, res.plan, example)
@@ -180,8 +270,10 @@ def row(r: dict[str, Any]) -> str:
         return f"| {r['name']} | {r['model']} | **fail** | | | | | {short(r['error'])} |"
     before, after = r["params"]
     reload = ", ".join(f"{k} {v:.1e}" for k, v in r["reload"].items())
-    return (f"| {r['name']} | {r['model']} | {r['status']} | {before:,} -> {after:,} | {r['heads']} / {r['pruned']}"
-            f" of {r['groups']} | {r['diff']:.1e} | {reload} | {short(r['left'])} |")
+    return (
+        f"| {r['name']} | {r['model']} | {r['status']} | {before:,} -> {after:,} | {r['heads']} / {r['pruned']}"
+        f" of {r['groups']} | {r['diff']:.1e} | {reload} | {short(r['left'])} |"
+    )
 
 
 def main() -> None:

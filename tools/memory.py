@@ -44,23 +44,25 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     after = peak_mb()
     extra = (after - loaded) / weights_mb
-    section = "\n".join([
-        "## Peak memory while shrinking",
-        "",
-        f"Command: `python tools/memory.py --model {args.model} --size {args.size}`",
-        "",
-        f"{args.model}: weights {weights_mb:.0f} MiB; peak RSS {base:.0f} MiB at start, {loaded:.0f} MiB with the "
-        f"model loaded, {after:.0f} MiB after shrinking at ratio 0.5 ({seconds:.0f} s, verified in "
-        f"{res.report['verify_dtype']}, max diff {res.report['max_abs_diff']:.2g}). Extra peak = {extra:.2f} x the "
-        "weights (pruned copy + masked reference of the planned tensors + activations and id tensors).",
-        "",
-    ])
+    section = "\n".join(
+        [
+            "## Peak memory while shrinking",
+            "",
+            f"Command: `python tools/memory.py --model {args.model} --size {args.size}`",
+            "",
+            f"{args.model}: weights {weights_mb:.0f} MiB; peak RSS {base:.0f} MiB at start, {loaded:.0f} MiB with the "
+            f"model loaded, {after:.0f} MiB after shrinking at ratio 0.5 ({seconds:.0f} s, verified in "
+            f"{res.report['verify_dtype']}, max diff {res.report['max_abs_diff']:.2g}). Extra peak = {extra:.2f} x the "
+            "weights (pruned copy + masked reference of the planned tensors + activations and id tensors).",
+            "",
+        ]
+    )
     out = ROOT / args.out
     old = out.read_text() if out.exists() else "# Reliability\n\n"
     start = old.find("## Peak memory while shrinking")
     if start >= 0:
         end = old.find("\n## ", start + 5)
-        old = old[:start] + (old[end + 1:] if end >= 0 else "")
+        old = old[:start] + (old[end + 1 :] if end >= 0 else "")
     out.write_text(old.rstrip("\n") + "\n\n" + section)
     print(section)
 
