@@ -10,16 +10,20 @@ result.report   # the same dict that ``slimnet shrink --json`` prints
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
+from . import measure
+from ._tensors import call, count_params
+from ._util import first_line
 from .errors import SlimnetError, VerificationError
 from .groups import Analysis, analyse
 from .plan import DEFAULT_ROUND_TO, Decision, build_plan, decide
 from .surgeon import pruned_copy
-from .trace import call
 from .verify import VerifyResult, verify
 
 
@@ -33,36 +37,19 @@ class ShrinkResult:
     report: dict[str, Any]
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def count_macs(model: nn.Module, example: Any) -> int:
     """Multiply-accumulates, counted by fvcore (which calls one multiply-add one "flop")."""
-    import warnings
-
     warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
-    try:
-        from .measure import count_macs as fv
-    except ImportError:  # measure is optional for the core; fall back to fvcore's plain total
-        from fvcore.nn import FlopCountAnalysis
-
-        inputs = tuple(example.values()) if isinstance(example, dict) else example
-        fca = FlopCountAnalysis(model.eval(), inputs)
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return int(fca.total())
-    return int(fv(model, example)["macs"])
+    return int(measure.count_macs(model, example)["macs"])
 
 
 def check_runs(model: nn.Module, example: Any) -> None:
     """Run the original once: an input the model rejects is the user's error, said in one line."""
-    import torch
-
     try:
         with torch.no_grad():
             call(model.eval(), example)
     except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
-        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         shapes = _describe(example)
         raise SlimnetError(
             f"the model rejects the example input {shapes}: {type(exc).__name__}: {first}; "
@@ -71,8 +58,6 @@ def check_runs(model: nn.Module, example: Any) -> None:
 
 
 def _describe(example: Any) -> str:
-    import torch
-
     if isinstance(example, torch.Tensor):
         return "x".join(str(s) for s in example.shape) or "scalar"
     if isinstance(example, dict):

@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from ._util import first_line, save_atomic
 from .errors import SlimnetError
+from .spec import parse_spec
 
 app = typer.Typer(
     add_completion=False,
@@ -71,7 +72,7 @@ def guarded(debug: bool) -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - a bug in slimnet; still one line unless --debug
         if debug:
             raise
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        first = first_line(exc, "")
         err.print(
             f"[bold red]internal error:[/] {type(exc).__name__}: {first} (run again with --debug for the "
             "traceback, and please report it)",
@@ -85,7 +86,6 @@ def check_output(output: str, inputs: list[str], suffixes: tuple[str, ...] = (),
     """The output path must differ from every input (a FILE.py:FACTORY spec's file included), and its folder
     must exist and be writable."""
     p = Path(output)
-    inputs = inputs + [i.rpartition(":")[0] for i in inputs if i.rpartition(":")[0].endswith(".py")]
     for i in inputs:
         if i and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
             raise SlimnetError(f"output {output} is the input: give another -o so that the input stays untouched")
@@ -107,15 +107,7 @@ def save_model_atomic(model: Any, path: Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename."""
     import torch
 
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_atomic(path, lambda tmp: torch.save(model, tmp))
 
 
 def model_inputs(
@@ -211,7 +203,7 @@ def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> d
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise SlimnetError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise SlimnetError(f"recipe {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise SlimnetError(f"recipe {path} must be a mapping of settings such as 'ratio: 0.5'")
     unknown = sorted(set(data) - set(RECIPE_KEYS))
@@ -303,10 +295,10 @@ def shrink(
         if round_to < 1:
             raise SlimnetError(f"--round-to {round_to} must be at least 1")
         folder = wants_folder(output, model)
-        out_path = check_output(output, [model, weights or "", input_file or ""], folder=folder)
+        out_path = check_output(output, [parse_spec(model).file, weights or "", input_file or ""], folder=folder)
         plan_path = plan_mod.plan_path_for(out_path)
-        check_output(str(plan_path), [model])
-        onnx_path = check_output(onnx, [model, output]) if onnx else None
+        check_output(str(plan_path), [parse_spec(model).file])
+        onnx_path = check_output(onnx, [parse_spec(model).file, output]) if onnx else None
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         result = api.shrink(
             loaded.model,
@@ -359,9 +351,10 @@ def apply(
     with guarded(debug):
         from . import api
         from . import plan as plan_mod
+        from ._tensors import count_params
         from .errors import VerificationError
 
-        out_path = check_output(output, [model, plan, weights or ""])
+        out_path = check_output(output, [parse_spec(model).file, plan, weights or ""])
         the_plan = plan_mod.load(plan)
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         api.check_runs(loaded.model, example)
@@ -373,7 +366,7 @@ def apply(
             "model": model,
             "plan": plan,
             "output": str(out_path),
-            "params": [api.count_params(loaded.model), api.count_params(pruned)],
+            "params": [count_params(loaded.model), count_params(pruned)],
             "tensors": len(the_plan["tensors"]),
             "max_abs_diff": result.max_abs_diff if result else None,
             "tolerance": result.tolerance if result else None,

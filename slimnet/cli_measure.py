@@ -54,15 +54,6 @@ def _x(v: Optional[float]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- export
-def spec_file(spec: str) -> str:
-    """The file a MODEL spec reads: ``FILE.py`` of ``FILE.py:FACTORY``, the spec itself for a saved model, and
-    nothing for a built-in, so that ``-o`` can never overwrite the user's source or model file."""
-    path, sep, factory = spec.rpartition(":")
-    if sep and path.endswith(".py") and factory.isidentifier():
-        return path
-    return "" if spec.startswith(("torchvision:", "timm:")) else spec
-
-
 def export_command(
     model: str = typer.Argument(..., help=MODEL_HELP),
     output: str = typer.Option(..., "-o", "--output", help="Where to write the .onnx file."),
@@ -78,6 +69,7 @@ def export_command(
 ) -> None:
     """Export MODEL to ONNX; the file is checked with onnx.checker and compared with torch in onnxruntime."""
     from .cli import check_output, guarded
+    from .load import parse_spec
 
     with guarded(debug):
         from .cli import model_inputs
@@ -85,7 +77,7 @@ def export_command(
 
         if opset is not None and not 7 <= opset <= 25:
             raise SlimnetError(f"--opset {opset} is not an ONNX opset torch can write: use 17 or 18")
-        out_path = check_output(output, [spec_file(model), weights or "", input_file or ""])
+        out_path = check_output(output, [parse_spec(model).file, weights or "", input_file or ""])
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         info = export_onnx(
             loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch, simplify=simplify
@@ -153,7 +145,7 @@ def bench_command(
 
 def parse_backends(values: list[str]) -> list[str]:
     """``--backend a --backend b,c`` -> [a, b, c]; all backends when none is given; unknown names refused."""
-    from .measure import BACKENDS
+    from .latency import BACKENDS
 
     names = [n.strip() for v in values for n in v.split(",") if n.strip()] or list(BACKENDS)
     unknown = [n for n in names if n not in BACKENDS]
@@ -197,9 +189,11 @@ def run_bench(
     per_layer: bool = False,
 ) -> dict[str, Any]:
     """Load, count, time and compare; returns the ``bench --json`` object (fields may be added, not changed)."""
+    from ._tensors import batch_input
     from .cli import model_inputs
+    from .latency import time_models
     from .load import load_model
-    from .measure import MACS_NOTE, batch_input, compare, count_macs, device_info, time_models
+    from .measure import MACS_NOTE, compare, count_macs, device_info
 
     first, example = model_inputs(specs[0], None, input_file, input_shape, trust_pickle)  # hf: -> token ids
     loaded = [first.model] + [load_model(s, trust_pickle=trust_pickle).model for s in specs[1:]]

@@ -28,17 +28,17 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
-import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._tensors import PositionalCall, as_args, batch_input, eval_mode, flat_tensors
+from ._util import first_line, scratch_dir
 from .errors import SlimnetError
-from .measure import _Positional, as_args, batch_input, eval_mode, flat_tensors, ort_feed, ort_session
 
 DEFAULT_OPSET = 17
 DYNAMO_OPSET = 18
@@ -73,12 +73,11 @@ def export_onnx(
     rel = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
     args, keys = as_args(example_input)
     with eval_mode(model):
-        wrapped = _Positional(model, keys).eval()
+        wrapped = PositionalCall(model, keys).eval()
         n_outputs = _count_outputs(wrapped, args)
         input_names = list(keys) if keys else _names("input", len(args))
         output_names = _names("output", n_outputs)
-        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.resolve().parent))
-        try:
+        with scratch_dir(out) as work:
             tmp = work / out.name
             exporter, used_opset = _export(wrapped, args, tmp, input_names, output_names, opset, dynamic_batch)
             external = _consolidate(tmp, out.name, _weight_bytes(model))
@@ -86,8 +85,6 @@ def export_onnx(
             _check(tmp)
             diff, bound, batches = _parity(wrapped, example_input, tmp, input_names, rel, dynamic_batch)
             _move_into_place(work, out, external)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
     return {
         "path": str(out),
         "opset": used_opset,
@@ -111,7 +108,7 @@ def _count_outputs(wrapped: nn.Module, args: tuple[torch.Tensor, ...]) -> int:
         with torch.no_grad():
             n = len(wrapped(*args))
     except Exception as exc:  # noqa: BLE001 - whatever the forward raised, say it in one line
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = first_line(exc, "")
         raise SlimnetError(
             f"the model rejects the example input ({type(exc).__name__}: {first}): give the right "
             "--input-shape or --input"
@@ -162,7 +159,7 @@ def _export(
                     _export_dynamo(wrapped, args, tmp, input_names, output_names, used, dynamic)
             return exporter, _file_opset(tmp, used)
         except Exception as exc:  # noqa: BLE001 - exporters raise anything; we try the next, then report both
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            first = first_line(exc, "")
             errors.append(f"{exporter}: {type(exc).__name__}: {first}")
             for leftover in tmp.parent.iterdir():
                 leftover.unlink()
@@ -269,7 +266,7 @@ def _simplify(tmp: Path) -> bool:
     try:
         proto = optimizer.optimize(onnx.load(str(tmp)))
     except Exception as exc:  # noqa: BLE001 - the optimizer is a nicety; say why it was not applied
-        raise SlimnetError(f"--simplify failed ({type(exc).__name__}: {str(exc)[:160]}): export without it") from None
+        raise SlimnetError(f"--simplify failed ({type(exc).__name__}: {first_line(exc)}): export without it") from None
     onnx.save_model(proto, str(tmp))
     return True
 
@@ -281,7 +278,7 @@ def _check(tmp: Path) -> None:
     try:
         onnx.checker.check_model(str(tmp))
     except Exception as exc:  # noqa: BLE001 - onnx raises ValidationError and others
-        first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SlimnetError(f"onnx.checker rejected the exported file: {first}") from None
 
 
@@ -297,7 +294,7 @@ def _parity(
     try:
         session = ort_session(tmp, "CPUExecutionProvider", torch.get_num_threads())
     except Exception as exc:  # noqa: BLE001
-        raise SlimnetError(f"onnxruntime cannot load the exported file: {str(exc).strip()[:240]}") from None
+        raise SlimnetError(f"onnxruntime cannot load the exported file: {first_line(exc)}") from None
     worst, bound, checked = 0.0, 0.0, []
     for b in batches:
         inputs = batch_input(example, b)
@@ -321,7 +318,7 @@ def _compare_once(wrapped: nn.Module, session: Any, input_names: list[str], inpu
     try:
         got = session.run(None, ort_feed(session, input_names, inputs))
     except Exception as exc:  # noqa: BLE001 - e.g. a graph that fixed the batch size
-        first = str(exc).strip().splitlines()[0][:200]
+        first = first_line(exc)
         raise SlimnetError(
             f"onnxruntime cannot run the exported file at batch {batch} ({first}); if the model "
             "only works at one batch size, export with --no-dynamic-batch"
@@ -362,3 +359,27 @@ def _size(out: Path, external: bool) -> int:
     if external:
         size += out.with_name(f"{out.name}.data").stat().st_size
     return size
+
+
+def ort_session(path: str | Path, provider: str, threads: int) -> Any:
+    """An onnxruntime session pinned to ``threads`` intra-op threads and one inter-op thread.
+
+    Spinning is off: with several sessions timed in turn, idle threads of one session spinning would steal
+    cores from the next one, which would make interleaving unfair."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
+
+
+def ort_feed(session: Any, names: Sequence[str], inputs: Any) -> dict[str, Any]:
+    """Numpy arrays keyed by the session's input names (the exporter may drop inputs the graph never reads)."""
+    args, _ = as_args(inputs)
+    wanted = {i.name for i in session.get_inputs()}
+    return {n: t.detach().cpu().numpy() for n, t in zip(names, args) if n in wanted}

@@ -34,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .trace import flat_tensors, placeholder_args
+from ._tensors import flat_tensors, map_tensors
+from ._util import lookup
+from .trace import placeholder_args
 
 NONE = -1.0
 
@@ -337,7 +339,7 @@ class AtomInterpreter(fx.Interpreter):
         if not flat_tensors(real):
             return None
         a = self.poison_atom(f"model input {name}")  # named: a group tied to an attention mask says so
-        return _map(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64))
+        return map_tensors(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64), None)
 
     def _lazy_param(self, n: fx.Node, real: Any) -> Any:
         if not isinstance(real, torch.Tensor):
@@ -369,11 +371,7 @@ class AtomInterpreter(fx.Interpreter):
             return None
         if n.op == "call_module":
             mod = self.module.get_submodule(n.target)
-            fn = None
-            for cls in type(mod).__mro__:
-                fn = RULES.get(cls) or RULES.get(f"{cls.__module__}.{cls.__qualname__}")
-                if fn is not None:
-                    break
+            fn = lookup(RULES, type(mod))
         elif n.op == "call_method":
             fn = RULES.get(n.target)
         else:
@@ -428,21 +426,11 @@ class AtomInterpreter(fx.Interpreter):
                 args.append(a)
         self.poison_ids(self.ids_of(args), reason)
         a = self.poison_atom(reason)
-        return _map(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64))
+        return map_tensors(real, lambda t: torch.full(t.shape, float(a), dtype=torch.float64), None)
 
     def real(self, value: Any) -> Any:
         """Real values of an argument structure (after the node ran: for sizes, dims, indices)."""
         return fx.node.map_arg(value, lambda nd: self.env[nd] if nd in self.env else None)
-
-
-def _map(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_map(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: _map(v, fn) for k, v in value.items()}
-    return None
 
 
 def _unique_pairs(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
@@ -1017,7 +1005,7 @@ def mix(it: AtomInterpreter, src: torch.Tensor, dims: list[int], real: Any, why:
             return row.clone()
         return torch.full(r.shape, NONE, dtype=torch.float64)
 
-    return _map(real, place)
+    return map_tensors(real, place, None)
 
 
 def _spatial(k: int) -> Callable[[AtomInterpreter, fx.Node, tuple, dict, Any], Any]:
@@ -1632,7 +1620,7 @@ def factory(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: An
     if literal and isinstance(real, torch.Tensor) and real.numel() > 1:
         a = it.poison_atom(f"tensor of fixed size created at node {it.where()}")
         return torch.full(real.shape, float(a), dtype=torch.float64)
-    return _map(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64))
+    return map_tensors(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64), None)
 
 
 @rule(
@@ -1652,7 +1640,7 @@ def factory(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: An
 )
 def like(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, real: Any) -> Any:
     """New values shaped like an existing tensor: they follow its shape and carry no channel."""
-    return _map(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64))
+    return map_tensors(real, lambda t: torch.full(t.shape, NONE, dtype=torch.float64), None)
 
 
 @rule(builtins.getattr, "size", "dim", "numel")

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ._util import first_line, scratch_dir
 from .errors import SlimnetError
 
 PLAN_KEY = "slimnet_plan"
@@ -44,14 +43,6 @@ def _transformers() -> Any:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     return transformers
-
-
-def is_hf_model(model: nn.Module) -> bool:
-    return (
-        hasattr(model, "save_pretrained")
-        and hasattr(model, "config")
-        and type(model).__module__.startswith("transformers.")
-    )
 
 
 def _model_class(config: Any) -> Any:
@@ -82,9 +73,7 @@ def from_pretrained(path: str | os.PathLike) -> nn.Module:
     try:
         config = tf.AutoConfig.from_pretrained(str(p), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - a config transformers cannot read is the user's file problem
-        raise SlimnetError(
-            f"hf:{path}: transformers cannot read config.json ({str(exc).splitlines()[0][:200]})"
-        ) from None
+        raise SlimnetError(f"hf:{path}: transformers cannot read config.json ({first_line(exc)})") from None
     cls = _model_class(config)
     plan = getattr(config, PLAN_KEY, None)
     if plan is not None:
@@ -92,9 +81,7 @@ def from_pretrained(path: str | os.PathLike) -> nn.Module:
     try:
         model, info = cls.from_pretrained(str(p), local_files_only=True, output_loading_info=True)
     except Exception as exc:  # noqa: BLE001
-        raise SlimnetError(
-            f"hf:{path}: transformers cannot load the model ({str(exc).splitlines()[0][:200]})"
-        ) from None
+        raise SlimnetError(f"hf:{path}: transformers cannot load the model ({first_line(exc)})") from None
     bad = {k: sorted(v)[:3] for k, v in info.items() if k != "error_msgs" and v}
     if bad or info.get("error_msgs"):
         raise SlimnetError(
@@ -209,9 +196,8 @@ def save_pretrained(model: nn.Module, plan: dict[str, Any], path: str | os.PathL
     out = Path(path)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise SlimnetError(f"output {path} exists and is not an empty folder: give a new folder name")
-    parent = out.resolve().parent
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with scratch_dir(out) as work:
+        tmp = work / out.name
         setattr(
             model.config,
             PLAN_KEY,
@@ -226,9 +212,6 @@ def save_pretrained(model: nn.Module, plan: dict[str, Any], path: str | os.PathL
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .errors import SlimnetError
+from .spec import default_input_shape, parse_shape, parse_spec
 
 #: Packages whose ``nn.Module`` classes may be rebuilt by the weights-only unpickler without --trust-pickle.
 TRUSTED_PACKAGES = ("torch.", "torchvision.", "timm.", "transformers.", "slimnet.")
@@ -57,29 +58,6 @@ class LoadedModel:
 def trust_from_env(flag: bool) -> bool:
     """--trust-pickle or SLIMNET_TRUST_PICKLE=1."""
     return flag or os.environ.get("SLIMNET_TRUST_PICKLE", "") not in ("", "0", "false", "False")
-
-
-def default_input_shape(spec: str) -> tuple[int, ...]:
-    """The usual image size for a built-in model: 299 for inception, 224 otherwise."""
-    name = spec.split(":", 1)[-1].lower()
-    if "inception" in name:
-        return (1, 3, 299, 299)
-    return (1, 3, 224, 224)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'1,3,224,224' -> (1, 3, 224, 224), with an error that says what a shape looks like."""
-    try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        raise SlimnetError(
-            f"--input-shape {text!r} is not a shape: give comma-separated positive integers such as 1,3,224,224"
-        ) from None
-    if not shape or any(s <= 0 for s in shape):
-        raise SlimnetError(
-            f"--input-shape {text!r} is not a shape: give comma-separated positive integers such as 1,3,224,224"
-        )
-    return shape
 
 
 def load_input(path: str | None, shape: str | None, spec: str, seed: int = 0) -> Any:
@@ -111,27 +89,22 @@ def load_model(
     spec: str, weights: str | None = None, trust_pickle: bool = False, num_classes: int | None = None
 ) -> LoadedModel:
     """Resolve MODEL into an ``nn.Module`` in eval mode; every failure is a one-line SlimnetError."""
-    trust_pickle = trust_from_env(trust_pickle)
-    if spec.startswith("torchvision:"):
-        model = _torchvision(spec.split(":", 1)[1], num_classes)
-        kind = "torchvision"
-    elif spec.startswith("timm:"):
-        model = _timm(spec.split(":", 1)[1])
-        kind = "timm"
-    elif spec.startswith("hf:"):
-        from .hf import from_pretrained
+    parsed = parse_spec(spec)
+    if parsed.kind == "torchvision":
+        model = _torchvision(parsed.target, num_classes)
+    elif parsed.kind == "timm":
+        model = _timm(parsed.target)
+    elif parsed.kind == "hf":
+        from .hf import from_pretrained  # lazy: optional dependency (transformers)
 
-        model = from_pretrained(spec.split(":", 1)[1])
-        kind = "hf"
-    elif _is_factory_spec(spec):
-        model = _factory(spec)
-        kind = "factory"
+        model = from_pretrained(parsed.target)
+    elif parsed.kind == "factory":
+        model = _factory(parsed.target, parsed.factory)
     else:
-        model = _pickle(spec, trust_pickle)
-        kind = "pickle"
+        model = _pickle(parsed.target, trust_from_env(trust_pickle))
     if weights is not None:
         _load_weights(model, weights)
-    return LoadedModel(model=model.eval(), spec=spec, kind=kind)
+    return LoadedModel(model=model.eval(), spec=spec, kind=parsed.kind)
 
 
 def _torchvision(name: str, num_classes: int | None) -> nn.Module:
@@ -167,13 +140,7 @@ def _timm(name: str) -> nn.Module:
         raise SlimnetError(f"timm cannot build {name!r}: {exc}") from None
 
 
-def _is_factory_spec(spec: str) -> bool:
-    path, sep, factory = spec.rpartition(":")
-    return bool(sep) and path.endswith(".py") and factory.isidentifier()
-
-
-def _factory(spec: str) -> nn.Module:
-    path, _, factory = spec.rpartition(":")
+def _factory(path: str, factory: str) -> nn.Module:
     file = Path(path)
     if not file.is_file():
         raise SlimnetError(f"model file {path} does not exist")

@@ -1,4 +1,4 @@
-"""What a model costs: parameters and MACs in theory (fvcore), milliseconds in practice (latency harness).
+"""What a model costs in theory: parameters and MACs (fvcore), and the speedup arithmetic of ``slimnet bench``.
 
 MACs. fvcore traces the model with the TorchScript tracer and counts each op with a *handle*; it calls one
 multiply-add one "flop", so what it reports is what we call **MACs**, and ``flops = 2 * macs``. Its own
@@ -17,34 +17,31 @@ Shape-only ops (view, pad, cat, dropout in eval, comparisons, ...) are explicitl
 with neither a handle nor a place in that list is reported under ``skipped_ops`` with its count, so a total is
 never silently too small.
 
-Latency. :func:`time_models` times several models *interleaved* (A B A B ...) on each backend, so that slow
-drift of the machine (thermal, other processes) hits all of them alike, and reports p50/p90/min in ms.
+Milliseconds in practice are :mod:`slimnet.latency`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import platform
-import sys
-import tempfile
-import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import __version__
+from ._tensors import PositionalCall, as_args, count_params, eval_mode
+from ._util import first_line
 from .errors import SlimnetError
 
 Handle = Callable[[list[Any], list[Any]], float]
 
-BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda")
 MACS_NOTE = "fvcore counts one multiply-add as one flop: macs is that count and flops = 2 x macs"
 
 
@@ -231,61 +228,9 @@ FREE_OPS = (
 
 
 # ----------------------------------------------------------------------------------------------- MAC counting
-class _Positional(nn.Module):
-    """Calls the model with the example's structure (args or kwargs) and returns a flat tuple of tensors, which
-    is what the TorchScript tracer under fvcore can digest."""
-
-    def __init__(self, model: nn.Module, keys: Sequence[str] | None) -> None:
-        super().__init__()
-        self.model = model
-        self.keys = list(keys) if keys is not None else None
-
-    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.keys, args))) if self.keys is not None else self.model(*args)
-        return tuple(flat_tensors(out))
 
 
-def flat_tensors(value: Any) -> list[torch.Tensor]:
-    """Every tensor in a (nested) output, in order: tensors, tuples, lists, dicts, Hugging Face outputs."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flat_tensors(v)]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in flat_tensors(v)]
-    if hasattr(value, "to_tuple"):
-        return flat_tensors(value.to_tuple())
-    return []
-
-
-def as_args(example: Any) -> tuple[tuple[torch.Tensor, ...], list[str] | None]:
-    """The example as positional tensors plus the keyword names (for a dict example), or an error."""
-    if isinstance(example, torch.Tensor):
-        return (example,), None
-    if isinstance(example, dict) and all(isinstance(v, torch.Tensor) for v in example.values()):
-        return tuple(example.values()), list(example)
-    if isinstance(example, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example):
-        return tuple(example), None
-    raise SlimnetError(f"the example input is a {type(example).__name__}: give a tensor, a tuple or a dict of tensors")
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Measure in eval mode (dropout off, BN on running stats) and give the model back as it came."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes.items():
-            m.train(training)
-
-
-def count_params(model: nn.Module) -> int:
-    """Parameters, each shared tensor once."""
-    return sum(p.numel() for p in model.parameters())
-
-
+# ----------------------------------------------------------------------------------------------- MAC counting
 def count_macs(model: nn.Module, example_input: Any) -> dict[str, Any]:
     """MACs (fvcore's "flops": one multiply-add = 1), FLOPs = 2 x MACs, params, per-op and per-module totals.
 
@@ -298,14 +243,14 @@ def count_macs(model: nn.Module, example_input: Any) -> dict[str, Any]:
         warnings.simplefilter("ignore")  # fvcore's import and trace warn about deprecated torch.jit APIs
         from fvcore.nn import FlopCountAnalysis
 
-        wrapped = _Positional(model, keys)
+        wrapped = PositionalCall(model, keys)
         analysis = FlopCountAnalysis(wrapped, args)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         analysis.set_op_handle(**EXTRA_HANDLES).set_op_handle(**dict.fromkeys(FREE_OPS))
         try:
             macs = int(analysis.total())
         except Exception as exc:  # noqa: BLE001 - the tracer under fvcore failed: say so in one line
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise SlimnetError(
                 f"cannot count the MACs of {type(model).__name__}: the TorchScript trace that "
                 f"fvcore uses failed ({type(exc).__name__}: {first})"
@@ -343,292 +288,6 @@ def own_macs(per_layer: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
         if parent in per_layer:
             children[parent] += row["macs"]
     return {name: row["macs"] - children.get(name, 0) for name, row in per_layer.items()}
-
-
-# ----------------------------------------------------------------------------------------------- latency
-def batch_input(example: Any, batch_size: int | None) -> Any:
-    """The example repeated along dim 0 to ``batch_size`` rows (same structure: tensor, tuple or dict)."""
-    if batch_size is None:
-        return example
-    if batch_size < 1:
-        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
-
-    def grow(t: torch.Tensor) -> torch.Tensor:
-        if t.dim() == 0 or t.shape[0] == batch_size:
-            return t
-        reps = -(-batch_size // t.shape[0])
-        return t.repeat(reps, *([1] * (t.dim() - 1)))[:batch_size].contiguous()
-
-    if isinstance(example, torch.Tensor):
-        return grow(example)
-    if isinstance(example, dict):
-        return {k: grow(v) for k, v in example.items()}
-    return tuple(grow(v) for v in example)
-
-
-def unavailable(backend: str) -> str | None:
-    """Why ``backend`` cannot run here, or None when it can."""
-    if backend not in BACKENDS:
-        raise SlimnetError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
-    if backend.endswith("cuda") and not torch.cuda.is_available():
-        return "no CUDA device visible to torch"
-    if backend.startswith("ort"):
-        import onnxruntime as ort
-
-        provider = "CUDAExecutionProvider" if backend == "ort-cuda" else "CPUExecutionProvider"
-        if provider not in ort.get_available_providers():
-            hint = " (install onnxruntime-gpu)" if backend == "ort-cuda" else ""
-            return f"onnxruntime has no {provider}{hint}"
-    return None
-
-
-def _torch_cpu(model: nn.Module, inputs: Any) -> Callable[[], float]:
-    from .trace import call
-
-    def step() -> float:
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            call(model, inputs)
-            return (time.perf_counter() - t0) * 1e3
-
-    return step
-
-
-def _torch_cuda(model: nn.Module, inputs: Any) -> Callable[[], float]:
-    from .trace import call
-
-    torch.backends.cudnn.benchmark = True
-    device_model = copy.deepcopy(model).cuda().eval()  # the caller's model stays where it is
-    device_inputs = _to_device(inputs, "cuda")
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def step() -> float:
-        with torch.inference_mode():
-            start.record()
-            call(device_model, device_inputs)
-            end.record()
-            end.synchronize()
-        return float(start.elapsed_time(end))
-
-    return step
-
-
-def _to_device(inputs: Any, device: str) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, dict):
-        return {k: v.to(device) for k, v in inputs.items()}
-    return tuple(v.to(device) for v in inputs)
-
-
-def ort_session(path: str | Path, provider: str, threads: int) -> Any:
-    """An onnxruntime session pinned to ``threads`` intra-op threads and one inter-op thread.
-
-    Spinning is off: with several sessions timed in turn, idle threads of one session spinning would steal
-    cores from the next one, which would make interleaving unfair."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
-
-
-def ort_feed(session: Any, names: Sequence[str], inputs: Any) -> dict[str, Any]:
-    """Numpy arrays keyed by the session's input names (the exporter may drop inputs the graph never reads)."""
-    args, _ = as_args(inputs)
-    wanted = {i.name for i in session.get_inputs()}
-    return {n: t.detach().cpu().numpy() for n, t in zip(names, args) if n in wanted}
-
-
-def _ort(
-    model: nn.Module, example: Any, inputs: Any, threads: int, folder: str, index: int, cuda: bool
-) -> Callable[[], float]:
-    from .export import export_onnx
-
-    path = Path(folder) / f"model{index}.onnx"
-    info = export_onnx(model, example, path)
-    session = ort_session(path, "CUDAExecutionProvider" if cuda else "CPUExecutionProvider", threads)
-    feed = ort_feed(session, info["inputs"], inputs)
-    if not cuda:
-
-        def step() -> float:
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            return (time.perf_counter() - t0) * 1e3
-
-        return step
-    return _ort_cuda_step(session, feed)
-
-
-def _ort_cuda_step(session: Any, feed: dict[str, Any]) -> Callable[[], float]:
-    """Inputs and outputs stay on the GPU (IO binding), so that the time is the model's, not PCIe copies'."""
-    import onnxruntime as ort
-
-    binding = session.io_binding()
-    for name, array in feed.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
-    for out in session.get_outputs():
-        binding.bind_output(out.name, "cuda")
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-        return (time.perf_counter() - t0) * 1e3
-
-    return step
-
-
-def _runner(
-    backend: str, model: nn.Module, example: Any, inputs: Any, threads: int, folder: str, index: int
-) -> Callable[[], float]:
-    if backend == "torch-cpu":
-        return _torch_cpu(model, inputs)
-    if backend == "torch-cuda":
-        return _torch_cuda(model, inputs)
-    return _ort(model, example, inputs, threads, folder, index, cuda=backend == "ort-cuda")
-
-
-def summarize(times_ms: Sequence[float], warmup: int) -> dict[str, float | int]:
-    """p50/p90/min over the timed runs (warm-up runs are not in ``times_ms``)."""
-    import numpy as np
-
-    arr = np.asarray(times_ms, dtype=float)
-    return {
-        "p50": float(np.percentile(arr, 50)),
-        "p90": float(np.percentile(arr, 90)),
-        "min": float(arr.min()),
-        "runs": len(arr),
-        "warmup": warmup,
-    }
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-class _Bar:
-    """A rich progress bar on stderr when it is a terminal, silence otherwise (CI logs, --json pipes)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.progress = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.progress = Progress(console=Console(stderr=True), transient=True)
-        self.task: Any = None
-
-    def __enter__(self) -> _Bar:
-        if self.progress is not None:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def start(self, description: str, total: int) -> None:
-        if self.progress is not None:
-            self.task = self.progress.add_task(description, total=total)
-
-    def advance(self) -> None:
-        if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task)
-
-
-def _interleaved(steps: Sequence[Callable[[], float]], warmup: int, runs: int, bar: _Bar) -> list[list[float]]:
-    """Warm up, then time: each round runs every model once, in turn (A B A B ...)."""
-    times: list[list[float]] = [[] for _ in steps]
-    for r in range(warmup + runs):
-        for i, step in enumerate(steps):
-            ms = step()
-            if r >= warmup:
-                times[i].append(ms)
-            bar.advance()
-    return times
-
-
-def time_models(
-    models: Sequence[tuple[str, nn.Module]],
-    example_input: Any,
-    backends: Sequence[str] = BACKENDS,
-    batch_size: int | None = 1,
-    warmup: int = 10,
-    runs: int = 50,
-    threads: int | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Time every model on every backend, interleaved. Returns ``{"latency_ms": {label: {backend: {"p50",
-    "p90", "min", "runs", "warmup"}}}, "skipped": {backend: reason}, "backends", "batch_size", "threads",
-    "warmup", "runs"}``; a backend that cannot run here (no GPU, no provider, export failed) is in ``skipped``."""
-    labels = [label for label, _ in models]
-    if len(set(labels)) != len(labels):
-        raise SlimnetError(f"model labels must be unique, got {labels}")
-    if runs < 1 or warmup < 0:
-        raise SlimnetError(f"--runs {runs} must be at least 1 and --warmup {warmup} at least 0")
-    for backend in backends:
-        unavailable(backend)  # unknown names fail now, not after minutes of timing the others
-    threads = threads or torch.get_num_threads()
-    inputs = batch_input(example_input, batch_size)
-    latency: dict[str, dict[str, Any]] = {label: {} for label in labels}
-    skipped: dict[str, str] = {}
-    with (
-        _Bar(progress) as bar,
-        tempfile.TemporaryDirectory(prefix="slimnet-bench-") as folder,
-        _torch_threads(threads),
-        eval_modes([m for _, m in models]),
-    ):
-        for backend in backends:
-            steps = unavailable(backend) or _prepare(backend, models, example_input, inputs, threads, folder)
-            if isinstance(steps, str):
-                skipped[backend] = steps
-                continue
-            bar.start(f"{backend}: {len(models)} model(s) x {warmup}+{runs}", (warmup + runs) * len(models))
-            for label, times in zip(labels, _interleaved(steps, warmup, runs, bar)):
-                latency[label][backend] = summarize(times, warmup)
-            del steps  # free sessions / device copies before the next backend
-    return {
-        "latency_ms": latency,
-        "skipped": skipped,
-        "backends": list(backends),
-        "batch_size": batch_size,
-        "threads": threads,
-        "warmup": warmup,
-        "runs": runs,
-    }
-
-
-def _prepare(
-    backend: str, models: Sequence[tuple[str, nn.Module]], example: Any, inputs: Any, threads: int, folder: str
-) -> list[Callable[[], float]] | str:
-    """One timing step per model, or the reason the backend cannot time them (e.g. an export failed)."""
-    steps = []
-    for i, (label, model) in enumerate(models):
-        try:
-            steps.append(_runner(backend, model, example, inputs, threads, folder, i))
-        except SlimnetError as exc:
-            return f"{label}: {exc}"
-    return steps
-
-
-@contextlib.contextmanager
-def eval_modes(models: Sequence[nn.Module]) -> Iterator[None]:
-    with contextlib.ExitStack() as stack:
-        for m in models:
-            stack.enter_context(eval_mode(m))
-        yield
 
 
 # ----------------------------------------------------------------------------------------------- comparison
@@ -676,8 +335,6 @@ def _version(dist: str) -> str | None:
 
 def device_info(threads: int | None = None) -> dict[str, Any]:
     """Where the numbers come from: CPU, thread count, GPU, and the versions that shape them."""
-    from . import __version__
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu_model(),

@@ -22,7 +22,6 @@ import fnmatch
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import numpy as np
 from torch import nn
 
 from . import __version__
+from ._util import write_atomic
 from .criteria import score
 from .errors import SlimnetError
 from .groups import Analysis, Group
@@ -228,16 +228,3 @@ def validate(plan: Any, where: str = "plan") -> None:
                 raise SlimnetError(f"{where}: entry {name!r} dim {dim!r} must be a list of ints")
             if idx != sorted(set(idx)) or not idx:
                 raise SlimnetError(f"{where}: entry {name!r} dim {dim} must list ascending, distinct indices")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: never a half-written output."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

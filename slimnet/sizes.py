@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from ._util import qualname
+
 Getter = Callable[[str], Any]  # tensor name relative to the module -> tensor (or traced proxy)
 SizeFn = Callable[[Getter, nn.Module], Any]
 #: qualified class name -> {attribute: fn(get, module) -> size}
@@ -28,16 +30,11 @@ def sizes(qualname: str, **attrs: SizeFn) -> None:
     SIZES.setdefault(qualname, {}).update(attrs)
 
 
-def _qualname(m: nn.Module) -> str:
-    cls = type(m)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def entries(m: nn.Module) -> dict[str, SizeFn]:
     """The size attributes of ``m`` (from its class or any base class) that it actually has."""
     out: dict[str, SizeFn] = {}
     for cls in reversed(type(m).__mro__):
-        for attr, fn in SIZES.get(f"{cls.__module__}.{cls.__qualname__}", {}).items():
+        for attr, fn in SIZES.get(qualname(cls), {}).items():
             if isinstance(getattr(m, attr, None), int):
                 out[attr] = fn
     return out

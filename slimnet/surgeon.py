@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._util import lookup
 from .errors import SlimnetError
 
 Fixer = Callable[[nn.Module], "nn.Module | None"]  # may return a replacement module
@@ -109,14 +110,6 @@ def _hf_conv1d(m: nn.Module) -> None:
     m.nx, m.nf = m.weight.shape
 
 
-def _fixer(m: nn.Module) -> Fixer | None:
-    for cls in type(m).__mro__:
-        fix = SURGERY.get(cls) or SURGERY.get(f"{cls.__module__}.{cls.__qualname__}")
-        if fix is not None:
-            return fix
-    return None
-
-
 def _slice(t: torch.Tensor, dims: dict[str, list[int]], name: str) -> torch.Tensor:
     out = t.detach()
     for dim_s, idx in sorted(dims.items(), key=lambda kv: int(kv[0])):
@@ -184,7 +177,7 @@ def _fix_modules(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     touched = {name.rpartition(".")[0] for name in plan["tensors"]}
     for mod_name in sorted(touched, key=lambda n: (-n.count("."), n)):  # children before their parents
         mod = model.get_submodule(mod_name) if mod_name else model
-        fix = _fixer(mod)
+        fix = lookup(SURGERY, type(mod))
         if fix is None:
             continue
         replacement = fix(mod)

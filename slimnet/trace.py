@@ -22,6 +22,8 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
+from ._tensors import call, flat_tensors, replace_tensors
+from ._util import first_line, qualname
 from .errors import SlimnetError
 
 
@@ -95,7 +97,7 @@ def concrete_args(model: nn.Module, example: Any) -> dict[str, Any] | None:
 
 def _trace_error(model: nn.Module, exc: BaseException) -> SlimnetError:
     where = _user_frame(exc)
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    msg = first_line(exc)
     at = f" at {where}" if where else ""
     return SlimnetError(
         f"cannot trace {type(model).__name__}{at} ({msg[:200]}): torch.fx needs forward() without "
@@ -320,10 +322,6 @@ def _traced_factories(tracer: _ValueTracer) -> Iterator[None]:
             setattr(torch, name, fn)
 
 
-def qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def _fetch(root: nn.Module, target: str) -> Any:
     obj: Any = root
     for part in target.split("."):
@@ -331,26 +329,15 @@ def _fetch(root: nn.Module, target: str) -> Any:
     return obj
 
 
-def _leaves(value: Any) -> list[torch.Tensor]:
-    """Tensors of an argument structure that become graph inputs (plain tuples, lists and dicts only)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _leaves(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _leaves(v)]
-    return []
-
-
 def _leaf_names(args: tuple, kwargs: dict) -> list[str]:
-    """Identifiers for the tensors :func:`_leaves` finds, in its order: keyword names, ``arg0``..., suffixed
+    """Identifiers for the tensors :func:`flat_tensors` finds, in its order: keyword names, ``arg0``..., suffixed
     with positions inside nested containers."""
     names: list[str] = []
     for prefix, value in [(f"arg{i}", a) for i, a in enumerate(args)] + list(kwargs.items()):
         base = re.sub(r"\W", "_", str(prefix))
         if not base.isidentifier() or keyword.iskeyword(base):
             base = f"input_{base}"
-        n = len(_leaves(value))
+        n = len(flat_tensors(value))
         names += [base] if isinstance(value, torch.Tensor) else [f"{base}_{j}" for j in range(n)]
     out: list[str] = []
     for nm in names:  # unique
@@ -358,16 +345,6 @@ def _leaf_names(args: tuple, kwargs: dict) -> list[str]:
             nm += "_"
         out.append(nm)
     return out
-
-
-def _rebuild(value: Any, leaves: Iterator) -> Any:
-    if isinstance(value, torch.Tensor):
-        return next(leaves)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_rebuild(v, leaves) for v in value)
-    if isinstance(value, dict):
-        return {k: _rebuild(v, leaves) for k, v in value.items()}
-    return value
 
 
 class _Call(nn.Module):
@@ -380,7 +357,7 @@ class _Call(nn.Module):
         self._spec = (args, kwargs)
 
     def call(self, *leaves: Any) -> Any:
-        args, kwargs = _rebuild(self._spec, iter(leaves))
+        args, kwargs = replace_tensors(self._spec, leaves)
         return self.m(*args, **kwargs)
 
 
@@ -393,7 +370,7 @@ def trace_call(module: nn.Module, args: tuple, kwargs: dict) -> fx.GraphModule:
         kwargs["use_cache"] = False  # a key/value cache is an inference-time extra, not part of the function
     if kwargs.get("past_key_values") is not None:
         kwargs["past_key_values"] = None
-    leaves = _leaves((args, kwargs))
+    leaves = flat_tensors((args, kwargs))
     names = _leaf_names(args, kwargs)  # the call's own argument names: reasons then say "model input attention_mask"
     ns: dict[str, Any] = {}
     exec(f"def forward(self, {', '.join(names)}):\n    return self.call({', '.join(names)})\n", ns)  # noqa: S102
@@ -463,15 +440,6 @@ def trace_pieces(model: nn.Module, example: Any) -> list[tuple[str, fx.GraphModu
     return pieces
 
 
-def call(model: nn.Module, example: Any) -> Any:
-    """Call a model the way the example input says: a tensor, a tuple of positional args, or a dict of kwargs."""
-    if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, (tuple, list)):
-        return model(*example)
-    return model(example)
-
-
 def placeholder_args(gm: fx.GraphModule, example: Any) -> list[Any]:
     """Order the example input as the graph's placeholders expect it."""
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
@@ -494,30 +462,3 @@ def placeholder_args(gm: fx.GraphModule, example: Any) -> list[Any]:
     if isinstance(example, (tuple, list)):
         return list(example)
     return [example]
-
-
-def map_tensors(value: Any, fn: Any) -> Any:
-    """Apply ``fn`` to every tensor in a nested tuple/list/dict structure."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: map_tensors(v, fn) for k, v in value.items()}
-    return value
-
-
-def flat_tensors(value: Any) -> list[torch.Tensor]:
-    """Every tensor in a nested structure, in a fixed order."""
-    out: list[torch.Tensor] = []
-    if isinstance(value, torch.Tensor):
-        out.append(value)
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            out.extend(flat_tensors(v))
-    elif isinstance(value, dict):
-        for k in value:
-            out.extend(flat_tensors(value[k]))
-    elif hasattr(value, "to_tuple"):  # Hugging Face ModelOutput
-        out.extend(flat_tensors(value.to_tuple()))
-    return out

@@ -34,8 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._tensors import call, count_params, flat_tensors, map_tensors
+from ._util import first_line
 from .surgeon import mask_plan
-from .trace import call, flat_tensors, map_tensors
 
 TOL64 = 1e-6
 TOL32 = 1e-4
@@ -133,7 +134,7 @@ def _verify_once(
     """One check; ``example_only`` (the re-check with randomised constants) runs the example alone in float32:
     sizes that a forward hard-codes do not depend on weight values, so the first check has covered them, and a
     wrong cut moves outputs by far more than float32's tolerance."""
-    if sum(p.numel() for p in original.parameters()) > BIG_PARAMS:
+    if count_params(original) > BIG_PARAMS:
         with torch.no_grad():
             return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32, example_only)
     reference = mask_plan(copy.deepcopy(original), plan).eval()
@@ -155,31 +156,54 @@ def _verify_once(
 def constant_tensors(model: nn.Module) -> list[str]:
     """State-dict names of floating parameters and norm running statistics of more than one element whose
     elements are all equal (tied names listed once)."""
-    names, seen = [], set()
-    buffers = {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")}
-    params = {n for n, _ in model.named_parameters()}
-    for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) in seen or (name not in params and name not in buffers):
-            continue
-        seen.add(id(t))
-        if t.is_floating_point() and t.numel() > 1:
-            flat = t.detach().reshape(-1)
-            if bool((flat == flat[0]).all()):
-                names.append(name)
+    state = model.state_dict(keep_vars=True)
+    names = []
+    for name in _noisy_names(model):
+        flat = state[name].detach().reshape(-1)
+        if flat.numel() > 1 and bool((flat == flat[0]).all()):
+            names.append(name)
     return names
 
 
-def _noise(name: str, t: torch.Tensor) -> torch.Tensor:
-    """Seeded by the tensor's name: around its constant value, at a scale that keeps activations in range
-    (1/sqrt(fan-in) for weight matrices and kernels, 0.1 for vectors; running variances stay positive)."""
-    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    value = float(t.reshape(-1)[0])
+def _noise(name: str, t: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Seeded by the tensor's name (and ``seed``): around the tensor's mean, at a scale that keeps activations
+    in range: 1/sqrt(fan-in) for weight matrices and kernels, 0.1 for vectors (0.1 of the mean's size when that
+    is above 1); running variances stay positive."""
+    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()) + seed)
+    value = float(t.double().mean())
     z = torch.randn(t.shape, generator=gen, dtype=torch.float64)
     if name.endswith("running_var"):
         return (abs(value) or 1.0) * (0.5 + torch.rand(t.shape, generator=gen, dtype=torch.float64))
     if t.dim() >= 2:
         return value + z / math.sqrt(max(1, t.numel() // t.shape[0]))
-    return value + 0.1 * z * (abs(value) or 1.0)
+    return value + 0.1 * z * max(abs(value), 1.0)
+
+
+def randomise(model: nn.Module, names: list[str] | None = None, seed: int = 0) -> nn.Module:
+    """Replace tensors of ``model`` in place with seeded noise (see :func:`_noise`): the ``names`` given, or every
+    floating parameter and norm running statistic. A wrong cut cannot hide behind a randomised tensor, which is
+    what the verifier's second check does with constant tensors, and what tests and tools use to make every
+    channel of a freshly initialised model distinguishable."""
+    state = model.state_dict(keep_vars=True)
+    chosen = names if names is not None else _noisy_names(model)
+    with torch.no_grad():
+        for name in chosen:
+            t = state[name]
+            t.copy_(_noise(name, t, seed).to(t.dtype))
+    return model
+
+
+def _noisy_names(model: nn.Module) -> list[str]:
+    """Floating parameters and norm running statistics, each tensor once."""
+    buffers = {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")}
+    params = {n for n, _ in model.named_parameters()}
+    names, seen = [], set()
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen or (name not in params and name not in buffers) or not t.is_floating_point():
+            continue
+        seen.add(id(t))
+        names.append(name)
+    return names
 
 
 def _randomised(
@@ -232,7 +256,7 @@ def _compare(
         try:
             got = _run(candidate, inp, dtype)
         except Exception as exc:  # noqa: BLE001 - the pruned model breaks where the original does not
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             return VerifyResult(
                 float("inf"),
                 tol,

@@ -9,22 +9,15 @@ import pytest
 import torch
 from torch import nn
 
+from slimnet import verify
+from slimnet._tensors import call, flat_tensors
 from slimnet.api import ShrinkResult, shrink
 from slimnet.surgeon import mask_plan
-from slimnet.trace import call, flat_tensors
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random weights and BN statistics that are not the identity, so that wrong cuts show in outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                if "running_var" in name:
-                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
-                else:
-                    t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
-    return model.eval()
+    return verify.randomise(model, seed=seed).eval()
 
 
 def check(model: nn.Module, x: Any, ratio: float = 0.5, **kw: Any) -> ShrinkResult:

@@ -12,10 +12,12 @@ import typer
 from torch import nn
 from typer.testing import CliRunner
 
-from slimnet import measure
+from slimnet import latency
+from slimnet._tensors import batch_input
 from slimnet.cli_measure import register
 from slimnet.errors import SlimnetError
-from slimnet.measure import batch_input, compare, count_macs, device_info, own_macs, time_models
+from slimnet.latency import time_models
+from slimnet.measure import compare, count_macs, device_info, own_macs
 
 app = typer.Typer()
 register(app)
@@ -160,7 +162,7 @@ def test_interleaved_order():
     def step(name: str):
         return lambda: calls.append(name) or 1.0
 
-    times = measure._interleaved([step("a"), step("b")], warmup=1, runs=2, bar=measure._Bar(False))
+    times = latency._interleaved([step("a"), step("b")], warmup=1, runs=2, bar=latency._Bar(False))
     assert calls == ["a", "b"] * 3 and times == [[1.0, 1.0], [1.0, 1.0]]
 
 
@@ -169,7 +171,7 @@ def test_time_models_fields_not_values():
     models = [("big", conv_net(8)), ("small", conv_net(4))]
     res = time_models(models, torch.randn(1, 3, 16, 16), runs=5, warmup=1, threads=1, progress=False)
     assert res["runs"] == 5 and res["warmup"] == 1 and res["threads"] == 1 and res["batch_size"] == 1
-    assert res["backends"] == list(measure.BACKENDS)
+    assert res["backends"] == list(latency.BACKENDS)
     timed = ["torch-cpu", "ort-cpu"] + (["torch-cuda"] if torch.cuda.is_available() else [])
     for label, _ in models:
         for b in timed:

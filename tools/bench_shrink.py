@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from slimnet.api import count_params, shrink  # noqa: E402
-from slimnet.load import load_model  # noqa: E402
+from slimnet._tensors import count_params
+from slimnet.api import shrink
+from slimnet.load import load_model
 
 
 def run_slimnet(name: str, criterion: str) -> tuple[float, int, str]:

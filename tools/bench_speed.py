@@ -24,10 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from slimnet.load import load_model  # noqa: E402
-from slimnet.measure import count_macs, device_info, time_models  # noqa: E402
+from slimnet.latency import time_models
+from slimnet.load import load_model
+from slimnet.measure import count_macs, device_info
 
 
 @dataclass

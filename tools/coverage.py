@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 ALL_CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale")
 TRANSFORMERS = ("vit", "swin", "swin_v2", "maxvit")
@@ -132,47 +130,29 @@ def perturb(model: Any, seed: int = 0) -> dict[str, int]:
     (weight 1, bias 0, running mean 0, var 1), most biases are 0, ConvNeXt's layer scales are 1e-6 and ViT's
     classifier head is all zeros (every output exactly 0). A cut that keeps the wrong indices of a constant
     tensor computes the same numbers, and a branch scaled by 1e-6 hides any error below the tolerance: the
-    verification would pass without checking. Values stay moderate (norm weights and scales in [0.5, 1.5],
-    biases and statistics ~0.1), so deep models keep finite, well-scaled activations."""
+    verification would pass without checking. So norm tensors and near-zero parameters get seeded noise
+    (:func:`slimnet.verify.randomise`: vectors ~0.1 around their mean, kernels at 1/sqrt(fan-in)), which keeps
+    deep models' activations finite and well scaled."""
     import torch
 
-    gen = torch.Generator().manual_seed(seed)
-    counts = {"norm": 0, "bias": 0, "scale": 0, "zero_weight": 0}
+    from slimnet.verify import randomise
 
-    def uniform(t: torch.Tensor) -> torch.Tensor:
-        return 0.5 + torch.rand(t.shape, generator=gen, dtype=t.dtype)
-
-    def normal(t: torch.Tensor, std: float) -> torch.Tensor:
-        return torch.randn(t.shape, generator=gen, dtype=t.dtype) * std
-
+    state = model.state_dict(keep_vars=True)
+    params = {n for n, _ in model.named_parameters()}
+    names = []
+    for mod_name, mod in model.named_modules():
+        norm = "Norm" in type(mod).__name__
+        for name, t in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            full = f"{mod_name}.{name}" if mod_name else name
+            if t is None or not t.is_floating_point() or t.numel() == 0 or full not in state:
+                continue
+            if norm and name in ("weight", "bias", "running_mean", "running_var"):
+                names.append(full)
+            elif full in params and float(t.detach().abs().max()) < 1e-4:
+                names.append(full)
     with torch.no_grad():
-        for mod in model.modules():
-            norm = "Norm" in type(mod).__name__
-            params = [(n, t, True) for n, t in mod.named_parameters(recurse=False)]
-            buffers = [(n, t, False) for n, t in mod.named_buffers(recurse=False)]
-            for name, t, is_param in params + buffers:
-                if t is None or not t.is_floating_point() or t.numel() == 0:
-                    continue
-                if norm:
-                    if name in ("weight", "running_var"):
-                        t.copy_(uniform(t))
-                    elif name in ("bias", "running_mean"):
-                        t.copy_(normal(t, 0.1))
-                    else:
-                        continue
-                    counts["norm"] += 1
-                elif not is_param or float(t.abs().max()) >= 1e-4:
-                    continue
-                elif name.endswith("bias"):
-                    t.copy_(normal(t, 0.1))
-                    counts["bias"] += 1
-                elif t.dim() >= 2 and name.endswith("weight"):
-                    t.copy_(normal(t, 0.02))
-                    counts["zero_weight"] += 1
-                else:
-                    t.copy_(uniform(t))  # layer scales and other tiny per-channel multipliers
-                    counts["scale"] += 1
-    return {k: v for k, v in counts.items() if v}
+        randomise(model, names, seed=seed)
+    return {"tensors": len(names)}
 
 
 def run_model(
@@ -191,6 +171,7 @@ def run_model(
     import torch
 
     from slimnet import api
+    from slimnet._tensors import count_params
     from slimnet.load import default_input_shape, load_model
 
     warnings.filterwarnings("ignore")
@@ -203,7 +184,7 @@ def run_model(
             shape = shape[:2] + (size, size)
         rec["size"] = shape[-1]
         example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        rec["params_before"] = api.count_params(model)
+        rec["params_before"] = count_params(model)
         if not plain_init:
             rec["perturbed"] = perturb(model)
         with torch.no_grad():

@@ -30,15 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers as tf
+
+from slimnet import hf, verify
+from slimnet.api import shrink
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import transformers as tf  # noqa: E402
-
-from slimnet import hf  # noqa: E402
-from slimnet.api import shrink  # noqa: E402
 
 tf.logging.set_verbosity_error()
 
@@ -197,11 +194,7 @@ ARCHS: dict[str, tuple[str, str, dict[str, Any], Callable[[], dict[str, torch.Te
 
 def randomise(model: torch.nn.Module) -> torch.nn.Module:
     """Random norms and biases too, so that a wrong cut cannot hide behind ones and zeros."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
+    return verify.randomise(model, seed=1).eval()
 
 
 def outputs(model: torch.nn.Module, example: dict[str, torch.Tensor]) -> list[torch.Tensor]:

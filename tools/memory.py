@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from slimnet.api import shrink
+from slimnet.load import load_model
 
-from slimnet.api import shrink  # noqa: E402
-from slimnet.load import load_model  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def peak_mb() -> float:

@@ -1,0 +1,110 @@
+"""Example inputs and outputs: walking them, and calling models with them.
+
+A model's example input or output is a tensor, or tuples, lists, dicts, named tuples and Hugging Face
+``ModelOutput`` objects of tensors; :func:`flat_tensors` and :func:`map_tensors` walk them with
+``torch.utils._pytree`` (which knows all of those), so no stage carries its own walker. :func:`call`,
+:func:`as_args` and :class:`PositionalCall` call a model the way its example says; :func:`batch_input` grows the
+example's batch; :func:`eval_mode` measures in eval mode and gives the model back as it came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from .errors import SlimnetError
+
+
+def flat_tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a nested structure (tuples, lists, dicts, named tuples, ModelOutputs), in order."""
+    if hasattr(value, "to_tuple") and not isinstance(value, (tuple, list, dict)):
+        value = value.to_tuple()
+    return [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor)]
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], Any], others: Any = ...) -> Any:
+    """``fn`` applied to every tensor of a nested structure; other leaves are kept, or replaced by ``others``
+    when it is given (``others=None``: a structure that holds only what ``fn`` made)."""
+    keep = others is ...
+    return pytree.tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else (x if keep else others), value)
+
+
+def replace_tensors(value: Any, tensors: Sequence[Any]) -> Any:
+    """``value`` with its tensors (in :func:`flat_tensors` order) replaced by ``tensors``, one for one."""
+    leaves, spec = pytree.tree_flatten(value)
+    it = iter(tensors)
+    return pytree.tree_unflatten([next(it) if isinstance(x, torch.Tensor) else x for x in leaves], spec)
+
+
+# ------------------------------------------------------------------------------------------ calling models
+def call(model: nn.Module, example: Any) -> Any:
+    """Call a model the way the example input says: a tensor, a tuple of positional args, or a dict of kwargs."""
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, (tuple, list)):
+        return model(*example)
+    return model(example)
+
+
+def as_args(example: Any) -> tuple[tuple[torch.Tensor, ...], list[str] | None]:
+    """The example as positional tensors plus the keyword names (for a dict example), or an error."""
+    if isinstance(example, torch.Tensor):
+        return (example,), None
+    if isinstance(example, dict) and all(isinstance(v, torch.Tensor) for v in example.values()):
+        return tuple(example.values()), list(example)
+    if isinstance(example, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example):
+        return tuple(example), None
+    raise SlimnetError(f"the example input is a {type(example).__name__}: give a tensor, a tuple or a dict of tensors")
+
+
+class PositionalCall(nn.Module):
+    """Calls the model with the example's structure (args or kwargs) and returns a flat tuple of tensors, which
+    is what the TorchScript tracer (under fvcore and the ONNX exporter) can digest."""
+
+    def __init__(self, model: nn.Module, keys: Sequence[str] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.keys = list(keys) if keys is not None else None
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(**dict(zip(self.keys, args))) if self.keys is not None else self.model(*args)
+        return tuple(flat_tensors(out))
+
+
+def batch_input(example: Any, batch_size: int | None) -> Any:
+    """The example repeated along dim 0 to ``batch_size`` rows (same structure: tensor, tuple or dict)."""
+    if batch_size is None:
+        return example
+    if batch_size < 1:
+        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 0 or t.shape[0] == batch_size:
+            return t
+        reps = -(-batch_size // t.shape[0])
+        return t.repeat(reps, *([1] * (t.dim() - 1)))[:batch_size].contiguous()
+
+    return map_tensors(example, grow)
+
+
+@contextlib.contextmanager
+def eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Run in eval mode (dropout off, BN on running stats) and give every model back as it came."""
+    modes = {m: m.training for model in models for m in model.modules()}
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters, each shared tensor once."""
+    return sum(p.numel() for p in model.parameters())
