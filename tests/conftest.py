@@ -1,64 +1,9 @@
-"""Shared helpers: shrink a model and check the numbers, not just that something ran."""
+"""Fixtures only; the shared helpers live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import pytest
 import torch
-from torch import nn
-
-from slimnet import verify
-from slimnet._tensors import call, flat_tensors
-from slimnet.api import ShrinkResult, shrink
-from slimnet.surgeon import mask_plan
-
-
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights and BN statistics that are not the identity, so that wrong cuts show in outputs."""
-    return verify.randomise(model, seed=seed).eval()
-
-
-def check(model: nn.Module, x: Any, ratio: float = 0.5, **kw: Any) -> ShrinkResult:
-    """Shrink, then re-check independently: pruned output equals the masked original, every planned tensor
-    is the original sliced by the plan, and the pruned model is smaller."""
-    original = copy.deepcopy(model)
-    kw.setdefault("round_to", 1)
-    res = shrink(model, x, ratio=ratio, measure=False, **kw)
-    # the input model is untouched
-    for (k, a), (_, b) in zip(original.state_dict().items(), model.state_dict().items()):
-        assert torch.equal(a, b), f"shrink modified the input model's {k}"
-    assert res.verification.passed, res.verification.error
-    masked = mask_plan(copy.deepcopy(model), res.plan).double()
-    pruned = copy.deepcopy(res.model).double()
-    with torch.no_grad():
-        xs = torch.utils._pytree.tree_map(
-            lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, x
-        )
-        ref, got = flat_tensors(call(masked, xs)), flat_tensors(call(pruned, xs))
-    for r, g in zip(ref, got):
-        assert r.shape == g.shape
-        assert torch.allclose(r, g, atol=1e-9 * (1 + float(r.abs().max()))), float((r - g).abs().max())
-    state = model.state_dict()
-    new_state = res.model.state_dict()
-    for name, dims in res.plan["tensors"].items():
-        expect = state[name]
-        for d, idx in sorted(dims.items()):
-            expect = expect.index_select(int(d), torch.tensor(idx))
-        assert torch.equal(new_state[name], expect), name
-    for name, t in state.items():
-        if name not in res.plan["tensors"]:
-            assert torch.equal(new_state[name], t), f"{name} changed without being in the plan"
-    return res
-
-
-def kept(res: ShrinkResult, name: str, dim: int = 0) -> list[int] | None:
-    return res.plan["tensors"].get(name, {}).get(str(dim))
-
-
-def reasons(res: ShrinkResult) -> dict[str, str]:
-    return {s["group"]: s["reason"] for s in res.report["skipped"]}
 
 
 @pytest.fixture(autouse=True)

@@ -26,54 +26,15 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from slimnet.cli import app
+
+from .helpers import NET, UNTRACEABLE, cli_runner
 
 SHAPE = "1,3,32,32"
 ROOT = Path(__file__).resolve().parent.parent
 
-NET = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-            self.bn1 = nn.BatchNorm2d(16)
-            self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
-            self.fc = nn.Linear(16, 10)
-
-        def forward(self, x):
-            x = torch.relu(self.bn1(self.conv1(x)))
-            x = self.conv2(x)
-            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-    def make():
-        torch.manual_seed(0)
-        return Net()
-    """
-)
-
-UNTRACEABLE = NET.replace(
-    "        x = self.conv2(x)\n",
-    "        if x.sum() > 0:  # data-dependent control flow\n            x = self.conv2(x)\n",
-)
-
-
-def _runner() -> CliRunner:
-    """stderr kept apart from stdout: click < 8.2 needs mix_stderr=False, newer click always separates them."""
-    try:
-        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:
-        return CliRunner()
-
-
-runner = _runner()
+runner = cli_runner()
 
 
 def sha(path: Path) -> str:

@@ -16,7 +16,7 @@ from slimnet.api import apply
 from slimnet.cli import app
 from slimnet.hf import from_pretrained, save_pretrained
 
-from .conftest import check, kept, randomise
+from .helpers import check, kept, randomise
 
 tf = pytest.importorskip("transformers")
 tf.logging.set_verbosity_error()

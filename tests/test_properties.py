@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import check, randomise
+from .helpers import check, randomise
 from .randnet import RandomNet
 
 settings.register_profile(

@@ -17,7 +17,7 @@ from slimnet.plan import keep_count
 from slimnet.surgeon import apply_plan
 from slimnet.verify import verify
 
-from .conftest import check, kept, randomise, reasons
+from .helpers import check, kept, randomise, reasons
 
 
 class ConvBNConv(nn.Module):
