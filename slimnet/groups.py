@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ._tensors import flat_tensors, map_tensors
-from ._util import lookup
-from .trace import placeholder_args
+from ._util import lookup, qualname
+from .errors import SlimnetError
+from .trace import placeholder_args, trace, trace_pieces
 
 NONE = -1.0
 
@@ -159,6 +160,12 @@ def rule(*keys: Any) -> Callable[[Rule], Rule]:
         return fn
 
     return deco
+
+
+def is_leaf_class(cls: type) -> bool:
+    """The tracer's leaf policy: a module class with a rule keyed by its exact qualified name (Hugging Face's
+    ``Conv1D``) stays one node; torch.nn's classes are leaves anyway."""
+    return qualname(cls) in RULES
 
 
 def _where(node: fx.Node) -> str:
@@ -1674,14 +1681,11 @@ def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None) ->
     A model that cannot be traced whole is analysed piece by piece (:func:`slimnet.trace.trace_pieces`):
     the pieces' inputs and outputs stay whole, and the reason the whole model did not trace is kept in
     ``Analysis.notes``. With no prunable piece the tracing error is raised as it was."""
-    from .errors import SlimnetError
-    from .trace import trace, trace_pieces
-
     if gm is None:
         try:
-            gm = trace(model, example)
+            gm = trace(model, example, is_leaf=is_leaf_class)
         except SlimnetError as exc:
-            pieces = trace_pieces(model, example)
+            pieces = trace_pieces(model, example, is_leaf=is_leaf_class)
             analysis = _analyse_pieces(model, pieces, str(exc))
             if not any(g.prunable for g in analysis.groups):
                 raise
