@@ -478,7 +478,7 @@ def test_round_to_rule(n, ratio, step, want):
 def test_graph_reports_groups_and_reasons():
     analysis = graph(randomise(Unknown()), torch.randn(1, 3, 4, 4))
     by_name = {g.name: g for g in analysis.groups}
-    assert by_name["b"].prunable and by_name["b"].channels == 8
+    assert by_name["b"].prunable and by_name["b"].n_units == 8
     assert not by_name["a"].prunable and "fft" in by_name["a"].reason
 
 
