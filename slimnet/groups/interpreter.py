@@ -164,11 +164,11 @@ class AtomInterpreter(fx.Interpreter):
         return f"{n.name}{_where(n)}" if n is not None else ""
 
     # -- atoms and marks --------------------------------------------------------------------------------
-    def new_atoms(self, n: int, producer: str) -> np.ndarray:
-        """``n`` new channel atoms made by layer ``producer`` (their classes are units named after it)."""
-        start = self._uf.add(n)
-        self._channel_ranges.append((start, n, producer))
-        return np.arange(start, start + n, dtype=np.int64)
+    def new_atoms(self, count: int, producer: str) -> np.ndarray:
+        """``count`` new channel atoms made by layer ``producer`` (their classes are units named after it)."""
+        start = self._uf.add(count)
+        self._channel_ranges.append((start, count, producer))
+        return np.arange(start, start + count, dtype=np.int64)
 
     def poisoned_atom(self, reason: str) -> int:
         """A new atom that keeps whatever it is combined with whole."""

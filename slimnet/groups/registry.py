@@ -23,13 +23,16 @@ never guesses; where it cannot say where a tensor's channels come from, it refus
 A rule reaches the interpreter through these methods only (never its attributes):
 
 * reading: ``ids_of(arg)``, ``value_of(arg)``, ``param_name(arg)``, ``module_of(n)``, ``where()``;
-* atoms: ``new_atoms(n, producer)``, ``poisoned_atom(why)``, ``bind(tensor, dim, atoms, role)``,
+* atoms: ``new_atoms(count, producer)``, ``poisoned_atom(why)``, ``bind(tensor, dim, atoms, role)``,
   ``unify(atoms)``, ``unify_pairs(pairs)``, ``roots()``;
 * marks: ``poison(atoms, why)``, ``poison_ids(ids, why)``, ``mark_heads(atoms)``, ``mark_normalised(atoms, why)``,
   ``note(atom, why)``;
 * id tensors: ``per_index(ids, dim, why)``, ``fill(atoms, shape, dim)``, ``tie(ids, dim, why)``,
   ``tie_pieces(ids, dim, pieces, why)``, ``value_use(nodes)``;
-* refusing with a better name for the op: ``unknown(n, value, what)``.
+* refusing with a better name for the op: ``unknown(n, value, what)``;
+
+and the helpers of :mod:`slimnet.groups.atoms` (``NO_ATOM``, ``constant_ids``, ``one_atom_per_slice``,
+``unique_pairs``, ``unique_atoms``).
 
 Keys and lookup
 ---------------
