@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from torch import fx, nn
 
+from .. import cost
 from ..errors import SlimnetError
 from ..trace import placeholder_args, trace, trace_pieces
 from .atoms import UnionFind
@@ -63,18 +64,24 @@ def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None) ->
             if not any(g.prunable for g in analysis.groups):
                 raise
             return analysis
-    groups = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
-    return Analysis(groups=groups, aliases=tensor_aliases(model)[1], shapes=_shapes(model))
+    groups, macs = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
+    alias, alias_groups = tensor_aliases(model)
+    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model))
+    analysis.cost = cost.build(model, groups, alias, macs)
+    return analysis
 
 
 def _shapes(model: nn.Module) -> Shapes:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _analyse_graph(gm: fx.GraphModule, inputs: list[Any]) -> list[Group]:
+def _analyse_graph(gm: fx.GraphModule, inputs: list[Any], offset: int = 0,
+                   prefix: str = "") -> tuple[list[Group], list[cost.Resolved]]:  # fmt: skip
+    """The groups of one graph, and its MAC terms over units numbered from ``offset``."""
     alias, _ = tensor_aliases(gm)
     evidence = AtomInterpreter(gm, alias).collect(*inputs)
-    return assemble(evidence, _shapes(gm))
+    groups, roots = assemble_roots(evidence, _shapes(gm))
+    return groups, cost.resolve_part(evidence.costs, groups, roots, alias, offset, prefix)
 
 
 def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], why: str) -> Analysis:
@@ -82,13 +89,17 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
     (shared embeddings) is frozen: the other user was not traced with it."""
     alias, alias_groups = tensor_aliases(model)
     groups: list[Group] = []
+    macs: list[cost.Resolved] = []
     for path, gm in pieces:
 
         def full(t: str, path: str = path) -> str:
             name = f"{path}.{t}"
             return alias.get(name, name)
 
-        for g in _analyse_graph(gm, gm.meta["inputs"]):
+        offset = sum(len(g.units) for g in groups)
+        piece_groups, piece_macs = _analyse_graph(gm, gm.meta["inputs"], offset, path)
+        macs += piece_macs
+        for g in piece_groups:
             reason = g.reason
             if reason and (reason.startswith("model input") or reason == "model output"):
                 end = "input" if reason.startswith("model input") else "output"
@@ -104,14 +115,18 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
                     reason=reason,
                     normalised=g.normalised,
                     members=[(full(t), d) for t, d in g.members],
-                    units=[Unit({(full(t), d): idx for (t, d), idx in u.members.items()}) for u in g.units],
+                    units=[
+                        Unit({(full(t), d): idx for (t, d), idx in u.members.items()}, root=u.root) for u in g.units
+                    ],
                     roles={(full(t), d): r for (t, d), r in g.roles.items()},
                     kind=g.kind,
                 )
             )
     first = why.split(": torch.fx needs")[0]
     notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
-    return Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model), notes=notes)
+    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model), notes=notes)
+    analysis.cost = cost.build(model, groups, alias, macs, complete=False)
+    return analysis
 
 
 # ------------------------------------------------------------------------------------------ assembly
@@ -128,6 +143,11 @@ class Marks:
 def assemble(evidence: Evidence, shapes: Shapes) -> list[Group]:
     """The groups that ``evidence`` describes; ``shapes`` (state_dict name -> shape) says which tensors exist.
     Reads ``evidence`` and never changes it."""
+    return assemble_roots(evidence, shapes)[0]
+
+
+def assemble_roots(evidence: Evidence, shapes: Shapes) -> tuple[list[Group], np.ndarray]:
+    """:func:`assemble`, and the root of every atom after assembly's merges (what the cost terms need)."""
     uf = UnionFind(evidence.parents)
     by_member = merge_shared_bindings(evidence.bindings, uf)
     unsliceable = bind_free_parameters(evidence.param_ranges, uf, by_member)
@@ -141,7 +161,7 @@ def assemble(evidence: Evidence, shapes: Shapes) -> list[Group]:
         notes=first_reason_by_root([*evidence.notes, *unsliceable], roots),
         heads={int(roots[a]) for a in evidence.heads},
     )
-    return bucket_groups(unit_roots, slots, roles, producer_of, marks)
+    return bucket_groups(unit_roots, slots, roles, producer_of, marks), roots
 
 
 def merge_shared_bindings(bindings: list[Binding], uf: UnionFind) -> ByMember:
@@ -259,7 +279,7 @@ def bucket_groups(
     groups: list[Group] = []
     names_seen: dict[str, int] = defaultdict(int)
     for members, rs in sorted(buckets.items(), key=lambda kv: min(kv[1])):
-        units = [Unit({m: slots[r][m] for m in members}) for r in rs]
+        units = [Unit({m: slots[r][m] for m in members}, root=r) for r in rs]
         units.sort(key=lambda u: u.members[members[0]][0])  # units own disjoint slices: one member orders them
         name = producer_of.get(min(rs), members[0][0].rsplit(".", 1)[0])
         names_seen[name] += 1

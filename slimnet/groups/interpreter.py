@@ -15,6 +15,7 @@ import torch
 from torch import fx
 
 from .._tensors import flat_tensors
+from ..cost import Term, terms_of
 from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
 from .model import Evidence
 from .registry import rule_for
@@ -104,6 +105,7 @@ class AtomInterpreter(fx.Interpreter):
         self._notes: list[tuple[int, str]] = []
         self._heads: list[int] = []  # atoms that stand for a whole attention head
         self._frozen: dict[str, str] = {}  # parameters read by an op with no rule
+        self._costs: list[Term] = []  # MAC terms of the nodes run so far
         self._ids: dict[fx.Node, Any] = {}
         # int/float nodes computed from tensor sizes -> the (id tensor, dim) pairs they read; a size used as a
         # *value* (a 1/sqrt(d) scale, a mean's divisor) must not change, so those dims get tied (see value_use)
@@ -125,6 +127,7 @@ class AtomInterpreter(fx.Interpreter):
             notes=self._notes,
             heads=self._heads,
             frozen=self._frozen,
+            costs=self._costs,
         )
 
     # -- reading arguments ------------------------------------------------------------------------------
@@ -301,6 +304,7 @@ class AtomInterpreter(fx.Interpreter):
             self._ids[n] = self._input_ids(value, str(n.target))
         else:
             self._ids[n] = self._apply_rule(n, value)
+            self._costs.extend(terms_of(self, n, value))
         for dead in self.user_to_last_uses.get(n, []):
             self._ids.pop(dead, None)
             self._size_src.pop(dead, None)

@@ -18,6 +18,8 @@ class Unit:
     """One removable unit: the indices it owns in each member tensor dim."""
 
     members: dict[Member, list[int]]
+    #: the union-find root of the unit's atoms in the analysis that made it (what cost terms refer to)
+    root: int = field(default=-1, compare=False, repr=False)
 
 
 @dataclass
@@ -63,6 +65,8 @@ class Analysis:
     aliases: dict[str, list[str]]  # canonical tensor name -> every state_dict name sharing it
     shapes: dict[str, tuple[int, ...]]
     notes: list[str] = field(default_factory=list)  # how the model was traced, when not in one piece
+    #: MACs and parameters of any plan (:class:`slimnet.cost.CostModel`), from the same pass
+    cost: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ class Evidence:
     * ``poison``, ``normed``, ``notes``: ``(atom, reason)`` marks, the first per class wins: a poisoned class is
       left whole; a normalised one is pruned only on request; a note says why a class is one unit;
     * ``heads``: atoms that stand for a whole attention head;
-    * ``frozen``: parameters read by an op with no rule, with the reason (every atom bound to them is poisoned).
+    * ``frozen``: parameters read by an op with no rule, with the reason (every atom bound to them is poisoned);
+    * ``costs``: the MAC terms of every node (:mod:`slimnet.cost`), over atoms and weight dims.
     """
 
     parents: list[int]
@@ -92,3 +97,4 @@ class Evidence:
     notes: list[Mark] = field(default_factory=list)
     heads: list[int] = field(default_factory=list)
     frozen: dict[str, str] = field(default_factory=dict)
+    costs: list[Any] = field(default_factory=list)  # MAC terms (:class:`slimnet.cost.Term`) of every node
