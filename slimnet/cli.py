@@ -23,6 +23,7 @@ from rich.table import Table
 from . import __version__
 from ._util import first_line, save_atomic
 from .errors import SlimnetError
+from .settings import check_settings
 from .spec import parse_spec
 
 app = typer.Typer(
@@ -271,7 +272,6 @@ def shrink(
     with guarded(debug):
         from . import api
         from . import plan as plan_mod
-        from .criteria import CRITERIA
 
         if recipe is not None:
             settings = recipe_settings(
@@ -289,11 +289,7 @@ def shrink(
             ratio, criterion, round_to = settings["ratio"], settings["criterion"], settings["round_to"]
             ignore, seed, prune_norm = settings["ignore"], settings["seed"], settings["prune_norm"]
 
-        plan_mod.check_ratio(ratio)
-        if criterion not in CRITERIA:
-            raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
-        if round_to < 1:
-            raise SlimnetError(f"--round-to {round_to} must be at least 1")
+        check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
         folder = wants_folder(output, model)
         out_path = check_output(output, [parse_spec(model).file, weights or "", input_file or ""], folder=folder)
         plan_path = plan_mod.plan_path_for(out_path)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import SlimnetError
+from .settings import check_counts, parse_backends
 
 MODEL_HELP = "torchvision:NAME, timm:NAME, FILE.py:FACTORY, or a torch.save(model) file."
 TRUST_HELP = "Fully unpickle model files (runs code named in the file; only for files you trust)."
@@ -124,7 +125,7 @@ def bench_command(
 
     with guarded(debug):
         backends = parse_backends(backend)
-        _check_counts(batch_size, warmup, runs, threads)
+        check_counts(batch_size=batch_size, warmup=warmup, runs=runs, threads=threads)
         report = run_bench(
             models,
             backends,
@@ -141,28 +142,6 @@ def bench_command(
             _emit_json(report)
         else:
             print_bench(report, per_layer)
-
-
-def parse_backends(values: list[str]) -> list[str]:
-    """``--backend a --backend b,c`` -> [a, b, c]; all backends when none is given; unknown names refused."""
-    from .latency import BACKENDS
-
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()] or list(BACKENDS)
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown:
-        raise SlimnetError(f"unknown --backend {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
-    return list(dict.fromkeys(names))
-
-
-def _check_counts(batch_size: int, warmup: int, runs: int, threads: Optional[int]) -> None:
-    if batch_size < 1:
-        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
-    if runs < 1:
-        raise SlimnetError(f"--runs {runs} must be at least 1")
-    if warmup < 0:
-        raise SlimnetError(f"--warmup {warmup} must be 0 or more")
-    if threads is not None and threads < 1:
-        raise SlimnetError(f"--threads {threads} must be at least 1")
 
 
 def _labels(specs: list[str]) -> list[str]:

@@ -162,7 +162,7 @@ def test_interleaved_order():
     def step(name: str):
         return lambda: calls.append(name) or 1.0
 
-    times = latency._interleaved([step("a"), step("b")], warmup=1, runs=2, bar=latency._Bar(False))
+    times = latency.interleaved([step("a"), step("b")], warmup=1, runs=2, bar=latency.ProgressBar(False))
     assert calls == ["a", "b"] * 3 and times == [[1.0, 1.0], [1.0, 1.0]]
 
 
