@@ -114,21 +114,9 @@ def save_model_atomic(model: Any, path: Path) -> None:
 def model_inputs(
     model: str, weights: Optional[str], input_file: Optional[str], input_shape: Optional[str], trust_pickle: bool
 ) -> tuple[Any, Any]:
-    from .load import load_input, load_model
+    from .load import model_and_input
 
-    if model.startswith("hf:") and input_file is None:  # token ids or pixels, from the model's config
-        if input_shape is not None:
-            raise SlimnetError(
-                "--input-shape makes one float tensor; hf: models take a dict: give --input "
-                "with e.g. {'input_ids': ..., 'attention_mask': ...} saved with torch.save"
-            )
-        from .hf import default_input
-
-        loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
-        return loaded, default_input(loaded.model)
-    example = load_input(input_file, input_shape, model)  # cheap checks first
-    loaded = load_model(model, weights=weights, trust_pickle=trust_pickle)
-    return loaded, example
+    return model_and_input(model, weights, input_file, input_shape, trust_pickle)
 
 
 def wants_folder(output: str, model: str) -> bool:

@@ -126,9 +126,11 @@ def bench_command(
     with guarded(debug):
         backends = parse_backends(backend)
         check_counts(batch_size=batch_size, warmup=warmup, runs=runs, threads=threads)
-        report = run_bench(
+        from .api import bench
+
+        report = bench(
             models,
-            backends,
+            backends=backends,
             batch_size=batch_size,
             warmup=warmup,
             runs=runs,
@@ -142,86 +144,6 @@ def bench_command(
             _emit_json(report)
         else:
             print_bench(report, per_layer)
-
-
-def _labels(specs: list[str]) -> list[str]:
-    """The specs, made unique (the same file given twice is timed twice, as ``a.pt`` and ``a.pt#2``)."""
-    seen: dict[str, int] = {}
-    labels = []
-    for s in specs:
-        seen[s] = seen.get(s, 0) + 1
-        labels.append(s if seen[s] == 1 else f"{s}#{seen[s]}")
-    return labels
-
-
-def run_bench(
-    specs: list[str],
-    backends: list[str],
-    *,
-    batch_size: int = 1,
-    warmup: int = 10,
-    runs: int = 50,
-    threads: Optional[int] = None,
-    input_file: Optional[str] = None,
-    input_shape: Optional[str] = None,
-    trust_pickle: bool = False,
-    per_layer: bool = False,
-) -> dict[str, Any]:
-    """Load, count, time and compare; returns the ``bench --json`` object (fields may be added, not changed)."""
-    from ._tensors import batch_input
-    from .cli import model_inputs
-    from .latency import time_models
-    from .load import load_model
-    from .measure import MACS_NOTE, compare, count_macs, device_info
-
-    first, example = model_inputs(specs[0], None, input_file, input_shape, trust_pickle)  # hf: -> token ids
-    loaded = [first.model] + [load_model(s, trust_pickle=trust_pickle).model for s in specs[1:]]
-    timed_input = batch_input(example, batch_size)
-    entries = []
-    for spec, model in zip(specs, loaded):
-        cost = count_macs(model, timed_input)
-        entry = {
-            "path": spec,
-            "params": cost["params"],
-            "macs": cost["macs"],
-            "flops": cost["flops"],
-            "skipped_ops": cost["skipped_ops"],
-            "by_op": cost["by_op"],
-        }
-        if per_layer:
-            entry["per_layer"] = cost["per_layer"]
-        entries.append(entry)
-    labels = _labels(specs)
-    timing = time_models(
-        list(zip(labels, loaded)),
-        example,
-        backends=backends,
-        batch_size=batch_size,
-        warmup=warmup,
-        runs=runs,
-        threads=threads,
-    )
-    for label, entry in zip(labels, entries):
-        entry["latency_ms"] = {
-            b: {k: s[k] for k in ("p50", "p90", "min")} for b, s in timing["latency_ms"][label].items()
-        }
-    for entry in entries[1:]:
-        entry.update(compare(entries[0], entry))
-    first = compare(entries[0], entries[1]) if len(entries) > 1 else {"speedup": {}, "efficiency": {}}
-    return {
-        "models": entries,
-        "baseline": specs[0],
-        "speedup": first["speedup"],
-        "efficiency": first["efficiency"],
-        "skipped_backends": timing["skipped"],
-        "backends": backends,
-        "batch_size": batch_size,
-        "warmup": warmup,
-        "runs": runs,
-        "threads": timing["threads"],
-        "macs_note": MACS_NOTE,
-        "device": device_info(timing["threads"]),
-    }
 
 
 def print_bench(report: dict[str, Any], per_layer: bool) -> None:

@@ -5,9 +5,9 @@
 
 Every model is built randomly initialised (``torchvision:NAME``, seeded, nothing downloaded), analysed once, and
 shrunk at ``--ratio`` (0.5) with every criterion. The first criterion goes through :func:`slimnet.api.shrink`
-unchanged (so the public path is what is measured, MAC counting included); the others reuse its analysis,
-which is a function of the model and the input only, and repeat the rest of ``shrink`` (decide, plan, cut,
-verify) with MAC counting off. ``--reanalyse`` calls ``api.shrink`` for every criterion instead.
+unchanged (so the public path is what is measured, MAC counting included); the others pass its analysis,
+which is a function of the model and the input only, back in (``api.shrink(..., analysis=...)``: decide, plan,
+cut, verify) with MAC counting off. ``--reanalyse`` analyses again for every criterion instead.
 
 Each model runs in its own child process, so that a crash, an out-of-memory kill or a hang (``--timeout``)
 costs one row, not the sweep; every exception is recorded per model and criterion as a one-line failure.
@@ -99,30 +99,6 @@ def one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------- worker
 
 
-def _shrink_reusing(
-    model: Any, example: Any, analysis: Any, *, ratio: float, criterion: str, round_to: int, name: str
-) -> Any:
-    """api.shrink minus check_runs/trace/analyse (done once per model) and MAC counting."""
-    from slimnet import api
-    from slimnet.errors import VerificationError
-    from slimnet.plan import build_plan, decide
-    from slimnet.surgeon import pruned_copy
-    from slimnet.verify import verify
-
-    t0 = time.perf_counter()
-    decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to)
-    plan = build_plan(analysis, decisions, model_name=name, criterion=criterion, ratio=ratio, round_to=round_to, seed=0)
-    pruned = pruned_copy(model, plan).eval()
-    result = verify(model, pruned, plan, example)
-    approximate = any(d.pruned and d.group.normalised for d in decisions)
-    if not result.passed and not approximate:
-        culprit = api.find_culprit(model, example, analysis, decisions, plan)
-        raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    report = api.make_report(model, pruned, example, analysis, decisions, plan, result, approximate, False)
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    return api.ShrinkResult(pruned, plan, analysis, decisions, result, report)
-
-
 def perturb(model: Any, seed: int = 0) -> dict[str, int]:
     """Make every channel of the random model distinguishable, so that a misplaced cut shows in the outputs.
 
@@ -199,21 +175,17 @@ def run_model(
         t0 = time.perf_counter()
         row: dict[str, Any] = {"passed": False}
         try:
-            if analysis is None or reanalyse:
-                res = api.shrink(
-                    model,
-                    example,
-                    ratio=ratio,
-                    criterion=crit,
-                    round_to=round_to,
-                    model_name=f"torchvision:{name}",
-                    measure=(i == 0),
-                )
-                analysis = res.analysis
-            else:
-                res = _shrink_reusing(
-                    model, example, analysis, ratio=ratio, criterion=crit, round_to=round_to, name=f"torchvision:{name}"
-                )
+            res = api.shrink(
+                model,
+                example,
+                ratio=ratio,
+                criterion=crit,
+                round_to=round_to,
+                model_name=f"torchvision:{name}",
+                measure=(i == 0),
+                analysis=None if reanalyse else analysis,
+            )
+            analysis = res.analysis
             rep = res.report
             row.update(
                 passed=bool(res.verification.passed),
