@@ -10,17 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import typer
 from torch import nn
 from typer.testing import CliRunner
 
 from slimnet import export as export_mod
-from slimnet.cli_measure import register
+from slimnet.cli import app
 from slimnet.errors import SlimnetError
 from slimnet.export import export_onnx
 
-app = typer.Typer()
-register(app)
 runner = CliRunner()
 
 

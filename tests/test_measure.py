@@ -8,19 +8,16 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-import typer
 from torch import nn
 from typer.testing import CliRunner
 
 from slimnet import latency
 from slimnet._tensors import batch_input
-from slimnet.cli_measure import register
+from slimnet.cli import app
 from slimnet.errors import SlimnetError
 from slimnet.latency import time_models
 from slimnet.measure import compare, count_macs, device_info, own_macs
 
-app = typer.Typer()
-register(app)
 runner = CliRunner()
 
 
