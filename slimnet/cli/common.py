@@ -55,9 +55,7 @@ InputShape = Annotated[Optional[str], typer.Option("--input-shape", help=SHAPE_H
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help=TRUST_HELP)]
 AsJson = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
 Debug = Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)]
-Version = Annotated[
-    bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
-]
+Version = Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")]
 
 
 # ------------------------------------------------------------------------------------------ errors
