@@ -5,12 +5,16 @@ result = shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
 result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
 result.plan     # slimnet.plan/1 data
 result.report   # the same dict that ``slimnet shrink --json`` prints
+
+graph(model, example) is ``slimnet graph``, apply(model, plan, example) ``slimnet apply``, and
+bench(["a.pt", "b.pt"]) or bench([model, pruned], example) ``slimnet bench --json``.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +22,14 @@ import torch
 from torch import nn
 
 from . import measure
-from ._tensors import call, count_params
+from ._tensors import batch_input, call, count_params
 from ._util import first_line
 from .errors import SlimnetError, VerificationError
 from .groups import Analysis, analyse
-from .plan import DEFAULT_ROUND_TO, Decision, build_plan, decide
+from .latency import time_models
+from .load import load_model, model_and_input
+from .plan import Decision, build_plan, decide
+from .settings import DEFAULT_ROUND_TO, check_counts, check_settings, parse_backends
 from .surgeon import pruned_copy
 from .verify import VerifyResult, verify
 
@@ -86,12 +93,18 @@ def shrink(
     model_name: str = "",
     measure: bool = True,
     head_ratio: float | None = None,
+    analysis: Analysis | None = None,
 ) -> ShrinkResult:
-    """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch."""
+    """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
+
+    ``analysis``: this model's :func:`graph` on this example, when the caller has it already (it depends on the
+    model and the input only, so one analysis serves every ratio and criterion); the model is then neither run
+    nor traced again."""
     t0 = time.perf_counter()
+    check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     model = model.eval()
-    check_runs(model, example)
-    analysis = analyse(model, example)
+    if analysis is None:
+        analysis = graph(model, example)
     decisions = decide(
         analysis,
         model,
@@ -117,7 +130,7 @@ def shrink(
     result = verify(model, pruned, plan, example)
     approximate = any(d.pruned and d.group.normalised for d in decisions)
     if not result.passed and not approximate:
-        culprit = find_culprit(model, example, analysis, decisions, plan)
+        culprit = find_culprit(model, example, analysis, decisions)
         raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
     seconds = time.perf_counter() - t0
     report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
@@ -132,9 +145,7 @@ def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) ->
     return pruned, result
 
 
-def find_culprit(
-    model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision], plan: dict[str, Any]
-) -> str:
+def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]) -> str:
     """Re-verify one pruned group at a time to name the one whose cut is wrong."""
     bad = []
     for d in decisions:
@@ -198,3 +209,118 @@ def make_report(
         "output": None,
         "plan": None,
     }
+
+
+# ------------------------------------------------------------------------------------------ bench
+def bench(
+    models: Sequence[str | nn.Module | tuple[str, nn.Module]],
+    example: Any | None = None,
+    *,
+    backends: Sequence[str] = (),
+    batch_size: int = 1,
+    warmup: int = 10,
+    runs: int = 50,
+    threads: int | None = None,
+    per_layer: bool = False,
+    input_file: str | None = None,
+    input_shape: str | None = None,
+    trust_pickle: bool = False,
+) -> dict[str, Any]:
+    """Params, MACs and latency of each model, and with two or more the speedup of each over the first: the
+    ``slimnet bench --json`` object (a contract: fields may be added, never changed).
+
+    ``models``: MODEL strings as the command line takes them, ``nn.Module`` objects (labelled by their class) or
+    ``(label, module)`` pairs; the first is the baseline. ``example``: the input; without it, the first model
+    must be a MODEL string, and the input comes from ``input_file`` / ``input_shape`` (``--input`` /
+    ``--input-shape``; for an ``hf:`` folder, from its config). ``backends``: names as ``--backend`` takes them
+    (default: all); one that cannot run here is skipped, with the reason. Models are timed interleaved."""
+    backends = parse_backends(backends)
+    check_counts(batch_size=batch_size, warmup=warmup, runs=runs, threads=threads)
+    names, loaded, example = _bench_models(models, example, input_file, input_shape, trust_pickle)
+    timed_input = batch_input(example, batch_size)
+    entries = [_cost_entry(name, model, timed_input, per_layer) for name, model in zip(names, loaded)]
+    labels = _labels(names)
+    timing = time_models(
+        list(zip(labels, loaded)),
+        example,
+        backends=backends,
+        batch_size=batch_size,
+        warmup=warmup,
+        runs=runs,
+        threads=threads,
+    )
+    for label, entry in zip(labels, entries):
+        entry["latency_ms"] = {
+            b: {k: s[k] for k in ("p50", "p90", "min")} for b, s in timing["latency_ms"][label].items()
+        }
+    for entry in entries[1:]:
+        entry.update(measure.compare(entries[0], entry))
+    first = measure.compare(entries[0], entries[1]) if len(entries) > 1 else {"speedup": {}, "efficiency": {}}
+    return {
+        "models": entries,
+        "baseline": names[0],
+        "speedup": first["speedup"],
+        "efficiency": first["efficiency"],
+        "skipped_backends": timing["skipped"],
+        "backends": backends,
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "runs": runs,
+        "threads": timing["threads"],
+        "macs_note": measure.MACS_NOTE,
+        "device": measure.device_info(timing["threads"]),
+    }
+
+
+def _bench_models(
+    models: Sequence[str | nn.Module | tuple[str, nn.Module]],
+    example: Any | None,
+    input_file: str | None,
+    input_shape: str | None,
+    trust_pickle: bool,
+) -> tuple[list[str], list[nn.Module], Any]:
+    """Names, modules (MODEL strings loaded in order) and the example input."""
+    if not models:
+        raise SlimnetError("give at least one model to bench")
+    if example is None and not isinstance(models[0], str):
+        raise SlimnetError("give the example input: the first model is a module, not a MODEL string to load")
+    names: list[str] = []
+    loaded: list[nn.Module] = []
+    for m in models:
+        if isinstance(m, str) and example is None:  # the first: its input comes with it (hf: -> token ids)
+            first, example = model_and_input(m, None, input_file, input_shape, trust_pickle)
+            names.append(m)
+            loaded.append(first.model)
+        elif isinstance(m, str):
+            names.append(m)
+            loaded.append(load_model(m, trust_pickle=trust_pickle).model)
+        else:
+            name, module = m if isinstance(m, tuple) else (type(m).__name__, m)
+            names.append(name)
+            loaded.append(module)
+    return names, loaded, example
+
+
+def _cost_entry(name: str, model: nn.Module, timed_input: Any, per_layer: bool) -> dict[str, Any]:
+    cost = measure.count_macs(model, timed_input)
+    entry = {
+        "path": name,
+        "params": cost["params"],
+        "macs": cost["macs"],
+        "flops": cost["flops"],
+        "skipped_ops": cost["skipped_ops"],
+        "by_op": cost["by_op"],
+    }
+    if per_layer:
+        entry["per_layer"] = cost["per_layer"]
+    return entry
+
+
+def _labels(names: list[str]) -> list[str]:
+    """The names, made unique (the same file given twice is timed twice, as ``a.pt`` and ``a.pt#2``)."""
+    seen: dict[str, int] = {}
+    labels = []
+    for s in names:
+        seen[s] = seen.get(s, 0) + 1
+        labels.append(s if seen[s] == 1 else f"{s}#{seen[s]}")
+    return labels

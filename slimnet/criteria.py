@@ -22,10 +22,10 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from .errors import SlimnetError
 from .groups import Group
+from .settings import CRITERIA as CRITERIA  # re-exported: the names live with the other settings
+from .settings import check_criterion
 
-CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale")
 #: FPGM sums distances to every other unit; past this many units it sums over this many evenly spaced anchor
 #: units instead (quadratic cost: AlexNet's 4096-unit FC group would otherwise take ~150 GFLOP to rank).
 FPGM_ANCHORS = 256
@@ -61,8 +61,7 @@ def score(
     group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str, seed: int = 0
 ) -> tuple[np.ndarray, str]:
     """Scores per unit (higher = more important) and the criterion actually used."""
-    if criterion not in CRITERIA:
-        raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+    check_criterion(criterion)
     n = len(group.units)
     if criterion == "random":
         rng = np.random.default_rng([seed, group.id])

@@ -35,9 +35,10 @@ from ._util import write_atomic
 from .criteria import score
 from .errors import SlimnetError
 from .groups import Analysis, Group
+from .settings import DEFAULT_ROUND_TO, check_settings
+from .settings import plan_path_for as plan_path_for  # re-exported: the plan file's place is part of the format
 
 FORMAT = "slimnet.plan/1"
-DEFAULT_ROUND_TO = 8
 
 
 @dataclass
@@ -62,11 +63,6 @@ def keep_count(n: int, ratio: float, round_to: int, unit_channels: int = 1) -> i
         return max(1, min(n, int(math.floor(target + 0.5))))
     k = int(math.floor(target / step + 0.5)) * step
     return max(step, min(n, k))
-
-
-def check_ratio(ratio: float, flag: str = "--ratio") -> None:
-    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise SlimnetError(f"{flag} {ratio} is out of range: give a fraction to drop, 0 <= R < 1 (e.g. 0.5)")
 
 
 def resolve_ignore(model: nn.Module, patterns: list[str]) -> set[str]:
@@ -100,11 +96,7 @@ def decide(
 ) -> list[Decision]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
     ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group."""
-    check_ratio(ratio)
-    if head_ratio is not None:
-        check_ratio(head_ratio, "--head-ratio")
-    if round_to < 1:
-        raise SlimnetError(f"--round-to {round_to} must be at least 1")
+    check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     ignored = resolve_ignore(model, ignore or [])
     tensors = model.state_dict()
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
@@ -173,12 +165,6 @@ def build_plan(
         "version": __version__,
         "tensors": {k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in sorted(tensors.items())},
     }
-
-
-def plan_path_for(output: str | os.PathLike[str]) -> Path:
-    """``pruned.pt`` -> ``pruned.plan.json`` beside it."""
-    p = Path(output)
-    return p.with_name(p.stem + ".plan.json") if p.suffix else p.with_name(p.name + ".plan.json")
 
 
 def dumps(plan: dict[str, Any]) -> str:

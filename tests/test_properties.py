@@ -13,6 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from slimnet.settings import CRITERIA
+
 from .helpers import check, randomise
 from .randnet import RandomNet
 
@@ -27,7 +29,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-CRITERIA = ["l1", "l2", "fpgm", "random", "bn-scale"]
 REGRESSIONS: list[tuple[int, float, str, int]] = []
 
 
