@@ -327,7 +327,7 @@ def rms_norm(call: CostCall) -> list[Term]:
 @cost(nn.MultiheadAttention)
 def multihead_attention(call: CostCall) -> list[Term]:
     """``nn.MultiheadAttention``'s fused path (as :func:`slimnet.measure.native_mha` counts it): the q/k/v
-    projections, both attention products, the softmax and the output projection."""
+    projections, both attention products, the scaling and the softmax, and the output projection."""
     m = call.module
     q, k = call.arg(0, "query"), call.arg(1, "key")
     if not m.batch_first:
@@ -342,7 +342,7 @@ def multihead_attention(call: CostCall) -> list[Term]:
         _term(call, batch * (length + 2 * source) / 3, inner, kept(w, 1, cols))
         + _term(call, batch * length, kept(out_w, 0, o_rows), kept(out_w, 1, o_cols))
         + _term(call, 2 * batch * length * source / 3, inner)
-        + _term(call, batch * length * source / (3 * m.head_dim), inner)
+        + _term(call, 2 * batch * length * source / (3 * m.head_dim), inner)
     )
 
 
