@@ -7,14 +7,13 @@ result.plan     # slimnet.plan/1 data
 result.report   # the same dict that ``slimnet shrink --json`` prints
 
 graph(model, example) is ``slimnet graph``, apply(model, plan, example) ``slimnet apply``, and
-bench(["a.pt", "b.pt"]) or bench([model, pruned], example) ``slimnet bench --json``.
+bench(["a.pt", "b.pt"]) or bench([model, pruned], example) ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +21,19 @@ import torch
 from torch import nn
 
 from . import measure
-from ._tensors import batch_input, call, count_params
+from ._tensors import call, count_params
 from ._util import first_line
+from .allocate import check_target
+from .benchmark import bench
 from .errors import SlimnetError, VerificationError
 from .groups import Analysis, analyse
-from .latency import time_models
-from .load import load_model, model_and_input
-from .plan import Decision, build_plan, decide
-from .settings import DEFAULT_ROUND_TO, check_counts, check_settings, parse_backends
+from .plan import Decision, build_plan, choose
+from .settings import DEFAULT_ROUND_TO, check_settings
+from .stages import Stages
 from .surgeon import pruned_copy
 from .verify import VerifyResult, verify
+
+__all__ = ["ShrinkResult", "apply", "bench", "graph", "shrink"]
 
 
 @dataclass
@@ -74,10 +76,13 @@ def _describe(example: Any) -> str:
     return type(example).__name__
 
 
-def graph(model: nn.Module, example: Any) -> Analysis:
-    """The coupled channel groups of ``model``, each prunable or with the reason it is not."""
-    check_runs(model, example)
-    return analyse(model, example)
+def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
+    """The coupled channel groups of ``model``, each prunable or with the reason it is not; ``analysis.cost``
+    prices any plan of it. One analysis serves every ratio, target and criterion (``shrink(..., analysis=)``)."""
+    stages = stages or Stages()
+    with stages("trace"):
+        check_runs(model, example)
+    return analyse(model, example, stages=stages)
 
 
 def shrink(
@@ -94,48 +99,76 @@ def shrink(
     measure: bool = True,
     head_ratio: float | None = None,
     analysis: Analysis | None = None,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    stages: Stages | None = None,
 ) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
 
     ``analysis``: this model's :func:`graph` on this example, when the caller has it already (it depends on the
     model and the input only, so one analysis serves every ratio and criterion); the model is then neither run
-    nor traced again."""
+    nor traced again. ``target_macs`` / ``target_params``: instead of ``ratio``, the fraction of the original's
+    MACs or parameters to keep (the report's ``target`` says what was reached). ``stages``: timings and progress
+    (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them either way."""
     t0 = time.perf_counter()
+    stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
+    target = _target(target_macs, target_params)
     model = model.eval()
     if analysis is None:
-        analysis = graph(model, example)
-    decisions = decide(
-        analysis,
-        model,
-        ratio=ratio,
-        criterion=criterion,
-        round_to=round_to,
-        ignore=ignore,
-        seed=seed,
-        prune_norm=prune_norm,
-        head_ratio=head_ratio,
-    )
-    plan = build_plan(
-        analysis,
-        decisions,
-        model_name=model_name or type(model).__name__,
-        criterion=criterion,
-        ratio=ratio,
-        round_to=round_to,
-        seed=seed,
-        head_ratio=head_ratio,
-    )
-    pruned = pruned_copy(model, plan).eval()
-    result = verify(model, pruned, plan, example)
-    approximate = any(d.pruned and d.group.normalised for d in decisions)
-    if not result.passed and not approximate:
-        culprit = find_culprit(model, example, analysis, decisions)
-        raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    seconds = time.perf_counter() - t0
-    report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
-    report["seconds"] = round(seconds, 3)
+        analysis = graph(model, example, stages)
+    with stages("rank"):
+        decisions, reached = choose(
+            analysis,
+            model,
+            ratio=ratio,
+            criterion=criterion,
+            round_to=round_to,
+            ignore=ignore,
+            seed=seed,
+            prune_norm=prune_norm,
+            head_ratio=head_ratio,
+            target=target,
+        )
+    with stages("cut"):
+        plan = build_plan(
+            analysis,
+            decisions,
+            model_name=model_name or type(model).__name__,
+            criterion=criterion,
+            ratio=round(reached.ratio, 6) if reached else ratio,
+            round_to=round_to,
+            seed=seed,
+            head_ratio=head_ratio,
+        )
+        if reached is not None:
+            plan["target"] = reached.report()
+        pruned = pruned_copy(model, plan).eval()
+    with stages("verify"):
+        result = verify(model, pruned, plan, example)
+        approximate = any(d.pruned and d.group.normalised for d in decisions)
+        if not result.passed and not approximate:
+            culprit = find_culprit(model, example, analysis, decisions)
+            raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
+    with stages("measure"):
+        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
+    if reached is not None:
+        report["target"] = reached.report()
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["timings"] = stages.rounded()
     return ShrinkResult(pruned, plan, analysis, decisions, result, report)
+
+
+def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
+    if target_macs is not None and target_params is not None:
+        raise SlimnetError("give one target: --target-macs or --target-params, not both")
+    if target_macs is not None:
+        check_target("macs", target_macs)
+        return ("macs", float(target_macs))
+    if target_params is not None:
+        check_target("params", target_params)
+        return ("params", float(target_params))
+    return None
 
 
 def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:
@@ -163,6 +196,18 @@ def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: 
     return f" (group {', '.join(bad)})" if bad else ""
 
 
+def _macs(
+    model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
+) -> tuple[list[int | None], str]:
+    """MACs before and after: from the analysis' cost model (no second pass over either model), or from fvcore
+    when the model was analysed piece by piece (the cost model then misses what lies outside the pieces)."""
+    cost = analysis.cost
+    if cost is not None and cost.complete:
+        keep = cost.keep_vector([d.keep for d in decisions])
+        return [cost.macs(), cost.macs(keep)], "slimnet"
+    return [count_macs(model, example), count_macs(pruned, example)], "fvcore"
+
+
 def make_report(
     model: nn.Module,
     pruned: nn.Module,
@@ -175,7 +220,7 @@ def make_report(
     measure: bool,
 ) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
-    macs = [count_macs(model, example), count_macs(pruned, example)] if measure else [None, None]
+    macs, counter = _macs(model, pruned, example, analysis, decisions) if measure else ([None, None], None)
     return {
         "model": plan.get("model"),
         "criterion": plan.get("criterion"),
@@ -183,7 +228,8 @@ def make_report(
         "round_to": plan.get("round_to"),
         "params": [count_params(model), count_params(pruned)],
         "macs": macs,
-        "macs_note": "fvcore counts one multiply-add as one flop; FLOPs = 2 x MACs",
+        "macs_note": "one multiply-add is one MAC (fvcore's convention); FLOPs = 2 x MACs",
+        "macs_counter": counter,
         "groups": len(analysis.groups),
         "pruned_groups": sum(1 for d in decisions if d.pruned),
         "skipped": [{"group": d.group.name, "reason": d.reason} for d in decisions if d.reason],
@@ -209,118 +255,3 @@ def make_report(
         "output": None,
         "plan": None,
     }
-
-
-# ------------------------------------------------------------------------------------------ bench
-def bench(
-    models: Sequence[str | nn.Module | tuple[str, nn.Module]],
-    example: Any | None = None,
-    *,
-    backends: Sequence[str] = (),
-    batch_size: int = 1,
-    warmup: int = 10,
-    runs: int = 50,
-    threads: int | None = None,
-    per_layer: bool = False,
-    input_file: str | None = None,
-    input_shape: str | None = None,
-    trust_pickle: bool = False,
-) -> dict[str, Any]:
-    """Params, MACs and latency of each model, and with two or more the speedup of each over the first: the
-    ``slimnet bench --json`` object (a contract: fields may be added, never changed).
-
-    ``models``: MODEL strings as the command line takes them, ``nn.Module`` objects (labelled by their class) or
-    ``(label, module)`` pairs; the first is the baseline. ``example``: the input; without it, the first model
-    must be a MODEL string, and the input comes from ``input_file`` / ``input_shape`` (``--input`` /
-    ``--input-shape``; for an ``hf:`` folder, from its config). ``backends``: names as ``--backend`` takes them
-    (default: all); one that cannot run here is skipped, with the reason. Models are timed interleaved."""
-    backends = parse_backends(backends)
-    check_counts(batch_size=batch_size, warmup=warmup, runs=runs, threads=threads)
-    names, loaded, example = _bench_models(models, example, input_file, input_shape, trust_pickle)
-    timed_input = batch_input(example, batch_size)
-    entries = [_cost_entry(name, model, timed_input, per_layer) for name, model in zip(names, loaded)]
-    labels = _labels(names)
-    timing = time_models(
-        list(zip(labels, loaded)),
-        example,
-        backends=backends,
-        batch_size=batch_size,
-        warmup=warmup,
-        runs=runs,
-        threads=threads,
-    )
-    for label, entry in zip(labels, entries):
-        entry["latency_ms"] = {
-            b: {k: s[k] for k in ("p50", "p90", "min")} for b, s in timing["latency_ms"][label].items()
-        }
-    for entry in entries[1:]:
-        entry.update(measure.compare(entries[0], entry))
-    first = measure.compare(entries[0], entries[1]) if len(entries) > 1 else {"speedup": {}, "efficiency": {}}
-    return {
-        "models": entries,
-        "baseline": names[0],
-        "speedup": first["speedup"],
-        "efficiency": first["efficiency"],
-        "skipped_backends": timing["skipped"],
-        "backends": backends,
-        "batch_size": batch_size,
-        "warmup": warmup,
-        "runs": runs,
-        "threads": timing["threads"],
-        "macs_note": measure.MACS_NOTE,
-        "device": measure.device_info(timing["threads"]),
-    }
-
-
-def _bench_models(
-    models: Sequence[str | nn.Module | tuple[str, nn.Module]],
-    example: Any | None,
-    input_file: str | None,
-    input_shape: str | None,
-    trust_pickle: bool,
-) -> tuple[list[str], list[nn.Module], Any]:
-    """Names, modules (MODEL strings loaded in order) and the example input."""
-    if not models:
-        raise SlimnetError("give at least one model to bench")
-    if example is None and not isinstance(models[0], str):
-        raise SlimnetError("give the example input: the first model is a module, not a MODEL string to load")
-    names: list[str] = []
-    loaded: list[nn.Module] = []
-    for m in models:
-        if isinstance(m, str) and example is None:  # the first: its input comes with it (hf: -> token ids)
-            first, example = model_and_input(m, None, input_file, input_shape, trust_pickle)
-            names.append(m)
-            loaded.append(first.model)
-        elif isinstance(m, str):
-            names.append(m)
-            loaded.append(load_model(m, trust_pickle=trust_pickle).model)
-        else:
-            name, module = m if isinstance(m, tuple) else (type(m).__name__, m)
-            names.append(name)
-            loaded.append(module)
-    return names, loaded, example
-
-
-def _cost_entry(name: str, model: nn.Module, timed_input: Any, per_layer: bool) -> dict[str, Any]:
-    cost = measure.count_macs(model, timed_input)
-    entry = {
-        "path": name,
-        "params": cost["params"],
-        "macs": cost["macs"],
-        "flops": cost["flops"],
-        "skipped_ops": cost["skipped_ops"],
-        "by_op": cost["by_op"],
-    }
-    if per_layer:
-        entry["per_layer"] = cost["per_layer"]
-    return entry
-
-
-def _labels(names: list[str]) -> list[str]:
-    """The names, made unique (the same file given twice is timed twice, as ``a.pt`` and ``a.pt#2``)."""
-    seen: dict[str, int] = {}
-    labels = []
-    for s in names:
-        seen[s] = seen.get(s, 0) + 1
-        labels.append(s if seen[s] == 1 else f"{s}#{seen[s]}")
-    return labels

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimnet.allocate import keep_count
 from slimnet.api import graph, shrink
 from slimnet.errors import SlimnetError
-from slimnet.plan import keep_count
 from slimnet.surgeon import apply_plan
 from slimnet.verify import verify
 

@@ -32,7 +32,7 @@ def counted_by_fvcore(call: CostCall) -> list[Term]:
     """Ops without an entry of their own that fvcore can count (``torch.einsum``, a library's fx-wrapped function
     such as torchvision's ``shifted_window_attention``, a leaf module from outside torch): fvcore counts that one
     call, and the count follows the output's kept elements (exact when pruning only thins the output)."""
-    from .measure import count_macs  # lazy: fvcore's import is slow and only these rare ops need it
+    from ..measure import count_macs  # lazy: fvcore's import is slow and only these rare ops need it
 
     fn = call.module if call.module is not None else call.node.target
     tensors = flat_tensors((call.args, call.kwargs))

@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from .. import cost
 from ..errors import SlimnetError
+from ..stages import Stages
 from ..trace import placeholder_args, trace, trace_pieces
 from .atoms import UnionFind
 from .interpreter import AtomInterpreter
@@ -49,25 +50,31 @@ def tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, list[str
     return alias, dict(groups)
 
 
-def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None) -> Analysis:
+def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None, stages: Stages | None = None) -> Analysis:
     """Trace (unless given) and interpret the model on atom ids; return its coupled channel groups.
 
     A model that cannot be traced whole is analysed piece by piece (:func:`slimnet.trace.trace_pieces`):
     the pieces' inputs and outputs stay whole, and the reason the whole model did not trace is kept in
-    ``Analysis.notes``. With no prunable piece the tracing error is raised as it was."""
-    if gm is None:
-        try:
-            gm = trace(model, example, is_leaf=is_leaf_class)
-        except SlimnetError as exc:
-            pieces = trace_pieces(model, example, is_leaf=is_leaf_class)
-            analysis = _analyse_pieces(model, pieces, str(exc))
+    ``Analysis.notes``. With no prunable piece the tracing error is raised as it was. ``stages`` times the
+    ``trace`` and ``groups`` stages."""
+    stages = stages or Stages()
+    pieces, why = None, ""
+    with stages("trace"):
+        if gm is None:
+            try:
+                gm = trace(model, example, is_leaf=is_leaf_class)
+            except SlimnetError as exc:
+                pieces, why = trace_pieces(model, example, is_leaf=is_leaf_class), exc
+    with stages("groups"):
+        if pieces is not None:
+            analysis = _analyse_pieces(model, pieces, str(why))
             if not any(g.prunable for g in analysis.groups):
-                raise
+                raise why
             return analysis
-    groups, macs = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
-    alias, alias_groups = tensor_aliases(model)
-    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model))
-    analysis.cost = cost.build(model, groups, alias, macs)
+        groups, macs = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
+        alias, alias_groups = tensor_aliases(model)
+        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model))
+        analysis.cost = cost.build(model, groups, alias, macs)
     return analysis
 
 
