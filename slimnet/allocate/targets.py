@@ -158,10 +158,13 @@ def for_target(
     return TargetResult(kind, wanted, reached, ratio, counts, gap <= TOLERANCE, _note(gap, round_to))
 
 
-def _note(gap: float, round_to: int) -> str:
+def _note(gap: float, round_to: int, mode: str = "uniform") -> str:
     if gap <= TOLERANCE:
         return f"within {TOLERANCE:.0%} of the target"
-    return f"the closest that --round-to {round_to} allows: round to less (e.g. --round-to 1) to land closer"
+    if round_to > 1:
+        return f"the closest that --round-to {round_to} allows: round to less (e.g. --round-to 1) to land closer"
+    how = "one share for every group" if mode == "uniform" else "one ranking (and --max-layer-ratio)"
+    return f"the closest that whole units (attention heads, conv groups) and {how} allow"
 
 
 def _check_reachable(analysis: Analysis, kind: str, wanted: float, lowest: float, round_to: int) -> None:
@@ -261,7 +264,8 @@ def _global_target(
     gap, reached, counts, _ = best
     counts = {**counts, **{gid: k for gid, k in fixed.items() if gid in {g.id for g in groups}}}
     ratio = pricer.dropped_share(counts) if free else 0.0
-    return TargetResult(kind, wanted, reached, ratio, counts, gap <= TOLERANCE, _note(gap, round_to), "global")
+    note = _note(gap, round_to, "global")
+    return TargetResult(kind, wanted, reached, ratio, counts, gap <= TOLERANCE, note, "global")
 
 
 def global_for_ratio(

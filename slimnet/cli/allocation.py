@@ -12,7 +12,7 @@ import typer
 from .._util import first_line
 from ..errors import SlimnetError
 from ..settings import BACKENDS, check_allocation, check_counts, check_ratio
-from .common import fmt, out
+from .common import out
 
 TargetMacs = Annotated[
     Optional[float],
@@ -115,10 +115,13 @@ def allocation_settings(s: dict[str, Any], explicit_ratio: bool) -> dict[str, An
 def print_target(report: dict[str, Any]) -> None:
     """What a target or global ranking reached, after the main table."""
     t = report.get("target")
+    imp = report.get("importance_kept") or {}
+    if imp and (t is not None or report.get("global")):
+        out.print(f"importance kept: {imp['share']:.3f} of the prunable groups' (scores of the kept units)")
     if t is None:
         g = report.get("global")
         if g:
-            out.print(f"global ranking: {g['note']}; max layer ratio {report.get('max_layer_ratio', '-')}")
+            out.print(f"global ranking: {g['note']}")
         return
     mark = "within tolerance" if t["within_tolerance"] else "outside tolerance"
     if t["kind"] != "latency":
@@ -139,6 +142,3 @@ def print_target(report: dict[str, Any]) -> None:
         else f"measured in {table['build_seconds']:.1f} s" + (f", cached at {table['path']}" if table["path"] else "")
     )
     out.print(f"latency table of {table['groups']} groups {cached}")
-    imp = report.get("importance_kept") or {}
-    if imp:
-        out.print(f"importance kept: {imp['share']:.3f} ({fmt(imp['kept'])} of {fmt(imp['total'])})")
