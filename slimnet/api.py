@@ -82,25 +82,19 @@ def shrink(
 ) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
 
-    How many units each group keeps: ``ratio`` of every group (``head_ratio`` for attention heads), unless
-    ``ratios`` (group name or module glob -> share) names the group; ``use_global`` ranks all groups' units
-    together instead (scores normalised per group; no group loses more than ``max_layer_ratio``). Targets
-    replace ``ratio``: ``target_macs`` / ``target_params`` (the fraction of the original's MACs or parameters to
-    keep) and ``target_latency`` (a fraction of the original's latency measured on ``backend`` with ``threads``
-    at ``batch_size``, or a time such as ``"12ms"``; ``cache=False`` measures the latency table again). The
-    report's ``target`` says what was reached.
-
-    ``planner`` / ``analysis``: this model's :class:`Planner` or :func:`graph` on this example, when the caller has
-    it already (both depend on the model and the input only); the model is then neither run nor traced again.
-    ``stages``: timings and progress (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them."""
+    Each group drops ``ratio`` (``head_ratio`` for heads) unless ``ratios`` (group name or glob -> share) names
+    it; ``use_global`` ranks all units together (no group loses more than ``max_layer_ratio``). Targets replace
+    ``ratio``: ``target_macs`` / ``target_params`` (fraction of the original's to keep), ``target_latency`` (a
+    fraction of the latency measured on ``backend`` at ``threads`` and ``batch_size``, or ``"12ms"``;
+    ``cache=False`` measures the latency table again); the report's ``target`` says what was reached.
+    ``planner`` / ``analysis``: this model's :class:`Planner` or :func:`graph` on this example, if the caller has
+    it (the model is then neither run nor traced again). ``stages``: timings and progress."""
     t0 = time.perf_counter()
     stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
-    check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)
-    model = model.eval()
-    planner = planner if planner is not None else Planner(model, example, analysis, stages)
-    analysis = planner.analysis
+    check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
+    planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages)
     with stages("rank"):
         planned = planner.plan(
             ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
@@ -109,7 +103,25 @@ def shrink(
             backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
             model_name=model_name,
         )  # fmt: skip
-    decisions, plan, reached = planned.decisions, planned.plan, planned.target
+    decisions, plan, reached, analysis = planned.decisions, planned.plan, planned.target, planner.analysis
+    pruned, result, approximate = cut_and_verify(model.eval(), example, analysis, decisions, plan, stages)
+    with stages("measure"):
+        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
+    if reached is not None:
+        report["target" if reached.kind != "units" else "global"] = reached.report()
+    report["allocation"] = plan.get("allocation", "uniform")
+    report["importance_kept"] = importance_kept(planner, criterion, seed, decisions)
+    return ShrinkResult(pruned, plan, analysis, decisions, result, {**report, **_timing(t0, stages)})
+
+
+def _timing(t0: float, stages: Stages) -> dict[str, Any]:
+    return {"seconds": round(time.perf_counter() - t0, 3), "timings": stages.rounded()}
+
+
+def cut_and_verify(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
+                   plan: dict[str, Any], stages: Stages) -> tuple[nn.Module, VerifyResult, bool]:  # fmt: skip
+    """The pruned copy, its verification, and whether the cut is approximate (normalised groups pruned on
+    request); raises VerificationError, naming the culprit group, when an exact cut does not verify."""
     with stages("cut"):
         pruned = pruned_copy(model, plan).eval()
     with stages("verify"):
@@ -118,15 +130,7 @@ def shrink(
         if not result.passed and not approximate:
             culprit = find_culprit(model, example, analysis, decisions)
             raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    with stages("measure"):
-        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
-    if reached is not None:
-        report["target" if reached.kind != "units" else "global"] = reached.report()
-    report["allocation"] = plan.get("allocation", "uniform")
-    report["importance_kept"] = importance_kept(planner, criterion, seed, decisions)
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    report["timings"] = stages.rounded()
-    return ShrinkResult(pruned, plan, analysis, decisions, result, report)
+    return pruned, result, approximate
 
 
 def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list[Decision]) -> dict[str, float]:

@@ -8,8 +8,9 @@ variant (one trace, one ranking, one latency table):
 
 * ``uniform``: ``--target-macs 0.5`` (every group drops the same share);
 * ``global``: ``--target-macs 0.5 --global`` (one ranking; importance per MAC saved);
-* ``latency @ MACs 0.5``: widths chosen from the latency table for the latency budget whose plan has half the
-  MACs (the budget bisected on the table's prediction; no measured re-aiming), i.e. the same MACs as the two above;
+* ``latency, same MACs as uniform``: widths chosen from the latency table for the latency budget whose plan has
+  the MACs the uniform plan reached, or the least above them (the budget bisected on the table's prediction; no
+  measured re-aiming), so that it cannot win by having fewer MACs;
 * ``--target-latency 0.5`` and ``0.33``: as ``slimnet shrink`` runs them (predict, cut, measure, re-aim);
 * ``uniform --ratio 0.5``: docs/speed.md's row, for reference.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -63,10 +65,11 @@ def log(msg: str) -> None:
 
 def latency_at_macs(planner: api.Planner, table: Any, wanted: float, settings: dict[str, Any]) -> tuple[float, Any]:
     """The latency budget (fraction) whose table-chosen plan has ``wanted`` x the MACs, by bisection on the
-    prediction, and that plan's decisions."""
+    prediction: the plan with the fewest MACs at or above ``wanted`` (so that it never wins by having fewer),
+    and its decisions."""
     cost, full = planner.analysis.cost, planner.analysis.cost.macs()
     lo, hi, best = 0.15, 0.99, None
-    for _ in range(14):
+    for _ in range(16):
         mid = (lo + hi) / 2
         try:
             decisions, result = choose(
@@ -76,7 +79,7 @@ def latency_at_macs(planner: api.Planner, table: Any, wanted: float, settings: d
             lo = mid
             continue
         frac = cost.macs(cost.keep_vector([d.keep for d in decisions])) / full
-        if best is None or abs(frac - wanted) < abs(best[1] - wanted):
+        if frac >= wanted and (best is None or frac < best[1]):
             best = (mid, frac, decisions, result)
         lo, hi = (lo, mid) if frac > wanted else (mid, hi)
     return best[0], best
@@ -110,14 +113,15 @@ def variants_of(name: str, args: argparse.Namespace) -> tuple[list[Variant], dic
     settings = dict(
         ratio=0.5, criterion=args.criterion, round_to=args.round_to, ranking=planner.ranking(args.criterion)
     )
-    budget, (_, frac, decisions, result) = latency_at_macs(planner, built.table, 0.5, settings)
+    uniform_macs = out[1].report["target"]["reached"]
+    budget, (_, frac, decisions, result) = latency_at_macs(planner, built.table, uniform_macs, settings)
     plan = build_plan(planner.analysis, decisions, model_name=name, criterion=args.criterion, ratio=result.ratio,
                       round_to=args.round_to, seed=0)  # fmt: skip
     pruned, verified = api.apply(model, plan, x)
     assert verified is not None and verified.passed, "latency @ MACs 0.5 did not verify"
     report = {"predicted": result.reached, "budget": budget, "importance_kept": api.importance_kept(
         planner, args.criterion, 0, decisions)}  # fmt: skip
-    out.append(Variant(f"latency @ MACs 0.5 (budget {budget:.3f}, predicted)", pruned, plan, report))
+    out.append(Variant(f"latency, same MACs as uniform (budget {budget:.3f})", pruned, plan, report))
     info["refused"] = []
     for target in args.latency:
         try:
@@ -199,6 +203,13 @@ def widths(variants: list[Variant], planner_groups: list[str]) -> list[str]:
     return lines
 
 
+def method() -> str:
+    """The module docstring after its usage line, in Markdown."""
+    body = (__doc__ or "").split("\n\n", 2)[2]
+    body = body.replace("``", "`")
+    return re.sub(r":(class|func|mod):`([^`]+)`", r"`\2`", body).strip()
+
+
 def markdown(results: list[tuple[str, list[Variant], dict[str, Any]]], args: argparse.Namespace, load: list) -> str:
     d = device_info(1)
     lines = [
@@ -211,12 +222,12 @@ def markdown(results: list[tuple[str, list[Variant], dict[str, Any]]], args: arg
         f"{' / '.join(f'{v:.1f}' for v in load[0])}, at the end {' / '.join(f'{v:.1f}' for v in load[1])}: the "
         "machine was shared with other jobs throughout.",
         "",
-        f"Method: {sys.modules[__name__].__doc__.split(chr(10) + chr(10), 1)[1].strip()}",
+        f"Method: {method()}",
         "",
         f"Settings: {args.size}x{args.size} input, criterion {args.criterion}, round-to {args.round_to}, "
         f"max-layer-ratio {DEFAULT_MAX_LAYER_RATIO}, "
         f"{args.runs} timed runs (3 warm-up) per variant and clock. *importance kept*: the sum of the kept units' "
-        "normalised scores (each group's scores divided by their mean) over the sum of all, over prunable groups. "
+        "scores (tensor shares, see slimnet/allocate/ranking.py) over the sum of all, over the prunable groups. "
         "Speedups are p50(original) / p50(variant) on the same clock.",
         "",
     ]

@@ -200,30 +200,9 @@ def for_latency(
             f"({floor_ms:.3g} ms of {table.model_ms:.3g} ms) with every group at its floor (--max-layer-ratio, "
             "--round-to); give at least that"
         )
-    counts = {**{g.id: len(g.units) for g in free}, **fixed}
-    seen, best = set(), None
-    for _ in range(8):
-        shares = model.shares(counts)
-        need = (
-            table.model_ms
-            - wanted_ms
-            - sum(table.groups[g.name].saved(k) * shares[g.id] for g in everyone if (k := fixed.get(g.id)) is not None)
-        )
-        rows = [_row(g, grid[g.id], table, shares[g.id], ranking) for g in free]
-        chosen = knapsack(rows, need)
-        if chosen is None:
-            break
-        counts = {**{g.id: grid[g.id][j] for g, j in zip(free, chosen)}, **fixed}
-        predicted = model.predict(counts)
-        kept = ranking.kept_importance(counts)
-        fits = predicted <= wanted_ms * (1 + 1e-6)
-        if best is None or (fits, kept if fits else -predicted) > (best[0], best[1] if best[0] else -best[2]):
-            best = (fits, kept, predicted, counts)
-        key = tuple(sorted(counts.items()))
-        if key in seen:
-            break
-        seen.add(key)
-    _, _, predicted, counts = best or (False, 0.0, floor_ms, lowest)
+    predicted, counts = _solve(model, free, everyone, grid, fixed, ranking, table, wanted_ms)
+    if counts is None:
+        predicted, counts = floor_ms, lowest
     total = sum(len(g.units) for g in free)
     ratio = 1.0 - sum(counts[g.id] for g in free) / total if total else 0.0
     details = {"predicted_ms": round(predicted, 4), "original_ms": round(table.model_ms, 4)}
@@ -239,6 +218,35 @@ def for_latency(
         "latency",
         details,
     )
+
+
+def _solve(model: LatencyModel, free: Sequence[Group], everyone: Sequence[Group], grid: Mapping[int, list[int]],
+           fixed: Mapping[int, int], ranking: Ranking, table: LatencyTable,
+           wanted_ms: float) -> tuple[float, dict[int, int] | None]:  # fmt: skip
+    """Knapsack with the corrections of the last answer, until the answer repeats; the best answer that fits
+    the budget (most importance kept), else the one predicted fastest."""
+    counts = {**{g.id: len(g.units) for g in free}, **fixed}
+    seen, best = set(), None
+    for _ in range(8):
+        shares = model.shares(counts)
+        need = (
+            table.model_ms
+            - wanted_ms
+            - sum(table.groups[g.name].saved(k) * shares[g.id] for g in everyone if (k := fixed.get(g.id)) is not None)
+        )
+        chosen = knapsack([_row(g, grid[g.id], table, shares[g.id], ranking) for g in free], need)
+        if chosen is None:
+            break
+        counts = {**{g.id: grid[g.id][j] for g, j in zip(free, chosen)}, **fixed}
+        predicted, kept = model.predict(counts), ranking.kept_importance(counts)
+        fits = predicted <= wanted_ms * (1 + 1e-6)
+        if best is None or (fits, kept if fits else -predicted) > (best[0], best[1] if best[0] else -best[2]):
+            best = (fits, kept, predicted, counts)
+        key = tuple(sorted(counts.items()))
+        if key in seen:
+            break
+        seen.add(key)
+    return (best[2], best[3]) if best else (0.0, None)
 
 
 def _options(group: Group, table: LatencyTable, round_to: int, max_layer_ratio: float | None) -> list[int]:

@@ -116,20 +116,15 @@ def shrink(
 ) -> None:
     """Prune MODEL: trace, group coupled channels, rank, cut, verify, and save the smaller model and its plan."""
     with guarded(debug):
-        given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or []}
-        given.update(seed=seed, prune_norm=prune_norm, head_ratio=head_ratio, target_macs=target_macs)
-        given.update(target_params=target_params, target_latency=target_latency, backend=backend, threads=threads)
-        given.update({"batch_size": batch_size, "global": use_global, "max_layer_ratio": max_layer_ratio})
-        given.update(ratios=ratios, no_cache=no_cache)
+        given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or [], "seed": seed}
+        given.update(prune_norm=prune_norm, head_ratio=head_ratio, ratios=ratios, no_cache=no_cache)
+        given.update(target_macs=target_macs, target_params=target_params, target_latency=target_latency)
+        given.update({"backend": backend, "threads": threads, "batch_size": batch_size, "global": use_global})
+        given["max_layer_ratio"] = max_layer_ratio
         s, explicit_ratio = merged_settings(ctx, recipe, given)
         check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=s["head_ratio"])
         allocation = alloc.allocation_settings(s, explicit_ratio)
-        folder = wants_folder(output, model)
-        source = parse_spec(model).file
-        out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
-        plan_path = plan_path_for(out_path)
-        check_output(str(plan_path), [source])
-        onnx_path = check_output(onnx, [source, output]) if onnx else None
+        folder, out_path, plan_path, onnx_path = outputs(model, output, weights, input_file, onnx)
         from .. import api  # lazy: CLI start-up
 
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
@@ -146,17 +141,35 @@ def shrink(
             progress=not as_json,
             **allocation,
         )
-        report = result.report
-        if onnx_path is not None:
-            from ..export import export_onnx  # lazy: CLI start-up
+        finish(result, example, onnx_path, out_path, plan_path, folder, as_json)
 
-            report["onnx"] = export_onnx(result.model, example, onnx_path)
-        save_pruned(result.model, result.plan, out_path, plan_path, folder)
-        report["output"], report["plan"] = str(out_path), str(plan_path)
-        if as_json:
-            emit_json(report)
-        else:
-            print_report(report)
+
+def outputs(model: str, output: str, weights: Optional[str], input_file: Optional[str],
+            onnx: Optional[str]) -> tuple[bool, Path, Path, Optional[Path]]:  # fmt: skip
+    """Where shrink writes (a folder for hf: models without .pt), each checked before anything is loaded."""
+    folder = wants_folder(output, model)
+    source = parse_spec(model).file
+    out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
+    plan_path = plan_path_for(out_path)
+    check_output(str(plan_path), [source])
+    onnx_path = check_output(onnx, [source, output]) if onnx else None
+    return folder, out_path, plan_path, onnx_path
+
+
+def finish(result: Any, example: Any, onnx_path: Optional[Path], out_path: Path, plan_path: Path, folder: bool,
+           as_json: bool) -> None:  # fmt: skip
+    """Export (when asked), save the model and its plan, and report."""
+    report = result.report
+    if onnx_path is not None:
+        from ..export import export_onnx  # lazy: CLI start-up
+
+        report["onnx"] = export_onnx(result.model, example, onnx_path)
+    save_pruned(result.model, result.plan, out_path, plan_path, folder)
+    report["output"], report["plan"] = str(out_path), str(plan_path)
+    if as_json:
+        emit_json(report)
+    else:
+        print_report(report)
 
 
 def merged_settings(ctx: typer.Context, recipe: Optional[str], given: dict[str, Any]) -> tuple[dict[str, Any], bool]:
