@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -348,7 +349,15 @@ class Pruner:
             return
         orders = {g.id: np.arange(len(g.units)) for g in self.prunable}
         with self._quiet():
-            for_target(self.analysis, self.prunable, orders, self.kind, 1.0 - self.final, self.settings["round_to"])
+            end = for_target(
+                self.analysis, self.prunable, orders, self.kind, 1.0 - self.final, self.settings["round_to"]
+            )
+        if not end.within:
+            warnings.warn(
+                f"target_{self.kind}={1.0 - self.final:g}: the last cut will reach {end.reached:.3f}, the closest that "
+                f"one share for every group allows with round_to={self.settings['round_to']}",
+                stacklevel=3,
+            )
 
     def attach(self, optimizer: Any = None, ema: Any = None) -> None:
         """Carry ``optimizer``'s state and ``ema`` through every cut from now on (:meth:`step` does this with

@@ -220,9 +220,11 @@ def test_levels_drive_the_counts_and_targets_are_reached() -> None:
     assert fractions[-1] == pytest.approx(sum(p.numel() for p in model.parameters()) / pruner._full_params)
 
 
-def test_an_unreachable_target_is_refused_before_training() -> None:
+def test_an_unreachable_target_is_refused_and_a_coarse_one_announced_before_training() -> None:
     with pytest.raises(SlimnetError, match="cannot be reached"):
         Pruner(make(), EXAMPLE, target_macs=0.001, round_to=8)
+    with pytest.warns(UserWarning, match="target_macs=0.5: the last cut will reach 0.511, .* with round_to=16"):
+        Pruner(make(), EXAMPLE, target_macs=0.5, round_to=16)  # 16 of 16 and 16 of 24, or 16 and 8: no closer
 
 
 def test_taylor_ranks_by_the_training_gradients() -> None:
