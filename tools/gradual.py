@@ -25,6 +25,7 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +192,35 @@ def table(results: dict[str, list[Run]]) -> list[str]:
     return lines
 
 
+def summary(results: dict[str, list[Run]]) -> list[str]:
+    """What the table says about the two questions: gradual vs one-shot, carried vs rebuilt (same MACs, same
+    steps), with the spread of one test digit (1/450 = 0.0022) in mind."""
+
+    def final(name: str) -> float:
+        return statistics.mean(r.final for r in results[name])
+
+    def spread(name: str) -> float:
+        return statistics.pstdev(r.final for r in results[name])
+
+    gradual, oneshot = final("agp, Adam carried"), final("one-shot, Adam carried")
+    noise = max(spread("agp, Adam carried"), spread("one-shot, Adam carried"))
+    verdict = "at least as accurate as" if gradual >= oneshot else (
+        "within one standard deviation of" if oneshot - gradual <= noise else "less accurate than"
+    )  # fmt: skip
+    lowest = [
+        statistics.mean(min(r.after_cuts()) for r in results[n])
+        for n in ("agp, Adam carried", "one-shot, Adam carried")
+    ]
+    carried = [final(f"{s}, Adam carried") - final(f"{s}, Adam rebuilt") for s in ("one-shot", "agp")]
+    return [
+        f"Gradual (agp) ends {verdict} one-shot: {gradual:.4f} against {oneshot:.4f} (standard deviation over seeds up "
+        f"to {noise:.4f}; one test digit is 0.0022). Right after its cuts the gradual model never falls below "
+        f"{lowest[0]:.4f} on average, the one-shot model falls to {lowest[1]:.4f}. Carrying Adam's state instead of "
+        f"rebuilding the optimizer changes the final accuracy by {carried[0]:+.4f} (one-shot) and {carried[1]:+.4f} "
+        "(agp).",
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.25], help="fractions of the MACs to keep")
@@ -203,6 +233,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default="docs/gradual.md")
     args = ap.parse_args()
+    warnings.filterwarnings("ignore", message=".*the last cut will reach")  # the table gives the MACs reached
     t0 = time.perf_counter()
     data = digits()
     dense = [train(Run(*RUNS[0]), s, data, args, 1.0) for s in args.seeds]
@@ -225,7 +256,7 @@ def document(results: dict[float, dict[str, list[Run]]], args: argparse.Namespac
         "",
     ]
     for target, res in results.items():
-        lines += [f"## To {target:.0%} of the MACs", "", *table(res), ""]
+        lines += [f"## To {target:.0%} of the MACs", "", *table(res), "", *summary(res), ""]
     lines += [f"![accuracy against MACs]({out.with_suffix('.png').name})", ""]
     return lines
 
