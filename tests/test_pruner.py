@@ -335,3 +335,13 @@ def test_keep_objects_surgery_keeps_tied_parameters_tied() -> None:
 
 def test_slimnet_pruner_is_the_pruner() -> None:
     assert slimnet.Pruner is Pruner
+
+
+def test_a_cut_leaves_the_global_random_state_and_the_training_mode_alone() -> None:
+    """A run with cuts draws the same dropout masks and batches as one without."""
+    model = make()
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    pruner = Pruner(model, EXAMPLE, ratio=0.5, schedule="one-shot", start=0, round_to=1)
+    assert pruner.step(0) is not None and model.c1.out_channels == 8
+    assert torch.equal(torch.get_rng_state(), state) and model.training
