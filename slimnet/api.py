@@ -6,7 +6,9 @@ result.model    # the pruned nn.Module (a new object; ``model`` is left untouche
 result.plan     # slimnet.plan/1 data
 result.report   # the same dict that ``slimnet shrink --json`` prints
 
-graph(model, example) is ``slimnet graph``, apply(model, plan, example) ``slimnet apply``, and
+graph(model, example) is ``slimnet graph``; Planner(model, example) makes plans for any ratio, target or
+allocation from one analysis (``Planner.plan(target_macs=0.5, use_global=True)``), and ``shrink(..., planner=)``
+cuts them; apply(model, plan, example) ``slimnet apply``, and
 bench(["a.pt", "b.pt"]) or bench([model, pruned], example) ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
 """
 
@@ -17,23 +19,21 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import measure
-from ._tensors import call, count_params
-from ._util import first_line
-from .allocate import check_target
+from ._tensors import count_params
 from .benchmark import bench
-from .errors import SlimnetError, VerificationError
-from .groups import Analysis, analyse
-from .plan import Decision, build_plan, choose
-from .settings import DEFAULT_ROUND_TO, check_settings
+from .errors import VerificationError
+from .groups import Analysis
+from .plan import Decision, build_plan
+from .planner import Planned, Planner, check_runs, describe, graph
+from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings
 from .stages import Stages
 from .surgeon import pruned_copy
 from .verify import VerifyResult, verify
 
-__all__ = ["ShrinkResult", "apply", "bench", "graph", "shrink"]
+__all__ = ["Planned", "Planner", "ShrinkResult", "apply", "bench", "check_runs", "describe", "graph", "shrink"]
 
 
 @dataclass
@@ -52,39 +52,6 @@ def count_macs(model: nn.Module, example: Any) -> int:
     return int(measure.count_macs(model, example)["macs"])
 
 
-def check_runs(model: nn.Module, example: Any) -> None:
-    """Run the original once: an input the model rejects is the user's error, said in one line."""
-    try:
-        with torch.no_grad():
-            call(model.eval(), example)
-    except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
-        first = first_line(exc)
-        shapes = _describe(example)
-        raise SlimnetError(
-            f"the model rejects the example input {shapes}: {type(exc).__name__}: {first}; "
-            "give the right --input-shape or --input"
-        ) from None
-
-
-def _describe(example: Any) -> str:
-    if isinstance(example, torch.Tensor):
-        return "x".join(str(s) for s in example.shape) or "scalar"
-    if isinstance(example, dict):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in example.items()) + "}"
-    if isinstance(example, (tuple, list)):
-        return "(" + ", ".join(_describe(v) for v in example) + ")"
-    return type(example).__name__
-
-
-def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
-    """The coupled channel groups of ``model``, each prunable or with the reason it is not; ``analysis.cost``
-    prices any plan of it. One analysis serves every ratio, target and criterion (``shrink(..., analysis=)``)."""
-    stages = stages or Stages()
-    with stages("trace"):
-        check_runs(model, example)
-    return analyse(model, example, stages=stages)
-
-
 def shrink(
     model: nn.Module,
     example: Any,
@@ -101,48 +68,61 @@ def shrink(
     analysis: Analysis | None = None,
     target_macs: float | None = None,
     target_params: float | None = None,
+    target_latency: float | str | None = None,
+    use_global: bool = False,
+    max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO,
+    ratios: dict[str, float] | None = None,
+    backend: str = "ort-cpu",
+    threads: int = 1,
+    batch_size: int = 1,
+    cache: bool = True,
+    planner: Planner | None = None,
     stages: Stages | None = None,
+    progress: bool = False,
 ) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
 
-    ``analysis``: this model's :func:`graph` on this example, when the caller has it already (it depends on the
-    model and the input only, so one analysis serves every ratio and criterion); the model is then neither run
-    nor traced again. ``target_macs`` / ``target_params``: instead of ``ratio``, the fraction of the original's
-    MACs or parameters to keep (the report's ``target`` says what was reached). ``stages``: timings and progress
-    (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them either way."""
+    Each group drops ``ratio`` (``head_ratio`` for heads) unless ``ratios`` (group name or glob -> share) names
+    it; ``use_global`` ranks all units together (no group loses more than ``max_layer_ratio``). Targets replace
+    ``ratio``: ``target_macs`` / ``target_params`` (fraction of the original's to keep), ``target_latency`` (a
+    fraction of the latency measured on ``backend`` at ``threads`` and ``batch_size``, or ``"12ms"``;
+    ``cache=False`` measures the latency table again); the report's ``target`` says what was reached.
+    ``planner`` / ``analysis``: this model's :class:`Planner` or :func:`graph` on this example, if the caller has
+    it (the model is then neither run nor traced again). ``stages``: timings and progress."""
     t0 = time.perf_counter()
     stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
-    target = _target(target_macs, target_params)
-    model = model.eval()
-    if analysis is None:
-        analysis = graph(model, example, stages)
+    targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
+    check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
+    planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages)
     with stages("rank"):
-        decisions, reached = choose(
-            analysis,
-            model,
-            ratio=ratio,
-            criterion=criterion,
-            round_to=round_to,
-            ignore=ignore,
-            seed=seed,
-            prune_norm=prune_norm,
-            head_ratio=head_ratio,
-            target=target,
-        )
+        planned = planner.plan(
+            ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
+            head_ratio=head_ratio, target_macs=target_macs, target_params=target_params,
+            target_latency=target_latency, use_global=use_global, max_layer_ratio=max_layer_ratio, ratios=ratios,
+            backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
+            model_name=model_name,
+        )  # fmt: skip
+    decisions, plan, reached, analysis = planned.decisions, planned.plan, planned.target, planner.analysis
+    pruned, result, approximate = cut_and_verify(model.eval(), example, analysis, decisions, plan, stages)
+    with stages("measure"):
+        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
+    if reached is not None:
+        report["target" if reached.kind != "units" else "global"] = reached.report()
+    report["allocation"] = plan.get("allocation", "uniform")
+    report["importance_kept"] = importance_kept(planner, criterion, seed, decisions)
+    return ShrinkResult(pruned, plan, analysis, decisions, result, {**report, **_timing(t0, stages)})
+
+
+def _timing(t0: float, stages: Stages) -> dict[str, Any]:
+    return {"seconds": round(time.perf_counter() - t0, 3), "timings": stages.rounded()}
+
+
+def cut_and_verify(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
+                   plan: dict[str, Any], stages: Stages) -> tuple[nn.Module, VerifyResult, bool]:  # fmt: skip
+    """The pruned copy, its verification, and whether the cut is approximate (normalised groups pruned on
+    request); raises VerificationError, naming the culprit group, when an exact cut does not verify."""
     with stages("cut"):
-        plan = build_plan(
-            analysis,
-            decisions,
-            model_name=model_name or type(model).__name__,
-            criterion=criterion,
-            ratio=round(reached.ratio, 6) if reached else ratio,
-            round_to=round_to,
-            seed=seed,
-            head_ratio=head_ratio,
-        )
-        if reached is not None:
-            plan["target"] = reached.report()
         pruned = pruned_copy(model, plan).eval()
     with stages("verify"):
         result = verify(model, pruned, plan, example)
@@ -150,25 +130,17 @@ def shrink(
         if not result.passed and not approximate:
             culprit = find_culprit(model, example, analysis, decisions)
             raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    with stages("measure"):
-        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
-    if reached is not None:
-        report["target"] = reached.report()
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    report["timings"] = stages.rounded()
-    return ShrinkResult(pruned, plan, analysis, decisions, result, report)
+    return pruned, result, approximate
 
 
-def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
-    if target_macs is not None and target_params is not None:
-        raise SlimnetError("give one target: --target-macs or --target-params, not both")
-    if target_macs is not None:
-        check_target("macs", target_macs)
-        return ("macs", float(target_macs))
-    if target_params is not None:
-        check_target("params", target_params)
-        return ("params", float(target_params))
-    return None
+def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list[Decision]) -> dict[str, float]:
+    """The sum of the normalised scores of the kept units (:mod:`slimnet.allocate.ranking`), of all, and its
+    share, over the groups that were pruned or could have been."""
+    ranking = planner.ranking(criterion, seed)
+    ranked = [d for d in decisions if d.reason is None and d.group.id in ranking.orders]
+    kept = ranking.kept_importance({d.group.id: len(d.keep) for d in ranked})
+    total = ranking.kept_importance({d.group.id: len(d.group.units) for d in ranked})
+    return {"kept": round(kept, 4), "total": round(total, 4), "share": round(kept / total, 6) if total else 1.0}
 
 
 def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:

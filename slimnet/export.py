@@ -361,8 +361,9 @@ def _size(out: Path, external: bool) -> int:
     return size
 
 
-def ort_session(path: str | Path, provider: str, threads: int) -> Any:
-    """An onnxruntime session pinned to ``threads`` intra-op threads and one inter-op thread.
+def ort_session(path: str | Path | bytes, provider: str, threads: int) -> Any:
+    """An onnxruntime session pinned to ``threads`` intra-op threads and one inter-op thread (``path``: a file,
+    or the serialized model itself).
 
     Spinning is off: with several sessions timed in turn, idle threads of one session spinning would steal
     cores from the next one, which would make interleaving unfair."""
@@ -375,7 +376,8 @@ def ort_session(path: str | Path, provider: str, threads: int) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=opts, providers=[provider])
 
 
 def ort_feed(session: Any, names: Sequence[str], inputs: Any) -> dict[str, Any]:

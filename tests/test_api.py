@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimnet import api
+from slimnet import api, planner
 from slimnet.errors import SlimnetError
 
 from .helpers import randomise
@@ -26,8 +26,8 @@ def test_shrink_reuses_a_given_analysis(monkeypatch: pytest.MonkeyPatch) -> None
     def no_second_look(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the model was run or traced again")
 
-    monkeypatch.setattr(api, "analyse", no_second_look)
-    monkeypatch.setattr(api, "check_runs", no_second_look)
+    monkeypatch.setattr(planner, "analyse", no_second_look)
+    monkeypatch.setattr(planner, "check_runs", no_second_look)
     for criterion in ("fpgm", "l2"):
         reused = api.shrink(model, x, ratio=0.5, criterion=criterion, round_to=1, measure=False, analysis=analysis)
         assert reused.analysis is analysis and reused.verification.passed

@@ -15,8 +15,9 @@ from rich.table import Table
 
 from .._util import first_line, save_atomic
 from ..errors import SlimnetError, VerificationError
-from ..settings import DEFAULT_ROUND_TO, check_settings, plan_path_for
+from ..settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_settings, plan_path_for
 from ..spec import parse_spec
+from . import allocation as alloc
 from .common import (
     MODEL_HELP,
     AsJson,
@@ -71,7 +72,8 @@ Recipe = Annotated[
     Optional[str],
     typer.Option(
         "--recipe",
-        help="YAML file of settings (ratio, criterion, round_to, ignore, seed, prune_norm); "
+        help="YAML file of settings (ratio, criterion, round_to, ignore, seed, prune_norm, head_ratio, target_macs, "
+        "target_params, target_latency, backend, threads, batch_size, global, max_layer_ratio, ratios); "
         "flags given explicitly win.",
     ),
 ]
@@ -93,6 +95,16 @@ def shrink(
     prune_norm: PruneNorm = False,
     prune_embed: PruneEmbed = False,
     head_ratio: HeadRatio = None,
+    target_macs: alloc.TargetMacs = None,
+    target_params: alloc.TargetParams = None,
+    target_latency: alloc.TargetLatency = None,
+    use_global: alloc.Global = False,
+    max_layer_ratio: alloc.MaxLayerRatio = DEFAULT_MAX_LAYER_RATIO,
+    ratios: alloc.RatiosFile = None,
+    backend: alloc.LatencyBackend = "ort-cpu",
+    threads: alloc.LatencyThreads = 1,
+    batch_size: alloc.LatencyBatch = 1,
+    no_cache: alloc.NoCache = False,
     weights: Weights = None,
     input_file: InputFile = None,
     input_shape: InputShape = None,
@@ -104,42 +116,90 @@ def shrink(
 ) -> None:
     """Prune MODEL: trace, group coupled channels, rank, cut, verify, and save the smaller model and its plan."""
     with guarded(debug):
-        given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or []}
-        given.update(seed=seed, prune_norm=prune_norm)
-        s = recipe_settings(ctx, recipe, given) if recipe is not None else given
-        check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=head_ratio)
-        folder = wants_folder(output, model)
-        source = parse_spec(model).file
-        out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
-        plan_path = plan_path_for(out_path)
-        check_output(str(plan_path), [source])
-        onnx_path = check_output(onnx, [source, output]) if onnx else None
+        given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or [], "seed": seed}
+        given.update(prune_norm=prune_norm, head_ratio=head_ratio, ratios=ratios, no_cache=no_cache)
+        given.update(target_macs=target_macs, target_params=target_params, target_latency=target_latency)
+        given.update({"backend": backend, "threads": threads, "batch_size": batch_size, "global": use_global})
+        given["max_layer_ratio"] = max_layer_ratio
+        s, explicit_ratio = merged_settings(ctx, recipe, given)
+        check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=s["head_ratio"])
+        allocation = alloc.allocation_settings(s, explicit_ratio)
+        folder, out_path, plan_path, onnx_path = outputs(model, output, weights, input_file, onnx)
         from .. import api  # lazy: CLI start-up
 
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         result = api.shrink(
             loaded.model,
             example,
-            ratio=s["ratio"],
             criterion=s["criterion"],
             round_to=s["round_to"],
             ignore=s["ignore"],
             seed=s["seed"],
             prune_norm=s["prune_norm"] or prune_embed,
             model_name=model,
-            head_ratio=head_ratio,
+            head_ratio=s["head_ratio"],
+            progress=not as_json,
+            **allocation,
         )
-        report = result.report
-        if onnx_path is not None:
-            from ..export import export_onnx  # lazy: CLI start-up
+        finish(result, example, onnx_path, out_path, plan_path, folder, as_json)
 
-            report["onnx"] = export_onnx(result.model, example, onnx_path)
-        save_pruned(result.model, result.plan, out_path, plan_path, folder)
-        report["output"], report["plan"] = str(out_path), str(plan_path)
-        if as_json:
-            emit_json(report)
-        else:
-            print_report(report)
+
+def outputs(model: str, output: str, weights: Optional[str], input_file: Optional[str],
+            onnx: Optional[str]) -> tuple[bool, Path, Path, Optional[Path]]:  # fmt: skip
+    """Where shrink writes (a folder for hf: models without .pt), each checked before anything is loaded."""
+    folder = wants_folder(output, model)
+    source = parse_spec(model).file
+    out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
+    plan_path = plan_path_for(out_path)
+    check_output(str(plan_path), [source])
+    onnx_path = check_output(onnx, [source, output]) if onnx else None
+    return folder, out_path, plan_path, onnx_path
+
+
+def finish(result: Any, example: Any, onnx_path: Optional[Path], out_path: Path, plan_path: Path, folder: bool,
+           as_json: bool) -> None:  # fmt: skip
+    """Export (when asked), save the model and its plan, and report."""
+    report = result.report
+    if onnx_path is not None:
+        from ..export import export_onnx  # lazy: CLI start-up
+
+        report["onnx"] = export_onnx(result.model, example, onnx_path)
+    save_pruned(result.model, result.plan, out_path, plan_path, folder)
+    report["output"], report["plan"] = str(out_path), str(plan_path)
+    if as_json:
+        emit_json(report)
+    else:
+        print_report(report)
+
+
+def merged_settings(ctx: typer.Context, recipe: Optional[str], given: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Flags over recipe over defaults, and whether --ratio was asked for (a flag, or a recipe whose ratio no
+    target flag overrides). A target flag replaces the recipe's ratio and targets; a --ratio flag its targets."""
+    data = recipe_settings(ctx, recipe, given) if recipe is not None else dict(given)
+    flag_ratio = _explicit(ctx, "ratio")
+    flag_target = any(given[k] is not None for k in TARGET_KEYS)
+    if recipe is None:
+        return data, flag_ratio
+    if flag_target:
+        data["ratio"] = given["ratio"]
+        data.update({k: given[k] for k in TARGET_KEYS})
+    elif flag_ratio:
+        data.update({k: None for k in TARGET_KEYS})
+    return data, flag_ratio or (not flag_target and "ratio" in _recipe_keys(recipe))
+
+
+TARGET_KEYS = ("target_macs", "target_params", "target_latency")
+
+
+def _explicit(ctx: typer.Context, key: str) -> bool:
+    source = ctx.get_parameter_source(PARAMS.get(key, key))
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _recipe_keys(path: str) -> set[str]:
+    import yaml  # lazy: CLI start-up
+
+    return set(yaml.safe_load(Path(path).read_text()) or {})
 
 
 def wants_folder(output: str, model: str) -> bool:
@@ -171,7 +231,27 @@ def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Pat
         raise
 
 
-RECIPE_KEYS = {"ratio": float, "criterion": str, "round_to": int, "ignore": list, "seed": int, "prune_norm": bool}
+NUMBER = (int, float)
+RECIPE_KEYS: dict[str, tuple[type, ...]] = {
+    "ratio": NUMBER,
+    "criterion": (str,),
+    "round_to": (int,),
+    "ignore": (list,),
+    "seed": (int,),
+    "prune_norm": (bool,),
+    "head_ratio": NUMBER,
+    "target_macs": NUMBER,
+    "target_params": NUMBER,
+    "target_latency": (str, *NUMBER),
+    "backend": (str,),
+    "threads": (int,),
+    "batch_size": (int,),
+    "global": (bool,),
+    "max_layer_ratio": NUMBER,
+    "ratios": (dict, str),
+}
+#: recipe key -> the shrink command's parameter, where they differ
+PARAMS = {"global": "use_global"}
 
 
 def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> dict[str, Any]:
@@ -192,14 +272,15 @@ def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> d
     if unknown:
         raise SlimnetError(f"recipe {path} has unknown keys {unknown}: allowed are {sorted(RECIPE_KEYS)}")
     merged = dict(current)
-    for key, kind in RECIPE_KEYS.items():
+    for key, kinds in RECIPE_KEYS.items():
         if key not in data:
             continue
         value = data[key]
-        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
-            raise SlimnetError(f"recipe {path}: {key} must be a {kind.__name__}")
-        source = ctx.get_parameter_source(key)
-        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise SlimnetError(f"recipe {path}: {key} must be a {' or '.join(k.__name__ for k in kinds)}")
+        if key == "ratios" and isinstance(value, str):
+            value = str((p.parent / value).resolve()) if not Path(value).is_absolute() else value
+        if not _explicit(ctx, key):
             merged[key] = value
     return merged
 
@@ -240,6 +321,7 @@ def print_report(report: dict[str, Any]) -> None:
         for s in report["skipped"]:
             skipped.add_row(s["group"], s["reason"])
         out.print(skipped)
+    alloc.print_target(report)
     if report.get("output"):
         out.print(f"wrote {report['output']} and {report['plan']}")
 
