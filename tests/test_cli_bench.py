@@ -87,6 +87,6 @@ def test_cli_bench_tables_and_errors(tmp_path):
     assert r.exit_code == 2 and r.stderr.startswith("error:") and "Traceback" not in r.output
     assert len(r.stderr.strip().splitlines()) == 1
     r = runner.invoke(app, ["bench", big, "--backend", "tpu"])
-    assert r.exit_code == 2 and "unknown --backend tpu" in r.stderr
+    assert r.exit_code == 2 and "unknown backend tpu (--backend)" in r.stderr
     r = runner.invoke(app, ["bench", big, "--runs", "0"])
     assert r.exit_code == 2 and "--runs" in r.stderr

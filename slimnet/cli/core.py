@@ -1,8 +1,10 @@
 """``slimnet shrink``, ``apply`` and ``graph``: prune a model, re-apply a saved plan, show the channel groups.
 
-Each command checks its arguments first (settings, output paths; no torch yet), then loads the model and its
-example input and calls :mod:`slimnet.api`. Outputs are written to temporary files and renamed at the end, and the
-plan of a failed save is taken back.
+Each command checks its arguments first (settings, MODEL's file, output paths; no torch yet, so a typo is
+answered at once), then loads the model and its example input and calls :mod:`slimnet.api`, in named stages whose
+progress goes to stderr (:mod:`.progress`). Without ``-o`` the output goes beside the input
+(:func:`.common.default_output`). Outputs are written to temporary files and renamed at the end, and the plan of a
+failed save is taken back.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from rich.table import Table
 from .._util import first_line, save_atomic
 from ..errors import SlimnetError, VerificationError
 from ..settings import DEFAULT_ROUND_TO, check_settings, plan_path_for
-from ..spec import parse_spec
+from ..spec import check_model, parse_spec
 from .common import (
     MODEL_HELP,
     AsJson,
@@ -24,22 +26,27 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    ShowProgress,
     TrustPickle,
     Weights,
     check_output,
+    default_output,
     emit_json,
     fmt,
     guarded,
     model_inputs,
     out,
     output_option,
+    say,
 )
+from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
 PrunedOutput = Annotated[
-    str,
+    Optional[str],
     output_option(
-        "Where to write the pruned model (torch.save); for hf: models a name without .pt is a save_pretrained folder."
+        "Where to write the pruned model (torch.save) (default: beside the input, model.pt -> model-slim.pt; "
+        "for a built-in, NAME-slim.pt here); for hf: models a name without .pt is a save_pretrained folder."
     ),
 ]
 Ratio = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1.")]
@@ -75,8 +82,10 @@ Recipe = Annotated[
         "flags given explicitly win.",
     ),
 ]
-Architecture = Annotated[str, typer.Argument(help=f"The original architecture: {MODEL_HELP}")]
-PlanFile = Annotated[str, typer.Argument(help="A slimnet.plan/1 JSON file.")]
+Architecture = Annotated[
+    str, typer.Argument(help=f"The original architecture: {MODEL_HELP}", metavar="MODEL", show_default=False)
+]
+PlanFile = Annotated[str, typer.Argument(help="A slimnet.plan/1 JSON file.", metavar="PLAN", show_default=False)]
 Members = Annotated[bool, typer.Option("--members", help="List every member tensor of each group.")]
 
 
@@ -84,7 +93,7 @@ Members = Annotated[bool, typer.Option("--members", help="List every member tens
 def shrink(
     ctx: typer.Context,
     model: Model,
-    output: PrunedOutput,
+    output: PrunedOutput = None,
     ratio: Ratio = 0.5,
     criterion: Criterion = "l1",
     round_to: RoundTo = DEFAULT_ROUND_TO,
@@ -99,6 +108,7 @@ def shrink(
     onnx: Onnx = None,
     recipe: Recipe = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -108,34 +118,42 @@ def shrink(
         given.update(seed=seed, prune_norm=prune_norm)
         s = recipe_settings(ctx, recipe, given) if recipe is not None else given
         check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=head_ratio)
+        source = check_model(model).file
+        output = output or default_output(model, "-slim" if parse_spec(model).kind == "hf" else "-slim.pt")
         folder = wants_folder(output, model)
-        source = parse_spec(model).file
         out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
         plan_path = plan_path_for(out_path)
         check_output(str(plan_path), [source])
         onnx_path = check_output(onnx, [source, output]) if onnx else None
-        from .. import api  # lazy: CLI start-up
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from .. import api  # lazy: CLI start-up (torch is imported here, inside the "load" stage)
 
-        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        result = api.shrink(
-            loaded.model,
-            example,
-            ratio=s["ratio"],
-            criterion=s["criterion"],
-            round_to=s["round_to"],
-            ignore=s["ignore"],
-            seed=s["seed"],
-            prune_norm=s["prune_norm"] or prune_embed,
-            model_name=model,
-            head_ratio=head_ratio,
-        )
-        report = result.report
-        if onnx_path is not None:
-            from ..export import export_onnx  # lazy: CLI start-up
+                loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+            result = api.shrink(
+                loaded.model,
+                example,
+                ratio=s["ratio"],
+                criterion=s["criterion"],
+                round_to=s["round_to"],
+                ignore=s["ignore"],
+                seed=s["seed"],
+                prune_norm=s["prune_norm"] or prune_embed,
+                model_name=model,
+                head_ratio=head_ratio,
+                stages=stages,
+            )
+            report = result.report
+            if onnx_path is not None:
+                with stages("export"):
+                    from ..exporter import export_onnx  # lazy: CLI start-up
 
-            report["onnx"] = export_onnx(result.model, example, onnx_path)
-        save_pruned(result.model, result.plan, out_path, plan_path, folder)
+                    report["onnx"] = export_onnx(result.model, example, onnx_path)
+            with stages("write"):
+                save_pruned(result.model, result.plan, out_path, plan_path, folder)
         report["output"], report["plan"] = str(out_path), str(plan_path)
+        report["timings"] = stages.rounded()
         if as_json:
             emit_json(report)
         else:
@@ -218,17 +236,17 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_row("params", fmt(p[0]), fmt(p[1]), _ratio(p[0], p[1]))
     table.add_row("MACs (fvcore)", fmt(m[0]), fmt(m[1]), _ratio(m[0], m[1]))
     out.print(table)
-    out.print(
+    say(
         f"groups: {report['groups']} found, {report['pruned_groups']} pruned, {len(report['skipped'])} left whole; "
         f"criterion {report['criterion']}, ratio {report['ratio']}, round-to {report['round_to']}"
     )
     verdict = "exact" if report.get("exact") else "approximate (normalised groups pruned on request)"
-    out.print(
+    say(
         f"verified ({verdict}): max abs diff {report['max_abs_diff']:.3g} <= tolerance "
-        f"{report['tolerance']:.3g} on {', '.join(report['verify_inputs'])}; {report.get('seconds', 0):.1f} s"
+        f"{report['tolerance']:.3g} on {', '.join(report['verify_inputs'])}"
     )
     if report.get("verify_randomised"):
-        out.print(
+        say(
             f"  and again with the model's {report['verify_randomised']} constant tensors (fresh norms, zero "
             f"biases or classifier), where a wrong cut could hide, randomised: max abs diff "
             f"{report['verify_randomised_diff']:.3g} (float32)"
@@ -240,54 +258,80 @@ def print_report(report: dict[str, Any]) -> None:
         for s in report["skipped"]:
             skipped.add_row(s["group"], s["reason"])
         out.print(skipped)
+    say(took(report.get("timings") or {}))
     if report.get("output"):
-        out.print(f"wrote {report['output']} and {report['plan']}")
+        say(f"wrote {report['output']} and {report['plan']}")
+
+
+def took(timings: dict[str, float]) -> str:
+    """``took 14.2 s: load 3.1, trace 1.4, ... (seconds)``: the whole command, stage by stage."""
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    return f"took {sum(timings.values()):.1f} s: {parts} (seconds per stage)" if timings else "took -"
 
 
 # ------------------------------------------------------------------------------------------ apply
 def apply(
     model: Architecture,
     plan: PlanFile,
-    output: Annotated[str, output_option("Where to write the pruned model.")],
+    output: Annotated[
+        Optional[str],
+        output_option("Where to write the pruned model (default: beside the input, model.pt -> model-slim.pt)."),
+    ] = None,
     weights: Weights = None,
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    """Apply a saved plan to a fresh instance of the same architecture, verify it, and save the result."""
+    """Apply a saved plan to a fresh (e.g. trained) instance of the architecture, verify it, save the result."""
     with guarded(debug):
-        out_path = check_output(output, [parse_spec(model).file, plan, weights or ""])
-        from .. import api  # lazy: CLI start-up
-        from .. import plan as plan_mod  # lazy: CLI start-up
-        from .._tensors import count_params  # lazy: CLI start-up
+        source = check_model(model).file
+        if not Path(plan).is_file():
+            raise SlimnetError(f"plan {plan} does not exist")
+        output = output or default_output(model, "-slim.pt")
+        out_path = check_output(output, [source, plan, weights or ""])
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from .. import api  # lazy: CLI start-up
+                from .. import plan as plan_mod  # lazy: CLI start-up
+                from .._tensors import count_params  # lazy: CLI start-up
 
-        the_plan = plan_mod.load(plan)
-        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        api.check_runs(loaded.model, example)
-        pruned, result = api.apply(loaded.model, the_plan, example)
-        if result is not None and not result.passed:
-            raise VerificationError(f"verification failed: {result.error}; nothing was written")
-        save_model_atomic(pruned, out_path)
+                the_plan = plan_mod.load(plan)
+                loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+            with stages("trace"):
+                api.check_runs(loaded.model, example)
+            with stages("cut"):
+                pruned, result = api.apply(loaded.model, the_plan, example)
+            if result is not None and not result.passed:
+                raise VerificationError(f"verification failed: {result.error}; nothing was written")
+            with stages("write"):
+                save_model_atomic(pruned, out_path)
+        before, after = count_params(loaded.model), count_params(pruned)
         report = {
             "model": model,
             "plan": plan,
             "output": str(out_path),
-            "params": [count_params(loaded.model), count_params(pruned)],
+            "params": [before, after],
+            "params_before": before,
+            "params_after": after,
             "tensors": len(the_plan["tensors"]),
             "max_abs_diff": result.max_abs_diff if result else None,
             "tolerance": result.tolerance if result else None,
             "verified": bool(result and result.passed),
+            "timings": stages.rounded(),
         }
         if as_json:
             emit_json(report)
         else:
-            out.print(
+            say(
                 f"applied {plan} to {model}: {report['tensors']} tensors cut, params "
-                f"{fmt(report['params'][0])} -> {fmt(report['params'][1])}; verified, max abs diff "
-                f"{report['max_abs_diff']:.3g}; wrote {out_path}"
+                f"{fmt(before)} -> {fmt(after)}; verified, max abs diff {report['max_abs_diff']:.3g}"
             )
+            say(took(report["timings"]))
+            say(f"wrote {out_path}")
 
 
 # ------------------------------------------------------------------------------------------ graph
@@ -298,27 +342,33 @@ def graph(
     input_shape: InputShape = None,
     members: Members = False,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
     """Show the coupled channel groups of MODEL: members, channels, and why a group cannot be pruned."""
     with guarded(debug):
-        from .. import api  # lazy: CLI start-up
+        check_model(model)
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from .. import api  # lazy: CLI start-up
 
-        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        groups = [g.describe() for g in api.graph(loaded.model, example).groups]
+                loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+            groups = [g.describe() for g in api.graph(loaded.model, example, stages).groups]
         prunable = sum(1 for g in groups if g["prunable"])
         if as_json:
-            emit_json({"model": model, "groups": groups, "prunable": prunable})
+            emit_json({"model": model, "groups": groups, "prunable": prunable, "timings": stages.rounded()})
             return
         table = Table(title=f"channel groups of {model}")
-        for col in ("id", "group", "units", "members", "prunable / why not"):
+        for col in ("id", "group", "units", "members" if members else "member dims", "prunable / why not"):
             table.add_column(col)
         for g in groups:
-            mem = ", ".join(g["members"]) if members else f"{len(g['members'])} tensors dims"
+            mem = ", ".join(g["members"]) if members else str(len(g["members"]))
             why = "yes" if g["prunable"] else g["reason"]
             if g["prunable"] and g["normalised"]:
                 why = f"only with --prune-norm ({g['normalised']})"
             table.add_row(str(g["id"]), g["name"], str(g["units"]), mem, why)
         out.print(table)
-        out.print(f"{len(groups)} groups, {prunable} prunable")
+        hint = "" if members else " (member dims: the tensor dimensions each group slices; --members lists them)"
+        say(f"{len(groups)} groups, {prunable} prunable{hint}")
