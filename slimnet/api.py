@@ -41,13 +41,13 @@ __all__ = ["ShrinkResult", "apply", "bench", "graph", "shrink"]
 
 @dataclass
 class ShrinkResult:
-    """What :func:`shrink` returns.
+    """What ``shrink`` returns.
 
     Attributes:
         model: the pruned model, a new ``nn.Module`` in eval mode (the input model is left untouched).
         plan: the ``slimnet.plan/1`` data: per original ``state_dict`` tensor, the indices each cut dimension
-            keeps; :func:`apply` re-applies it to another instance (``slimnet.plan.save`` writes it).
-        analysis: the channel groups (:func:`graph`), reusable for other ratios and criteria (``analysis=``).
+            keeps; ``apply`` re-applies it to another instance (``slimnet.plan.save`` writes it).
+        analysis: the channel groups (``graph``), reusable for other ratios and criteria (``analysis=``).
         decisions: per group, what was kept and why a group was left whole.
         verification: the check of the pruned model against the masked original (``max_abs_diff``,
             ``tolerance``, ``passed``, ``inputs``).
@@ -98,17 +98,17 @@ def _describe(example: Any) -> str:
 def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
     """The coupled channel groups of ``model``, each prunable or with the reason it is not (``slimnet graph``).
 
-    One analysis serves every ratio, target and criterion: pass it to :func:`shrink` as ``analysis=`` to prune
+    One analysis serves every ratio, target and criterion: pass it to ``shrink`` as ``analysis=`` to prune
     the same model several ways without tracing it again; ``analysis.cost`` prices any plan of it.
 
     Args:
         model: the model to analyse (left untouched; run in eval mode).
         example: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of tensors
             (keyword arguments).
-        stages: timings and progress (:class:`slimnet.stages.Stages`): ``trace`` and ``groups``.
+        stages: timings and progress (``slimnet.stages.Stages``): ``trace`` and ``groups``.
 
     Returns:
-        An :class:`slimnet.groups.Analysis`: ``analysis.groups`` lists each :class:`slimnet.groups.Group`
+        An ``slimnet.groups.Analysis``: ``analysis.groups`` lists each ``slimnet.groups.Group``
         (``g.describe()`` gives its name, units, members, whether it is prunable and the reason if not).
 
     Raises:
@@ -158,15 +158,15 @@ def shrink(
         model_name: the name recorded in the plan and the report (default: the class name).
         measure: count MACs before and after (``report["macs"]``); False skips it.
         head_ratio: fraction of attention heads to drop (default: ``ratio``).
-        analysis: this model's :func:`graph` on this example, when the caller has it already: the model is then
+        analysis: this model's ``graph`` on this example, when the caller has it already: the model is then
             neither run nor traced again.
         target_macs: instead of ``ratio``, the fraction of the original's MACs to keep (``report["target"]`` says
             what was reached).
         target_params: the same for parameters.
-        stages: timings and progress (:class:`slimnet.stages.Stages`); ``report["timings"]`` holds them either way.
+        stages: timings and progress (``slimnet.stages.Stages``); ``report["timings"]`` holds them either way.
 
     Returns:
-        A :class:`ShrinkResult`: ``.model`` (the pruned module), ``.plan`` (plain data, for :func:`apply`),
+        A ``ShrinkResult``: ``.model`` (the pruned module), ``.plan`` (plain data, for ``apply``),
         ``.report`` (the ``slimnet shrink --json`` object), ``.verification``, ``.analysis``, ``.decisions``.
 
     Raises:
@@ -243,12 +243,12 @@ def apply(
 
     Args:
         model: an instance of the architecture the plan was made for (left untouched).
-        plan: the plan: :attr:`ShrinkResult.plan`, or the path of a saved ``.plan.json``.
+        plan: the plan: ``ShrinkResult.plan``, or the path of a saved ``.plan.json``.
         example: an input the model accepts; when given, the result is verified against the masked original
-            (as :func:`shrink` does) and the check is returned.
+            (as ``shrink`` does) and the check is returned.
 
     Returns:
-        ``(pruned, verification)``: the pruned copy (eval mode), and the :class:`slimnet.verify.VerifyResult`
+        ``(pruned, verification)``: the pruned copy (eval mode), and the ``slimnet.verify.VerifyResult``
         (None without ``example``; check ``verification.passed``).
 
     Raises:

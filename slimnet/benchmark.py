@@ -73,7 +73,7 @@ def bench(
         input_shape: ``--input-shape``, e.g. ``"1,3,224,224"``.
         trust_pickle: fully unpickle model files (runs code the file names; only for files you trust).
         budget: seconds per backend that bench may spend on extra rounds when the timings look noisy (0: none).
-        stages: timings and progress (:class:`slimnet.stages.Stages`): ``load``, ``macs``, ``export``,
+        stages: timings and progress (``slimnet.stages.Stages``): ``load``, ``macs``, ``export``,
             ``time <backend>``.
 
     Returns:
