@@ -226,7 +226,7 @@ def test_timed_rounds_adds_rounds_only_when_noisy():
     times, info = latency.timed_rounds(steady, ["a", "b"], warmup=1, runs=4, budget=60)
     assert info["rounds"] == 4 and info["noisy"] == [] and info["settled"] and times == [[2.0] * 4, [1.0] * 4]
     # a judge that objects (bench: a speedup above the MAC ratio) buys more rounds; stable medians then settle
-    times, info = latency.timed_rounds(steady, ["a", "b"], 0, 4, budget=60, judge=lambda med: "too fast")
+    times, info = latency.timed_rounds(steady, ["a", "b"], 0, 4, budget=60, judge=lambda _medians: "too fast")
     assert info["noisy"] == ["too fast"] and info["rounds"] == 8 and info["settled"] and info["still"] == ["too fast"]
     # a drifting machine: the second half of the rounds is slower; medians keep moving, so the block cap stops it
     clock = iter(range(10**6))
