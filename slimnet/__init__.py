@@ -15,7 +15,7 @@ The Python API, one function per command of the ``slimnet`` command line::
 * :func:`shrink` (``slimnet shrink``): prune and verify; :func:`apply` (``slimnet apply``): cut another instance
   as a saved plan says; :func:`graph` (``slimnet graph``): the coupled channel groups and why some cannot be
   pruned; :func:`export` (``slimnet export``): ONNX; :func:`bench` (``slimnet bench --json``): MACs, latency and
-  speedups.
+  speedups; :class:`Pruner`: gradual pruning inside a training loop.
 * Every user error raises :class:`SlimnetError` (a verification failure :class:`VerificationError`), with a
   message that names the problem and what to do.
 
@@ -41,9 +41,11 @@ _LAZY = {
     "export": ("slimnet.exporter", "export_onnx"),
     "ShrinkResult": ("slimnet.api", "ShrinkResult"),
     "Stages": ("slimnet.stages", "Stages"),
+    "Pruner": ("slimnet.pruner", "Pruner"),  # gradual pruning inside a training loop
 }
 
 __all__ = [
+    "Pruner",
     "ShrinkResult",
     "SlimnetError",
     "Stages",
@@ -60,6 +62,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and documentation too
     from .api import ShrinkResult, apply, graph, shrink
     from .benchmark import bench
     from .exporter import export_onnx as export
+    from .pruner import Pruner
     from .stages import Stages
 
 
