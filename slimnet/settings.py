@@ -31,8 +31,9 @@ BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda")
 
 def given(flag: str, value: object) -> str:
     """``--round-to`` and 0 -> ``round_to=0 (--round-to)``: the setting as a Python caller and as a command-line
-    user typed it."""
-    return f"{flag.lstrip('-').replace('-', '_')}={value} ({flag})"
+    user typed it (a Python-only name such as ``ratio`` stays ``ratio=0``)."""
+    name = f"{flag.lstrip('-').replace('-', '_')}={value}"
+    return f"{name} ({flag})" if flag.startswith("--") else name
 
 
 # ------------------------------------------------------------------------------------------ pruning
