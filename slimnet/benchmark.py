@@ -110,16 +110,7 @@ def bench(
         stages=stages,
     )
     for label, entry in zip(labels, entries):
-        entry["latency_ms"] = {
-            b: {k: s[k] for k in ("p50", "p90", "min")} for b, s in timing["latency_ms"][label].items()
-        }
-        entry["latency_spread"] = {
-            b: {"p90_over_p50": n["p90_over_p50"][label], "rounds": n["rounds"]}
-            for b, n in timing["noise"].items()
-            if label in n["p90_over_p50"]
-        }
-        if label in timing["not_timed"]:
-            entry["not_timed"] = timing["not_timed"][label]
+        _attach_timing(entry, label, timing)
     for entry in entries[1:]:
         entry.update(measure.compare(entries[0], entry))
     first = measure.compare(entries[0], entries[1]) if len(entries) > 1 else {"speedup": {}, "efficiency": {}}
@@ -139,6 +130,19 @@ def bench(
         "macs_note": measure.MACS_NOTE,
         "device": measure.device_info(timing["threads"]),
     }
+
+
+def _attach_timing(entry: dict[str, Any], label: str, timing: dict[str, Any]) -> None:
+    """A model's latencies (p50/p90/min per backend), their spread and rounds, and the backends that could not
+    time it."""
+    entry["latency_ms"] = {b: {k: s[k] for k in ("p50", "p90", "min")} for b, s in timing["latency_ms"][label].items()}
+    entry["latency_spread"] = {
+        b: {"p90_over_p50": n["p90_over_p50"][label], "rounds": n["rounds"]}
+        for b, n in timing["noise"].items()
+        if label in n["p90_over_p50"]
+    }
+    if label in timing["not_timed"]:
+        entry["not_timed"] = timing["not_timed"][label]
 
 
 def _bench_models(

@@ -66,15 +66,12 @@ def export_onnx(
         model: the model to export (a pruned one or any other; left untouched, run in eval mode).
         example_input: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of
             tensors (keyword arguments; their names become the ONNX input names).
-        path: the ``.onnx`` file to write (its folder must exist). Weights above 2 GB go to ``PATH.data``
-            beside it.
-        opset: the ONNX opset; default 17 (at least 18 if the dynamo fallback writes the file; the result says
-            which).
+        path: the ``.onnx`` file to write (its folder must exist); weights above 2 GB go to ``PATH.data``.
+        opset: the ONNX opset; default 17 (18 if the dynamo fallback writes the file; the result says which).
         dynamic_batch: leave the batch dimension free (checked by running the file at two batch sizes);
             False fixes it to the example's.
         simplify: fold constants and drop dead nodes (onnxscript's optimizer).
-        tolerance: relative: the file must match torch within ``tolerance x (1 + max|torch output|)``
-            (default 1e-4).
+        tolerance: the file must match torch within ``tolerance x (1 + max|torch output|)`` (default 1e-4).
 
     Returns:
         ``{"path", "opset", "exporter", "bytes", "max_abs_diff", "tolerance", "inputs", "outputs", "checker",

@@ -118,13 +118,7 @@ def shrink(
         given.update(seed=seed, prune_norm=prune_norm)
         s = recipe_settings(ctx, recipe, given) if recipe is not None else given
         check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=head_ratio)
-        source = check_model(model).file
-        output = output or default_output(model, "-slim" if parse_spec(model).kind == "hf" else "-slim.pt")
-        folder = wants_folder(output, model)
-        out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
-        plan_path = plan_path_for(out_path)
-        check_output(str(plan_path), [source])
-        onnx_path = check_output(onnx, [source, output]) if onnx else None
+        out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, weights, input_file, onnx)
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
@@ -144,20 +138,43 @@ def shrink(
                 head_ratio=head_ratio,
                 stages=stages,
             )
-            report = result.report
-            if onnx_path is not None:
-                with stages("export"):
-                    from ..exporter import export_onnx  # lazy: CLI start-up
-
-                    report["onnx"] = export_onnx(result.model, example, onnx_path)
-            with stages("write"):
-                save_pruned(result.model, result.plan, out_path, plan_path, folder)
-        report["output"], report["plan"] = str(out_path), str(plan_path)
+            report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
         report["timings"] = stages.rounded()
         if as_json:
             emit_json(report)
         else:
             print_report(report)
+
+
+def write_outputs(
+    result: Any, example: Any, stages: Any, out_path: Path, plan_path: Path, onnx_path: Optional[Path], folder: bool
+) -> dict[str, Any]:
+    """The ONNX file (``--onnx``), the plan and the model, each in its stage; the report says where they went."""
+    report = result.report
+    if onnx_path is not None:
+        with stages("export"):
+            from ..exporter import export_onnx  # lazy: CLI start-up
+
+            report["onnx"] = export_onnx(result.model, example, onnx_path)
+    with stages("write"):
+        save_pruned(result.model, result.plan, out_path, plan_path, folder)
+    report["output"], report["plan"] = str(out_path), str(plan_path)
+    return report
+
+
+def shrink_outputs(
+    model: str, output: Optional[str], weights: Optional[str], input_file: Optional[str], onnx: Optional[str]
+) -> tuple[Path, Path, Optional[Path], bool]:
+    """Where ``shrink`` writes (the model, its plan, the ONNX file; a default beside the input without ``-o``),
+    checked before anything loads; and whether the model goes to a save_pretrained folder."""
+    source = check_model(model).file
+    output = output or default_output(model, "-slim" if parse_spec(model).kind == "hf" else "-slim.pt")
+    folder = wants_folder(output, model)
+    out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
+    plan_path = plan_path_for(out_path)
+    check_output(str(plan_path), [source])
+    onnx_path = check_output(onnx, [source, output]) if onnx else None
+    return out_path, plan_path, onnx_path, folder
 
 
 def wants_folder(output: str, model: str) -> bool:
@@ -309,29 +326,36 @@ def apply(
                 raise VerificationError(f"verification failed: {result.error}; nothing was written")
             with stages("write"):
                 save_model_atomic(pruned, out_path)
-        before, after = count_params(loaded.model), count_params(pruned)
-        report = {
-            "model": model,
-            "plan": plan,
-            "output": str(out_path),
-            "params": [before, after],
-            "params_before": before,
-            "params_after": after,
-            "tensors": len(the_plan["tensors"]),
-            "max_abs_diff": result.max_abs_diff if result else None,
-            "tolerance": result.tolerance if result else None,
-            "verified": bool(result and result.passed),
-            "timings": stages.rounded(),
-        }
+        report = apply_report(model, plan, out_path, [count_params(loaded.model), count_params(pruned)], the_plan)
+        report.update(
+            max_abs_diff=result.max_abs_diff if result else None,
+            tolerance=result.tolerance if result else None,
+            verified=bool(result and result.passed),
+            timings=stages.rounded(),
+        )
         if as_json:
             emit_json(report)
         else:
             say(
                 f"applied {plan} to {model}: {report['tensors']} tensors cut, params "
-                f"{fmt(before)} -> {fmt(after)}; verified, max abs diff {report['max_abs_diff']:.3g}"
+                f"{fmt(report['params_before'])} -> {fmt(report['params_after'])}; verified, max abs diff "
+                f"{report['max_abs_diff']:.3g}"
             )
             say(took(report["timings"]))
             say(f"wrote {out_path}")
+
+
+def apply_report(model: str, plan: str, out_path: Path, params: list[int], the_plan: dict[str, Any]) -> dict[str, Any]:
+    """The ``apply --json`` object, before the verification's fields (a contract: fields are only added)."""
+    return {
+        "model": model,
+        "plan": plan,
+        "output": str(out_path),
+        "params": params,
+        "params_before": params[0],
+        "params_after": params[1],
+        "tensors": len(the_plan["tensors"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------ graph
