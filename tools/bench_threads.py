@@ -9,9 +9,11 @@ torchvision model at ratio 0.5 with fpgm, timed per stage, under
 * ``OMP_NUM_THREADS=1``,
 * ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning while they wait; what the command line sets),
 
-each alone and with a competing job (one process spinning on one core), and the command line as shipped
-(``slimnet shrink ... --json``: its wall time includes starting Python and importing torch). The section goes
-below the marker line of docs/shrink-time.md, which tools/bench_shrink.py keeps when it rewrites its table.
+each alone and with a competing job (one process spinning on one core), the command line as shipped
+(``slimnet shrink ... --json``: its wall time includes starting Python and importing torch), and what importing
+torch, torchvision and slimnet's pipeline costs a fresh process. The load average is recorded with each row.
+The section goes below the marker line of docs/shrink-time.md, which tools/bench_shrink.py keeps when it rewrites
+its table.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 from bench_shrink import KEEP_MARKER  # noqa: E402
 
 STAGES = ("load", "trace", "groups", "rank", "cut", "verify", "write")
+IMPORTS = "import torch, torchvision, slimnet.api only"
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -81,11 +84,17 @@ def run_cli(model: str) -> dict:
     return {"threads": None, "timings": json.loads(r.stdout)["timings"], "wall": wall}
 
 
+def run_imports() -> dict:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, torchvision, slimnet.api"], env=clean_env({}), check=True)
+    return {"threads": None, "timings": {}, "wall": time.perf_counter() - t0}
+
+
 def median_row(runs: list[dict]) -> dict:
     stages = {s: statistics.median(r["timings"].get(s, 0.0) for r in runs) for s in STAGES}
     total = statistics.median(sum(r["timings"].values()) for r in runs)
     wall = statistics.median(r["wall"] for r in runs) if "wall" in runs[0] else None
-    return {"stages": stages, "total": total, "wall": wall, "threads": runs[0]["threads"]}
+    return {"stages": stages, "total": total, "wall": wall, "threads": runs[0]["threads"], "load": os.getloadavg()[0]}
 
 
 def measure(model: str, repeats: int) -> list[tuple[str, str, dict]]:
@@ -100,6 +109,8 @@ def measure(model: str, repeats: int) -> list[tuple[str, str, dict]]:
             runs = [run_cli(model) for _ in range(repeats)]
             rows.append((load, "slimnet shrink (as shipped)", median_row(runs)))
             print(load, "cli", rows[-1], flush=True)
+            rows.append((load, IMPORTS, median_row([run_imports() for _ in range(repeats)])))
+            print(load, "imports", rows[-1], flush=True)
         finally:
             if hog is not None:
                 hog.kill()
@@ -118,14 +129,17 @@ def section(model: str, repeats: int, rows: list[tuple[str, str, dict]]) -> str:
         f"while this ran; median of {repeats} fresh processes per row; seconds. `{model}` at ratio 0.5, fpgm. "
         "The competing job is one process spinning on one core.",
         "",
-        "| machine | setting | threads | total | " + " | ".join(STAGES) + " | wall (whole command) |",
-        "|---|---|---|---|" + "---|" * len(STAGES) + "---|",
+        "| machine | setting | threads | total | " + " | ".join(STAGES) + " | wall (whole process) | load avg |",
+        "|---|---|---|---|" + "---|" * len(STAGES) + "---|---|",
     ]
     for load, name, row in rows:
-        cells = " | ".join(f"{row['stages'][s]:.1f}" for s in STAGES)
+        cells = " | ".join(f"{row['stages'][s]:.1f}" if row["stages"][s] else "-" for s in STAGES)
         wall = f"{row['wall']:.1f}" if row["wall"] is not None else "-"
         threads = row["threads"] if row["threads"] is not None else "default"
-        lines.append(f"| {load} | {name} | {threads} | {row['total']:.1f} | {cells} | {wall} |")
+        total = f"{row['total']:.1f}" if row["total"] else "-"
+        lines.append(f"| {load} | {name} | {threads} | {total} | {cells} | {wall} | {row['load']:.1f} |")
+    cli = [row for _, name, row in rows if name.startswith("slimnet shrink")]
+    imports = [row["wall"] for _, name, row in rows if name == IMPORTS]
     lines += [
         "",
         "What the table says: the time is not lost in the float64 verification or in a tracer as such; it is lost "
@@ -138,9 +152,12 @@ def section(model: str, repeats: int, rows: list[tuple[str, str, dict]]) -> str:
         "scripts, set `OMP_WAIT_POLICY=PASSIVE` in the environment (it must be set before torch is imported) on a "
         "shared machine.",
         "",
-        "What to expect from the first run: `load` includes starting Python and importing torch and torchvision "
-        "(several seconds on a loaded machine, less on a second run once the files are in the page cache); the "
-        "table above this section times the pipeline alone, in a warm process.",
+        f"What to expect from a run of the command: its `load` stage includes starting Python and importing torch "
+        f"and torchvision ({min(r['stages']['load'] for r in cli):.0f}-{max(r['stages']['load'] for r in cli):.0f}"
+        f" s here; the imports alone took {min(imports):.0f}-{max(imports):.0f} s in a fresh process on this "
+        "machine at the load average shown: that part grows with the machine's load and shrinks on a machine "
+        "with cores to spare). The table above this section times the pipeline alone, in a warm process, "
+        "which is why its numbers are smaller than a first command's.",
     ]
     return "\n".join(lines) + "\n"
 
