@@ -251,7 +251,7 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_column("ratio", justify="right")
     p, m = report["params"], report["macs"]
     table.add_row("params", fmt(p[0]), fmt(p[1]), _ratio(p[0], p[1]))
-    table.add_row("MACs (fvcore)", fmt(m[0]), fmt(m[1]), _ratio(m[0], m[1]))
+    table.add_row("MACs", fmt(m[0]), fmt(m[1]), _ratio(m[0], m[1]))
     out.print(table)
     say(
         f"groups: {report['groups']} found, {report['pruned_groups']} pruned, {len(report['skipped'])} left whole; "
