@@ -1,19 +1,21 @@
-"""The Python API: every CLI command is a thin shell over these functions.
+"""The Python API: every CLI command is a thin shell over these functions (also at the top level: ``slimnet.shrink``,
+``slimnet.apply``, ``slimnet.graph``, ``slimnet.bench``, and ``slimnet.export`` from :mod:`slimnet.exporter`)::
 
-from slimnet.api import shrink
-result = shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
-result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
-result.plan     # slimnet.plan/1 data
-result.report   # the same dict that ``slimnet shrink --json`` prints
+    import slimnet
+    result = slimnet.shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
+    result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
+    result.plan     # slimnet.plan/1 data
+    result.report   # the same dict that ``slimnet shrink --json`` prints
 
-graph(model, example) is ``slimnet graph``; Planner(model, example) makes plans for any ratio, target or
+``graph(model, example)`` is ``slimnet graph``; ``Planner(model, example)`` makes plans for any ratio, target or
 allocation from one analysis (``Planner.plan(target_macs=0.5, use_global=True)``), and ``shrink(..., planner=)``
-cuts them; apply(model, plan, example) ``slimnet apply``, and
-bench(["a.pt", "b.pt"]) or bench([model, pruned], example) ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
+cuts them; ``apply(model, plan, example)`` is ``slimnet apply``, and ``bench(["a.pt", "b.pt"])`` or
+``bench([model, pruned], example)`` ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from .benchmark import bench
 from .errors import VerificationError
 from .groups import Analysis
 from .plan import Decision, build_plan
+from .plan import load as load_plan
 from .planner import Planned, Planner, check_runs, describe, graph
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings
 from .stages import Stages
@@ -38,6 +41,22 @@ __all__ = ["Planned", "Planner", "ShrinkResult", "apply", "bench", "check_runs",
 
 @dataclass
 class ShrinkResult:
+    """What ``shrink`` returns.
+
+    Attributes:
+        model: the pruned model, a new ``nn.Module`` in eval mode (the input model is left untouched).
+        plan: the ``slimnet.plan/1`` data: per original ``state_dict`` tensor, the indices each cut dimension
+            keeps; ``apply`` re-applies it to another instance (``slimnet.plan.save`` writes it).
+        analysis: the channel groups (``graph``), reusable for other ratios and criteria (``analysis=``).
+        decisions: per group, what was kept and why a group was left whole.
+        verification: the check of the pruned model against the masked original (``max_abs_diff``,
+            ``tolerance``, ``passed``, ``inputs``).
+        report: the ``slimnet shrink --json`` object: ``params_before``/``params_after``,
+            ``macs_before``/``macs_after``, ``groups``, ``pruned_groups``, ``skipped`` (group and reason),
+            ``max_abs_diff``, ``tolerance``, ``exact``, ``timings`` and more (``params`` and ``macs`` hold the same
+            numbers as ``[before, after]``).
+    """
+
     model: nn.Module
     plan: dict[str, Any]
     analysis: Analysis
@@ -80,15 +99,56 @@ def shrink(
     stages: Stages | None = None,
     progress: bool = False,
 ) -> ShrinkResult:
-    """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
+    """Prune ``model``: trace, group coupled channels, rank, cut, verify (``slimnet shrink``).
 
-    Each group drops ``ratio`` (``head_ratio`` for heads) unless ``ratios`` (group name or glob -> share) names
-    it; ``use_global`` ranks all units together (no group loses more than ``max_layer_ratio``). Targets replace
-    ``ratio``: ``target_macs`` / ``target_params`` (fraction of the original's to keep), ``target_latency`` (a
-    fraction of the latency measured on ``backend`` at ``threads`` and ``batch_size``, or ``"12ms"``;
-    ``cache=False`` measures the latency table again); the report's ``target`` says what was reached.
-    ``planner`` / ``analysis``: this model's :class:`Planner` or :func:`graph` on this example, if the caller has
-    it (the model is then neither run nor traced again). ``stages``: timings and progress."""
+    Every prunable group of coupled channels (or attention heads, or MLP hidden units) loses ``ratio`` of its
+    units, the lowest-ranked by ``criterion``; the pruned copy is then checked against the original with the cut
+    units zeroed, in float64, on ``example`` and on a batch-2 input 32 px larger, and only returned if it agrees.
+
+    Args:
+        model: the trained model. It is left untouched (the result is a new module); it is put in eval mode.
+        example: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of tensors
+            (keyword arguments), e.g. ``torch.randn(1, 3, 224, 224)``.
+        ratio: fraction of each group's units to drop, ``0 <= ratio < 1``.
+        criterion: how units are ranked: ``"l1"``, ``"l2"``, ``"fpgm"``, ``"random"`` or ``"bn-scale"``.
+        round_to: kept counts are rounded to a multiple of this (8: fast kernels; 1: exact ratios).
+        ignore: glob patterns of module names to leave untouched (``["layer4.*", "fc"]``).
+        seed: seed of the ``random`` criterion.
+        prune_norm: also prune groups normalised by LayerNorm/RMSNorm (not exact: the report says
+            ``"exact": False`` and the verifier reports the difference instead of failing).
+        model_name: the name recorded in the plan and the report (default: the class name).
+        measure: count MACs before and after (``report["macs"]``); False skips it.
+        head_ratio: fraction of attention heads to drop (default: ``ratio``).
+        analysis: this model's ``graph`` on this example, when the caller has it already: the model is then
+            neither run nor traced again.
+        target_macs: instead of ``ratio``, the fraction of the original's MACs to keep (``report["target"]`` says
+            what was reached).
+        target_params: the same for parameters.
+        target_latency: instead of ``ratio``, a latency to reach: a fraction of the original's latency measured on
+            ``backend`` at ``threads`` and ``batch_size`` (``0.5``), or an absolute one (``"12ms"``).
+        use_global: rank all groups' units together instead of cutting each group by the same share (no group
+            loses more than ``max_layer_ratio``); with a target, the ranking is cost-aware.
+        max_layer_ratio: the largest share any group may lose under ``use_global`` or a target.
+        ratios: per-group shares, group name or glob -> share to drop (``{"layer4.*": 0.7}``); others use
+            ``ratio``.
+        backend: where latency targets are measured: ``"ort-cpu"`` (onnxruntime) or ``"torch-cpu"``.
+        threads: threads for latency measurements.
+        batch_size: batch size for latency measurements.
+        cache: reuse this machine's latency table for the model (False measures it again).
+        planner: this model's ``slimnet.Planner`` on this example, when the caller has it: its analysis, rankings
+            and latency tables are reused.
+        stages: timings and progress (``slimnet.stages.Stages``); ``report["timings"]`` holds them either way.
+        progress: show progress while a latency table is measured.
+
+    Returns:
+        A ``ShrinkResult``: ``.model`` (the pruned module), ``.plan`` (plain data, for ``apply``),
+        ``.report`` (the ``slimnet shrink --json`` object), ``.verification``, ``.analysis``, ``.decisions``.
+
+    Raises:
+        SlimnetError: a setting out of range, an example the model rejects, a model that cannot be traced.
+        VerificationError: the pruned model does not compute what the masked original computes (the message names
+            the group); nothing is returned. A subclass of SlimnetError.
+    """
     t0 = time.perf_counter()
     stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
@@ -143,8 +203,28 @@ def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list
     return {"kept": round(kept, 4), "total": round(total, 4), "share": round(kept / total, 6) if total else 1.0}
 
 
-def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:
-    """Apply a saved plan to a fresh instance; verify it when an example input is given."""
+def apply(
+    model: nn.Module, plan: dict[str, Any] | str | os.PathLike[str], example: Any | None = None
+) -> tuple[nn.Module, VerifyResult | None]:
+    """Cut ``model`` as ``plan`` says (``slimnet apply``): move a pruning found on one instance to another, e.g.
+    from the model that was shrunk to a freshly trained or fine-tuned instance of the same architecture.
+
+    Args:
+        model: an instance of the architecture the plan was made for (left untouched).
+        plan: the plan: ``ShrinkResult.plan``, or the path of a saved ``.plan.json``.
+        example: an input the model accepts; when given, the result is verified against the masked original
+            (as ``shrink`` does) and the check is returned.
+
+    Returns:
+        ``(pruned, verification)``: the pruned copy (eval mode), and the ``slimnet.verify.VerifyResult``
+        (None without ``example``; check ``verification.passed``).
+
+    Raises:
+        SlimnetError: a plan file that is missing or not a ``slimnet.plan/1`` plan, or a plan that does not fit
+            the model (a tensor it names is missing or of another shape).
+    """
+    if not isinstance(plan, dict):
+        plan = load_plan(plan)
     pruned = pruned_copy(model.eval(), plan).eval()
     result = verify(model, pruned, plan, example) if example is not None else None
     return pruned, result
@@ -193,13 +273,18 @@ def make_report(
 ) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
     macs, counter = _macs(model, pruned, example, analysis, decisions) if measure else ([None, None], None)
+    params = [count_params(model), count_params(pruned)]
     return {
         "model": plan.get("model"),
         "criterion": plan.get("criterion"),
         "ratio": plan.get("ratio"),
         "round_to": plan.get("round_to"),
-        "params": [count_params(model), count_params(pruned)],
+        "params": params,
         "macs": macs,
+        "params_before": params[0],
+        "params_after": params[1],
+        "macs_before": macs[0],
+        "macs_after": macs[1],
         "macs_note": "one multiply-add is one MAC (fvcore's convention); FLOPs = 2 x MACs",
         "macs_counter": counter,
         "groups": len(analysis.groups),

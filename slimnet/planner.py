@@ -47,7 +47,7 @@ def check_runs(model: nn.Module, example: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
         raise SlimnetError(
             f"the model rejects the example input {describe(example)}: {type(exc).__name__}: {first_line(exc)}; "
-            "give the right --input-shape or --input"
+            "give an example it accepts (--input-shape or --input on the command line)"
         ) from None
 
 
@@ -63,8 +63,25 @@ def describe(example: Any) -> str:
 
 
 def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
-    """The coupled channel groups of ``model``, each prunable or with the reason it is not; ``analysis.cost``
-    prices any plan of it. One analysis serves every ratio, target and criterion (:class:`Planner`)."""
+    """The coupled channel groups of ``model``, each prunable or with the reason it is not (``slimnet graph``).
+
+    One analysis serves every ratio, target and criterion: pass it to ``shrink`` as ``analysis=`` (or build a
+    :class:`Planner` on it) to prune the same model several ways without tracing it again; ``analysis.cost``
+    prices any plan of it.
+
+    Args:
+        model: the model to analyse (left untouched; run in eval mode).
+        example: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of tensors
+            (keyword arguments).
+        stages: timings and progress (``slimnet.stages.Stages``): ``trace`` and ``groups``.
+
+    Returns:
+        An ``slimnet.groups.Analysis``: ``analysis.groups`` lists each ``slimnet.groups.Group``
+        (``g.describe()`` gives its name, units, members, whether it is prunable and the reason if not).
+
+    Raises:
+        SlimnetError: the model rejects the example, or cannot be traced at all (the message names the line).
+    """
     stages = stages or Stages()
     with stages("trace"):
         check_runs(model, example)

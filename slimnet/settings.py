@@ -9,6 +9,9 @@ the API functions call the same checks (:func:`slimnet.plan.decide`, :func:`slim
   ``--max-layer-ratio``, ``--ratios``).
 * Timing: :func:`check_counts` (batch size, warm-up and timed runs, threads) and :func:`parse_backends`.
 * Outputs: :func:`plan_path_for`, where the plan of a pruned model is written.
+
+A message names a setting both ways, ``ratio=1.5 (--ratio)``, so that it reads right from Python and from the
+command line alike.
 """
 
 from __future__ import annotations
@@ -34,16 +37,23 @@ TARGET_KINDS = ("macs", "params", "latency")
 BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda")
 
 
+def given(flag: str, value: object) -> str:
+    """``--round-to`` and 0 -> ``round_to=0 (--round-to)``: the setting as a Python caller and as a command-line
+    user typed it (a Python-only name such as ``ratio`` stays ``ratio=0``)."""
+    name = f"{flag.lstrip('-').replace('-', '_')}={value}"
+    return f"{name} ({flag})" if flag.startswith("--") else name
+
+
 # ------------------------------------------------------------------------------------------ pruning
 def check_ratio(ratio: float, flag: str = "--ratio") -> None:
     """A fraction to drop: 0 <= R < 1 (NaN refused)."""
     if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise SlimnetError(f"{flag} {ratio} is out of range: give a fraction to drop, 0 <= R < 1 (e.g. 0.5)")
+        raise SlimnetError(f"{given(flag, ratio)} is out of range: give a fraction to drop, 0 <= R < 1 (e.g. 0.5)")
 
 
 def check_criterion(criterion: str) -> None:
     if criterion not in CRITERIA:
-        raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+        raise SlimnetError(f"unknown criterion {criterion!r} (--criterion): choose one of {', '.join(CRITERIA)}")
 
 
 def check_settings(
@@ -55,7 +65,7 @@ def check_settings(
         check_ratio(head_ratio, "--head-ratio")
     check_criterion(criterion)
     if round_to < 1:
-        raise SlimnetError(f"--round-to {round_to} must be at least 1")
+        raise SlimnetError(f"{given('--round-to', round_to)} must be at least 1")
 
 
 # ------------------------------------------------------------------------------------------ allocation
@@ -124,13 +134,13 @@ def check_allocation(
 def check_counts(*, batch_size: int | None = 1, warmup: int = 10, runs: int = 50, threads: int | None = None) -> None:
     """The counts of ``bench`` and :func:`slimnet.latency.time_models` (``batch_size=None``: the example's)."""
     if batch_size is not None and batch_size < 1:
-        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
+        raise SlimnetError(f"{given('--batch-size', batch_size)} must be at least 1")
     if runs < 1:
-        raise SlimnetError(f"--runs {runs} must be at least 1")
+        raise SlimnetError(f"{given('--runs', runs)} must be at least 1")
     if warmup < 0:
-        raise SlimnetError(f"--warmup {warmup} must be 0 or more")
+        raise SlimnetError(f"{given('--warmup', warmup)} must be 0 or more")
     if threads is not None and threads < 1:
-        raise SlimnetError(f"--threads {threads} must be at least 1")
+        raise SlimnetError(f"{given('--threads', threads)} must be at least 1")
 
 
 def parse_backends(values: Iterable[str] = ()) -> list[str]:
@@ -138,7 +148,7 @@ def parse_backends(values: Iterable[str] = ()) -> list[str]:
     names = [n.strip() for v in values for n in v.split(",") if n.strip()] or list(BACKENDS)
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise SlimnetError(f"unknown --backend {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+        raise SlimnetError(f"unknown backend {', '.join(unknown)} (--backend): choose from {', '.join(BACKENDS)}")
     return list(dict.fromkeys(names))
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from slimnet.cli import app
-from slimnet.cli.core import RECIPE_KEYS
+from slimnet.cli.recipe import RECIPE_KEYS
 from slimnet.settings import check_allocation
 
 from .helpers import NET
@@ -118,7 +118,7 @@ def test_target_latency_json_and_cache(tmp_path, wide):
         (["--global", "--max-layer-ratio", "1"], ("--max-layer-ratio 1.0 is out of range",)),
         (["--target-latency", "fast"], ("--target-latency 'fast'",)),
         (["--target-latency", "0.5", "--backend", "tpu"], ("unknown --backend tpu",)),
-        (["--target-latency", "0.5", "--threads", "0"], ("--threads 0",)),
+        (["--target-latency", "0.5", "--threads", "0"], ("threads=0 (--threads)",)),
         (["--target-macs", "0.001"], ("cannot be reached: the smallest this model allows is",)),
         (["--ratios", "missing.yaml"], ("--ratios missing.yaml does not exist",)),
     ],

@@ -14,7 +14,7 @@ from torch import nn
 
 from slimnet import api, lut
 from slimnet.errors import SlimnetError
-from slimnet.export import ort_session
+from slimnet.exporter import ort_session
 from slimnet.lut import onnx_graph, table
 
 from .helpers import randomise

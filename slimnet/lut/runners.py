@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .._tensors import call
-from ..export import ort_session
+from ..exporter import ort_session
 from ..latency import ProgressBar, interleaved
 from ..latency import _torch_cuda as torch_cuda_step
 
