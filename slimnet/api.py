@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import measure
+from . import calibrate, measure
 from ._tensors import call, count_params
 from ._util import first_line
 from .errors import SlimnetError, VerificationError
@@ -86,12 +86,20 @@ def shrink(
     model_name: str = "",
     measure: bool = True,
     head_ratio: float | None = None,
+    data: Any = None,
+    loss: Any = None,
+    ratios: dict[str, float] | None = None,
+    recalibrate_bn: bool = False,
+    compensate_bias: bool = False,
 ) -> ShrinkResult:
-    """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch."""
+    """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
+    ``data``, ``loss``, repairs: :mod:`slimnet.calibrate`; ``ratios``: group name -> its own ratio."""
     t0 = time.perf_counter()
     model = model.eval()
     check_runs(model, example)
+    calibration = calibrate.prepare(model, example, data, criterion, recalibrate_bn, compensate_bias)
     analysis = analyse(model, example)
+    stats = calibrate.statistics(model, analysis, criterion, calibration, loss, seed)
     decisions = decide(
         analysis,
         model,
@@ -102,6 +110,8 @@ def shrink(
         seed=seed,
         prune_norm=prune_norm,
         head_ratio=head_ratio,
+        stats=stats,
+        ratios=ratios,
     )
     plan = build_plan(
         analysis,
@@ -113,16 +123,27 @@ def shrink(
         seed=seed,
         head_ratio=head_ratio,
     )
+    pruned, result, approximate = cut_and_verify(model, example, analysis, decisions, plan)
+    seconds = time.perf_counter() - t0
+    report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
+    fields = calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias)
+    report.update(fields)  # repairs run on the verified cut, and report agreement before and after each one
+    report["seconds"] = round(seconds, 3)
+    return ShrinkResult(pruned, plan, analysis, decisions, result, report)
+
+
+def cut_and_verify(
+    model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision], plan: dict[str, Any]
+) -> tuple[nn.Module, VerifyResult, bool]:
+    """The pruned copy, its verification, and whether the cut is approximate (normalised groups pruned on
+    request); raises VerificationError, naming the culprit group, when an exact cut does not verify."""
     pruned = pruned_copy(model, plan).eval()
     result = verify(model, pruned, plan, example)
     approximate = any(d.pruned and d.group.normalised for d in decisions)
     if not result.passed and not approximate:
         culprit = find_culprit(model, example, analysis, decisions, plan)
         raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    seconds = time.perf_counter() - t0
-    report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
-    report["seconds"] = round(seconds, 3)
-    return ShrinkResult(pruned, plan, analysis, decisions, result, report)
+    return pruned, result, approximate
 
 
 def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:

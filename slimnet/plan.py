@@ -23,6 +23,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from torch import nn
 
 from . import __version__
 from ._util import write_atomic
+from .collect import Statistics
 from .criteria import score
 from .errors import SlimnetError
 from .groups import Analysis, Group
@@ -97,12 +99,18 @@ def decide(
     seed: int = 0,
     prune_norm: bool = False,
     head_ratio: float | None = None,
+    stats: Statistics | None = None,
+    ratios: Mapping[str, float] | None = None,
 ) -> list[Decision]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
-    ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group."""
+    ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group; ``ratios`` (group name
+    -> ratio, from a sensitivity-driven allocation) overrides both for the groups it names. ``stats``: the
+    calibration statistics that the data-driven criteria read."""
     check_ratio(ratio)
     if head_ratio is not None:
         check_ratio(head_ratio, "--head-ratio")
+    for name, r in (ratios or {}).items():
+        check_ratio(r, f"the ratio of group {name}")
     if round_to < 1:
         raise SlimnetError(f"--round-to {round_to} must be at least 1")
     ignored = resolve_ignore(model, ignore or [])
@@ -125,8 +133,13 @@ def decide(
         first = g.members[0]
         unit_channels = max(1, len(g.units[0].members[first]))
         r = head_ratio if (head_ratio is not None and g.kind == "heads") else ratio
+        r = ratios.get(g.name, r) if ratios else r
         k = keep_count(len(g.units), r, round_to, unit_channels)
-        scores, used = score(g, tensors, params, criterion, seed)
+        if k >= len(g.units) and stats is not None:  # nothing to rank (and its statistics may all be zero)
+            d.keep, d.criterion = list(range(len(g.units))), criterion
+            decisions.append(d)
+            continue
+        scores, used = score(g, tensors, params, criterion, seed, stats)
         order = np.argsort(-scores, kind="stable")  # most important first; ties keep the earlier unit
         d.keep = sorted(int(i) for i in order[:k])
         d.criterion = used

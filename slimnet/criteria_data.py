@@ -1,0 +1,123 @@
+"""Data-driven criteria: one score per unit from calibration statistics (:mod:`slimnet.collect`), combined over
+a group's members exactly like the magnitude criteria (:mod:`slimnet.criteria`): each parameter member gives a
+raw per-unit score, divided by its sum over the group's units, and the normalised scores are summed.
+
+* ``taylor``: per-element importance ``|w * dL/dw|`` (or the Fisher-style squared term for models that are not
+  classifiers; see :mod:`slimnet.collect`) summed over the unit's slices of every parameter member.
+* ``activation``: mean ``|x|`` of the unit's channels, as Minitron ranks width: the consumer's input for an
+  ``"in"`` member (what the next layer actually reads), the owning module's output for the others.
+* ``apoz``: 1 - the average percentage of zeros (non-positive values) of the unit's channels *after* the
+  activation, i.e. at the input of the consumers (Hu et al., 2016): a unit that is almost always off goes first.
+  Only ``"in"`` members see post-activation values; a group without one falls back to ``activation``.
+* ``wanda``: ``|W| * ||X_j||`` (the weight times the L2 norm of the input channel it multiplies, over all
+  calibration values), summed over the unit's slices of every weight member: the structured variant that FLAP
+  uses as its baseline. Biases and norm scales multiply no input, so they do not vote.
+
+A member whose module was never called as a module (a weight used by a functional call) has no statistics and
+does not vote; a group where no member has any falls back to ``l1``, which the decision records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from .collect import Statistics, owner
+from .errors import SlimnetError
+from .groups import Group, Member
+
+#: Criteria that need calibration data, and the statistics each needs ("activations" or "gradients").
+DATA_CRITERIA: dict[str, str] = {
+    "taylor": "gradients",
+    "activation": "activations",
+    "apoz": "activations",
+    "wanda": "activations",
+}
+
+
+def _unit_sums(values: torch.Tensor, dim: int, group: Group, member: Member) -> np.ndarray | None:
+    """Each unit's sum of ``values`` over its indices along ``dim`` (None when the sizes do not match)."""
+    if dim >= values.dim():
+        return None
+    size = values.shape[dim]
+    per_index = values.double().movedim(dim, 0).reshape(size, -1).sum(1)
+    idx = [u.members[member] for u in group.units]
+    if max(max(i) for i in idx) >= size:
+        return None
+    return np.array([float(per_index[torch.as_tensor(i)].sum()) for i in idx])
+
+
+def _channel_values(stats: Statistics, group: Group, member: Member, criterion: str) -> torch.Tensor | None:
+    name, _ = member
+    role = group.roles.get(member, "")
+    if criterion == "apoz":
+        s = stats.inputs.get(owner(name)) if role == "in" else None
+        return None if s is None else s.active
+    s = (stats.inputs if role == "in" else stats.outputs).get(owner(name))
+    return None if s is None else s.mean_abs
+
+
+def _raw(
+    group: Group, member: Member, tensors: Mapping[str, torch.Tensor], stats: Statistics, criterion: str
+) -> np.ndarray | None:
+    """One member's raw per-unit scores, or None when it has no statistics."""
+    name, dim = member
+    if criterion == "taylor":
+        imp = stats.importance.get(name)
+        return None if imp is None else _unit_sums(imp, dim, group, member)
+    if criterion == "wanda":
+        scale = stats.input_scale.get(name)
+        if scale is None:
+            return None
+        return _unit_sums(tensors[name].detach().abs().double() * scale.double(), dim, group, member)
+    values = _channel_values(stats, group, member, criterion)
+    if values is None or values.dim() != 1:
+        return None
+    return _unit_sums(values, 0, group, member)
+
+
+def data_score(
+    group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str, stats: Statistics
+) -> tuple[np.ndarray, str] | None:
+    """Scores per unit (higher = more important) and the criterion used, or None when no member of the group
+    has statistics (the caller then falls back to ``l1``). Scores that are all zero or not finite are refused:
+    ranking on them would prune by position."""
+    members = [m for m in group.members if m[0] in params]
+    total, used = _total(group, members, tensors, stats, criterion)
+    if used is None and criterion == "apoz":
+        total, used = _total(group, members, tensors, stats, "activation")
+    if used is None:
+        return None
+    if not np.isfinite(total).all():
+        raise SlimnetError(
+            f"criterion {criterion} gave non-finite scores in group {group.name}: the calibration data or the "
+            "loss holds inf/NaN"
+        )
+    if not (total != 0).any():
+        hint = "the loss has no gradient there" if criterion == "taylor" else "the calibration data never reaches it"
+        raise SlimnetError(
+            f"criterion {criterion} scores every unit of group {group.name} zero ({hint}); ranking would prune "
+            "by position: use other data, another loss or another criterion"
+        )
+    return total, used
+
+
+def _total(
+    group: Group, members: list[Member], tensors: Mapping[str, torch.Tensor], stats: Statistics, criterion: str
+) -> tuple[np.ndarray, str | None]:
+    total = np.zeros(len(group.units))
+    voted = False
+    for member in members:
+        raw = _raw(group, member, tensors, stats, criterion)
+        if raw is None:
+            continue
+        if not np.isfinite(raw).all():
+            total = total + raw  # propagates, so that the caller refuses it with the group's name
+            voted = True
+            continue
+        s = float(np.abs(raw).sum())
+        total = total + (raw / s if s > 0 else raw)
+        voted = True
+    return total, (criterion if voted else None)
