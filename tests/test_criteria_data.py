@@ -37,7 +37,8 @@ class Net(nn.Module):
 
 
 def planted(head: bool = True) -> nn.Module:
-    """Unit DEAD of conv1 never fires (zero weights and bias); unit STRONG fires four times as hard as any, almost always."""
+    """Unit DEAD of conv1 never fires (zero weights and bias); unit STRONG fires four times as hard as any, and
+    almost always."""
     torch.manual_seed(1)
     m = Net(head)
     with torch.no_grad():

@@ -12,8 +12,8 @@ from torch import nn
 
 from slimnet import api
 from slimnet.errors import VerificationError
-from slimnet.fidelity import reference
 from slimnet.fidelity import fidelity as agreement
+from slimnet.fidelity import reference
 from slimnet.repair import recalibrate_bn
 from slimnet.verify import VerifyResult
 
