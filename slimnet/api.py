@@ -5,6 +5,9 @@ result = shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
 result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
 result.plan     # slimnet.plan/1 data
 result.report   # the same dict that ``slimnet shrink --json`` prints
+
+graph(model, example) is ``slimnet graph``, apply(model, plan, example) ``slimnet apply``, and
+bench(["a.pt", "b.pt"]) or bench([model, pruned], example) ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,17 @@ from torch import nn
 from . import calibrate, measure
 from ._tensors import call, count_params
 from ._util import first_line
+from .allocate import check_target
+from .benchmark import bench
 from .errors import SlimnetError, VerificationError
 from .groups import Analysis, analyse
-from .plan import DEFAULT_ROUND_TO, Decision, build_plan, decide
+from .plan import Decision, build_plan, choose
+from .settings import DEFAULT_ROUND_TO, check_settings
+from .stages import Stages
 from .surgeon import pruned_copy
 from .verify import VerifyResult, verify
+
+__all__ = ["ShrinkResult", "apply", "bench", "graph", "shrink"]
 
 
 @dataclass
@@ -67,10 +76,13 @@ def _describe(example: Any) -> str:
     return type(example).__name__
 
 
-def graph(model: nn.Module, example: Any) -> Analysis:
-    """The coupled channel groups of ``model``, each prunable or with the reason it is not."""
-    check_runs(model, example)
-    return analyse(model, example)
+def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
+    """The coupled channel groups of ``model``, each prunable or with the reason it is not; ``analysis.cost``
+    prices any plan of it. One analysis serves every ratio, target and criterion (``shrink(..., analysis=)``)."""
+    stages = stages or Stages()
+    with stages("trace"):
+        check_runs(model, example)
+    return analyse(model, example, stages=stages)
 
 
 def shrink(
@@ -86,6 +98,10 @@ def shrink(
     model_name: str = "",
     measure: bool = True,
     head_ratio: float | None = None,
+    analysis: Analysis | None = None,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    stages: Stages | None = None,
     data: Any = None,
     loss: Any = None,
     ratios: dict[str, float] | None = None,
@@ -93,57 +109,90 @@ def shrink(
     compensate_bias: bool = False,
 ) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
-    ``data``, ``loss``, repairs: :mod:`slimnet.calibrate`; ``ratios``: group name -> its own ratio."""
+
+    ``analysis``: this model's :func:`graph` on this example, when the caller has it already (it depends on the
+    model and the input only, so one analysis serves every ratio and criterion); the model is then neither run
+    nor traced again. ``target_macs`` / ``target_params``: instead of ``ratio``, the fraction of the original's
+    MACs or parameters to keep (the report's ``target`` says what was reached). ``stages``: timings and progress
+    (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them either way. ``data`` (calibration
+    batches), ``loss`` (taylor's), ``recalibrate_bn``, ``compensate_bias``: :mod:`slimnet.calibrate`, the repairs
+    running on the verified cut; ``ratios``: group name -> its own ratio (a sensitivity-driven allocation)."""
     t0 = time.perf_counter()
+    stages = stages or Stages()
+    check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
+    target = _target(target_macs, target_params)
     model = model.eval()
-    check_runs(model, example)
     calibration = calibrate.prepare(model, example, data, criterion, recalibrate_bn, compensate_bias)
-    analysis = analyse(model, example)
-    stats = calibrate.statistics(model, analysis, criterion, calibration, loss, seed)
-    decisions = decide(
-        analysis,
-        model,
-        ratio=ratio,
-        criterion=criterion,
-        round_to=round_to,
-        ignore=ignore,
-        seed=seed,
-        prune_norm=prune_norm,
-        head_ratio=head_ratio,
-        stats=stats,
-        ratios=ratios,
-    )
-    plan = build_plan(
-        analysis,
-        decisions,
-        model_name=model_name or type(model).__name__,
-        criterion=criterion,
-        ratio=ratio,
-        round_to=round_to,
-        seed=seed,
-        head_ratio=head_ratio,
-    )
-    pruned, result, approximate = cut_and_verify(model, example, analysis, decisions, plan)
-    seconds = time.perf_counter() - t0
-    report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
-    fields = calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias)
-    report.update(fields)  # repairs run on the verified cut, and report agreement before and after each one
-    report["seconds"] = round(seconds, 3)
+    if analysis is None:
+        analysis = graph(model, example, stages)
+    with stages("rank"):
+        stats = calibrate.statistics(model, analysis, criterion, calibration, loss, seed)
+        decisions, reached = choose(
+            analysis,
+            model,
+            ratio=ratio,
+            criterion=criterion,
+            round_to=round_to,
+            ignore=ignore,
+            seed=seed,
+            prune_norm=prune_norm,
+            head_ratio=head_ratio,
+            target=target,
+            stats=stats,
+            ratios=ratios,
+        )
+    with stages("cut"):
+        plan = build_plan(
+            analysis,
+            decisions,
+            model_name=model_name or type(model).__name__,
+            criterion=criterion,
+            ratio=round(reached.ratio, 6) if reached else ratio,
+            round_to=round_to,
+            seed=seed,
+            head_ratio=head_ratio,
+        )
+        if reached is not None:
+            plan["target"] = reached.report()
+        pruned = pruned_copy(model, plan).eval()
+    with stages("verify"):
+        result, approximate = verified(model, pruned, plan, example, analysis, decisions)
+    with stages("measure"):
+        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
+    if reached is not None:
+        report["target"] = reached.report()
+    if calibration is not None:  # repairs run on the verified cut; agreement before and after each one
+        with stages("repair"):
+            report.update(calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias))
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    report["timings"] = stages.rounded()
     return ShrinkResult(pruned, plan, analysis, decisions, result, report)
 
 
-def cut_and_verify(
-    model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision], plan: dict[str, Any]
-) -> tuple[nn.Module, VerifyResult, bool]:
-    """The pruned copy, its verification, and whether the cut is approximate (normalised groups pruned on
-    request); raises VerificationError, naming the culprit group, when an exact cut does not verify."""
-    pruned = pruned_copy(model, plan).eval()
+def verified(
+    model: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, analysis: Analysis, decisions: list
+) -> tuple[VerifyResult, bool]:
+    """The verification of a cut and whether it is approximate (normalised groups pruned on request); raises
+    VerificationError, naming the culprit group, when an exact cut does not verify. Nothing else (no repair,
+    no write) may run before this has passed."""
     result = verify(model, pruned, plan, example)
     approximate = any(d.pruned and d.group.normalised for d in decisions)
     if not result.passed and not approximate:
-        culprit = find_culprit(model, example, analysis, decisions, plan)
+        culprit = find_culprit(model, example, analysis, decisions)
         raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    return pruned, result, approximate
+    return result, approximate
+
+
+def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
+    if target_macs is not None and target_params is not None:
+        raise SlimnetError("give one target: --target-macs or --target-params, not both")
+    if target_macs is not None:
+        check_target("macs", target_macs)
+        return ("macs", float(target_macs))
+    if target_params is not None:
+        check_target("params", target_params)
+        return ("params", float(target_params))
+    return None
 
 
 def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:
@@ -153,9 +202,7 @@ def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) ->
     return pruned, result
 
 
-def find_culprit(
-    model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision], plan: dict[str, Any]
-) -> str:
+def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]) -> str:
     """Re-verify one pruned group at a time to name the one whose cut is wrong."""
     bad = []
     for d in decisions:
@@ -173,6 +220,18 @@ def find_culprit(
     return f" (group {', '.join(bad)})" if bad else ""
 
 
+def _macs(
+    model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
+) -> tuple[list[int | None], str]:
+    """MACs before and after: from the analysis' cost model (no second pass over either model), or from fvcore
+    when the model was analysed piece by piece (the cost model then misses what lies outside the pieces)."""
+    cost = analysis.cost
+    if cost is not None and cost.complete:
+        keep = cost.keep_vector([d.keep for d in decisions])
+        return [cost.macs(), cost.macs(keep)], "slimnet"
+    return [count_macs(model, example), count_macs(pruned, example)], "fvcore"
+
+
 def make_report(
     model: nn.Module,
     pruned: nn.Module,
@@ -185,7 +244,7 @@ def make_report(
     measure: bool,
 ) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
-    macs = [count_macs(model, example), count_macs(pruned, example)] if measure else [None, None]
+    macs, counter = _macs(model, pruned, example, analysis, decisions) if measure else ([None, None], None)
     return {
         "model": plan.get("model"),
         "criterion": plan.get("criterion"),
@@ -193,7 +252,8 @@ def make_report(
         "round_to": plan.get("round_to"),
         "params": [count_params(model), count_params(pruned)],
         "macs": macs,
-        "macs_note": "fvcore counts one multiply-add as one flop; FLOPs = 2 x MACs",
+        "macs_note": "one multiply-add is one MAC (fvcore's convention); FLOPs = 2 x MACs",
+        "macs_counter": counter,
         "groups": len(analysis.groups),
         "pruned_groups": sum(1 for d in decisions if d.pruned),
         "skipped": [{"group": d.group.name, "reason": d.reason} for d in decisions if d.reason],

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from .collect import Loss, Statistics, collect_activations, collect_gradients, member_modules
-from .criteria_data import DATA_CRITERIA
+from .criteria_data import NEEDS
 from .data import Calibration, as_calibration, check_data
 from .errors import SlimnetError
 from .fidelity import fidelity, reference
@@ -29,7 +29,7 @@ def prepare(
 ) -> Calibration | None:
     """Check that what needs data has it, and the data against the model, before any work."""
     if data is None:
-        needs = [f"criterion {criterion}"] if criterion in DATA_CRITERIA else []
+        needs = [f"criterion {criterion}"] if criterion in NEEDS else []
         needs += ["--recalibrate-bn"] * recalibrate + ["--compensate-bias"] * compensate
         if needs:
             raise SlimnetError(f"{needs[0]} needs calibration data: give --data (a tensor file, folder, ...)")
@@ -48,7 +48,7 @@ def statistics(
     seed: int = 0,
 ) -> Statistics | None:
     """What ``criterion`` reads from the calibration data (None for the magnitude criteria)."""
-    kind = DATA_CRITERIA.get(criterion)
+    kind = NEEDS.get(criterion)
     if kind is None or calibration is None:
         return None
     params = {n for n, _ in model.named_parameters()}

@@ -206,6 +206,8 @@ def collect_gradients(
     """Per-element Taylor importance of the parameters ``params`` (module docstring). The model's weights and
     its ``requires_grad`` flags are left as they were; parameter ``.grad`` fields are not touched."""
     named = {n: p for n, p in model.named_parameters() if n in params}
+    if not named:  # nothing prunable: nothing to score
+        return Statistics(taylor_mode="first-order" if loss is not None else "")
     flags = {n: p.requires_grad for n, p in named.items()}
     gen = torch.Generator().manual_seed(seed)
     fisher: bool | None = None if loss is None else False
@@ -220,6 +222,8 @@ def collect_gradients(
             if fisher is None:
                 fisher = logits_of(out) is None
             value = _projected(out, gen) if fisher else (loss or self_cross_entropy)(out, batch)
+            if not value.requires_grad:  # the loss does not depend on any parameter: all scores stay zero
+                continue
             grads = torch.autograd.grad(value, list(named.values()), allow_unused=True)
             for (n, p), g in zip(named.items(), grads):
                 if g is not None:

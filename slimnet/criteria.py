@@ -27,11 +27,12 @@ import numpy as np
 import torch
 
 from .collect import Statistics
-from .criteria_data import DATA_CRITERIA, data_score
+from .criteria_data import data_score
 from .errors import SlimnetError
 from .groups import Group
+from .settings import CRITERIA as CRITERIA  # re-exported: the names live with the other settings
+from .settings import DATA_CRITERIA, check_criterion
 
-CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale", *DATA_CRITERIA)
 #: FPGM sums distances to every other unit; past this many units it sums over this many evenly spaced anchor
 #: units instead (quadratic cost: AlexNet's 4096-unit FC group would otherwise take ~150 GFLOP to rank).
 FPGM_ANCHORS = 256
@@ -72,8 +73,7 @@ def score(
     stats: Statistics | None = None,
 ) -> tuple[np.ndarray, str]:
     """Scores per unit (higher = more important) and the criterion actually used."""
-    if criterion not in CRITERIA:
-        raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+    check_criterion(criterion)
     if criterion in DATA_CRITERIA:
         if stats is None:
             raise SlimnetError(f"criterion {criterion} looks at the data: give calibration data (--data)")

@@ -28,8 +28,8 @@ from .collect import Statistics, owner
 from .errors import SlimnetError
 from .groups import Group, Member
 
-#: Criteria that need calibration data, and the statistics each needs ("activations" or "gradients").
-DATA_CRITERIA: dict[str, str] = {
+#: What each criterion of :data:`slimnet.settings.DATA_CRITERIA` reads: "activations" or "gradients".
+NEEDS: dict[str, str] = {
     "taylor": "gradients",
     "activation": "activations",
     "apoz": "activations",

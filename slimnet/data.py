@@ -31,6 +31,7 @@ from torch import nn
 from ._tensors import call, flat_tensors
 from ._util import first_line
 from .errors import SlimnetError
+from .load import import_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -206,8 +207,6 @@ def check_data(model: nn.Module, calibration: Calibration) -> None:
 
 # ------------------------------------------------------------------------------------------ sources
 def _from_factory(path: str, factory: str) -> Any:
-    from .load import import_file
-
     module = import_file(path, "data file")
     fn = getattr(module, factory, None)
     if fn is None or not callable(fn):

@@ -24,8 +24,7 @@ from torch import nn
 from ._tensors import batch_input, call, eval_mode
 from .errors import SlimnetError
 from .export import export_onnx, ort_feed, ort_session
-
-BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda")
+from .settings import BACKENDS, check_counts
 
 
 def unavailable(backend: str) -> str | None:
@@ -148,7 +147,7 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class _Bar:
+class ProgressBar:
     """A rich progress bar on stderr when it is a terminal, silence otherwise (CI logs, --json pipes)."""
 
     def __init__(self, enabled: bool) -> None:
@@ -160,7 +159,7 @@ class _Bar:
             self.progress = Progress(console=Console(stderr=True), transient=True)
         self.task: Any = None
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> ProgressBar:
         if self.progress is not None:
             self.progress.__enter__()
         return self
@@ -178,7 +177,7 @@ class _Bar:
             self.progress.advance(self.task)
 
 
-def _interleaved(steps: Sequence[Callable[[], float]], warmup: int, runs: int, bar: _Bar) -> list[list[float]]:
+def interleaved(steps: Sequence[Callable[[], float]], warmup: int, runs: int, bar: ProgressBar) -> list[list[float]]:
     """Warm up, then time: each round runs every model once, in turn (A B A B ...)."""
     times: list[list[float]] = [[] for _ in steps]
     for r in range(warmup + runs):
@@ -206,8 +205,7 @@ def time_models(
     labels = [label for label, _ in models]
     if len(set(labels)) != len(labels):
         raise SlimnetError(f"model labels must be unique, got {labels}")
-    if runs < 1 or warmup < 0:
-        raise SlimnetError(f"--runs {runs} must be at least 1 and --warmup {warmup} at least 0")
+    check_counts(batch_size=batch_size, warmup=warmup, runs=runs)  # threads: None or 0 mean torch's default
     for backend in backends:
         unavailable(backend)  # unknown names fail now, not after minutes of timing the others
     threads = threads or torch.get_num_threads()
@@ -215,7 +213,7 @@ def time_models(
     latency: dict[str, dict[str, Any]] = {label: {} for label in labels}
     skipped: dict[str, str] = {}
     with (
-        _Bar(progress) as bar,
+        ProgressBar(progress) as bar,
         tempfile.TemporaryDirectory(prefix="slimnet-bench-") as folder,
         _torch_threads(threads),
         eval_mode(*(m for _, m in models)),
@@ -226,7 +224,7 @@ def time_models(
                 skipped[backend] = steps
                 continue
             bar.start(f"{backend}: {len(models)} model(s) x {warmup}+{runs}", (warmup + runs) * len(models))
-            for label, times in zip(labels, _interleaved(steps, warmup, runs, bar)):
+            for label, times in zip(labels, interleaved(steps, warmup, runs, bar)):
                 latency[label][backend] = summarize(times, warmup)
             del steps  # free sessions / device copies before the next backend
     return {

@@ -85,6 +85,30 @@ def load_input(path: str | None, shape: str | None, spec: str, seed: int = 0) ->
     return torch.randn(dims, generator=gen)
 
 
+def model_and_input(
+    spec: str,
+    weights: str | None = None,
+    input_file: str | None = None,
+    input_shape: str | None = None,
+    trust_pickle: bool = False,
+) -> tuple[LoadedModel, Any]:
+    """MODEL and its example input, as the command line takes them (``--weights``, ``--input``,
+    ``--input-shape``, ``--trust-pickle``): the input is checked first, before the model loads; an ``hf:``
+    folder without ``--input`` gets token ids or pixels from its config."""
+    if parse_spec(spec).kind == "hf" and input_file is None:
+        if input_shape is not None:
+            raise SlimnetError(
+                "--input-shape makes one float tensor; hf: models take a dict: give --input "
+                "with e.g. {'input_ids': ..., 'attention_mask': ...} saved with torch.save"
+            )
+        from .hf import default_input  # lazy: optional dependency (transformers)
+
+        loaded = load_model(spec, weights=weights, trust_pickle=trust_pickle)
+        return loaded, default_input(loaded.model)
+    example = load_input(input_file, input_shape, spec)  # cheap checks first
+    return load_model(spec, weights=weights, trust_pickle=trust_pickle), example
+
+
 def load_model(
     spec: str, weights: str | None = None, trust_pickle: bool = False, num_classes: int | None = None
 ) -> LoadedModel:

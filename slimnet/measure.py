@@ -10,7 +10,7 @@ for the ops that it leaves out but that a pruned network still pays for:
 * pooling: ``kernel area`` per output element (max/avg), one per input element (adaptive);
 * ``scaled_dot_product_attention``: the MACs of ``q @ k^T`` and ``attn @ v`` (softmax and scaling not counted);
 * ``_native_multi_head_attention`` (``nn.MultiheadAttention``'s fused inference path): projections, both
-  attention products and the softmax;
+  attention products, the scaling and the softmax;
 * reductions (mean, sum) and ``rms_norm``.
 
 Shape-only ops (view, pad, cat, dropout in eval, comparisons, ...) are explicitly free (:data:`FREE_OPS`). Any op
@@ -119,8 +119,10 @@ def native_mha(inputs: list[Any], outputs: list[Any]) -> float:
     heads = _ivalue(inputs[4])
     projections = batch * (length + 2 * source) * inner * embed_in + batch * length * w_out[0] * w_out[1]
     attention = 2 * batch * length * source * inner
-    softmax = batch * (heads if isinstance(heads, int) else 1) * length * source
-    return projections + attention + softmax
+    # the softmax, and the 1/sqrt(head size) scaling, counted once per attention weight as the explicit path
+    # (and slimnet's SlimMultiheadAttention, which replaces the module once heads are pruned) computes it
+    weights = batch * (heads if isinstance(heads, int) else 1) * length * source
+    return projections + attention + 2 * weights
 
 
 def rms_norm(inputs: list[Any], outputs: list[Any]) -> float:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import os
 from collections import defaultdict
 from collections.abc import Mapping
@@ -33,13 +32,15 @@ from torch import nn
 
 from . import __version__
 from ._util import write_atomic
+from .allocate import TargetResult, for_target, uniform_counts
 from .collect import Statistics
 from .criteria import score
 from .errors import SlimnetError
 from .groups import Analysis, Group
+from .settings import DEFAULT_ROUND_TO, check_ratio, check_settings
+from .settings import plan_path_for as plan_path_for  # re-exported: the plan file's place is part of the format
 
 FORMAT = "slimnet.plan/1"
-DEFAULT_ROUND_TO = 8
 
 
 @dataclass
@@ -54,21 +55,6 @@ class Decision:
     @property
     def pruned(self) -> bool:
         return self.reason is None and len(self.keep) < len(self.group.units)
-
-
-def keep_count(n: int, ratio: float, round_to: int, unit_channels: int = 1) -> int:
-    """How many of ``n`` units a group keeps (see the module docstring for the rule)."""
-    target = n * (1.0 - ratio)
-    step = max(1, round_to // math.gcd(round_to, unit_channels)) if round_to > 1 else 1
-    if n <= step:
-        return max(1, min(n, int(math.floor(target + 0.5))))
-    k = int(math.floor(target / step + 0.5)) * step
-    return max(step, min(n, k))
-
-
-def check_ratio(ratio: float, flag: str = "--ratio") -> None:
-    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise SlimnetError(f"{flag} {ratio} is out of range: give a fraction to drop, 0 <= R < 1 (e.g. 0.5)")
 
 
 def resolve_ignore(model: nn.Module, patterns: list[str]) -> set[str]:
@@ -99,23 +85,70 @@ def decide(
     seed: int = 0,
     prune_norm: bool = False,
     head_ratio: float | None = None,
+    target: tuple[str, float] | None = None,
     stats: Statistics | None = None,
     ratios: Mapping[str, float] | None = None,
 ) -> list[Decision]:
+    """Rank every prunable group's units and choose which ones stay (:func:`choose` without its target
+    result)."""
+    return choose(
+        analysis,
+        model,
+        ratio=ratio,
+        criterion=criterion,
+        round_to=round_to,
+        ignore=ignore,
+        seed=seed,
+        prune_norm=prune_norm,
+        head_ratio=head_ratio,
+        target=target,
+        stats=stats,
+        ratios=ratios,
+    )[0]
+
+
+def choose(
+    analysis: Analysis,
+    model: nn.Module,
+    *,
+    ratio: float,
+    criterion: str,
+    round_to: int = DEFAULT_ROUND_TO,
+    ignore: list[str] | None = None,
+    seed: int = 0,
+    prune_norm: bool = False,
+    head_ratio: float | None = None,
+    target: tuple[str, float] | None = None,
+    stats: Statistics | None = None,
+    ratios: Mapping[str, float] | None = None,
+) -> tuple[list[Decision], TargetResult | None]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
     ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group; ``ratios`` (group name
-    -> ratio, from a sensitivity-driven allocation) overrides both for the groups it names. ``stats``: the
-    calibration statistics that the data-driven criteria read."""
-    check_ratio(ratio)
-    if head_ratio is not None:
-        check_ratio(head_ratio, "--head-ratio")
+    -> ratio: a sensitivity-driven allocation) overrides both for the groups it names; with a ``target``
+    (``("macs", 0.5)``: half the MACs) the share is the one that reaches it (:func:`slimnet.allocate.for_target`),
+    returned beside the decisions. ``stats``: what the data-driven criteria read (:mod:`slimnet.collect`)."""
+    check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     for name, r in (ratios or {}).items():
         check_ratio(r, f"the ratio of group {name}")
-    if round_to < 1:
-        raise SlimnetError(f"--round-to {round_to} must be at least 1")
+    decisions = _left_whole(analysis, model, ignore, prune_norm)
+    prunable = [d.group for d in decisions if d.reason is None]
+    orders, used = _rank(prunable, model, criterion, seed, stats)
+    result = None
+    if target is not None:
+        result = for_target(analysis, prunable, orders, target[0], target[1], round_to, head_ratio)
+        counts = result.counts
+    else:
+        counts = uniform_counts(prunable, ratio, round_to, head_ratio, ratios)
+    for d in decisions:
+        if d.reason is None:
+            d.keep = sorted(int(i) for i in orders[d.group.id][: counts[d.group.id]])
+            d.criterion = used[d.group.id]
+    return decisions, result
+
+
+def _left_whole(analysis: Analysis, model: nn.Module, ignore: list[str] | None, prune_norm: bool) -> list[Decision]:
+    """One decision per group: those left whole say why (and keep every unit); the others are to be ranked."""
     ignored = resolve_ignore(model, ignore or [])
-    tensors = model.state_dict()
-    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     decisions = []
     for g in analysis.groups:
         d = Decision(group=g)
@@ -128,23 +161,21 @@ def decide(
             d.reason = f"{g.normalised}: pruning changes kept values (use --prune-norm to allow)"
         if d.reason is not None:
             d.keep = list(range(len(g.units)))
-            decisions.append(d)
-            continue
-        first = g.members[0]
-        unit_channels = max(1, len(g.units[0].members[first]))
-        r = head_ratio if (head_ratio is not None and g.kind == "heads") else ratio
-        r = ratios.get(g.name, r) if ratios else r
-        k = keep_count(len(g.units), r, round_to, unit_channels)
-        if k >= len(g.units) and stats is not None:  # nothing to rank (and its statistics may all be zero)
-            d.keep, d.criterion = list(range(len(g.units))), criterion
-            decisions.append(d)
-            continue
-        scores, used = score(g, tensors, params, criterion, seed, stats)
-        order = np.argsort(-scores, kind="stable")  # most important first; ties keep the earlier unit
-        d.keep = sorted(int(i) for i in order[:k])
-        d.criterion = used
         decisions.append(d)
     return decisions
+
+
+def _rank(
+    groups: list[Group], model: nn.Module, criterion: str, seed: int, stats: Statistics | None = None
+) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Each group's unit positions, most important first (ties keep the earlier unit), and the criterion used."""
+    tensors = model.state_dict()
+    params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    orders, used = {}, {}
+    for g in groups:
+        scores, used[g.id] = score(g, tensors, params, criterion, seed, stats)
+        orders[g.id] = np.argsort(-scores, kind="stable")
+    return orders, used
 
 
 def build_plan(
@@ -186,12 +217,6 @@ def build_plan(
         "version": __version__,
         "tensors": {k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in sorted(tensors.items())},
     }
-
-
-def plan_path_for(output: str | os.PathLike[str]) -> Path:
-    """``pruned.pt`` -> ``pruned.plan.json`` beside it."""
-    p = Path(output)
-    return p.with_name(p.stem + ".plan.json") if p.suffix else p.with_name(p.name + ".plan.json")
 
 
 def dumps(plan: dict[str, Any]) -> str:

@@ -17,6 +17,8 @@ from torch import nn
 
 from ._util import lookup
 from .errors import SlimnetError
+from .modules import SlimMultiheadAttention
+from .sizes import recompute
 
 Fixer = Callable[[nn.Module], "nn.Module | None"]  # may return a replacement module
 #: One registry of per-module surgery rules: module class (or qualified class name, for optional libraries)
@@ -99,8 +101,6 @@ def _mha(m: nn.Module) -> nn.Module | None:
     head_dim = m.head_dim
     if m.in_proj_weight.shape[0] == 3 * m.embed_dim and m.in_proj_weight.shape[1] == m.embed_dim:
         return None
-    from .modules import SlimMultiheadAttention
-
     _linear(m.out_proj)
     return SlimMultiheadAttention(m, m.in_proj_weight, m.in_proj_bias, m.out_proj, head_dim)
 
@@ -172,8 +172,6 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
 
 def _fix_modules(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     """Update the size attributes of every module whose tensors the plan changed (or replace the module)."""
-    from .sizes import recompute
-
     touched = {name.rpartition(".")[0] for name in plan["tensors"]}
     for mod_name in sorted(touched, key=lambda n: (-n.count("."), n)):  # children before their parents
         mod = model.get_submodule(mod_name) if mod_name else model

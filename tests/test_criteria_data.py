@@ -13,8 +13,9 @@ from torch import nn
 from slimnet import calibrate
 from slimnet.api import graph, shrink
 from slimnet.criteria import CRITERIA, score
-from slimnet.criteria_data import DATA_CRITERIA
+from slimnet.criteria_data import NEEDS
 from slimnet.errors import SlimnetError
+from slimnet.settings import DATA_CRITERIA
 
 from .helpers import check
 
@@ -82,6 +83,7 @@ def test_taylor_default_loss_depends_on_the_output():
 
 def test_data_criteria_are_registered_and_need_data():
     assert set(DATA_CRITERIA) <= set(CRITERIA)
+    assert set(NEEDS) == set(DATA_CRITERIA)
     with pytest.raises(SlimnetError, match="criterion wanda needs calibration data"):
         shrink(planted(), torch.randn(1, 3, 12, 12), criterion="wanda", measure=False)
 

@@ -3,34 +3,18 @@ and nothing is left behind when it does not."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import typer
 from torch import nn
-from typer.testing import CliRunner
 
 from slimnet import export as export_mod
-from slimnet.cli_measure import register
 from slimnet.errors import SlimnetError
 from slimnet.export import export_onnx
 
-app = typer.Typer()
-register(app)
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread for torch and onnxruntime: on a busy 2-core machine two OpenMP threads thrash (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ConvNet(nn.Module):
@@ -212,7 +196,7 @@ def test_dynamo_fallback_keeps_a_dynamic_batch(tmp_path, monkeypatch):
     """When the TorchScript exporter fails (or is gone), dynamo writes the file, from a batch-2 example so that
     the batch axis stays dynamic."""
 
-    def gone(*args, **kwargs):
+    def gone(*_args, **_kwargs):
         raise RuntimeError("TorchScript exporter removed")
 
     monkeypatch.setattr(export_mod, "_export_torchscript", gone)
@@ -223,7 +207,7 @@ def test_dynamo_fallback_keeps_a_dynamic_batch(tmp_path, monkeypatch):
 
 
 def test_both_exporters_failing_is_one_error(tmp_path, monkeypatch):
-    def broken(*args, **kwargs):
+    def broken(*_args, **_kwargs):
         raise RuntimeError("nope")
 
     monkeypatch.setattr(export_mod, "_export_torchscript", broken)
@@ -244,40 +228,6 @@ def test_user_errors(tmp_path):
     with pytest.raises(SlimnetError, match="rejects the example input"):
         export_onnx(ConvNet().eval(), torch.randn(1, 5, 8, 8), tmp_path / "x.onnx")
     assert list(tmp_path.iterdir()) == []
-
-
-NET = """
-import torch
-from torch import nn
-
-def make():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
-"""
-
-
-def test_cli_export_json_and_errors(tmp_path):
-    (tmp_path / "net.py").write_text(NET)
-    spec = f"{tmp_path / 'net.py'}:make"
-    out = tmp_path / "net.onnx"
-    r = runner.invoke(app, ["export", spec, "-o", str(out), "--input-shape", "1,3,12,12", "--json"])
-    assert r.exit_code == 0, r.output
-    info = json.loads(r.stdout)
-    assert info["path"] == str(out) and out.is_file() and info["checker"] == "ok" and info["model"] == spec
-    r = runner.invoke(
-        app, ["export", spec, "-o", str(out), "--input-shape", "1,3,12,12", "--opset", "18", "--no-dynamic-batch"]
-    )
-    assert r.exit_code == 0 and "wrote" in r.stdout and "opset 18" in r.stdout
-
-    # -o in a missing folder, -o equal to the input, a missing model: one line, exit 2, no traceback
-    for args in (["-o", str(tmp_path / "none" / "x.onnx")], ["-o", str(tmp_path / "net.py")]):
-        r = runner.invoke(app, ["export", spec, *args, "--input-shape", "1,3,12,12"])
-        assert r.exit_code == 2, r.output
-        assert r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
-    r = runner.invoke(app, ["export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.onnx")])
-    assert r.exit_code == 2 and "does not exist" in r.stderr and "Traceback" not in r.output
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert (tmp_path / "net.py").read_text() == NET
 
 
 def test_pruned_model_exports(tmp_path):

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from slimnet import plan as plan_mod
 from slimnet.api import apply
 from slimnet.cli import app
 from slimnet.hf import from_pretrained, save_pretrained
 
-from .helpers import check, kept, randomise
+from .helpers import check, cli_runner, kept, randomise
 
 tf = pytest.importorskip("transformers")
 tf.logging.set_verbosity_error()
@@ -244,7 +243,7 @@ def test_cli_hf_folder_in_and_out(tmp_path: Path):
     gpt2().save_pretrained(src)
     inp = tmp_path / "inp.pt"
     torch.save(tokens(6), inp)
-    runner = CliRunner()
+    runner = cli_runner()
     r = runner.invoke(
         app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "slim"), "--input", str(inp), "--round-to", "1", "--json"]
     )

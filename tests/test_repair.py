@@ -102,8 +102,8 @@ def test_bias_compensation_matches_the_mean_output(bias):
 
 def test_repairs_never_run_on_a_cut_that_fails_verification(monkeypatch):
     calls = []
-    monkeypatch.setattr(api, "verify", lambda *a, **k: VerifyResult(1.0, 1e-6, False, "float64", ["x"], "diff"))
-    monkeypatch.setattr(api.calibrate, "repair", lambda *a, **k: calls.append(1) or {})
+    monkeypatch.setattr(api, "verify", lambda *_a, **_k: VerifyResult(1.0, 1e-6, False, "float64", ["x"], "diff"))
+    monkeypatch.setattr(api.calibrate, "repair", lambda *_a, **_k: calls.append(1) or {})
     with pytest.raises(VerificationError):
         api.shrink(bn_net(), torch.randn(1, 3, 8, 8), data=torch.randn(16, 3, 8, 8), recalibrate_bn=True)
     assert calls == []

@@ -5,9 +5,9 @@
 
 Every model is built randomly initialised (``torchvision:NAME``, seeded, nothing downloaded), analysed once, and
 shrunk at ``--ratio`` (0.5) with every criterion. The first criterion goes through :func:`slimnet.api.shrink`
-unchanged (so the public path is what is measured, MAC counting included); the others reuse its analysis,
-which is a function of the model and the input only, and repeat the rest of ``shrink`` (decide, plan, cut,
-verify) with MAC counting off. ``--reanalyse`` calls ``api.shrink`` for every criterion instead.
+unchanged (so the public path is what is measured, MAC counting included); the others pass its analysis,
+which is a function of the model and the input only, back in (``api.shrink(..., analysis=...)``: decide, plan,
+cut, verify) with MAC counting off. ``--reanalyse`` analyses again for every criterion instead.
 
 Each model runs in its own child process, so that a crash, an out-of-memory kill or a hang (``--timeout``)
 costs one row, not the sweep; every exception is recorded per model and criterion as a one-line failure.
@@ -99,30 +99,6 @@ def one_line(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------- worker
 
 
-def _shrink_reusing(
-    model: Any, example: Any, analysis: Any, *, ratio: float, criterion: str, round_to: int, name: str
-) -> Any:
-    """api.shrink minus check_runs/trace/analyse (done once per model) and MAC counting."""
-    from slimnet import api
-    from slimnet.errors import VerificationError
-    from slimnet.plan import build_plan, decide
-    from slimnet.surgeon import pruned_copy
-    from slimnet.verify import verify
-
-    t0 = time.perf_counter()
-    decisions = decide(analysis, model, ratio=ratio, criterion=criterion, round_to=round_to)
-    plan = build_plan(analysis, decisions, model_name=name, criterion=criterion, ratio=ratio, round_to=round_to, seed=0)
-    pruned = pruned_copy(model, plan).eval()
-    result = verify(model, pruned, plan, example)
-    approximate = any(d.pruned and d.group.normalised for d in decisions)
-    if not result.passed and not approximate:
-        culprit = api.find_culprit(model, example, analysis, decisions, plan)
-        raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    report = api.make_report(model, pruned, example, analysis, decisions, plan, result, approximate, False)
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    return api.ShrinkResult(pruned, plan, analysis, decisions, result, report)
-
-
 def perturb(model: Any, seed: int = 0) -> dict[str, int]:
     """Make every channel of the random model distinguishable, so that a misplaced cut shows in the outputs.
 
@@ -168,28 +144,13 @@ def run_model(
     import resource
     import warnings
 
-    import torch
-
     from slimnet import api
-    from slimnet._tensors import count_params
-    from slimnet.load import default_input_shape, load_model
 
     warnings.filterwarnings("ignore")
     rec: dict[str, Any] = {"model": name, "family": family(name), "criteria": {}, "size": None}
     t_start = time.perf_counter()
     try:
-        model = load_model(f"torchvision:{name}").model
-        shape = default_input_shape(f"torchvision:{name}")
-        if size is not None:
-            shape = shape[:2] + (size, size)
-        rec["size"] = shape[-1]
-        example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        rec["params_before"] = count_params(model)
-        if not plain_init:
-            rec["perturbed"] = perturb(model)
-        with torch.no_grad():
-            out = model(example)
-        rec["output_absmax"] = float(out.abs().max()) if isinstance(out, torch.Tensor) else None
+        model, example = load(name, size, plain_init, rec)
     except Exception as exc:  # noqa: BLE001
         rec["error"] = f"load: {one_line(exc)}"
         rec["seconds"] = round(time.perf_counter() - t_start, 1)
@@ -199,36 +160,18 @@ def run_model(
         t0 = time.perf_counter()
         row: dict[str, Any] = {"passed": False}
         try:
-            if analysis is None or reanalyse:
-                res = api.shrink(
-                    model,
-                    example,
-                    ratio=ratio,
-                    criterion=crit,
-                    round_to=round_to,
-                    model_name=f"torchvision:{name}",
-                    measure=(i == 0),
-                )
-                analysis = res.analysis
-            else:
-                res = _shrink_reusing(
-                    model, example, analysis, ratio=ratio, criterion=crit, round_to=round_to, name=f"torchvision:{name}"
-                )
-            rep = res.report
-            row.update(
-                passed=bool(res.verification.passed),
-                max_diff=rep["max_abs_diff"],
-                tolerance=rep["tolerance"],
-                params_after=rep["params"][1],
-                pruned=rep["pruned_groups"],
-                groups=rep["groups"],
-                exact=rep["exact"],
-                dtype=rep["verify_dtype"],
+            res = api.shrink(
+                model,
+                example,
+                ratio=ratio,
+                criterion=crit,
+                round_to=round_to,
+                model_name=f"torchvision:{name}",
+                measure=(i == 0),
+                analysis=None if reanalyse else analysis,
             )
-            if rep["macs"][0] is not None:
-                rec["macs"] = rep["macs"]
-            if not res.verification.passed:
-                row["error"] = res.verification.error or "not verified"
+            analysis = res.analysis
+            record(res, rec, row)
         except Exception as exc:  # noqa: BLE001 - a failure is a result, not the end of the sweep
             row["error"] = one_line(exc)
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -239,6 +182,48 @@ def run_model(
     rec["seconds"] = round(time.perf_counter() - t_start, 1)
     rec["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return rec
+
+
+def load(name: str, size: int | None, plain_init: bool, rec: dict[str, Any]) -> tuple[Any, Any]:
+    """The randomly initialised (and unless ``plain_init``, perturbed) model and its example input; notes the
+    input size, parameter count and output magnitude in ``rec``."""
+    import torch
+
+    from slimnet._tensors import count_params
+    from slimnet.load import default_input_shape, load_model
+
+    model = load_model(f"torchvision:{name}").model
+    shape = default_input_shape(f"torchvision:{name}")
+    if size is not None:
+        shape = shape[:2] + (size, size)
+    rec["size"] = shape[-1]
+    example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    rec["params_before"] = count_params(model)
+    if not plain_init:
+        rec["perturbed"] = perturb(model)
+    with torch.no_grad():
+        out = model(example)
+    rec["output_absmax"] = float(out.abs().max()) if isinstance(out, torch.Tensor) else None
+    return model, example
+
+
+def record(res: Any, rec: dict[str, Any], row: dict[str, Any]) -> None:
+    """One criterion's result in its ``row`` (and the MACs, counted with the first, in ``rec``)."""
+    rep = res.report
+    row.update(
+        passed=bool(res.verification.passed),
+        max_diff=rep["max_abs_diff"],
+        tolerance=rep["tolerance"],
+        params_after=rep["params"][1],
+        pruned=rep["pruned_groups"],
+        groups=rep["groups"],
+        exact=rep["exact"],
+        dtype=rep["verify_dtype"],
+    )
+    if rep["macs"][0] is not None:
+        rec["macs"] = rep["macs"]
+    if not res.verification.passed:
+        row["error"] = res.verification.error or "not verified"
 
 
 # --------------------------------------------------------------------------------------------------- driver
@@ -364,11 +349,36 @@ def write_doc(
     started: str,
     done: bool,
 ) -> None:
+    crits = {n: args.criteria_for(n) for n in order}
+    ran = [recs[n] for n in order if n in recs]
+    lines = doc_header(args, command, started, done)
+    lines += doc_summary(ran, crits, skipped, args)
+    lines += [row_of(recs[n], crits[n]) for n in order if n in recs]
+    if skipped:
+        lines += ["", "Skipped:", ""]
+        lines += [f"- {n}: {why}" for n, why in skipped.items()]
+    pending = [n for n in order if n not in recs]
+    if pending and not done:
+        lines += ["", f"Not yet run: {', '.join(pending)}"]
+    failures = [
+        (r["model"], c, row.get("error", ""))
+        for r in ran
+        for c, row in r.get("criteria", {}).items()
+        if not row.get("passed")
+    ]
+    failures += [(r["model"], "(model)", r["error"]) for r in ran if r.get("error")]
+    lines += ["", "## Failures", ""]
+    lines += [f"- {m} / {c}: {e}" for m, c, e in failures] if failures else ["None."]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def doc_header(args: argparse.Namespace, command: str, started: str, done: bool) -> list[str]:
+    """Title, command, date, versions and the setup of the sweep."""
     import torch
     import torchvision
 
-    crits = {n: args.criteria_for(n) for n in order}
-    ran = [recs[n] for n in order if n in recs]
     lines = [
         "# Coverage: torchvision's classification zoo through `slimnet shrink`",
         "",
@@ -409,6 +419,13 @@ def write_doc(
             "only, to keep the sweep within time on 2 cores.",
             "",
         ]
+    return lines
+
+
+def doc_summary(
+    ran: list[dict[str, Any]], crits: dict[str, list[str]], skipped: dict[str, str], args: argparse.Namespace
+) -> list[str]:
+    """The summary line, the column notes and the table's head."""
     n_pass = {c: sum(1 for r in ran if r.get("criteria", {}).get(c, {}).get("passed")) for c in args.criteria}
     n_ran = {c: sum(1 for r in ran if c in crits[r["model"]]) for c in args.criteria}
     all_ok = sum(
@@ -416,7 +433,7 @@ def write_doc(
         for r in ran
         if not r.get("error") and all(r.get("criteria", {}).get(c, {}).get("passed") for c in crits[r["model"]])
     )
-    lines += [
+    return [
         f"**Summary: {len(ran)} models run ({all_ok} passed every criterion), {len(skipped)} skipped; passed per "
         "criterion: " + ", ".join(f"{c} {n_pass[c]}/{n_ran[c]}" for c in args.criteria) + ".**",
         "",
@@ -431,25 +448,6 @@ def write_doc(
         "| criteria passed | seconds | peak RSS (GB) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    lines += [row_of(recs[n], crits[n]) for n in order if n in recs]
-    if skipped:
-        lines += ["", "Skipped:", ""]
-        lines += [f"- {n}: {why}" for n, why in skipped.items()]
-    pending = [n for n in order if n not in recs]
-    if pending and not done:
-        lines += ["", f"Not yet run: {', '.join(pending)}"]
-    failures = [
-        (r["model"], c, row.get("error", ""))
-        for r in ran
-        for c, row in r.get("criteria", {}).items()
-        if not row.get("passed")
-    ]
-    failures += [(r["model"], "(model)", r["error"]) for r in ran if r.get("error")]
-    lines += ["", "## Failures", ""]
-    lines += [f"- {m} / {c}: {e}" for m, c, e in failures] if failures else ["None."]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
 
 
 def revision() -> str:
@@ -519,50 +517,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        rec = run_model(
-            args.worker, args.criteria, args.ratio, args.round_to, args.size, args.reanalyse, args.plain_init
-        )
-        sys.stdout.write(json.dumps(rec) + "\n")
-        return 0
-
-    shown, raw = [], list(argv if argv is not None else sys.argv[1:])
-    while raw:  # the sweep's own command: --resume/--date only re-render it
-        a = raw.pop(0)
-        if a == "--date":
-            raw = raw[1:]
-        elif a != "--resume" and not a.startswith("--date="):
-            shown.append(a)
-    command = "python tools/coverage.py " + " ".join(shlex.quote(a) for a in shown)
+        return worker(args)
+    command = shown_command(list(argv if argv is not None else sys.argv[1:]))
     started = args.date or dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     args.revision = revision()
-    names = zoo()
-    if args.models:
-        wanted = [m for m in args.models.split(",") if m]
-        unknown = [m for m in wanted if m not in names]
-        if unknown:
-            print(f"error: not in torchvision's classification zoo: {', '.join(unknown)}", file=sys.stderr)
-            return 2
-        names = wanted
-    skipped: dict[str, str] = {}
-    for n in args.skip.split(","):
-        if n in names:
-            skipped[n] = "--skip"
-    if args.max_params:
-        for n in names:
-            p = nominal_params(n)
-            if n not in skipped and p is not None and p > args.max_params:
-                skipped[n] = f"{p / 1e6:.0f}M params > --max-params {args.max_params / 1e6:.0f}M"
-    order = [n for n in names if n not in skipped]
-    recs: dict[str, dict[str, Any]] = {}
-    if args.resume and args.jsonl and Path(args.jsonl).is_file():
-        for line in Path(args.jsonl).read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if r["model"] in order:
-                    recs[r["model"]] = r
+    selected = select(args)
+    if selected is None:
+        return 2
+    order, skipped = selected
+    recs = resumed(args, order)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     todo = [n for n in order if n not in recs]
@@ -586,21 +549,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-    def submit(name: str) -> dict[str, Any]:
-        sub = argparse.Namespace(**vars(args))
-        sub.criteria = args.criteria_for(name)
-        return child(name, sub)
-
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, args.jobs))
-    try:
-        futures = [pool.submit(submit, n) for n in todo]
-        for fut in cf.as_completed(futures):
-            finish(fut.result())
-    except KeyboardInterrupt:  # the children got the same SIGINT; start no more
-        pool.shutdown(wait=False, cancel_futures=True)
+    if not sweep(args, todo, finish):
         print("interrupted: the table holds the models finished so far", file=sys.stderr)
         return 130
-    pool.shutdown()
     write_doc(out, recs, order, skipped, args, command, started, done=True)
     failed = sum(
         1
@@ -613,6 +564,84 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    """``--worker NAME``: one model, its record as one JSON line on stdout."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rec = run_model(args.worker, args.criteria, args.ratio, args.round_to, args.size, args.reanalyse, args.plain_init)
+    sys.stdout.write(json.dumps(rec) + "\n")
+    return 0
+
+
+def shown_command(raw: list[str]) -> str:
+    """The sweep's own command for the header: --resume/--date only re-render it, so they are left out."""
+    shown = []
+    while raw:
+        a = raw.pop(0)
+        if a == "--date":
+            raw = raw[1:]
+        elif a != "--resume" and not a.startswith("--date="):
+            shown.append(a)
+    return "python tools/coverage.py " + " ".join(shlex.quote(a) for a in shown)
+
+
+def select(args: argparse.Namespace) -> tuple[list[str], dict[str, str]] | None:
+    """The models to run, in zoo order, and those skipped with the reason; None (after the message) when
+    --models names something that is not in the zoo."""
+    names = zoo()
+    if args.models:
+        wanted = [m for m in args.models.split(",") if m]
+        unknown = [m for m in wanted if m not in names]
+        if unknown:
+            print(f"error: not in torchvision's classification zoo: {', '.join(unknown)}", file=sys.stderr)
+            return None
+        names = wanted
+    skipped: dict[str, str] = {}
+    for n in args.skip.split(","):
+        if n in names:
+            skipped[n] = "--skip"
+    if args.max_params:
+        for n in names:
+            p = nominal_params(n)
+            if n not in skipped and p is not None and p > args.max_params:
+                skipped[n] = f"{p / 1e6:.0f}M params > --max-params {args.max_params / 1e6:.0f}M"
+    return [n for n in names if n not in skipped], skipped
+
+
+def resumed(args: argparse.Namespace, order: list[str]) -> dict[str, dict[str, Any]]:
+    """With --resume, the records already in --jsonl for the models of this sweep."""
+    recs: dict[str, dict[str, Any]] = {}
+    if args.resume and args.jsonl and Path(args.jsonl).is_file():
+        for line in Path(args.jsonl).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                if r["model"] in order:
+                    recs[r["model"]] = r
+    return recs
+
+
+def sweep(args: argparse.Namespace, todo: list[str], finish: Any) -> bool:
+    """Run ``todo`` in child processes, --jobs at a time, calling ``finish`` with each record; False when
+    interrupted (the children got the same SIGINT; no more are started)."""
+
+    def submit(name: str) -> dict[str, Any]:
+        sub = argparse.Namespace(**vars(args))
+        sub.criteria = args.criteria_for(name)
+        return child(name, sub)
+
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    try:
+        futures = [pool.submit(submit, n) for n in todo]
+        for fut in cf.as_completed(futures):
+            finish(fut.result())
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        return False
+    pool.shutdown()
+    return True
 
 
 if __name__ == "__main__":

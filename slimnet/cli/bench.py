@@ -1,0 +1,229 @@
+"""``slimnet export`` and ``slimnet bench``: the ONNX file and the numbers (:func:`slimnet.api.bench`), with
+their tables. Errors follow :func:`slimnet.cli.common.guarded`: one line on stderr, exit code 2 for a user
+mistake, a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import SlimnetError
+from ..settings import check_counts, parse_backends
+from ..spec import parse_spec
+from .common import (
+    MODEL_HELP,
+    AsJson,
+    Debug,
+    InputFile,
+    InputShape,
+    Model,
+    TrustPickle,
+    Weights,
+    check_output,
+    emit_json,
+    fmt,
+    guarded,
+    model_inputs,
+    out,
+    output_option,
+)
+
+# ------------------------------------------------------------------------------------------ options
+OnnxOutput = Annotated[str, output_option("Where to write the .onnx file.")]
+Opset = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 17; 18 if dynamo is needed).")]
+NoDynamicBatch = Annotated[bool, typer.Option("--no-dynamic-batch", help="Fix the batch size to the example's.")]
+Simplify = Annotated[bool, typer.Option("--simplify", help="Fold constants and drop dead nodes (onnxscript).")]
+Models = Annotated[list[str], typer.Argument(help=f"One or more models; the first is the baseline. {MODEL_HELP}")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size (the example is repeated along dim 0).")]
+Warmup = Annotated[int, typer.Option("--warmup", help="Untimed runs per model and backend.")]
+Runs = Annotated[int, typer.Option("--runs", help="Timed runs per model and backend.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and onnxruntime.")]
+Backend = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--backend",
+        help="torch-cpu, ort-cpu, torch-cuda, ort-cuda (repeatable "
+        "or comma-separated; default: all, unavailable ones are skipped).",
+    ),
+]
+PerLayer = Annotated[bool, typer.Option("--per-layer", help="Show where the MACs go, layer by layer.")]
+
+
+def _ms(v: float) -> str:
+    """Two decimals, three below 1 ms (a tiny model's 0.012 ms must not read 0.01)."""
+    return f"{v:.2f}" if v >= 1 else f"{v:.3f}"
+
+
+def _x(v: Optional[float]) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+# ------------------------------------------------------------------------------------------ export
+def export_command(
+    model: Model,
+    output: OnnxOutput,
+    input_file: InputFile = None,
+    input_shape: InputShape = None,
+    opset: Opset = None,
+    no_dynamic_batch: NoDynamicBatch = False,
+    simplify: Simplify = False,
+    weights: Weights = None,
+    trust_pickle: TrustPickle = False,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Export MODEL to ONNX; the file is checked with onnx.checker and compared with torch in onnxruntime."""
+    with guarded(debug):
+        if opset is not None and not 7 <= opset <= 25:
+            raise SlimnetError(f"--opset {opset} is not an ONNX opset torch can write: use 17 or 18")
+        out_path = check_output(output, [parse_spec(model).file, weights or "", input_file or ""])
+        from ..export import export_onnx  # lazy: CLI start-up
+
+        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+        info = export_onnx(
+            loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch, simplify=simplify
+        )
+        info["model"] = model
+        if as_json:
+            emit_json(info)
+            return
+        batches = ", ".join(str(b) for b in info["checked_batches"])
+        out.print(
+            f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, opset {info['opset']}, {info['exporter']} "
+            f"exporter{', dynamic batch' if info['dynamic_batch'] else ''}): onnx.checker ok; onnxruntime matches "
+            f"torch at batch {batches}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+# ------------------------------------------------------------------------------------------ bench
+def bench_command(
+    models: Models,
+    batch_size: BatchSize = 1,
+    warmup: Warmup = 10,
+    runs: Runs = 50,
+    threads: Threads = None,
+    backend: Backend = None,
+    per_layer: PerLayer = False,
+    input_file: InputFile = None,
+    input_shape: InputShape = None,
+    trust_pickle: TrustPickle = False,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Params, MACs and latency of each MODEL; with 2+, speedup over the first (theory, per backend) and efficiency.
+
+    Models are timed interleaved (A B A B ...); a backend that cannot run here is skipped, with the reason.
+    """
+    with guarded(debug):
+        backends = parse_backends(backend or [])
+        check_counts(batch_size=batch_size, warmup=warmup, runs=runs, threads=threads)
+        from ..api import bench  # lazy: CLI start-up
+
+        report = bench(
+            models,
+            backends=backends,
+            batch_size=batch_size,
+            warmup=warmup,
+            runs=runs,
+            threads=threads,
+            input_file=input_file,
+            input_shape=input_shape,
+            trust_pickle=trust_pickle,
+            per_layer=per_layer,
+        )
+        if as_json:
+            emit_json(report)
+        else:
+            print_bench(report, per_layer)
+
+
+def print_bench(report: dict[str, Any], per_layer: bool) -> None:
+    """Rich tables: cost, latency, comparison (2+ models), and optionally MACs per layer side by side."""
+    console = out
+    models = report["models"]
+    d = report["device"]
+    console.print(
+        f"{d['cpu']}, {d['threads']} thread(s){', ' + d['gpu'] if d['gpu'] else ''}; torch {d['torch']}, "
+        f"onnxruntime {d['onnxruntime']}; batch {report['batch_size']}, {report['warmup']} warm-up + "
+        f"{report['runs']} timed runs, models interleaved",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(_cost_table(models))
+    for m in models:
+        if m["skipped_ops"]:
+            ops = ", ".join(f"{op} x{n}" for op, n in m["skipped_ops"].items())
+            console.print(f"{m['path']}: ops without a MAC handle, not counted: {ops}", highlight=False)
+    timed = [b for b in report["backends"] if b not in report["skipped_backends"]]
+    if timed:
+        console.print(_latency_table(models, timed))
+    for b, why in report["skipped_backends"].items():
+        console.print(f"{b} skipped: {why}", highlight=False, soft_wrap=True)
+    if len(models) > 1:
+        console.print(_speedup_table(models, timed))
+    if per_layer:
+        console.print(_layer_table(models))
+    console.print(report["macs_note"], style="dim", highlight=False)
+
+
+def _cost_table(models: list[dict[str, Any]]) -> Table:
+    table = Table(title="theoretical cost")
+    for col in ("model", "params", "MACs", "FLOPs", "skipped ops"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in models:
+        table.add_row(m["path"], fmt(m["params"]), fmt(m["macs"]), fmt(m["flops"]), str(sum(m["skipped_ops"].values())))
+    return table
+
+
+def _latency_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
+    table = Table(title="latency, ms (p50 / p90 / min)")
+    table.add_column("model")
+    for b in backends:
+        table.add_column(b, justify="right")
+    for m in models:
+        cells = []
+        for b in backends:
+            s = m["latency_ms"].get(b)
+            cells.append(" / ".join(_ms(s[k]) for k in ("p50", "p90", "min")) if s else "-")
+        table.add_row(m["path"], *cells)
+    return table
+
+
+def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
+    table = Table(title=f"speedup over {models[0]['path']} (efficiency = real / theoretical)")
+    table.add_column("model")
+    table.add_column("theoretical", justify="right")
+    for b in backends:
+        table.add_column(b, justify="right")
+    for m in models[1:]:
+        cells = []
+        for b in backends:
+            real, eff = m["speedup"].get(b), m["efficiency"].get(b)
+            cells.append(f"{_x(real)} ({eff:.0%})" if real is not None and eff is not None else _x(real))
+        table.add_row(m["path"], _x(m["speedup"]["theoretical"]), *cells)
+    return table
+
+
+def _layer_table(models: list[dict[str, Any]]) -> Table:
+    """Each module's own MACs (leaves: all of theirs; containers: e.g. their residual adds), model by model."""
+    from ..measure import own_macs  # lazy: CLI start-up
+
+    owns = [own_macs(m["per_layer"]) for m in models]
+    names: dict[str, None] = {}
+    for own in owns:
+        names.update(dict.fromkeys(n for n, v in own.items() if v))
+    table = Table(title="MACs per layer (own ops)")
+    table.add_column("layer")
+    for i, m in enumerate(models):
+        table.add_column(m["path"] if i == 0 else f"{m['path']}", justify="right")
+    for name in names:
+        table.add_row(name, *(fmt(own.get(name)) if name in own else "-" for own in owns))
+    top = [m["macs"] - sum(r["macs"] for n, r in m["per_layer"].items() if "." not in n) for m in models]
+    if any(top):
+        table.add_row("(top-level ops)", *(fmt(t) for t in top))
+    return table

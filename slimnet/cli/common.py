@@ -1,0 +1,138 @@
+"""What every command shares: the error policy (:func:`guarded`), output checks, loading MODEL with its input,
+printing, and the options that several commands take, declared once as ``Annotated`` aliases.
+
+Nothing here imports torch: ``slimnet --help`` and the argument checks stay fast. Commands import the heavy
+modules inside their body, each import marked ``# lazy: CLI start-up``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+from .._util import first_line
+from ..errors import SlimnetError
+
+out = Console()
+err = Console(stderr=True)
+
+# ------------------------------------------------------------------------------------------ help texts
+APP_HELP = "slimnet: shrink PyTorch models into physically smaller dense ones, with every cut verified."
+MODEL_HELP = "torchvision:NAME, timm:NAME, hf:FOLDER, FILE.py:FACTORY, or a torch.save(model) file."
+TRUST_HELP = "Fully unpickle model files (runs code named in the file; only for files you trust)."
+DEBUG_HELP = "Show the full traceback on errors."
+INPUT_HELP = "Example input saved with torch.save (tensor, tuple or dict of tensors)."
+SHAPE_HELP = "Example input shape, e.g. 1,3,224,224 (default: the model's usual size)."
+WEIGHTS_HELP = "state_dict to load into FILE.py:FACTORY."
+JSON_HELP = "Print one JSON object instead of text."
+
+
+def output_option(help: str) -> Any:
+    """``-o/--output``, required; what it writes differs by command, hence the help."""
+    return typer.Option("-o", "--output", help=help)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"slimnet {__version__}")
+        raise typer.Exit()
+
+
+# ------------------------------------------------------------------------------------------ shared options
+Model = Annotated[str, typer.Argument(help=MODEL_HELP)]
+Weights = Annotated[Optional[str], typer.Option("--weights", help=WEIGHTS_HELP)]
+InputFile = Annotated[Optional[str], typer.Option("--input", help=INPUT_HELP)]
+InputShape = Annotated[Optional[str], typer.Option("--input-shape", help=SHAPE_HELP)]
+TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help=TRUST_HELP)]
+AsJson = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+Debug = Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)]
+Version = Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")]
+
+
+# ------------------------------------------------------------------------------------------ errors
+@contextlib.contextmanager
+def guarded(debug: bool) -> Iterator[None]:
+    """Turn every failure into one line and an exit code (tracebacks only with --debug)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except SlimnetError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: nothing was written", highlight=False)
+        raise typer.Exit(130) from None
+    except MemoryError:
+        err.print("error: out of memory: try a smaller --input-shape", highlight=False)
+        raise typer.Exit(1) from None
+    except Exception as exc:  # noqa: BLE001 - a bug in slimnet; still one line unless --debug
+        if debug:
+            raise
+        first = first_line(exc, "")
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {first} (run again with --debug for the "
+            "traceback, and please report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+# ------------------------------------------------------------------------------------------ files
+def check_output(output: str, inputs: list[str], folder: bool = False) -> Path:
+    """The output path must differ from every input (a FILE.py:FACTORY spec's file included), and its folder
+    must exist and be writable."""
+    p = Path(output)
+    for i in inputs:
+        if i and Path(i).exists() and p.exists() and p.resolve() == Path(i).resolve():
+            raise SlimnetError(f"output {output} is the input: give another -o so that the input stays untouched")
+        if i and Path(i).resolve() == p.resolve():
+            raise SlimnetError(f"output {output} is the input: give another -o so that the input stays untouched")
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise SlimnetError(f"output folder {parent} does not exist: create it first")
+    if not os.access(parent, os.W_OK):
+        raise SlimnetError(f"output folder {parent} is not writable")
+    if p.is_dir() and not folder:
+        raise SlimnetError(f"output {output} is a folder: give a file name such as model-slim.pt")
+    if folder and p.exists() and (not p.is_dir() or any(p.iterdir())):
+        raise SlimnetError(f"output {output} exists and is not an empty folder: give a new folder name")
+    return p
+
+
+def model_inputs(
+    model: str, weights: Optional[str], input_file: Optional[str], input_shape: Optional[str], trust_pickle: bool
+) -> tuple[Any, Any]:
+    """MODEL and its example input (:func:`slimnet.load.model_and_input`): the input's cheap checks first."""
+    from ..load import model_and_input  # lazy: CLI start-up
+
+    return model_and_input(model, weights, input_file, input_shape, trust_pickle)
+
+
+# ------------------------------------------------------------------------------------------ printing
+def emit_json(obj: dict[str, Any]) -> None:
+    """The one JSON object of ``--json``, alone on stdout."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fmt(n: Optional[float]) -> str:
+    """A count for a table: 1.23G, 4.50M, 7.00K, or as it is below a thousand ('-' for unknown)."""
+    if n is None:
+        return "-"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:g}"

@@ -1,0 +1,117 @@
+"""The pieces of the cost model: forms, terms, what an entry sees of a node (:class:`CostCall`), the registry
+:data:`COSTS` and :func:`terms_of`, which the atom interpreter calls for every node (module docstring of
+:mod:`slimnet.cost` for the idea)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from .._util import bind_once
+
+Member = tuple[str, int]
+
+
+@dataclass
+class Form:
+    """``const + sum_i counts[i] * keep(unit of atoms[i])``, plus the kept size of a weight dim when ``dim``."""
+
+    const: float = 0.0
+    atoms: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    dim: Member | None = None
+
+
+@dataclass
+class Term:
+    """``scale * prod(forms)``: the MACs of one op (or a part of it), attributed to ``module``."""
+
+    scale: float
+    forms: list[Form]
+    module: str = ""
+    op: str = ""
+
+
+@dataclass
+class CostCall:
+    """What a cost entry sees of one node (built by the atom interpreter after the node's channel rule ran)."""
+
+    node: fx.Node
+    module: nn.Module | None  # for call_module nodes
+    value: Any  # the node's output
+    args: tuple  # real values of the arguments
+    kwargs: dict
+    ids: Callable[[Any], Any]  # fx argument -> its atom ids
+    out: Any  # the node's atom ids
+    param: Callable[[Any], str | None]  # fx argument -> the state_dict name behind a get_attr, else None
+    target_name: str = ""  # the module path, for call_module nodes
+
+    def arg(self, i: int, name: str, default: Any = None) -> Any:
+        return self.args[i] if len(self.args) > i else self.kwargs.get(name, default)
+
+    def node_arg(self, i: int, name: str) -> Any:
+        n = self.node
+        return n.args[i] if len(n.args) > i else n.kwargs.get(name)
+
+
+CostFn = Callable[[CostCall], list[Term]]
+#: The one registry of MAC rules: module classes (or qualified names), functions and method names -> entry.
+COSTS: dict[Any, CostFn] = {}
+
+
+def cost(*keys: Any) -> Callable[[CostFn], CostFn]:
+    def deco(fn: CostFn) -> CostFn:
+        for k in keys:
+            bind_once(COSTS, k, fn, "MAC rule")
+        return fn
+
+    return deco
+
+
+# ------------------------------------------------------------------------------------------------ forms
+def elements(ids: Any, value: Any = None) -> Form:
+    """The elements of an activation that survive: one count per atom (elements with no atom always stay)."""
+    if not isinstance(ids, torch.Tensor):
+        return Form(const=float(value.numel()) if isinstance(value, torch.Tensor) else 0.0)
+    flat = ids.reshape(-1).to(torch.int64)
+    if flat.numel() == 0:
+        return Form()
+    counts = torch.bincount(flat + 1)
+    nonzero = torch.nonzero(counts[1:]).flatten()
+    return Form(const=float(counts[0]), atoms=nonzero.numpy(), counts=counts[1:][nonzero].double().numpy())
+
+
+def per_column(ids: Any, size: int) -> Form:
+    """The columns (last dim) of a matmul's second operand that survive: a column whose elements all hold one
+    atom goes with that atom's unit; a column of mixed or no atoms always stays."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() == 0:
+        return Form(const=float(size))
+    cols = ids.reshape(-1, ids.shape[-1]) if ids.dim() > 1 else ids.reshape(1, -1)
+    lo, hi = cols.amin(0), cols.amax(0)
+    single = (lo == hi) & (lo >= 0)
+    atoms = lo[single].to(torch.int64).numpy()
+    return Form(const=float((~single).sum()), atoms=atoms, counts=np.ones(len(atoms)))
+
+
+def kept(name: str | None, dim: int, size: int) -> Form:
+    """The kept size of a state_dict tensor's dim (resolved from the groups when the model is assembled)."""
+    return Form(dim=(name, dim), const=float(size)) if name else Form(const=float(size))
+
+
+def constant(x: float) -> Form:
+    return Form(const=float(x))
+
+
+def _numel(t: Any) -> int:
+    return t.numel() if isinstance(t, torch.Tensor) else 0
+
+
+def term(call: CostCall, scale: float, *forms: Form) -> list[Term]:
+    stack = call.node.meta.get("nn_module_stack") or {}
+    where = call.target_name or (next(reversed(stack.values()))[0] if stack else "")
+    return [Term(float(scale), list(forms), where, call.node.name)]

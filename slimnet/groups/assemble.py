@@ -1,0 +1,317 @@
+"""From a model to its groups: :func:`analyse` traces and interprets, :func:`assemble` turns the interpreter's
+:class:`~slimnet.groups.model.Evidence` into :class:`~slimnet.groups.model.Group` objects in named steps.
+
+Assembly reads only the evidence (never the interpreter), so it can be tested on evidence built by hand:
+
+1. :func:`merge_shared_bindings`: one physical slice bound to several atoms (a module called twice, a merged
+   channel) makes them one unit;
+2. :func:`bind_free_parameters`: a parameter that got one atom per element is bound along the one dim whose
+   slices are each one unit, or else left whole;
+3. :func:`channel_units` and :func:`unit_slots`: classes holding a produced channel are the units, and each
+   owns the slices bound to it;
+4. :func:`frozen_marks` and :func:`first_reason_by_root`: the first poison, normalisation and note of each
+   class (parameters read by an op with no rule poison every atom bound to them);
+5. :func:`bucket_groups`: units with the same member slices form a group.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import fx, nn
+
+from .. import cost
+from ..errors import SlimnetError
+from ..stages import Stages
+from ..trace import placeholder_args, trace, trace_pieces
+from .atoms import UnionFind
+from .interpreter import AtomInterpreter
+from .model import Analysis, Binding, Evidence, Group, Mark, Member, Unit
+from .registry import is_leaf_class
+
+Shapes = dict[str, tuple[int, ...]]
+ByMember = dict[Member, list[tuple[np.ndarray, str]]]  # every binding of one tensor dim: (atoms, role)
+SINGLE = "a single unit: nothing to choose from"
+
+
+def tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Tied parameters (one tensor under several state_dict names) map to one canonical name."""
+    canon: dict[int, str] = {}
+    alias: dict[str, str] = {}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, t in model.state_dict(keep_vars=True).items():
+        key = id(t)
+        first = canon.setdefault(key, name)
+        alias[name] = first
+        groups[first].append(name)
+    return alias, dict(groups)
+
+
+def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None, stages: Stages | None = None) -> Analysis:
+    """Trace (unless given) and interpret the model on atom ids; return its coupled channel groups.
+
+    A model that cannot be traced whole is analysed piece by piece (:func:`slimnet.trace.trace_pieces`):
+    the pieces' inputs and outputs stay whole, and the reason the whole model did not trace is kept in
+    ``Analysis.notes``. With no prunable piece the tracing error is raised as it was. ``stages`` times the
+    ``trace`` and ``groups`` stages."""
+    stages = stages or Stages()
+    pieces, why = None, ""
+    with stages("trace"):
+        if gm is None:
+            try:
+                gm = trace(model, example, is_leaf=is_leaf_class)
+            except SlimnetError as exc:
+                pieces, why = trace_pieces(model, example, is_leaf=is_leaf_class), exc
+    with stages("groups"):
+        if pieces is not None:
+            analysis = _analyse_pieces(model, pieces, str(why))
+            if not any(g.prunable for g in analysis.groups):
+                raise why
+            return analysis
+        groups, macs = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
+        alias, alias_groups = tensor_aliases(model)
+        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model))
+        analysis.cost = cost.build(model, groups, alias, macs)
+    return analysis
+
+
+def _shapes(model: nn.Module) -> Shapes:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _analyse_graph(gm: fx.GraphModule, inputs: list[Any], offset: int = 0,
+                   prefix: str = "") -> tuple[list[Group], list[cost.Resolved]]:  # fmt: skip
+    """The groups of one graph, and its MAC terms over units numbered from ``offset``."""
+    alias, _ = tensor_aliases(gm)
+    evidence = AtomInterpreter(gm, alias).collect(*inputs)
+    groups, roots = assemble_roots(evidence, _shapes(gm))
+    return groups, cost.resolve_part(evidence.costs, groups, roots, alias, offset, prefix)
+
+
+def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], why: str) -> Analysis:
+    """Groups of every piece, renamed to the model's state_dict names. A tensor tied to one outside its piece
+    (shared embeddings) is frozen: the other user was not traced with it."""
+    alias, alias_groups = tensor_aliases(model)
+    groups: list[Group] = []
+    macs: list[cost.Resolved] = []
+    for path, gm in pieces:
+
+        def full(t: str, path: str = path) -> str:
+            name = f"{path}.{t}"
+            return alias.get(name, name)
+
+        offset = sum(len(g.units) for g in groups)
+        piece_groups, piece_macs = _analyse_graph(gm, gm.meta["inputs"], offset, path)
+        macs += piece_macs
+        for g in piece_groups:
+            reason = g.reason
+            if reason and (reason.startswith("model input") or reason == "model output"):
+                end = "input" if reason.startswith("model input") else "output"
+                reason = f"{end} of {path}, traced as a separate piece (the whole model did not trace)"
+            for t, _ in g.members:
+                outside = [a for a in alias_groups.get(full(t), []) if not a.startswith(f"{path}.")]
+                if outside and reason is None:
+                    reason = f"{full(t)} is tied to {outside[0]}, outside the traced piece {path}"
+            groups.append(
+                Group(
+                    id=len(groups),
+                    name=f"{path}.{g.name}",
+                    reason=reason,
+                    normalised=g.normalised,
+                    members=[(full(t), d) for t, d in g.members],
+                    units=[
+                        Unit({(full(t), d): idx for (t, d), idx in u.members.items()}, root=u.root) for u in g.units
+                    ],
+                    roles={(full(t), d): r for (t, d), r in g.roles.items()},
+                    kind=g.kind,
+                )
+            )
+    first = why.split(": torch.fx needs")[0]
+    notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
+    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model), notes=notes)
+    analysis.cost = cost.build(model, groups, alias, macs, complete=False)
+    return analysis
+
+
+# ------------------------------------------------------------------------------------------ assembly
+@dataclass
+class Marks:
+    """What the marks say, by class root."""
+
+    poison: dict[int, str]
+    normed: dict[int, str]
+    notes: dict[int, str]
+    heads: set[int]
+
+
+def assemble(evidence: Evidence, shapes: Shapes) -> list[Group]:
+    """The groups that ``evidence`` describes; ``shapes`` (state_dict name -> shape) says which tensors exist.
+    Reads ``evidence`` and never changes it."""
+    return assemble_roots(evidence, shapes)[0]
+
+
+def assemble_roots(evidence: Evidence, shapes: Shapes) -> tuple[list[Group], np.ndarray]:
+    """:func:`assemble`, and the root of every atom after assembly's merges (what the cost terms need)."""
+    uf = UnionFind(evidence.parents)
+    by_member = merge_shared_bindings(evidence.bindings, uf)
+    unsliceable = bind_free_parameters(evidence.param_ranges, uf, by_member)
+    roots = uf.roots()
+    unit_roots, producer_of = channel_units(evidence.channel_ranges, roots)
+    slots, roles = unit_slots(by_member, roots, unit_roots, shapes)
+    frozen = frozen_marks(by_member, evidence.frozen)
+    marks = Marks(
+        poison=first_reason_by_root([*evidence.poison, *unsliceable, *frozen], roots),
+        normed=first_reason_by_root(evidence.normed, roots),
+        notes=first_reason_by_root([*evidence.notes, *unsliceable], roots),
+        heads={int(roots[a]) for a in evidence.heads},
+    )
+    return bucket_groups(unit_roots, slots, roles, producer_of, marks), roots
+
+
+def merge_shared_bindings(bindings: list[Binding], uf: UnionFind) -> ByMember:
+    """Every binding by tensor dim; where one dim is bound several times, the atoms bound to one slice are
+    merged (a shared module, a merged channel: they go together)."""
+    by_member: ByMember = defaultdict(list)
+    for name, dim, atoms, role in bindings:
+        by_member[(name, dim)].append((atoms, role))
+    for entries in by_member.values():
+        if len(entries) > 1:
+            stacked = np.stack([a for a, _ in entries])
+            for col in stacked.T:
+                uf.union_all([a for a in col if a >= 0])
+    return by_member
+
+
+def bind_free_parameters(
+    param_ranges: dict[str, tuple[int, tuple[int, ...]]], uf: UnionFind, by_member: ByMember
+) -> list[Mark]:
+    """Free parameters (layer scales, position embeddings) got one atom per element: each is bound along the
+    first dim whose every slice is one class (added to ``by_member``). Returns the marks, one per class, of
+    those that no dim fits: they cannot be sliced, so their classes are left whole."""
+    roots = uf.roots()
+    marks: list[Mark] = []
+    for name, (start, shape) in param_ranges.items():
+        cls = roots[start : start + int(np.prod(shape))].reshape(shape)
+        found = next((d for d in range(len(shape)) if shape[d] > 1 and _constant_slices(cls, d)), None)
+        if found is None:
+            marks += [(int(a), f"parameter {name} cannot be sliced along one dim") for a in np.unique(cls)]
+        else:
+            rows = np.moveaxis(cls, found, 0).reshape(shape[found], -1)
+            by_member[(name, found)].append((rows[:, 0].copy(), ""))
+    return marks
+
+
+def _constant_slices(cls: np.ndarray, d: int) -> bool:
+    rows = np.moveaxis(cls, d, 0).reshape(cls.shape[d], -1)
+    return bool((rows == rows[:, :1]).all())
+
+
+def channel_units(channel_ranges: list[tuple[int, int, str]], roots: np.ndarray) -> tuple[set[int], dict[int, str]]:
+    """The classes that hold a produced channel (the units), and the first producer of each class."""
+    is_channel = np.zeros(len(roots), dtype=bool)
+    producer_of: dict[int, str] = {}
+    for start, n, producer in channel_ranges:
+        is_channel[start : start + n] = True
+        for r in np.unique(roots[start : start + n]).tolist():
+            producer_of.setdefault(r, producer)
+    return set(np.unique(roots[is_channel]).tolist()), producer_of
+
+
+def unit_slots(
+    by_member: ByMember, roots: np.ndarray, unit_roots: set[int], shapes: Shapes
+) -> tuple[dict[int, dict[Member, list[int]]], dict[Member, str]]:
+    """For each unit (by root): the indices it owns in each tensor dim; and the role of each tensor dim."""
+    slots: dict[int, dict[Member, list[int]]] = defaultdict(dict)
+    roles: dict[Member, str] = {}
+    is_unit = np.zeros(len(roots), dtype=bool)
+    is_unit[list(unit_roots)] = True
+    for (name, dim), entries in by_member.items():
+        if name not in shapes:
+            continue
+        for _atoms, role in entries:
+            if role:
+                roles[(name, dim)] = role
+        # every entry of one member binds the same physical slices: the first atom per index decides
+        atoms = np.max(np.stack([a for a, _ in entries]), axis=0)
+        idx = np.nonzero(atoms >= 0)[0]
+        r = roots[atoms[idx]]
+        ok = is_unit[r]
+        idx, r = idx[ok], r[ok]
+        order = np.argsort(r, kind="stable")
+        idx, r = idx[order], r[order]
+        # runs of one root, sliced from plain lists (np.split makes an array per unit: slow on wide nets)
+        starts = [0] + (np.nonzero(np.diff(r))[0] + 1).tolist() + [len(r)]
+        r_list, idx_list = r.tolist(), idx.tolist()
+        for s, e in zip(starts[:-1], starts[1:]):
+            if e > s:
+                slots[r_list[s]][(name, dim)] = sorted(idx_list[s:e])
+    return slots, roles
+
+
+def frozen_marks(by_member: ByMember, frozen: dict[str, str]) -> list[Mark]:
+    """A parameter read by an op with no rule is frozen: every atom bound to it gets its reason."""
+    return [
+        (int(a), frozen[name])
+        for (name, _), entries in by_member.items()
+        if name in frozen
+        for atoms, _ in entries
+        for a in atoms[atoms >= 0].tolist()
+    ]
+
+
+def first_reason_by_root(marks: list[Mark], roots: np.ndarray) -> dict[int, str]:
+    """The first reason given for any atom of each class, by root."""
+    out: dict[int, str] = {}
+    for a, why in marks:
+        out.setdefault(int(roots[a]), why)
+    return out
+
+
+def bucket_groups(
+    unit_roots: set[int],
+    slots: dict[int, dict[Member, list[int]]],
+    roles: dict[Member, str],
+    producer_of: dict[int, str],
+    marks: Marks,
+) -> list[Group]:
+    """Units with the same members form a group, in the order of their smallest root (the first atom made),
+    named after the producer of that root (``name#2`` for a producer's second group)."""
+    buckets: dict[tuple[Member, ...], list[int]] = defaultdict(list)
+    for r in sorted(unit_roots):
+        if slots.get(r):
+            buckets[tuple(sorted(slots[r]))].append(r)
+    groups: list[Group] = []
+    names_seen: dict[str, int] = defaultdict(int)
+    for members, rs in sorted(buckets.items(), key=lambda kv: min(kv[1])):
+        units = [Unit({m: slots[r][m] for m in members}, root=r) for r in rs]
+        units.sort(key=lambda u: u.members[members[0]][0])  # units own disjoint slices: one member orders them
+        name = producer_of.get(min(rs), members[0][0].rsplit(".", 1)[0])
+        names_seen[name] += 1
+        if names_seen[name] > 1:
+            name = f"{name}#{names_seen[name]}"
+        groups.append(
+            Group(
+                id=len(groups),
+                name=name,
+                units=units,
+                members=list(members),
+                reason=_reason(rs, len(units), marks),
+                normalised=next((marks.normed[r] for r in rs if r in marks.normed), None),
+                roles={m: roles.get(m, "") for m in members},
+                kind="heads" if any(r in marks.heads for r in rs) else "channels",
+            )
+        )
+    return groups
+
+
+def _reason(rs: list[int], n_units: int, marks: Marks) -> str | None:
+    """Why a group of these unit roots is left whole (None: it is prunable)."""
+    reason = next((marks.poison[r] for r in rs if r in marks.poison), None)
+    if reason is None and n_units < 2:
+        reason = marks.notes.get(rs[0], SINGLE)
+        if reason != SINGLE:
+            reason = f"all channels go together ({reason})"
+    return reason

@@ -1,0 +1,102 @@
+"""Atoms and id tensors: the vocabulary shared by the interpreter, the rules and assembly.
+
+An *atom* is an integer id for one channel of one producer (or one element of a free parameter); an *id tensor*
+has a value's shape and holds, in float64, the atom of each position, or :data:`NO_ATOM`. A :class:`UnionFind`
+over atoms records which must be removed together. Kept apart from :mod:`slimnet.groups.interpreter` so that
+assembly (which only needs the union-find) and the rules (which need the helpers) do not depend on the
+interpreter's module for them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from .._tensors import map_tensors
+
+#: The id of a position that belongs to no atom (a constant, padding): it couples nothing.
+NO_ATOM = -1.0
+
+
+class UnionFind:
+    """Union-find with path halving; ids are consecutive ints handed out by :meth:`add`. The root of a class is
+    always its smallest member, whatever the order of the unions."""
+
+    def __init__(self, parents: list[int] | None = None) -> None:
+        self.parent: list[int] = list(parents or [])
+
+    def add(self, n: int) -> int:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return start
+
+    def find(self, a: int) -> int:
+        p = self.parent
+        while p[a] != a:
+            p[a] = p[p[a]]
+            a = p[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+    def union_all(self, atoms: Any) -> None:
+        atoms = [int(a) for a in atoms]
+        for a in atoms[1:]:
+            self.union(atoms[0], a)
+
+    def roots(self) -> np.ndarray:
+        """The root of every atom, vectorised."""
+        p = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                return p
+            p = q
+
+
+# ------------------------------------------------------------------------------------------ id tensor helpers
+def one_atom_per_slice(ids: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each slice along ``dim`` (reduced away): its smallest atom (-1 where it holds none), and whether it
+    holds several. The one masked min/max behind ``per_index``, ``tie`` and matmul's row and column atoms."""
+    mask = ids >= 0
+    top = float("inf") if ids.is_floating_point() else torch.iinfo(ids.dtype).max
+    big = torch.tensor(top, dtype=ids.dtype)
+    mn = torch.where(mask, ids, big).amin(dim)
+    mx = torch.where(mask, ids, -big).amax(dim)
+    has = mask.any(dim)
+    return torch.where(has, mn, torch.full_like(mn, -1)), has & (mn != mx)
+
+
+def constant_ids(value: Any, atom: float = NO_ATOM) -> Any:
+    """An id structure for ``value`` whose every position holds ``atom`` (by default: no atom)."""
+    return map_tensors(value, lambda t: torch.full(t.shape, atom, dtype=torch.float64), None)
+
+
+def unique_pairs(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
+    """Distinct (a, b) atom pairs, via one 1-D unique over a combined key (unique over rows is slow)."""
+    a64, b64 = a.to(torch.int64), b.to(torch.int64)
+    m = int(b64.max()) + 1
+    keys = torch.unique(a64 * m + b64)
+    return list(zip((keys // m).tolist(), (keys % m).tolist()))
+
+
+def unique_atoms(t: torch.Tensor) -> list[int]:
+    """The distinct atoms of an id tensor, without ``NO_ATOM``."""
+    u = torch.unique(t)
+    return [int(a) for a in u.tolist() if a >= 0]
+
+
+def nodes_in(value: Any) -> list[fx.Node]:
+    """The fx nodes anywhere in an argument structure."""
+    out: list[fx.Node] = []
+    fx.node.map_arg(value, out.append)
+    return out

@@ -1,0 +1,371 @@
+"""The atom interpreter: runs an fx graph on real values and, beside them, on tensors of atom ids.
+
+:class:`AtomInterpreter` dispatches every node to its rule (:mod:`slimnet.groups.registry`), offers the rules a
+small public API, and hands what it found to assembly as one :class:`~slimnet.groups.model.Evidence`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from .._tensors import flat_tensors
+from ..cost import Term, terms_of
+from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
+from .model import Evidence
+from .registry import rule_for
+
+
+def _where(node: fx.Node) -> str:
+    st = getattr(node, "stack_trace", None) or node.meta.get("stack_trace")
+    if st:
+        lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip().startswith("File")]
+        lines = [ln for ln in lines if "/torch/" not in ln and "/slimnet/" not in ln]
+        if lines:
+            last = lines[-1].replace("File ", "").replace('"', "")
+            return f" ({last})"
+    return ""
+
+
+def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
+    if node.op == "call_module":
+        return f"{type(gm.get_submodule(node.target)).__name__} module {node.target}"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    t = node.target
+    return f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', str(t))}".lstrip(".")
+
+
+class AtomInterpreter(fx.Interpreter):
+    """Runs the graph on real values and, beside them, on atom-id tensors; the rules fill a union-find.
+
+    Every placeholder gets one poisoned atom (inputs are never pruned), every layer output new atoms (one per
+    channel), every parameter read outside a layer one atom per element; each node's rule (see the contract in
+    :mod:`slimnet.groups.registry`) returns its output's id tensor and records what it learnt: bindings of
+    atoms to weight slices, unions, marks. :meth:`collect` runs the graph and returns all of it as one
+    :class:`~slimnet.groups.model.Evidence`, which :func:`~slimnet.groups.assemble.assemble` turns into groups.
+
+    Example: conv -> bn -> conv, traced with plain torch.fx::
+
+        >>> import torch
+        >>> from torch import fx, nn
+        >>> from slimnet.groups import AtomInterpreter, assemble, tensor_aliases
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+        >>> gm = fx.symbolic_trace(net)
+        >>> evidence = AtomInterpreter(gm, tensor_aliases(gm)[0]).collect(torch.randn(1, 3, 8, 8))
+
+    Atom 0 is the input (poisoned); the first conv makes atoms 1-4, the second atoms 5-6::
+
+        >>> evidence.channel_ranges
+        [(1, 4, '0'), (5, 2, '2')]
+        >>> evidence.poison
+        [(0, 'model input input'), (5, 'model output'), (6, 'model output')]
+
+    Each layer binds the atoms it reads or makes to its tensors' slices: ``0.weight`` dim 0 (its output
+    channels) to atoms 1-4, dim 1 to the input's atom, and the BatchNorm's four tensors to the atoms it reads::
+
+        >>> for tensor, dim, atoms, role in evidence.bindings:
+        ...     print(tensor, dim, atoms.tolist(), role or "-")
+        0.bias 0 [1, 2, 3, 4] -
+        0.weight 0 [1, 2, 3, 4] out
+        0.weight 1 [0, 0, 0] in
+        1.weight 0 [1, 2, 3, 4] norm_scale
+        1.bias 0 [1, 2, 3, 4] -
+        1.running_mean 0 [1, 2, 3, 4] -
+        1.running_var 0 [1, 2, 3, 4] -
+        2.bias 0 [5, 6] -
+        2.weight 0 [5, 6] out
+        2.weight 1 [1, 2, 3, 4] in
+
+    Assembly makes one unit per class of atoms holding a layer's channel; units with the same member slices
+    form a group. The first conv's four channels are one group of four units over seven tensor dims; the last
+    conv's two channels are the model's output, left whole (atom 0 holds no produced channel: no unit)::
+
+        >>> shapes = {k: tuple(v.shape) for k, v in gm.state_dict().items()}
+        >>> for g in assemble(evidence, shapes):
+        ...     print(g.name, g.n_units, g.reason, " ".join(f"{t}[{d}]" for t, d in g.members))
+        0 4 None 0.bias[0] 0.weight[0] 1.bias[0] 1.running_mean[0] 1.running_var[0] 1.weight[0] 2.weight[1]
+        2 2 model output 2.bias[0] 2.weight[0]
+    """
+
+    def __init__(self, gm: fx.GraphModule, aliases: dict[str, str]) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self._alias = aliases  # any state_dict name -> canonical name
+        self._uf = UnionFind()
+        self._channel_ranges: list[tuple[int, int, str]] = []  # (start, n, producer name)
+        self._param_ranges: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._bindings: list[tuple[str, int, np.ndarray, str]] = []  # (tensor, dim, atom per index, role)
+        self._poison: list[tuple[int, str]] = []
+        self._normed: list[tuple[int, str]] = []
+        self._notes: list[tuple[int, str]] = []
+        self._heads: list[int] = []  # atoms that stand for a whole attention head
+        self._frozen: dict[str, str] = {}  # parameters read by an op with no rule
+        self._costs: list[Term] = []  # MAC terms of the nodes run so far
+        self._ids: dict[fx.Node, Any] = {}
+        # int/float nodes computed from tensor sizes -> the (id tensor, dim) pairs they read; a size used as a
+        # *value* (a 1/sqrt(d) scale, a mean's divisor) must not change, so those dims get tied (see value_use)
+        self._size_src: dict[fx.Node, list[tuple[torch.Tensor, int]]] = {}
+        self._shapes: dict[fx.Node, torch.Tensor] = {}  # x.shape / x.size() nodes -> x's ids (x.shape[i]: dim i)
+        self._current: fx.Node | None = None
+
+    def collect(self, *inputs: Any) -> Evidence:
+        """Run the graph on ``inputs`` (graph placeholders in order) and return what the rules found."""
+        with torch.inference_mode(False), torch.no_grad():
+            self.run(*inputs)
+        return Evidence(
+            parents=list(self._uf.parent),
+            channel_ranges=self._channel_ranges,
+            param_ranges=self._param_ranges,
+            bindings=self._bindings,
+            poison=self._poison,
+            normed=self._normed,
+            notes=self._notes,
+            heads=self._heads,
+            frozen=self._frozen,
+            costs=self._costs,
+        )
+
+    # -- reading arguments ------------------------------------------------------------------------------
+    def ids_of(self, value: Any) -> Any:
+        """Map fx nodes in an argument structure to their id tensors (lazily creating parameter atoms)."""
+        return fx.node.map_aggregate(value, lambda v: self._node_ids(v) if isinstance(v, fx.Node) else v)
+
+    def _node_ids(self, node: fx.Node) -> Any:
+        if node not in self._ids:
+            return None
+        v = self._ids[node]
+        if callable(v) and not isinstance(v, torch.Tensor):
+            v = v()
+            self._ids[node] = v
+        return v
+
+    def value_of(self, value: Any) -> Any:
+        """Real values of an argument structure (after the node ran: for sizes, dims, indices)."""
+        return fx.node.map_arg(value, lambda nd: self.env[nd] if nd in self.env else None)
+
+    def param_name(self, arg: Any) -> str | None:
+        """The state_dict name behind a ``get_attr`` argument (a weight passed to F.conv2d...), else None."""
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            return str(arg.target)
+        return None
+
+    def module_of(self, n: fx.Node) -> Any:
+        """The submodule a ``call_module`` node calls."""
+        return self.module.get_submodule(n.target)
+
+    def where(self) -> str:
+        """The node being run and the user's source line, for reasons."""
+        n = self._current
+        return f"{n.name}{_where(n)}" if n is not None else ""
+
+    # -- atoms and marks --------------------------------------------------------------------------------
+    def new_atoms(self, count: int, producer: str) -> np.ndarray:
+        """``count`` new channel atoms made by layer ``producer`` (their classes are units named after it)."""
+        start = self._uf.add(count)
+        self._channel_ranges.append((start, count, producer))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def poisoned_atom(self, reason: str) -> int:
+        """A new atom that keeps whatever it is combined with whole."""
+        a = self._uf.add(1)
+        self._poison.append((a, reason))
+        return a
+
+    def poison(self, atoms: Any, reason: str) -> None:
+        """The classes of ``atoms`` are left whole, for ``reason``."""
+        self._poison.extend((int(a), reason) for a in atoms if a >= 0)
+
+    def poison_ids(self, ids: Any, reason: str) -> None:
+        """Every atom in an id structure is poisoned."""
+        for t in flat_tensors(ids):
+            self.poison(unique_atoms(t), reason)
+
+    def unify(self, atoms: Any) -> None:
+        """The atoms (``NO_ATOM`` skipped) are one unit."""
+        self._uf.union_all([int(a) for a in atoms if a >= 0])
+
+    def unify_pairs(self, pairs: Any) -> None:
+        """Each ``(a, b)`` pair of atoms is one unit."""
+        for x, y in pairs:
+            self._uf.union(x, y)
+
+    def roots(self) -> np.ndarray:
+        """The current class (root atom) of every atom."""
+        return self._uf.roots()
+
+    def bind(self, name: str | None, dim: int, atoms: np.ndarray, role: str = "") -> None:
+        """Tensor ``name``'s slice ``i`` along ``dim`` belongs to ``atoms[i]``'s unit (-1: to none)."""
+        if name is None:
+            return
+        self._bindings.append((self._alias.get(name, name), dim, np.asarray(atoms, dtype=np.int64), role))
+
+    def mark_heads(self, atoms: Any) -> None:
+        """Each of ``atoms`` stands for a whole attention head: its group is a heads group."""
+        self._heads.extend(int(a) for a in atoms)
+
+    def mark_normalised(self, atoms: Any, reason: str) -> None:
+        """A norm over channels sees these atoms: pruning them is exact only on request (``--prune-norm``)."""
+        self._normed.extend((int(a), reason) for a in atoms)
+
+    def note(self, atom: int, reason: str) -> None:
+        """Why ``atom``'s class became one unit, should it end up the only unit of its group."""
+        self._notes.append((int(atom), reason))
+
+    # -- id tensors ---------------------------------------------------------------------------------------
+    def per_index(self, ids: torch.Tensor, dim: int, why: str = "") -> np.ndarray:
+        """One atom per index along ``dim``; where a slice holds several atoms they become one unit."""
+        dim = dim % ids.dim()
+        n = ids.shape[dim]
+        t = ids.movedim(dim, 0).reshape(n, -1)
+        if t.shape[1] == 0:
+            return np.full(n, -1, dtype=np.int64)
+        atoms, several = one_atom_per_slice(t, 1)
+        for i in several.nonzero().flatten().tolist():
+            merged = unique_atoms(t[i])
+            self.unify(merged)
+            if why:
+                self.note(merged[0], why)
+        return atoms.to(torch.int64).numpy()
+
+    def fill(self, atoms: np.ndarray, shape: torch.Size, dim: int) -> torch.Tensor:
+        """An id tensor of ``shape`` whose slice ``i`` along ``dim`` is ``atoms[i]``."""
+        dim = dim % len(shape)
+        view = [1] * len(shape)
+        view[dim] = len(atoms)
+        return torch.as_tensor(atoms, dtype=torch.float64).reshape(view).expand(shape).clone()
+
+    def tie(self, ids: torch.Tensor, dim: int, why: str) -> None:
+        """The atoms along ``dim`` at each position must go together (the dim's size is fixed)."""
+        dim = dim % ids.dim()
+        n = ids.shape[dim]
+        if n <= 1:
+            return
+        t = ids.movedim(dim, -1).reshape(-1, n)
+        first, several = one_atom_per_slice(t, 1)
+        rows = several.nonzero().flatten()
+        if len(rows) == 0:
+            return
+        sub = t[rows]
+        keep = sub >= 0
+        self.unify_pairs(unique_pairs(first[rows].unsqueeze(1).expand(-1, n)[keep], sub[keep]))
+        self.note(int(first[rows[0]]), why)
+
+    def tie_pieces(self, ids: torch.Tensor, dim: int, pieces: int, why: str) -> None:
+        """Piece ``p`` position ``j`` goes with position ``j`` of every other piece (chunk, channel shuffle)."""
+        dim = dim % ids.dim()
+        n = ids.shape[dim]
+        if pieces <= 1 or n % pieces:
+            self.tie(ids, dim, why)
+            return
+        shape = list(ids.shape)
+        split = ids.reshape(shape[:dim] + [pieces, n // pieces] + shape[dim + 1 :])
+        self.tie(split, dim, why)
+
+    def value_use(self, values: Any) -> None:
+        """``values`` (fx nodes) enter a computation as numbers, not as sizes: where one was read from a
+        tensor's dim, that dim's size must not change (pruning it would change the number), so it is tied."""
+        for v in nodes_in(values):
+            for src, dim in self._size_src.get(v, []):
+                self.tie(src, dim, f"the size of dim {dim} is used as a value at node {self.where()}")
+
+    def unknown(self, n: fx.Node, value: Any, what: str | None = None) -> Any:
+        """The op has no rule (or its rule refused): everything it reads is poisoned, naming the op, and its
+        output is one poisoned atom. Never a silent guess."""
+        reason = f"no channel rule for {what or _op_name(n, self.module)} at node {self.where()}"
+        # Parameters handed straight to the op are frozen by name (giving each element an atom would cost
+        # memory for nothing); everything else it reads is poisoned atom by atom.
+        args = []
+        for a in list(n.args) + list(n.kwargs.values()):
+            name = self.param_name(a)
+            if name is not None and (a not in self._ids or callable(self._ids[a])):
+                self._frozen.setdefault(self._alias.get(name, name), reason)
+            else:
+                args.append(a)
+        self.poison_ids(self.ids_of(args), reason)
+        return constant_ids(value, float(self.poisoned_atom(reason)))
+
+    # -- running (fx.Interpreter) -------------------------------------------------------------------------
+    def run_node(self, n: fx.Node) -> Any:
+        self._current = n
+        value = super().run_node(n)
+        if n.op == "get_attr":
+            self._ids[n] = self._lazy_param(n, value)
+        elif n.op == "output":
+            self.poison_ids(self.ids_of(n.args[0]), "model output")
+        elif n.op == "placeholder":
+            self._ids[n] = self._input_ids(value, str(n.target))
+        else:
+            self._ids[n] = self._apply_rule(n, value)
+            self._costs.extend(terms_of(self, n, value))
+        for dead in self.user_to_last_uses.get(n, []):
+            self._ids.pop(dead, None)
+            self._size_src.pop(dead, None)
+            self._shapes.pop(dead, None)
+        return value
+
+    def _input_ids(self, value: Any, name: str) -> Any:
+        if not flat_tensors(value):
+            return None
+        a = self.poisoned_atom(f"model input {name}")  # named: a group tied to an attention mask says so
+        return constant_ids(value, float(a))
+
+    def _lazy_param(self, n: fx.Node, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return None
+        name = self._alias.get(str(n.target), str(n.target))
+        if not value.is_floating_point():
+            return lambda: constant_ids(value)
+        if name not in self._alias:  # a constant or non-persistent buffer: no plan can slice it, so it is a
+            # fixed size (like a tensor built in forward): combined with channels it keeps them whole
+            if value.numel() <= 1:
+                return lambda: constant_ids(value)
+            a = self.poisoned_atom(f"tensor {name} is not in the state_dict, so it cannot be sliced")
+            return lambda: constant_ids(value, float(a))
+
+        def make() -> torch.Tensor:
+            if name in self._param_ranges:
+                start, shape = self._param_ranges[name]
+            else:
+                start = self._uf.add(value.numel())
+                shape = tuple(value.shape)
+                self._param_ranges[name] = (start, shape)
+            return torch.arange(start, start + value.numel(), dtype=torch.float64).reshape(shape)
+
+        return make
+
+    def _apply_rule(self, n: fx.Node, value: Any) -> Any:
+        if not flat_tensors(value):
+            self._track_sizes(n)
+            return None
+        fn = rule_for(n, self.module)
+        out = None if fn is None else fn(self, n, n.args, n.kwargs, value)
+        if out is None:  # a rule that cannot say where a tensor's channels come from must not guess
+            return self.unknown(n, value)
+        return out
+
+    def _track_sizes(self, n: fx.Node) -> None:
+        """Record which tensor dims an int (or a float computed from ints) was read from."""
+        is_size = n.op == "call_method" and n.target == "size"
+        is_shape = n.op == "call_function" and n.target is builtins.getattr and len(n.args) > 1 and n.args[1] == "shape"
+        if is_size or is_shape:
+            src = self.ids_of(n.args[0])
+            if not isinstance(src, torch.Tensor) or src.dim() == 0:
+                return
+            dim = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")) if is_size else None
+            if dim is None:
+                self._shapes[n] = src
+            dims = range(src.dim()) if dim is None else [int(dim) % src.dim()]
+            self._size_src[n] = [(src, d) for d in dims]
+            return
+        if n.target is operator.getitem and n.args[0] in self._shapes and isinstance(n.args[1], int):
+            src = self._shapes[n.args[0]]
+            self._size_src[n] = [(src, n.args[1] % src.dim())]
+            return
+        found = [s for a in nodes_in((n.args, n.kwargs)) for s in self._size_src.get(a, [])]
+        if found:
+            self._size_src[n] = found
