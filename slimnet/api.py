@@ -107,6 +107,7 @@ def shrink(
     ratios: dict[str, float] | None = None,
     recalibrate_bn: bool = False,
     compensate_bias: bool = False,
+    sensitivity: dict[str, Any] | None = None,
 ) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
 
@@ -116,7 +117,8 @@ def shrink(
     MACs or parameters to keep (the report's ``target`` says what was reached). ``stages``: timings and progress
     (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them either way. ``data`` (calibration
     batches), ``loss`` (taylor's), ``recalibrate_bn``, ``compensate_bias``: :mod:`slimnet.calibrate`, the repairs
-    running on the verified cut; ``ratios``: group name -> its own ratio (a sensitivity-driven allocation)."""
+    running on the verified cut; ``ratios``: group name -> its own ratio; ``sensitivity`` (a
+    :mod:`slimnet.sensitivity` result) with a target: per-group ratios that reach it with the least loss."""
     t0 = time.perf_counter()
     stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
@@ -140,6 +142,7 @@ def shrink(
             target=target,
             stats=stats,
             ratios=ratios,
+            sensitivity=sensitivity,
         )
     with stages("cut"):
         plan = build_plan(

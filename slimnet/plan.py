@@ -33,6 +33,7 @@ from torch import nn
 from . import __version__
 from ._util import write_atomic
 from .allocate import TargetResult, for_target, uniform_counts
+from .allocate_sensitivity import from_sensitivity
 from .collect import Statistics
 from .criteria import score
 from .errors import SlimnetError
@@ -88,6 +89,7 @@ def decide(
     target: tuple[str, float] | None = None,
     stats: Statistics | None = None,
     ratios: Mapping[str, float] | None = None,
+    sensitivity: Mapping[str, Any] | None = None,
 ) -> list[Decision]:
     """Rank every prunable group's units and choose which ones stay (:func:`choose` without its target
     result)."""
@@ -104,6 +106,7 @@ def decide(
         target=target,
         stats=stats,
         ratios=ratios,
+        sensitivity=sensitivity,
     )[0]
 
 
@@ -121,12 +124,14 @@ def choose(
     target: tuple[str, float] | None = None,
     stats: Statistics | None = None,
     ratios: Mapping[str, float] | None = None,
+    sensitivity: Mapping[str, Any] | None = None,
 ) -> tuple[list[Decision], TargetResult | None]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
     ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group; ``ratios`` (group name
     -> ratio: a sensitivity-driven allocation) overrides both for the groups it names; with a ``target``
     (``("macs", 0.5)``: half the MACs) the share is the one that reaches it (:func:`slimnet.allocate.for_target`),
-    returned beside the decisions. ``stats``: what the data-driven criteria read (:mod:`slimnet.collect`)."""
+    returned beside the decisions; with a ``sensitivity`` result too, per-group ratios reach it with the least
+    loss (:mod:`slimnet.allocate_sensitivity`). ``stats``: what the data-driven criteria read."""
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     for name, r in (ratios or {}).items():
         check_ratio(r, f"the ratio of group {name}")
@@ -134,7 +139,12 @@ def choose(
     prunable = [d.group for d in decisions if d.reason is None]
     orders, used = _rank(prunable, model, criterion, seed, stats)
     result = None
-    if target is not None:
+    if sensitivity is not None and target is None:
+        raise SlimnetError("a sensitivity file allocates towards a target: give --target-macs or --target-params")
+    if target is not None and sensitivity is not None:
+        result = from_sensitivity(analysis, prunable, orders, sensitivity, target[0], target[1], round_to)
+        counts = result.counts
+    elif target is not None:
         result = for_target(analysis, prunable, orders, target[0], target[1], round_to, head_ratio)
         counts = result.counts
     else:
