@@ -22,6 +22,7 @@ from .errors import SlimnetError
 from .fidelity import fidelity, reference
 from .groups import Analysis
 from .repair import compensate_bias, recalibrate_bn
+from .settings import data_needs
 
 
 def prepare(
@@ -29,8 +30,7 @@ def prepare(
 ) -> Calibration | None:
     """Check that what needs data has it, and the data against the model, before any work."""
     if data is None:
-        needs = [f"criterion {criterion}"] if criterion in NEEDS else []
-        needs += ["--recalibrate-bn"] * recalibrate + ["--compensate-bias"] * compensate
+        needs = data_needs(criterion, recalibrate, compensate)
         if needs:
             raise SlimnetError(f"{needs[0]} needs calibration data: give --data (a tensor file, folder, ...)")
         return None

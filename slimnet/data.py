@@ -32,6 +32,7 @@ from ._tensors import call, flat_tensors
 from ._util import first_line
 from .errors import SlimnetError
 from .load import import_file
+from .settings import check_data_settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -70,14 +71,6 @@ def _batch_len(batch: Any) -> int:
     return int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 1
 
 
-def check_counts(batch_size: int, calib_batches: int) -> None:
-    """Cheap argument checks, made before anything is loaded."""
-    if batch_size < 1:
-        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
-    if calib_batches < 1:
-        raise SlimnetError(f"--calib-batches {calib_batches} must be at least 1")
-
-
 def load_data(
     spec: str,
     example: Any,
@@ -88,7 +81,7 @@ def load_data(
     normalize: bool = True,
 ) -> Calibration:
     """Read ``--data SPEC`` into batches shaped like ``example`` (see the module docstring)."""
-    check_counts(batch_size, calib_batches)
+    check_data_settings(data=None, batch_size=batch_size, calib_batches=calib_batches)
     path, sep, factory = spec.rpartition(":")
     if sep and path.endswith(".py") and factory.isidentifier():
         return as_calibration(_from_factory(path, factory), example, calib_batches=calib_batches, source=spec)

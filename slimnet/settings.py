@@ -5,6 +5,7 @@ the API functions call the same checks (:func:`slimnet.plan.decide`, :func:`slim
 :func:`slimnet.api.bench`, :func:`slimnet.latency.time_models`), so that a Python caller gets the same message.
 
 * Pruning: :func:`check_settings` (ratio, head ratio, criterion, round-to).
+* Calibration data: :func:`check_data_settings` (counts, the spec, what needs data) and :func:`data_needs`.
 * Timing: :func:`check_counts` (batch size, warm-up and timed runs, threads) and :func:`parse_backends`.
 * Outputs: :func:`plan_path_for`, where the plan of a pruned model is written.
 """
@@ -50,6 +51,39 @@ def check_settings(
     check_criterion(criterion)
     if round_to < 1:
         raise SlimnetError(f"--round-to {round_to} must be at least 1")
+
+
+# ------------------------------------------------------------------------------------------ data
+def check_data_settings(
+    *, data: str | None, batch_size: int, calib_batches: int, needs: Iterable[str] = (), steps: int | None = None
+) -> None:
+    """Calibration data (``--data``, ``--batch-size``, ``--calib-batches``): the counts, that the spec names
+    something that exists, and that whatever needs data (``needs``: "criterion taylor", "--recalibrate-bn", ...)
+    has it. The data itself is checked against the model once both are loaded (:mod:`slimnet.data`)."""
+    if batch_size < 1:
+        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
+    if calib_batches < 1:
+        raise SlimnetError(f"--calib-batches {calib_batches} must be at least 1")
+    if steps is not None and steps < 1:
+        raise SlimnetError(f"--steps {steps} must be at least 1")
+    needs = list(needs)
+    if data is None:
+        if needs:
+            raise SlimnetError(f"{needs[0]} needs calibration data: give --data (a tensor file, folder, ...)")
+        return
+    path, sep, factory = data.rpartition(":")
+    target = path if sep and path.endswith(".py") and factory.isidentifier() else data
+    if not Path(target).exists():
+        raise SlimnetError(
+            f"--data {target} does not exist: give a tensor file (torch.save), a folder of images, a text file "
+            "or FILE.py:FACTORY"
+        )
+
+
+def data_needs(criterion: str, recalibrate_bn: bool = False, compensate_bias: bool = False) -> list[str]:
+    """What in a shrink command needs calibration data."""
+    needs = [f"criterion {criterion}"] if criterion in DATA_CRITERIA else []
+    return needs + ["--recalibrate-bn"] * recalibrate_bn + ["--compensate-bias"] * compensate_bias
 
 
 # ------------------------------------------------------------------------------------------ timing

@@ -6,14 +6,15 @@ the traceback only under ``--debug``. Outputs are written to temporary files and
 error or an interrupt never leaves a half-written file, and the input is never modified.
 
 Only this module imports the command modules (:mod:`.core`: shrink, apply, graph; :mod:`.bench`: export,
-bench); they share :mod:`.common`. Nothing in slimnet imports this package.
+bench; :mod:`.data`: sensitivity, distill, and the calibration options shrink shares); they share
+:mod:`.common`. Nothing in slimnet imports this package.
 """
 
 from __future__ import annotations
 
 import typer
 
-from . import bench, core
+from . import bench, core, data
 from .common import APP_HELP, Version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=APP_HELP, pretty_exceptions_enable=False)
@@ -29,3 +30,5 @@ app.command("apply")(core.apply)
 app.command("graph")(core.graph)
 app.command("export")(bench.export_command)
 app.command("bench")(bench.bench_command)
+app.command("sensitivity")(data.sensitivity)
+app.command("distill")(data.distill)

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from .._util import first_line, save_atomic
 from ..errors import SlimnetError, VerificationError
-from ..settings import DEFAULT_ROUND_TO, check_settings, plan_path_for
+from ..settings import DEFAULT_ROUND_TO, check_data_settings, check_settings, data_needs, plan_path_for
 from ..spec import parse_spec
 from .common import (
     MODEL_HELP,
@@ -34,6 +34,20 @@ from .common import (
     out,
     output_option,
 )
+from .data import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCHES,
+    BatchSize,
+    CalibBatches,
+    CompensateBias,
+    Data,
+    NoImagenetNorm,
+    RatiosFrom,
+    RecalibrateBn,
+    TargetMacs,
+    TargetParams,
+    load_calibration,
+)
 
 # ------------------------------------------------------------------------------------------ options
 PrunedOutput = Annotated[
@@ -43,7 +57,12 @@ PrunedOutput = Annotated[
     ),
 ]
 Ratio = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1.")]
-Criterion = Annotated[str, typer.Option("--criterion", "-c", help="l1, l2, fpgm, random or bn-scale.")]
+Criterion = Annotated[
+    str,
+    typer.Option(
+        "--criterion", "-c", help="l1, l2, fpgm, random, bn-scale; with --data: taylor, activation, apoz, wanda."
+    ),
+]
 RoundTo = Annotated[int, typer.Option("--round-to", help="Kept channel counts are rounded to a multiple of this.")]
 Ignore = Annotated[
     Optional[list[str]], typer.Option("--ignore", help="Glob of module names to leave untouched (repeatable).")
@@ -98,6 +117,15 @@ def shrink(
     input_shape: InputShape = None,
     onnx: Onnx = None,
     recipe: Recipe = None,
+    data: Data = None,
+    calib_batches: CalibBatches = DEFAULT_BATCHES,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    no_imagenet_norm: NoImagenetNorm = False,
+    recalibrate_bn: RecalibrateBn = False,
+    compensate_bias: CompensateBias = False,
+    ratios_from: RatiosFrom = None,
+    target_macs: TargetMacs = None,
+    target_params: TargetParams = None,
     trust_pickle: TrustPickle = False,
     as_json: AsJson = False,
     debug: Debug = False,
@@ -108,15 +136,19 @@ def shrink(
         given.update(seed=seed, prune_norm=prune_norm)
         s = recipe_settings(ctx, recipe, given) if recipe is not None else given
         check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=head_ratio)
+        needs = data_needs(s["criterion"], recalibrate_bn, compensate_bias)
+        check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=needs)
         folder = wants_folder(output, model)
-        source = parse_spec(model).file
-        out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
-        plan_path = plan_path_for(out_path)
-        check_output(str(plan_path), [source])
-        onnx_path = check_output(onnx, [source, output]) if onnx else None
+        out_path, plan_path, onnx_path = _outputs(model, output, onnx, [weights, input_file, data, ratios_from], folder)
         from .. import api  # lazy: CLI start-up
+        from ..sensitivity import load as load_sensitivity  # lazy: CLI start-up
 
+        sens = load_sensitivity(ratios_from) if ratios_from is not None else None
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+        calibration = None
+        if data is not None:
+            norm = not no_imagenet_norm
+            calibration = load_calibration(data, loaded.model, example, batch_size, calib_batches, norm, [model])
         result = api.shrink(
             loaded.model,
             example,
@@ -128,18 +160,43 @@ def shrink(
             prune_norm=s["prune_norm"] or prune_embed,
             model_name=model,
             head_ratio=head_ratio,
+            target_macs=target_macs,
+            target_params=target_params,
+            data=calibration,
+            recalibrate_bn=recalibrate_bn,
+            compensate_bias=compensate_bias,
+            sensitivity=sens,
         )
-        report = result.report
-        if onnx_path is not None:
-            from ..export import export_onnx  # lazy: CLI start-up
+        _finish(result, example, out_path, plan_path, onnx_path, folder, as_json)
 
-            report["onnx"] = export_onnx(result.model, example, onnx_path)
-        save_pruned(result.model, result.plan, out_path, plan_path, folder)
-        report["output"], report["plan"] = str(out_path), str(plan_path)
-        if as_json:
-            emit_json(report)
-        else:
-            print_report(report)
+
+def _outputs(
+    model: str, output: str, onnx: Optional[str], inputs: list[Optional[str]], folder: bool
+) -> tuple[Path, Path, Optional[Path]]:
+    """The pruned model's path, its plan's and the ONNX file's, each checked before anything loads."""
+    source = parse_spec(model).file
+    out_path = check_output(output, [source, *(i or "" for i in inputs)], folder=folder)
+    plan_path = plan_path_for(out_path)
+    check_output(str(plan_path), [source])
+    onnx_path = check_output(onnx, [source, output]) if onnx else None
+    return out_path, plan_path, onnx_path
+
+
+def _finish(
+    result: Any, example: Any, out_path: Path, plan_path: Path, onnx_path: Optional[Path], folder: bool, as_json: bool
+) -> None:
+    """Export, save, and print the report (or emit it as JSON)."""
+    report = result.report
+    if onnx_path is not None:
+        from ..export import export_onnx  # lazy: CLI start-up
+
+        report["onnx"] = export_onnx(result.model, example, onnx_path)
+    save_pruned(result.model, result.plan, out_path, plan_path, folder)
+    report["output"], report["plan"] = str(out_path), str(plan_path)
+    if as_json:
+        emit_json(report)
+    else:
+        print_report(report)
 
 
 def wants_folder(output: str, model: str) -> bool:
