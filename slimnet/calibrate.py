@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from .collect import Loss, Statistics, collect_activations, collect_gradients, member_modules
-from .criteria_data import NEEDS
+from .criteria_data import NEEDS, check_statistics
 from .data import Calibration, as_calibration, check_data
 from .errors import SlimnetError
 from .fidelity import fidelity, reference
@@ -54,8 +54,11 @@ def statistics(
     params = {n for n, _ in model.named_parameters()}
     if kind == "gradients":
         members = {t for g in analysis.groups if g.prunable for t, _ in g.members if t in params}
-        return collect_gradients(model, calibration.batches, members, loss, seed)
-    return collect_activations(model, calibration.batches, member_modules(analysis, params))
+        stats = collect_gradients(model, calibration.batches, members, loss, seed)
+    else:
+        stats = collect_activations(model, calibration.batches, member_modules(analysis, params))
+    check_statistics(stats, criterion)
+    return stats
 
 
 def repair(

@@ -14,7 +14,9 @@ raw per-unit score, divided by its sum over the group's units, and the normalise
   uses as its baseline. Biases and norm scales multiply no input, so they do not vote.
 
 A member whose module was never called as a module (a weight used by a functional call) has no statistics and
-does not vote; a group where no member has any falls back to ``l1``, which the decision records.
+does not vote; a group where no member has any, or whose scores are all zero (its units never reach the output
+on this data), falls back to ``l1``, which the decision records. Statistics that are zero everywhere, or not
+finite, are refused with one line: ranking on them would prune by position.
 """
 
 from __future__ import annotations
@@ -82,8 +84,10 @@ def data_score(
     group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str, stats: Statistics
 ) -> tuple[np.ndarray, str] | None:
     """Scores per unit (higher = more important) and the criterion used, or None when no member of the group
-    has statistics (the caller then falls back to ``l1``). Scores that are all zero or not finite are refused:
-    ranking on them would prune by position."""
+    has statistics or all its scores are zero (the caller then falls back to ``l1``: ranking on zeros would
+    prune by position). Non-finite scores are refused. Statistics that are zero for *every* group (a loss
+    without gradient, such as the distance to the original's own output) are refused before any ranking
+    (:func:`check_statistics`)."""
     members = [m for m in group.members if m[0] in params]
     total, used = _total(group, members, tensors, stats, criterion)
     if used is None and criterion == "apoz":
@@ -96,11 +100,7 @@ def data_score(
             "loss holds inf/NaN"
         )
     if not (total != 0).any():
-        hint = "the loss has no gradient there" if criterion == "taylor" else "the calibration data never reaches it"
-        raise SlimnetError(
-            f"criterion {criterion} scores every unit of group {group.name} zero ({hint}); ranking would prune "
-            "by position: use other data, another loss or another criterion"
-        )
+        return None  # the group does not reach the output on this data: ranked by l1, and the decision says so
     return total, used
 
 
@@ -121,3 +121,25 @@ def _total(
         total = total + (raw / s if s > 0 else raw)
         voted = True
     return total, (criterion if voted else None)
+
+
+def check_statistics(stats: Statistics, criterion: str) -> None:
+    """Refuse statistics that cannot rank anything: all zero (for taylor: a loss whose gradient is zero, such as
+    the distance to the original's output before any cut) or holding inf/NaN."""
+    if NEEDS[criterion] == "gradients":
+        tensors = list(stats.importance.values())
+        why = "the loss has no gradient with respect to any prunable parameter"
+    else:
+        tensors = [s.abs_sum for s in (*stats.inputs.values(), *stats.outputs.values())]
+        why = "every hooked activation is zero on the calibration data"
+    if not tensors:
+        return
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise SlimnetError(
+            f"criterion {criterion} gave non-finite scores: the calibration data or the loss holds inf/NaN"
+        )
+    if not any(bool((t != 0).any()) for t in tensors):
+        raise SlimnetError(
+            f"criterion {criterion} scores every unit zero ({why}); ranking would prune by position: use other "
+            "data, another loss or another criterion"
+        )

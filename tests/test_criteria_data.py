@@ -98,7 +98,7 @@ def test_zero_loss_is_refused_with_the_group_named():
     def distance(out: torch.Tensor, _batch: torch.Tensor) -> torch.Tensor:
         return (out - out.detach()).pow(2).sum() + 0.0 * target.sum()
 
-    with pytest.raises(SlimnetError, match=r"criterion taylor scores every unit of group conv1 zero"):
+    with pytest.raises(SlimnetError, match=r"criterion taylor scores every unit zero \(the loss has no gradient"):
         shrink(model, x, criterion="taylor", data=torch.randn(32, 3, 12, 12), loss=distance, measure=False)
 
 
@@ -155,3 +155,27 @@ def test_heads_are_ranked_per_head_from_their_slices():
         res = shrink(model, x, ratio=0.25, head_ratio=0.25, criterion=criterion, data=data, measure=False)
         heads = next(d for d in res.decisions if d.group.kind == "heads")
         assert heads.keep == [0, 2, 3], (criterion, heads.keep)
+
+
+class TwoBranches(nn.Module):
+    """Branch b reaches the output only through a zero weight: no gradient reaches its units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(3, 8, 3), nn.Conv2d(3, 8, 3)
+        self.fc_a, self.fc_b = nn.Linear(8, 4), nn.Linear(8, 4)
+        with torch.no_grad():
+            self.fc_b.weight.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.conv_a(x)).mean((2, 3))
+        b = torch.relu(self.conv_b(x)).mean((2, 3))
+        return self.fc_a(a) + self.fc_b(b)
+
+
+def test_a_group_without_evidence_falls_back_to_l1_and_says_so():
+    torch.manual_seed(0)
+    res = shrink(TwoBranches().eval(), torch.randn(1, 3, 8, 8), criterion="taylor", data=torch.randn(32, 3, 8, 8),
+                 round_to=1, measure=False)  # fmt: skip
+    used = {d["group"]: d["criterion"] for d in res.report["group_details"] if d["reason"] is None}
+    assert used == {"conv_a": "taylor", "conv_b": "l1"}

@@ -30,7 +30,10 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-REGRESSIONS: list[tuple[int, float, str, int]] = [(23485101, 0.0, "taylor", 1)]  # no prunable group
+REGRESSIONS: list[tuple[int, float, str, int]] = [
+    (23485101, 0.0, "taylor", 1),  # no prunable group
+    (1459, 0.0, "taylor", 1),  # a group with no gradient: ranked by l1
+]
 
 
 def _run(seed: int, ratio: float, criterion: str, round_to: int) -> None:
