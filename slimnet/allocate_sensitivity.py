@@ -4,12 +4,15 @@ Numbers in, numbers out, like :mod:`slimnet.allocate`: it reads a ``slimnet.sens
 loss and MACs when cut alone at a few ratios), the groups' rankings and the cost model, never a module.
 
 Each group's loss is interpolated linearly between its measured ratios (0 at ratio 0, made non-decreasing: a
-deeper cut of the same group is never counted as better), and so is the share of the model's MACs its cut
-saves. For a price ``lam``, each group takes the ratio (on a grid of :data:`STEP`, up to the largest one
-measured: nothing is extrapolated) that minimises ``loss - lam * saving``, the Lagrangian relaxation of "least
-total loss for this saving"; ``lam`` is found by bisection so that the combined plan, priced by the cost model
-(which counts the interactions between groups that a sum of single-group savings misses), lands closest to
-the target. Losses are assumed to add up across groups, which is what a one-group-at-a-time sweep can offer.
+deeper cut of the same group is never counted as better), and so is the share of the model's MACs its cut saves.
+Starting from the whole model, the allocation repeatedly takes the cheapest move: raising one group to a deeper
+ratio (on a grid of :data:`STEP`, up to the largest one measured: nothing is extrapolated) at the least loss per
+unit of MACs saved, until the combined plan, priced by the cost model (which counts the interactions between
+groups that a sum of single-group savings misses), reaches the target; the last move is shortened to stop at the
+first grid ratio that reaches it (the plan's MACs are then at most the target). Moves to *every* deeper ratio
+are considered, not only the next one, so a group whose loss jumps once and then stays flat can be cut deeply in
+one move; among free moves (losses measured as zero) the shortest goes first, which spreads them over the
+groups. Losses are assumed to add up across groups, which is what a one-group-at-a-time sweep can offer.
 """
 
 from __future__ import annotations
@@ -26,8 +29,6 @@ from .groups import Analysis, Group
 
 #: Ratios considered per group: multiples of this, plus every measured ratio.
 STEP = 0.025
-#: Weight of the convex tie-breaking term (see :meth:`Curve.best`), relative to the largest measured loss.
-SPREAD = 1e-3
 
 
 @dataclass
@@ -48,12 +49,15 @@ class Curve:
     loss: np.ndarray
     saving: np.ndarray
 
-    def best(self, lam: float, spread: float) -> float:
-        """The ratio minimising ``loss + spread * saving**2 - lam * saving``: the small convex term shares a
-        saving out among groups whose measured losses are equal (often all zero at small ratios), where the
-        bare Lagrangian would jump from none of them to all of them at once."""
-        objective = self.loss + spread * self.saving**2 - lam * self.saving
-        return float(self.ratios[int(np.argmin(objective + 1e-12 * self.ratios))])
+    def moves(self, ratio: float) -> list[tuple[float, float]]:
+        """(loss per saving, ratio) of every deeper ratio than ``ratio`` that saves anything."""
+        here_loss = float(np.interp(ratio, self.ratios, self.loss))
+        here_saving = float(np.interp(ratio, self.ratios, self.saving))
+        deeper = self.ratios > ratio + 1e-9
+        gain = self.saving[deeper] - here_saving
+        ok = gain > 1e-12
+        per = (self.loss[deeper][ok] - here_loss) / gain[ok]
+        return list(zip(per.tolist(), self.ratios[deeper][ok].tolist()))
 
 
 def curves(sens: Mapping[str, Any]) -> dict[str, Curve]:
@@ -93,54 +97,45 @@ def from_sensitivity(
     price = cost.macs if kind == "macs" else cost.params
     full = float(price())
 
-    spread = SPREAD * max([float(c.loss.max()) for c in table.values()] + [1e-6])
-
-    def allocation(lam: float) -> tuple[float, dict[str, float], dict[int, int]]:
-        ratios = {name: c.best(lam, spread) for name, c in table.items()}
+    def price_of(ratios: dict[str, float]) -> tuple[float, dict[int, int]]:
         counts = uniform_counts(groups, 0.0, round_to, None, ratios)
         keep = np.ones(cost.n_units)
         for g in groups:
             keep[cost.offsets[g.id] + orders[g.id][counts[g.id] :]] = 0.0
-        return price(keep) / full, ratios, counts
+        return price(keep) / full, counts
 
-    lowest = allocation(1e9)
-    if wanted < lowest[0] - 1e-12:
-        top = max(float(c.ratios[-1]) for c in table.values())
+    deepest = {name: float(c.ratios[-1]) for name, c in table.items()}
+    lowest = price_of(deepest)[0]
+    if wanted < lowest - 1e-12:
         raise SlimnetError(
-            f"--target-{kind} {wanted} cannot be reached with the measured ratios (up to {top}): the smallest is "
-            f"{lowest[0]:.4f}; measure deeper ratios with slimnet sensitivity --ratios"
+            f"--target-{kind} {wanted} cannot be reached with the measured ratios (up to {max(deepest.values())}): "
+            f"the smallest is {lowest:.4f}; measure deeper ratios with slimnet sensitivity --ratios"
         )
-    best = _bisect(allocation, wanted)
-    reached, ratios, counts = best
+    ratios = dict.fromkeys(table, 0.0)
+    reached, counts = _greedy(table, ratios, price_of, wanted)
     gap = abs(reached - wanted)
-    note = (
-        f"sensitivity-driven, within {TOLERANCE:.0%} of the target"
-        if gap <= TOLERANCE
-        else (f"sensitivity-driven, the closest that the measured ratios and --round-to {round_to} allow")
-    )
+    note = f"sensitivity-driven, within {TOLERANCE:.0%} of the target"
+    if gap > TOLERANCE:
+        note = f"sensitivity-driven, the closest that the measured ratios and --round-to {round_to} allow"
     if unknown:
         note += f"; {len(unknown)} groups not in the sensitivity file kept whole ({unknown[0]}, ...)"
     mean = float(np.mean([1.0 - counts[g.id] / len(g.units) for g in groups])) if groups else 0.0
     return SensitivityTarget(kind, wanted, reached, mean, counts, gap <= TOLERANCE, note, dict(sorted(ratios.items())))
 
 
-def _bisect(allocation: Any, wanted: float) -> tuple[float, dict[str, float], dict[int, int]]:
-    """The allocation whose price lands closest to ``wanted`` (ties: the one below), over log-spaced ``lam``."""
-    lo, hi = -12.0, 9.0  # log10 of lam: fraction(10**lo) >= wanted >= fraction(10**hi)
-    first = allocation(10**lo)
-    best = first
-    if first[0] <= wanted:
-        return first
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        found = allocation(10**mid)
-        gap, best_gap = abs(found[0] - wanted), abs(best[0] - wanted)
-        if gap < best_gap or (gap == best_gap and found[0] <= wanted):
-            best = found
-        if found[0] > wanted:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-6:
+def _greedy(table: dict[str, Curve], ratios: dict[str, float], price_of: Any, wanted: float) -> tuple:
+    """Cheapest moves until the price is at most ``wanted`` (``ratios`` updated in place); the last move stops
+    at the first grid ratio that gets there."""
+    reached, counts = price_of(ratios)
+    while reached > wanted:
+        options = [(per, r, name) for name, c in table.items() for per, r in c.moves(ratios[name])]
+        if not options:
             break
-    return best
+        _, target, name = min(options)
+        grid = table[name].ratios
+        for r in grid[(grid > ratios[name] + 1e-9) & (grid <= target + 1e-9)]:
+            ratios[name] = float(r)
+            reached, counts = price_of(ratios)
+            if reached <= wanted:
+                break
+    return reached, counts

@@ -5,9 +5,6 @@ the same bytes as one; the plot and the table name the worst groups."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,9 +18,7 @@ from slimnet.errors import SlimnetError
 from slimnet.fidelity import fidelity, reference
 from slimnet.sensitivity import parse_ratios, sensitivity
 
-from .helpers import NET, cli_runner
-
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import NET, cli_runner, run_group
 
 
 class Fragile(nn.Module):
@@ -101,20 +96,6 @@ def test_plot_and_table(tmp_path):
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert sensitivity_report.header(sens) == ["group", "kind", "units", "top1-agreement @ 0.5"]
     assert [r[:3] for r in sensitivity_report.rows(sens)] == [["wide", "channels", "32"], ["narrow", "channels", "8"]]
-
-
-def run_group(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run ``cmd`` in its own session; on a timeout the whole process group goes (torchrun's workers too)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_two_torchrun_processes_write_the_same_json_as_one(tmp_path):
