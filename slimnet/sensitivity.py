@@ -8,7 +8,7 @@ the analysis' cost model. The result is plain data, format ``slimnet.sensitivity
 
     {"format": "slimnet.sensitivity/1", "model": ..., "criterion": "l1", "round_to": 8,
      "metric": "top1-agreement", "higher_is_better": true, "baseline": 1.0, "macs": 4.1e9,
-     "ratios": [0.1, 0.3, 0.5, 0.7], "calibration": {...},
+     "ratios": [0.1, 0.3, 0.5, 0.7], "calibration": {...}, "repairs": [],
      "groups": [{"group": "layer1.0.conv1", "id": 3, "kind": "channels", "units": 64,
                  "points": [{"ratio": 0.1, "kept": 56, "value": 0.998, "loss": 0.002, "macs": 4.0e9}, ...]}]}
 
@@ -36,6 +36,7 @@ from .errors import SlimnetError
 from .fidelity import Reference, fidelity, reference
 from .groups import Analysis, analyse
 from .plan import Decision, build_plan, decide
+from .repair import compensate_bias, recalibrate_bn
 from .settings import DEFAULT_ROUND_TO, check_ratio, check_settings
 from .surgeon import pruned_copy
 
@@ -75,10 +76,13 @@ def sensitivity(
     model_name: str = "",
     world: World | None = None,
     progress: Progress | None = None,
+    recalibrate_bn: bool = False,
+    compensate_bias: bool = False,
 ) -> dict[str, Any] | None:
     """The sweep (module docstring). ``metric``: any ``metric(pruned_model) -> float`` instead of the default,
-    ``higher_is_better`` its direction. With a ``world`` of several ranks, rank 0 returns the merged result and
-    the others None."""
+    ``higher_is_better`` its direction. ``recalibrate_bn`` / ``compensate_bias``: each cut is repaired before it
+    is measured (:mod:`slimnet.repair`), so that the sweep measures what a repaired pipeline will deploy. With a
+    ``world`` of several ranks, rank 0 returns the merged result and the others None."""
     ratios = parse_ratios(ratios)
     check_settings(ratio=0.0, criterion=criterion, round_to=round_to)
     world = world or World()
@@ -96,6 +100,7 @@ def sensitivity(
         raise SlimnetError("the model has no prunable group to measure")
     mine = groups[world.rank :: world.size]
     sweep = _Sweep(model, analysis, ref, (metric, higher_is_better), stats, settings)
+    sweep.repairs = ("compensate_bias",) * compensate_bias + ("recalibrate_bn",) * recalibrate_bn
     rows = []
     for i, g in enumerate(mine):
         rows.append(sweep.group(g, ratios))
@@ -117,6 +122,7 @@ def sensitivity(
         "macs": sweep.full_macs,
         "ratios": ratios,
         "calibration": calibration.describe(),
+        "repairs": list(sweep.repairs),
         "groups": merged,
     }
 
@@ -132,6 +138,7 @@ class _Sweep:
         self.baseline = fidelity(model, ref, self.metric) if self.metric is not None else ref.perfect
         cost = analysis.cost
         self.full_macs = int(cost.macs()) if cost is not None else None
+        self.repairs: tuple[str, ...] = ()
 
     def group(self, g: Any, ratios: list[float]) -> dict[str, Any]:
         points = [self.point(g, r) for r in ratios]
@@ -143,7 +150,7 @@ class _Sweep:
         )
         d = next(d for d in decisions if d.group.id == g.id)
         if d.pruned:
-            value = fidelity(pruned_copy(self.model, self._plan(decisions)).eval(), self.ref, self.metric)
+            value = fidelity(self._cut(decisions), self.ref, self.metric)
         else:
             value = self.baseline
         return {
@@ -154,8 +161,15 @@ class _Sweep:
             "macs": self._macs(decisions),
         }
 
-    def _plan(self, decisions: list[Decision]) -> dict[str, Any]:
-        return build_plan(self.analysis, decisions, model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
+    def _cut(self, decisions: list[Decision]) -> nn.Module:
+        """The pruned copy, repaired as asked."""
+        plan = build_plan(self.analysis, decisions, model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
+        pruned = pruned_copy(self.model, plan).eval()
+        if "compensate_bias" in self.repairs:
+            compensate_bias(self.model, pruned, plan, self.analysis, self.ref.batches)
+        if "recalibrate_bn" in self.repairs:
+            recalibrate_bn(pruned, self.ref.batches)
+        return pruned
 
     def _loss(self, value: float) -> float:
         return max(0.0, (self.baseline - value) if self.higher else (value - self.baseline))

@@ -129,3 +129,40 @@ def test_cli_writes_json_plot_and_refuses_missing_data(tmp_path, monkeypatch):
     assert Path("s.png").is_file() and json.loads(Path("s.json").read_text())["groups"] == report["groups"]
     bad = cli_runner().invoke(app, [*base, "--data", "missing.pt"])
     assert bad.exit_code == 2 and "--data missing.pt does not exist" in bad.stderr
+
+
+class ConvBn(nn.Module):
+    """Conv -> BN -> ReLU twice, then a classifier: cuts shift the second BN's input statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_repaired_sweep_measures_the_repaired_cut():
+    torch.manual_seed(0)
+    model, data = ConvBn(), torch.randn(64, 3, 8, 8)
+    model.train()(data)  # non-trivial running statistics
+    model.eval()
+    plain = sensitivity(model, data[:1], data, ratios=[0.5], round_to=1)
+    fixed = sensitivity(model, data[:1], data, ratios=[0.5], round_to=1, recalibrate_bn=True, compensate_bias=True)
+    assert plain["repairs"] == [] and fixed["repairs"] == ["compensate_bias", "recalibrate_bn"]
+    for row in fixed["groups"]:
+        cut = shrink(
+            model,
+            data[:1],
+            ratio=0.0,
+            ratios={row["group"]: 0.5},
+            round_to=1,
+            data=data,
+            recalibrate_bn=True,
+            compensate_bias=True,
+        )
+        assert row["points"][0]["value"] == cut.report["fidelity"]["recalibrate_bn"]
+    assert [r["points"][0]["value"] for r in fixed["groups"]] != [r["points"][0]["value"] for r in plain["groups"]]
