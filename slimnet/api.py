@@ -23,9 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from . import measure
+from . import calibrate, measure
 from ._tensors import count_params
 from .benchmark import bench
+from .collect import Statistics
 from .errors import VerificationError
 from .groups import Analysis
 from .plan import Decision, build_plan
@@ -98,6 +99,11 @@ def shrink(
     planner: Planner | None = None,
     stages: Stages | None = None,
     progress: bool = False,
+    data: Any = None,
+    loss: Any = None,
+    recalibrate_bn: bool = False,
+    compensate_bias: bool = False,
+    sensitivity: dict[str, Any] | None = None,
 ) -> ShrinkResult:
     """Prune ``model``: trace, group coupled channels, rank, cut, verify (``slimnet shrink``).
 
@@ -139,13 +145,23 @@ def shrink(
             and latency tables are reused.
         stages: timings and progress (``slimnet.stages.Stages``); ``report["timings"]`` holds them either way.
         progress: show progress while a latency table is measured.
+        data: calibration data, for the data-driven criteria (``"taylor"``, ``"activation"``, ``"apoz"``,
+            ``"wanda"``) and the repairs: a tensor, a list of batches, a DataLoader or a ``slimnet.data`` spec
+            (:func:`slimnet.data.as_calibration`).
+        loss: taylor's loss, ``loss(model, batch) -> scalar`` (default: the model's own output as the teacher).
+        recalibrate_bn: after the verified cut, re-estimate BatchNorm statistics on ``data``.
+        compensate_bias: after the verified cut, fold the mean contribution of the dropped channels into the next
+            layer's bias (or BatchNorm running mean), measured on ``data``.
+        sensitivity: a ``slimnet.sensitivity/1`` result (``slimnet.sensitivity.sensitivity``); with
+            ``target_macs`` or ``target_params``, per-group ratios that reach it with the least measured loss.
 
     Returns:
         A ``ShrinkResult``: ``.model`` (the pruned module), ``.plan`` (plain data, for ``apply``),
         ``.report`` (the ``slimnet shrink --json`` object), ``.verification``, ``.analysis``, ``.decisions``.
 
     Raises:
-        SlimnetError: a setting out of range, an example the model rejects, a model that cannot be traced.
+        SlimnetError: a setting out of range, an example the model rejects, a model that cannot be traced,
+            calibration data missing where a criterion or repair needs it, or data the model rejects.
         VerificationError: the pruned model does not compute what the masked original computes (the message names
             the group); nothing is returned. A subclass of SlimnetError.
     """
@@ -154,14 +170,16 @@ def shrink(
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
     check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
+    calibration = calibrate.prepare(model.eval(), example, data, criterion, recalibrate_bn, compensate_bias)
     planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages)
     with stages("rank"):
+        stats = calibrate.statistics(model, planner.analysis, criterion, calibration, loss, seed)
         planned = planner.plan(
             ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
             head_ratio=head_ratio, target_macs=target_macs, target_params=target_params,
             target_latency=target_latency, use_global=use_global, max_layer_ratio=max_layer_ratio, ratios=ratios,
             backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
-            model_name=model_name,
+            model_name=model_name, stats=stats, sensitivity=sensitivity,
         )  # fmt: skip
     decisions, plan, reached, analysis = planned.decisions, planned.plan, planned.target, planner.analysis
     pruned, result, approximate = cut_and_verify(model.eval(), example, analysis, decisions, plan, stages)
@@ -170,7 +188,10 @@ def shrink(
     if reached is not None:
         report["target" if reached.kind != "units" else "global"] = reached.report()
     report["allocation"] = plan.get("allocation", "uniform")
-    report["importance_kept"] = importance_kept(planner, criterion, seed, decisions)
+    report["importance_kept"] = importance_kept(planner, criterion, seed, decisions, stats)
+    if calibration is not None:  # repairs run on the verified cut; agreement before and after each one
+        with stages("repair"):
+            report.update(calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias))
     return ShrinkResult(pruned, plan, analysis, decisions, result, {**report, **_timing(t0, stages)})
 
 
@@ -193,10 +214,11 @@ def cut_and_verify(model: nn.Module, example: Any, analysis: Analysis, decisions
     return pruned, result, approximate
 
 
-def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list[Decision]) -> dict[str, float]:
+def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list[Decision],
+                    stats: Statistics | None = None) -> dict[str, float]:  # fmt: skip
     """The sum of the normalised scores of the kept units (:mod:`slimnet.allocate.ranking`), of all, and its
     share, over the groups that were pruned or could have been."""
-    ranking = planner.ranking(criterion, seed)
+    ranking = planner.ranking(criterion, seed, stats)
     ranked = [d for d in decisions if d.reason is None and d.group.id in ranking.orders]
     kept = ranking.kept_importance({d.group.id: len(d.keep) for d in ranked})
     total = ranking.kept_importance({d.group.id: len(d.group.units) for d in ranked})

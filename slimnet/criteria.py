@@ -13,6 +13,10 @@ The units with the lowest totals are dropped first.
 * ``random``: uniform scores from a generator seeded with ``seed`` and the group's id (reproducible).
 * ``bn-scale``: |gamma| of the group's batch/group norm scales (Liu et al., network slimming); a group with
   no norm scale falls back to ``l1`` and says so.
+
+The criteria that need calibration data (``taylor``, ``activation``, ``apoz``, ``wanda``) read statistics
+collected beforehand (:mod:`slimnet.collect`) and are scored in :mod:`slimnet.criteria_data`, with the same
+per-member normalisation.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from .collect import Statistics
+from .criteria_data import data_score
+from .errors import SlimnetError
 from .groups import Group
 from .settings import CRITERIA as CRITERIA  # re-exported: the names live with the other settings
-from .settings import check_criterion
+from .settings import DATA_CRITERIA, check_criterion
 
 #: FPGM sums distances to every other unit; past this many units it sums over this many evenly spaced anchor
 #: units instead (quadratic cost: AlexNet's 4096-unit FC group would otherwise take ~150 GFLOP to rank).
@@ -58,10 +65,22 @@ def _fpgm(vectors: list[torch.Tensor]) -> np.ndarray:
 
 
 def score(
-    group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str, seed: int = 0
+    group: Group,
+    tensors: Mapping[str, torch.Tensor],
+    params: set[str],
+    criterion: str,
+    seed: int = 0,
+    stats: Statistics | None = None,
 ) -> tuple[np.ndarray, str]:
     """Scores per unit (higher = more important) and the criterion actually used."""
     check_criterion(criterion)
+    if criterion in DATA_CRITERIA:
+        if stats is None:
+            raise SlimnetError(f"criterion {criterion} looks at the data: give calibration data (--data)")
+        found = data_score(group, tensors, params, criterion, stats)
+        if found is not None:
+            return found
+        criterion = "l1"  # no member of this group was seen by a hook: fall back, and say so
     n = len(group.units)
     if criterion == "random":
         rng = np.random.default_rng([seed, group.id])

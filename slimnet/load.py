@@ -170,10 +170,13 @@ def _timm(name: str) -> nn.Module:
         raise SlimnetError(f"timm cannot build {name!r}: {exc}") from None
 
 
-def _factory(path: str, factory: str) -> nn.Module:
+def import_file(path: str, what: str) -> Any:
+    """Import a user's ``FILE.py`` (a model factory, a calibration-data factory) as a module; registered under
+    its own name so that torch.save(pruned_model) can pickle its classes, and its folder put on sys.path so
+    that loading that pickle later finds them again."""
     file = Path(path)
     if not file.is_file():
-        raise SlimnetError(f"model file {path} does not exist")
+        raise SlimnetError(f"{what} {path} does not exist")
     module_name = file.stem if file.stem.isidentifier() else "slimnet_user_model"
     if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(file.resolve()):
         module = sys.modules[module_name]
@@ -182,8 +185,6 @@ def _factory(path: str, factory: str) -> nn.Module:
         if loader_spec is None or loader_spec.loader is None:
             raise SlimnetError(f"{path} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(loader_spec)
-        # Registered under its own name so that torch.save(pruned_model) can pickle its classes; the file's
-        # folder goes on sys.path so that loading that pickle later finds them again.
         sys.modules[module_name] = module
         sys.path.insert(0, str(file.resolve().parent))
         try:
@@ -191,6 +192,11 @@ def _factory(path: str, factory: str) -> nn.Module:
         except Exception as exc:  # noqa: BLE001 - the user's file failed to import; say where
             del sys.modules[module_name]
             raise SlimnetError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def _factory(path: str, factory: str) -> nn.Module:
+    module = import_file(path, "model file")
     fn = getattr(module, factory, None)
     if fn is None or not callable(fn):
         raise SlimnetError(f"{path} has no callable {factory!r}: give FILE.py:FACTORY where FACTORY returns the model")

@@ -32,6 +32,7 @@ from torch import nn
 from . import __version__
 from ._util import write_atomic
 from .allocate import LatencyTable, Ranking, TargetResult, allocate, resolve_ratios
+from .collect import Statistics
 from .criteria import score
 from .errors import SlimnetError
 from .groups import Analysis, Group
@@ -95,19 +96,24 @@ def choose(
     ratios: Mapping[str, float] | None = None,
     table: LatencyTable | None = None,
     ranking: Ranking | None = None,
+    stats: Statistics | None = None,
+    sensitivity: Mapping[str, Any] | None = None,
 ) -> tuple[list[Decision], TargetResult | None]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
     ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group; ``ratios`` (group name
     or glob -> share) fixes the share of the groups it names. With a ``target`` (``("macs", 0.5)``: half the MACs;
     ``("params", F)``; ``("latency", F)`` with a ``table``) or ``use_global`` the counts come from
     :func:`slimnet.allocate.allocate`, whose result (what was reached) is returned beside the decisions.
-    ``ranking``: the ranking of this model's groups by this criterion, when the caller has it already."""
+    ``ranking``: the ranking of this model's groups by this criterion, when the caller has it already;
+    ``stats``: what the data-driven criteria read (:mod:`slimnet.collect`); ``sensitivity``: a
+    :mod:`slimnet.sensitivity` result, whose loss curves allocate a MACs or parameters target
+    (:mod:`slimnet.allocate.sensitivity`)."""
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     decisions = left_whole(analysis, model, ignore, prune_norm)
     prunable = [d.group for d in decisions if d.reason is None]
     left = {d.group.name: d.reason for d in decisions if d.reason is not None}
     pinned = resolve_ratios(ratios, analysis.groups, left) if ratios else {}
-    ranking = ranking if ranking is not None else rank(prunable, model, criterion, seed)
+    ranking = ranking if ranking is not None else rank(prunable, model, criterion, seed, stats)
     if target is not None and target[0] == "latency":
         if table is None:
             raise SlimnetError("a latency target needs a latency table (slimnet.lut.table_for)")
@@ -124,6 +130,7 @@ def choose(
         use_global=use_global,
         max_layer_ratio=max_layer_ratio,
         table=table,
+        sensitivity=sensitivity,
     )
     for d in decisions:
         if d.reason is None:
@@ -151,14 +158,16 @@ def left_whole(analysis: Analysis, model: nn.Module, ignore: list[str] | None, p
     return decisions
 
 
-def rank(groups: list[Group], model: nn.Module, criterion: str, seed: int = 0) -> Ranking:
+def rank(
+    groups: list[Group], model: nn.Module, criterion: str, seed: int = 0, stats: Statistics | None = None
+) -> Ranking:
     """Each group's unit positions, most important first (ties keep the earlier unit), with their scores
     normalised across groups and the criterion used per group (:class:`slimnet.allocate.Ranking`)."""
     tensors = model.state_dict()
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     raw, used = {}, {}
     for g in groups:
-        raw[g.id], used[g.id] = score(g, tensors, params, criterion, seed)
+        raw[g.id], used[g.id] = score(g, tensors, params, criterion, seed, stats)
     return Ranking.from_scores(raw, used)
 
 

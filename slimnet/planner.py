@@ -29,6 +29,7 @@ from . import lut
 from ._tensors import call
 from ._util import first_line
 from .allocate import LATENCY_TOLERANCE, Ranking, TargetResult
+from .collect import Statistics
 from .errors import SlimnetError
 from .groups import Analysis, analyse
 from .plan import Decision, build_plan, choose, left_whole, rank
@@ -105,17 +106,18 @@ class Planner:
         self.model, self.example = model.eval(), example
         self.stages = stages or Stages()
         self.analysis = analysis if analysis is not None else graph(model, example, self.stages)
-        self._rankings: dict[tuple[str, int], Ranking] = {}
+        self._rankings: dict[tuple[str, int, int], tuple[Statistics | None, Ranking]] = {}
         self._tables: dict[tuple, lut.Built] = {}
         self._templates: dict[int, lut.Template] = {}
 
-    def ranking(self, criterion: str = "l1", seed: int = 0) -> Ranking:
-        """Every group that can be pruned, ranked by ``criterion`` (computed once per criterion and seed)."""
-        key = (criterion, seed)
+    def ranking(self, criterion: str = "l1", seed: int = 0, stats: Statistics | None = None) -> Ranking:
+        """Every group that can be pruned, ranked by ``criterion`` (computed once per criterion, seed and
+        statistics: ``stats`` is what a data-driven criterion reads, :func:`slimnet.calibrate.statistics`)."""
+        key = (criterion, seed, id(stats))
         if key not in self._rankings:
             groups = [g for g in self.analysis.groups if g.reason is None]
-            self._rankings[key] = rank(groups, self.model, criterion, seed)
-        return self._rankings[key]
+            self._rankings[key] = (stats, rank(groups, self.model, criterion, seed, stats))  # stats kept: id stays
+        return self._rankings[key][1]
 
     def template(self, batch_size: int = 1) -> lut.Template:
         """The model exported once for latency tables and measurements at ``batch_size``."""
@@ -162,20 +164,25 @@ class Planner:
         cache: bool = True,
         progress: bool = False,
         model_name: str = "",
+        stats: Statistics | None = None,
+        sensitivity: dict[str, Any] | None = None,
     ) -> Planned:
-        """A plan for these settings (see :func:`slimnet.api.shrink` for each of them)."""
+        """A plan for these settings (see :func:`slimnet.api.shrink` for each of them; ``stats``: what a
+        data-driven criterion reads, from :func:`slimnet.calibrate.statistics`)."""
         check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
         targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
         kind = check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)
         settings: dict[str, Any] = dict(ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed)
         settings.update(prune_norm=prune_norm, head_ratio=head_ratio, use_global=use_global, ratios=ratios)
-        settings.update(max_layer_ratio=max_layer_ratio, ranking=self.ranking(criterion, seed))
+        settings.update(max_layer_ratio=max_layer_ratio, ranking=self.ranking(criterion, seed, stats))
         name = model_name or type(self.model).__name__
+        if sensitivity is not None and kind not in ("macs", "params"):
+            raise SlimnetError("a sensitivity file allocates towards a target: give --target-macs or --target-params")
         if kind == "latency":
             timing = dict(backend=backend, threads=threads, batch_size=batch_size)
             return self._latency(settings, target_latency, timing, cache, progress, name)
         target = (kind, float(targets[kind])) if kind else None  # type: ignore[arg-type]
-        decisions, result = choose(self.analysis, self.model, target=target, **settings)
+        decisions, result = choose(self.analysis, self.model, target=target, sensitivity=sensitivity, **settings)
         return Planned(self._plan_of(decisions, result, settings, name), decisions, result)
 
     def _plan_of(self, decisions: list[Decision], result: TargetResult | None, settings: dict[str, Any],

@@ -7,6 +7,7 @@ the API functions call the same checks (:func:`slimnet.plan.decide`, :func:`slim
 * Pruning: :func:`check_settings` (ratio, head ratio, criterion, round-to).
 * Allocation: :func:`check_target`, :func:`parse_latency`, :func:`check_allocation` (targets, ``--global``,
   ``--max-layer-ratio``, ``--ratios``).
+* Calibration data: :func:`check_data_settings` (counts, the spec, what needs data) and :func:`data_needs`.
 * Timing: :func:`check_counts` (batch size, warm-up and timed runs, threads) and :func:`parse_backends`.
 * Outputs: :func:`plan_path_for`, where the plan of a pruned model is written.
 
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from .errors import SlimnetError
 
+#: The criteria that read calibration data (:mod:`slimnet.criteria_data`): they need ``--data``.
+DATA_CRITERIA = ("taylor", "activation", "apoz", "wanda")
 #: The importance criteria of :mod:`slimnet.criteria`.
-CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale")
+CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale", *DATA_CRITERIA)
 #: Kept channel counts are rounded to a multiple of this by default (see :mod:`slimnet.plan`).
 DEFAULT_ROUND_TO = 8
 #: ``--global``/latency targets: no group loses more than this share of its units (``--max-layer-ratio``).
@@ -40,6 +43,8 @@ BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda")
 def given(flag: str, value: object) -> str:
     """``--round-to`` and 0 -> ``round_to=0 (--round-to)``: the setting as a Python caller and as a command-line
     user typed it (a Python-only name such as ``ratio`` stays ``ratio=0``)."""
+    if any(c in flag for c in " :"):  # a phrase such as "--ratios layer1.*:" reads as it is
+        return f"{flag} {value}"
     name = f"{flag.lstrip('-').replace('-', '_')}={value}"
     return f"{name} ({flag})" if flag.startswith("--") else name
 
@@ -128,6 +133,39 @@ def check_allocation(
     if backend is not None and backend not in BACKENDS:
         raise SlimnetError(f"unknown --backend {backend}: choose from {', '.join(BACKENDS)}")
     return kind
+
+
+# ------------------------------------------------------------------------------------------ data
+def check_data_settings(
+    *, data: str | None, batch_size: int, calib_batches: int, needs: Iterable[str] = (), steps: int | None = None
+) -> None:
+    """Calibration data (``--data``, ``--batch-size``, ``--calib-batches``): the counts, that the spec names
+    something that exists, and that whatever needs data (``needs``: "criterion taylor", "--recalibrate-bn", ...)
+    has it. The data itself is checked against the model once both are loaded (:mod:`slimnet.data`)."""
+    if batch_size < 1:
+        raise SlimnetError(f"{given('--batch-size', batch_size)} must be at least 1")
+    if calib_batches < 1:
+        raise SlimnetError(f"{given('--calib-batches', calib_batches)} must be at least 1")
+    if steps is not None and steps < 1:
+        raise SlimnetError(f"{given('--steps', steps)} must be at least 1")
+    needs = list(needs)
+    if data is None:
+        if needs:
+            raise SlimnetError(f"{needs[0]} needs calibration data: give --data (a tensor file, folder, ...)")
+        return
+    path, sep, factory = data.rpartition(":")
+    target = path if sep and path.endswith(".py") and factory.isidentifier() else data
+    if not Path(target).exists():
+        raise SlimnetError(
+            f"--data {target} does not exist: give a tensor file (torch.save), a folder of images, a text file "
+            "or FILE.py:FACTORY"
+        )
+
+
+def data_needs(criterion: str, recalibrate_bn: bool = False, compensate_bias: bool = False) -> list[str]:
+    """What in a shrink command needs calibration data."""
+    needs = [f"criterion {criterion}"] if criterion in DATA_CRITERIA else []
+    return needs + ["--recalibrate-bn"] * recalibrate_bn + ["--compensate-bias"] * compensate_bias
 
 
 # ------------------------------------------------------------------------------------------ timing

@@ -4,7 +4,11 @@ tiny network that CLI tests write to disk as FILE.py:FACTORY; a CLI runner."""
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import subprocess
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,3 +114,20 @@ def cli_runner() -> CliRunner:
         return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
     except TypeError:
         return CliRunner()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_group(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session; on a timeout the whole process group goes (torchrun's workers too)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -8,6 +8,8 @@ their units, the cost model (:mod:`slimnet.cost`) and, for latency targets, a ta
 * :mod:`.targets`: MACs and parameter targets, uniform or global (:func:`for_target`), and ``--global --ratio``
   (:func:`global_for_ratio`).
 * :mod:`.latency`: latency targets: the table, the prediction and the knapsack (:func:`for_latency`).
+* :mod:`.sensitivity`: MACs and parameter targets from measured per-group loss curves (``slimnet sensitivity``):
+  per-group ratios with the least summed loss (:func:`from_sensitivity`).
 * :func:`allocate`: all of it behind one call, as :func:`slimnet.plan.choose` uses it.
 """
 
@@ -20,6 +22,7 @@ from ..groups import Analysis, Group
 from .counts import floor_of, keep_count, resolve_ratios, round_count, step_of, uniform_counts, unit_channels
 from .latency import LATENCY_TOLERANCE, GroupTiming, LatencyModel, LatencyTable, for_latency, knapsack, widths_to_time
 from .ranking import Ranking, normalised
+from .sensitivity import SensitivityTarget, from_sensitivity
 from .targets import TARGET_KINDS, TOLERANCE, TargetResult, check_target, for_target, global_for_ratio
 
 __all__ = [
@@ -30,12 +33,14 @@ __all__ = [
     "LatencyModel",
     "LatencyTable",
     "Ranking",
+    "SensitivityTarget",
     "TargetResult",
     "allocate",
     "check_target",
     "floor_of",
     "for_latency",
     "for_target",
+    "from_sensitivity",
     "global_for_ratio",
     "keep_count",
     "knapsack",
@@ -62,6 +67,7 @@ def allocate(
     use_global: bool = False,
     max_layer_ratio: float | None = None,
     table: LatencyTable | None = None,
+    sensitivity: Mapping[str, object] | None = None,
 ) -> tuple[dict[int, int], TargetResult | None]:
     """Units kept per prunable group (``groups``), and what a target or global ranking reached.
 
@@ -69,7 +75,13 @@ def allocate(
     ``ratio`` uniformly, or by one global ranking (``use_global``), or reach ``target``: ``("macs", 0.5)``,
     ``("params", 0.5)`` or ``("latency", ms)`` (milliseconds: a fraction is turned into milliseconds with the
     table's original latency by the caller). ``max_layer_ratio`` bounds what the global and latency allocations
-    take from one group."""
+    take from one group. ``sensitivity`` (a ``slimnet.sensitivity/1`` result) with a MACs or parameters target:
+    per-group ratios from its loss curves."""
+    if sensitivity is not None:
+        if target is None or target[0] == "latency":
+            raise SlimnetError("a sensitivity file allocates towards a target: give --target-macs or --target-params")
+        result = from_sensitivity(analysis, groups, ranking.orders, sensitivity, target[0], target[1], round_to)
+        return result.counts, result
     pinned = {g.id: keep_count(len(g.units), ratios[g.name], round_to, unit_channels(g)) for g in groups
               if ratios and g.name in ratios}  # fmt: skip
     if target is None and not use_global:

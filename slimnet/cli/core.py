@@ -15,10 +15,15 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from .._util import save_atomic
 from ..errors import SlimnetError, VerificationError
-from ..settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_settings, plan_path_for
-from ..spec import check_model, parse_spec
+from ..settings import (
+    DEFAULT_MAX_LAYER_RATIO,
+    DEFAULT_ROUND_TO,
+    check_data_settings,
+    check_settings,
+    data_needs,
+)
+from ..spec import check_model
 from . import allocation as alloc
 from . import recipe as recipes
 from .common import (
@@ -41,6 +46,19 @@ from .common import (
     output_option,
     say,
 )
+from .data import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCHES,
+    CalibBatches,
+    CalibBatchSize,
+    CompensateBias,
+    Data,
+    NoImagenetNorm,
+    RatiosFrom,
+    RecalibrateBn,
+    load_calibration,
+)
+from .outputs import save_model_atomic, shrink_outputs, write_outputs
 from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
@@ -52,7 +70,12 @@ PrunedOutput = Annotated[
     ),
 ]
 Ratio = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1.")]
-Criterion = Annotated[str, typer.Option("--criterion", "-c", help="l1, l2, fpgm, random or bn-scale.")]
+Criterion = Annotated[
+    str,
+    typer.Option(
+        "--criterion", "-c", help="l1, l2, fpgm, random, bn-scale; with --data: taylor, activation, apoz, wanda."
+    ),
+]
 RoundTo = Annotated[int, typer.Option("--round-to", help="Kept channel counts are rounded to a multiple of this.")]
 Ignore = Annotated[
     Optional[list[str]], typer.Option("--ignore", help="Glob of module names to leave untouched (repeatable).")
@@ -120,6 +143,13 @@ def shrink(
     input_shape: InputShape = None,
     onnx: Onnx = None,
     recipe: Recipe = None,
+    data: Data = None,
+    calib_batches: CalibBatches = DEFAULT_BATCHES,
+    calib_batch_size: CalibBatchSize = DEFAULT_BATCH_SIZE,
+    no_imagenet_norm: NoImagenetNorm = False,
+    recalibrate_bn: RecalibrateBn = False,
+    compensate_bias: CompensateBias = False,
+    ratios_from: RatiosFrom = None,
     trust_pickle: TrustPickle = False,
     progress: ShowProgress = None,
     as_json: AsJson = False,
@@ -135,13 +165,24 @@ def shrink(
         s, explicit_ratio = recipes.merged_settings(ctx, recipe, given)
         check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=s["head_ratio"])
         allocation = alloc.allocation_settings(s, explicit_ratio)
-        out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, weights, input_file, onnx)
+        needs = data_needs(s["criterion"], recalibrate_bn, compensate_bias)
+        check_data_settings(data=data, batch_size=calib_batch_size, calib_batches=calib_batches, needs=needs)
+        inputs = [weights, input_file, data, ratios_from]
+        out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
                 from .. import api  # lazy: CLI start-up (torch is imported here, inside the "load" stage)
+                from ..sensitivity import load as load_sensitivity  # lazy: CLI start-up
 
+                sens = load_sensitivity(ratios_from) if ratios_from is not None else None
                 loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+                calibration = None
+                if data is not None:
+                    norm = not no_imagenet_norm
+                    calibration = load_calibration(
+                        data, loaded.model, example, calib_batch_size, calib_batches, norm, [model]
+                    )
             result = api.shrink(
                 loaded.model,
                 example,
@@ -153,6 +194,10 @@ def shrink(
                 model_name=model,
                 head_ratio=s["head_ratio"],
                 stages=stages,
+                data=calibration,
+                recalibrate_bn=recalibrate_bn,
+                compensate_bias=compensate_bias,
+                sensitivity=sens,
                 **allocation,
             )
             report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
@@ -161,66 +206,6 @@ def shrink(
             emit_json(report)
         else:
             print_report(report)
-
-
-def write_outputs(
-    result: Any, example: Any, stages: Any, out_path: Path, plan_path: Path, onnx_path: Optional[Path], folder: bool
-) -> dict[str, Any]:
-    """The ONNX file (``--onnx``), the plan and the model, each in its stage; the report says where they went."""
-    report = result.report
-    if onnx_path is not None:
-        with stages("export"):
-            from ..exporter import export_onnx  # lazy: CLI start-up
-
-            report["onnx"] = export_onnx(result.model, example, onnx_path)
-    with stages("write"):
-        save_pruned(result.model, result.plan, out_path, plan_path, folder)
-    report["output"], report["plan"] = str(out_path), str(plan_path)
-    return report
-
-
-def shrink_outputs(
-    model: str, output: Optional[str], weights: Optional[str], input_file: Optional[str], onnx: Optional[str]
-) -> tuple[Path, Path, Optional[Path], bool]:
-    """Where ``shrink`` writes (the model, its plan, the ONNX file; a default beside the input without ``-o``),
-    checked before anything loads; and whether the model goes to a save_pretrained folder."""
-    source = check_model(model).file
-    output = output or default_output(model, "-slim" if parse_spec(model).kind == "hf" else "-slim.pt")
-    folder = wants_folder(output, model)
-    out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
-    plan_path = plan_path_for(out_path)
-    check_output(str(plan_path), [source])
-    onnx_path = check_output(onnx, [source, output]) if onnx else None
-    return out_path, plan_path, onnx_path, folder
-
-
-def wants_folder(output: str, model: str) -> bool:
-    """A Hugging Face model written with -o NAME (no .pt/.pth suffix) becomes a save_pretrained folder."""
-    return parse_spec(model).kind == "hf" and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
-
-
-def save_model_atomic(model: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename."""
-    import torch  # lazy: CLI start-up
-
-    save_atomic(path, lambda tmp: torch.save(model, tmp))
-
-
-def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Path, folder: bool) -> None:
-    """The plan, then the model (a file, or a save_pretrained folder); the plan is taken back if that fails."""
-    from .. import plan as plan_mod  # lazy: CLI start-up
-
-    plan_mod.save(plan, plan_path)
-    try:
-        if folder:
-            from ..hf import save_pretrained  # lazy: CLI start-up
-
-            save_pretrained(model, plan, out_path)
-        else:
-            save_model_atomic(model, out_path)
-    except BaseException:
-        plan_path.unlink(missing_ok=True)
-        raise
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> str:

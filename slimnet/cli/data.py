@@ -1,0 +1,237 @@
+"""The data side of the command line: calibration options shared by ``shrink``, ``sensitivity`` and
+``distill``, and those two commands. Thin shells over :mod:`slimnet.sensitivity` and :mod:`slimnet.distill`;
+under ``torchrun`` rank 0 alone prints and writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from .._util import save_atomic
+from ..errors import SlimnetError
+from ..settings import DEFAULT_ROUND_TO, check_data_settings, check_settings
+from ..spec import parse_spec
+from .common import (
+    AsJson,
+    Debug,
+    InputFile,
+    InputShape,
+    Model,
+    TrustPickle,
+    Weights,
+    check_output,
+    emit_json,
+    err,
+    guarded,
+    model_inputs,
+    out,
+    output_option,
+)
+
+# ------------------------------------------------------------------------------------------ options
+Data = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        help="Calibration data: a tensor file N x ... (torch.save), a folder of images, a text file (hf: models) "
+        "or FILE.py:FACTORY returning batches (a DataLoader).",
+    ),
+]
+CalibBatches = Annotated[int, typer.Option("--calib-batches", help="How many batches of --data to use.")]
+BatchSize = Annotated[
+    int,
+    typer.Option("--batch-size", "--calib-batch-size", help="Rows per calibration batch (tensor files, images, text)."),
+]
+#: shrink's name for it: there ``--batch-size`` is the batch latency targets are measured at, as in ``bench``
+CalibBatchSize = Annotated[
+    int, typer.Option("--calib-batch-size", help="Rows per calibration batch (tensor files, images, text).")
+]
+NoImagenetNorm = Annotated[
+    bool, typer.Option("--no-imagenet-norm", help="Images: scale to [0, 1] only, without ImageNet mean/std.")
+]
+RecalibrateBn = Annotated[
+    bool, typer.Option("--recalibrate-bn", help="After the verified cut, re-estimate BatchNorm statistics on --data.")
+]
+CompensateBias = Annotated[
+    bool,
+    typer.Option(
+        "--compensate-bias", help="After the verified cut, fold removed channels' mean into the next layer's bias."
+    ),
+]
+RatiosFrom = Annotated[
+    Optional[str],
+    typer.Option("--ratios-from", help="A sensitivity JSON: per-group ratios meeting --target-macs/--target-params."),
+]
+Criterion = Annotated[str, typer.Option("--criterion", "-c", help="How each group's units are ranked.")]
+RoundTo = Annotated[int, typer.Option("--round-to", help="Kept channel counts are rounded to a multiple of this.")]
+
+DEFAULT_BATCHES = 8
+DEFAULT_BATCH_SIZE = 32
+
+
+def tokenizer_folder(*specs: str) -> str | None:
+    """The first ``hf:`` folder among ``specs`` that holds a tokenizer (a pruned folder has none: its
+    teacher's does)."""
+    for spec in specs:
+        parsed = parse_spec(spec)
+        folder = Path(parsed.target)
+        if parsed.kind == "hf" and any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            return str(folder)
+    return None
+
+
+def load_calibration(
+    spec: str, model: Any, example: Any, batch_size: int, calib_batches: int, normalize: bool, specs: list[str]
+) -> Any:
+    """``--data`` read and checked against the loaded model (one line on any mismatch, before any work)."""
+    from ..data import check_data, load_data  # lazy: CLI start-up
+
+    calibration = load_data(
+        spec,
+        example,
+        batch_size=batch_size,
+        calib_batches=calib_batches,
+        tokenizer=tokenizer_folder(*specs),
+        normalize=normalize,
+    )
+    check_data(model, calibration)
+    return calibration
+
+
+# ------------------------------------------------------------------------------------------ sensitivity
+def sensitivity(
+    model: Model,
+    output: Annotated[str, output_option("Where to write the sensitivity JSON.")],
+    data: Data = None,
+    ratios: Annotated[str, typer.Option("--ratios", help="Ratios to cut each group at, e.g. 0.1,0.3,0.5,0.7.")] = (
+        "0.1,0.3,0.5,0.7"
+    ),
+    criterion: Criterion = "l1",
+    round_to: RoundTo = DEFAULT_ROUND_TO,
+    plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw the curves to this PNG.")] = None,
+    calib_batches: CalibBatches = DEFAULT_BATCHES,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    no_imagenet_norm: NoImagenetNorm = False,
+    weights: Weights = None,
+    input_file: InputFile = None,
+    input_shape: InputShape = None,
+    trust_pickle: TrustPickle = False,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Cut each prunable group alone at each ratio and record how far the model moves (agreement with the
+    original on --data); runs under torchrun --nproc-per-node N, each rank a share of the groups."""
+    with guarded(debug):
+        check_settings(ratio=0.0, criterion=criterion, round_to=round_to)
+        check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["sensitivity"])
+        source = parse_spec(model).file
+        out_path = check_output(output, [source, data or ""])
+        plot_path = check_output(plot, [source, output]) if plot else None
+        from .. import distributed, sensitivity_report  # lazy: CLI start-up
+        from ..sensitivity import parse_ratios, save  # lazy: CLI start-up
+        from ..sensitivity import sensitivity as sweep  # lazy: CLI start-up
+
+        steps = parse_ratios(ratios)
+        world = distributed.start("cpu")
+        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+        calibration = load_calibration(
+            data, loaded.model, example, batch_size, calib_batches, not no_imagenet_norm, [model]
+        )
+        progress = _progress if world.main and not as_json else None
+        result = sweep(loaded.model, example, calibration, ratios=steps, criterion=criterion, round_to=round_to,
+                       model_name=model, world=world, progress=progress)  # fmt: skip
+        distributed.stop(world)
+        if result is None:
+            return
+        save(result, out_path)
+        if plot_path is not None:
+            sensitivity_report.plot(result, plot_path)
+        if as_json:
+            emit_json({**result, "output": str(out_path), "plot": str(plot_path) if plot_path else None})
+            return
+        _print_sensitivity(result, sensitivity_report)
+        out.print(f"wrote {out_path}" + (f" and {plot_path}" if plot_path else ""))
+
+
+def _progress(done: int, total: int, group: str) -> None:
+    err.print(f"sensitivity: {done}/{total} groups ({group})", highlight=False)
+
+
+def _print_sensitivity(result: dict[str, Any], report: Any) -> None:
+    table = Table(title=f"sensitivity of {result['model']} ({result['criterion']}, {result['metric']})")
+    for col in report.header(result):
+        table.add_column(col)
+    for row in report.rows(result):
+        table.add_row(*row)
+    out.print(table)
+    worst = ", ".join(r["group"] for r in report.worst(result))
+    out.print(f"most sensitive at ratio {result['ratios'][-1]:g}: {worst}")
+
+
+# ------------------------------------------------------------------------------------------ distill
+def distill(
+    pruned: Annotated[str, typer.Argument(help="The pruned model (a file or hf: folder written by shrink).")],
+    teacher: Annotated[str, typer.Option("--teacher", help="The original model, as given to shrink.")],
+    output: Annotated[str, output_option("Where to write the tuned model (a name without .pt: hf folder).")],
+    data: Data = None,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps (one calibration batch each).")] = 200,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature for logits.")] = 2.0,
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if any).")] = None,
+    calib_batches: CalibBatches = DEFAULT_BATCHES,
+    batch_size: BatchSize = DEFAULT_BATCH_SIZE,
+    no_imagenet_norm: NoImagenetNorm = False,
+    input_file: InputFile = None,
+    input_shape: InputShape = None,
+    trust_pickle: TrustPickle = False,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
+    """Train PRUNED to match the original's outputs on unlabelled --data (KL on logits, MSE otherwise)."""
+    with guarded(debug):
+        check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["distill"])
+        if device not in (None, "cpu", "cuda"):
+            raise SlimnetError(f"--device {device}: give cpu or cuda")
+        from ..distill import check_steps  # lazy: CLI start-up
+
+        check_steps(steps, lr, temperature)
+        folder = parse_spec(pruned).kind == "hf" and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
+        out_path = check_output(output, [parse_spec(pruned).file, parse_spec(teacher).file, data or ""], folder)
+        from .. import distributed  # lazy: CLI start-up
+        from ..distill import distill as run  # lazy: CLI start-up
+        from ..load import load_model  # lazy: CLI start-up
+
+        world = distributed.start(device)
+        original, example = model_inputs(teacher, None, input_file, input_shape, trust_pickle)
+        student = load_model(pruned, trust_pickle=trust_pickle).model
+        calibration = load_calibration(
+            data, original.model, example, batch_size, calib_batches, not no_imagenet_norm, [pruned, teacher]
+        )
+        result = run(student, original.model, calibration, steps=steps, lr=lr, temperature=temperature,
+                     world=world, progress=not as_json)  # fmt: skip
+        distributed.stop(world)
+        if world.main:
+            _save_tuned(result.model.cpu(), out_path, folder)
+            report = {**result.report(), "output": str(out_path), "calibration": calibration.describe()}
+            if as_json:
+                emit_json(report)
+            else:
+                out.print(
+                    f"distilled {steps} steps in {result.seconds:.1f} s: {result.metric} {result.before:.4f} -> "
+                    f"{result.after:.4f}; wrote {out_path}"
+                )
+
+
+def _save_tuned(model: Any, out_path: Path, folder: bool) -> None:
+    if folder:
+        from ..hf import PLAN_KEY, save_pretrained  # lazy: optional dependency (transformers)
+
+        save_pretrained(model, getattr(model.config, PLAN_KEY, None) or {"tensors": {}}, out_path)
+        return
+    import torch  # lazy: CLI start-up
+
+    save_atomic(out_path, lambda tmp: torch.save(model, tmp))

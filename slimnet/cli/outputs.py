@@ -1,0 +1,74 @@
+"""Where ``slimnet shrink`` and ``apply`` write, checked before anything loads, and how: the plan first, then the
+model (a ``torch.save`` file or a ``save_pretrained`` folder) through a temporary file renamed at the end; the
+plan of a failed save is taken back, so that an error leaves nothing half-written. No torch until a save."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from .._util import save_atomic
+from ..settings import plan_path_for
+from ..spec import check_model, parse_spec
+from .common import check_output, default_output
+
+
+def write_outputs(
+    result: Any, example: Any, stages: Any, out_path: Path, plan_path: Path, onnx_path: Optional[Path], folder: bool
+) -> dict[str, Any]:
+    """The ONNX file (``--onnx``), the plan and the model, each in its stage; the report says where they went."""
+    report = result.report
+    if onnx_path is not None:
+        with stages("export"):
+            from ..exporter import export_onnx  # lazy: CLI start-up
+
+            report["onnx"] = export_onnx(result.model, example, onnx_path)
+    with stages("write"):
+        save_pruned(result.model, result.plan, out_path, plan_path, folder)
+    report["output"], report["plan"] = str(out_path), str(plan_path)
+    return report
+
+
+def shrink_outputs(
+    model: str, output: Optional[str], inputs: list[Optional[str]], onnx: Optional[str]
+) -> tuple[Path, Path, Optional[Path], bool]:
+    """Where ``shrink`` writes (the model, its plan, the ONNX file; a default beside the input without ``-o``),
+    checked before anything loads (none may overwrite the model or one of the ``inputs``: weights, input,
+    calibration data, sensitivity file); and whether the model goes to a save_pretrained folder."""
+    source = check_model(model).file
+    output = output or default_output(model, "-slim" if parse_spec(model).kind == "hf" else "-slim.pt")
+    folder = wants_folder(output, model)
+    out_path = check_output(output, [source, *(i or "" for i in inputs)], folder=folder)
+    plan_path = plan_path_for(out_path)
+    check_output(str(plan_path), [source])
+    onnx_path = check_output(onnx, [source, output]) if onnx else None
+    return out_path, plan_path, onnx_path, folder
+
+
+def wants_folder(output: str, model: str) -> bool:
+    """A Hugging Face model written with -o NAME (no .pt/.pth suffix) becomes a save_pretrained folder."""
+    return parse_spec(model).kind == "hf" and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
+
+
+def save_model_atomic(model: Any, path: Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename."""
+    import torch  # lazy: CLI start-up
+
+    save_atomic(path, lambda tmp: torch.save(model, tmp))
+
+
+def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Path, folder: bool) -> None:
+    """The plan, then the model (a file, or a save_pretrained folder); the plan is taken back if that fails."""
+    from .. import plan as plan_mod  # lazy: CLI start-up
+
+    plan_mod.save(plan, plan_path)
+    try:
+        if folder:
+            from ..hf import save_pretrained  # lazy: CLI start-up
+
+            save_pretrained(model, plan, out_path)
+        else:
+            save_model_atomic(model, out_path)
+    except BaseException:
+        plan_path.unlink(missing_ok=True)
+        raise
