@@ -14,8 +14,8 @@ variant (one trace, one ranking, one latency table):
 * ``--target-latency 0.5`` and ``0.33``: as ``slimnet shrink`` runs them (predict, cut, measure, re-aim);
 * ``uniform --ratio 0.5``: docs/speed.md's row, for reference.
 
-Every variant is cut and verified by slimnet, exported with :func:`slimnet.export` (`slimnet.exporter.export_onnx`) (the file checked
-against torch), and all files of a model are timed in one process, interleaved, at batch 1: on 1 thread by the
+Every variant is cut and verified by slimnet, exported with :func:`slimnet.export` (the file checked against
+torch), and all files of a model are timed in one process, interleaved, at batch 1: on 1 thread by the
 thread's CPU time (what an idle core would take; see :mod:`slimnet.lut.runners`) and by the wall clock, and on 2
 threads by the wall clock. The latency table is measured once with ``cache=False`` and read back from the cache to
 show what the cache saves.
