@@ -31,15 +31,17 @@ from .settings import check_criterion
 FPGM_ANCHORS = 256
 
 
-def _slices(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int]) -> list[torch.Tensor]:
-    """Each unit's slices of one member, flattened (one index_select when units are equal-sized)."""
-    t = t.detach().float()
-    idx = [u.members[member] for u in group.units]
-    if len({len(i) for i in idx}) == 1:
-        flat = torch.as_tensor([i for ix in idx for i in ix])
-        rows = t.index_select(dim, flat).movedim(dim, 0).reshape(len(idx), -1)
-        return list(rows.unbind(0))
-    return [t.index_select(dim, torch.as_tensor(i)).movedim(dim, 0).reshape(-1) for i in idx]
+def _slices(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int]) -> torch.Tensor | list[torch.Tensor]:
+    """Each unit's slices of one member, flattened: one ``[units, numel]`` matrix from one index_select when
+    the units own equally many indices (nearly always), else one vector per unit."""
+    flat, starts = group.member_index(member)
+    sizes = np.diff(starts)
+    t = t.detach()
+    if len(sizes) and (sizes == sizes[0]).all():
+        rows = t.index_select(dim, torch.from_numpy(flat)).movedim(dim, 0).reshape(len(sizes), -1)
+        return rows.float()
+    return [t.index_select(dim, torch.from_numpy(flat[a:b])).movedim(dim, 0).reshape(-1).float()
+            for a, b in zip(starts[:-1], starts[1:])]  # fmt: skip
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -47,10 +49,17 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / s if s > 0 else np.zeros_like(x)
 
 
-def _fpgm(vectors: list[torch.Tensor]) -> np.ndarray:
-    if len({v.numel() for v in vectors}) != 1:
-        return np.array([float(v.norm()) for v in vectors])
-    m = torch.stack(vectors)
+def _norms(vals: torch.Tensor | list[torch.Tensor], p: int) -> np.ndarray:
+    """The L1 or L2 norm of each unit's slices."""
+    if isinstance(vals, torch.Tensor):
+        return torch.linalg.vector_norm(vals, ord=p, dim=1).double().numpy()
+    return np.array([float(torch.linalg.vector_norm(v, ord=p)) for v in vals])
+
+
+def _fpgm(vectors: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
+    if not isinstance(vectors, torch.Tensor):
+        return _norms(vectors, 2)
+    m = vectors
     anchors = m if len(m) <= FPGM_ANCHORS else m[torch.linspace(0, len(m) - 1, FPGM_ANCHORS).long()]
     sq, sa = (m * m).sum(1), (anchors * anchors).sum(1)
     d2 = (sq[:, None] + sa[None, :] - 2.0 * (m @ anchors.T)).clamp_min(0.0)
@@ -72,17 +81,14 @@ def score(
         if scales:
             total = np.zeros(n)
             for name, dim in scales:
-                vals = _slices(tensors[name], dim, group, (name, dim))
-                total += _normalise(np.array([float(v.abs().sum()) for v in vals]))
+                total += _normalise(_norms(_slices(tensors[name], dim, group, (name, dim)), 1))
             return total, criterion
         criterion = "l1"
     total = np.zeros(n)
     for name, dim in members:
         vals = _slices(tensors[name], dim, group, (name, dim))
-        if criterion == "l1":
-            raw = np.array([float(v.abs().sum()) for v in vals])
-        elif criterion == "l2":
-            raw = np.array([float(v.norm()) for v in vals])
+        if criterion in ("l1", "l2"):
+            raw = _norms(vals, 1 if criterion == "l1" else 2)
         else:
             raw = _fpgm(vals)
         total += _normalise(raw)

@@ -179,19 +179,21 @@ def build_plan(
     head_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Turn decisions into the plain ``slimnet.plan/1`` data."""
-    dropped: dict[tuple[str, int], set[int]] = defaultdict(set)
+    dropped: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
     for d in decisions:
         if not d.pruned:
             continue
-        keep = set(d.keep)
-        for i, unit in enumerate(d.group.units):
-            if i not in keep:
-                for member, idx in unit.members.items():
-                    dropped[member].update(idx)
+        gone = np.ones(len(d.group.units), dtype=bool)
+        gone[d.keep] = False
+        for member in d.group.members:
+            flat, starts = d.group.member_index(member)
+            owner = np.repeat(np.arange(len(gone)), np.diff(starts))  # the unit of each index in ``flat``
+            dropped[member].append(flat[gone[owner]])
     tensors: dict[str, dict[str, list[int]]] = {}
     for (name, dim), drop in sorted(dropped.items()):
-        size = analysis.shapes[name][dim]
-        kept = [i for i in range(size) if i not in drop]
+        mask = np.ones(analysis.shapes[name][dim], dtype=bool)
+        mask[np.concatenate(drop)] = False
+        kept = np.flatnonzero(mask).tolist()
         for alias in analysis.aliases.get(name, [name]):
             tensors.setdefault(alias, {})[str(dim)] = kept
     extra = {"head_ratio": head_ratio} if head_ratio is not None else {}

@@ -304,12 +304,16 @@ class AtomInterpreter(fx.Interpreter):
             self._ids[n] = self._input_ids(value, str(n.target))
         else:
             self._ids[n] = self._apply_rule(n, value)
-            self._costs.extend(terms_of(self, n, value))
+            self._costs.extend(self.costs_of(n, value))
         for dead in self.user_to_last_uses.get(n, []):
             self._ids.pop(dead, None)
             self._size_src.pop(dead, None)
             self._shapes.pop(dead, None)
         return value
+
+    def costs_of(self, n: fx.Node, value: Any) -> list[Term]:
+        """The MAC terms of node ``n`` (just run, its inputs' ids still live)."""
+        return terms_of(self, n, value)
 
     def _input_ids(self, value: Any, name: str) -> Any:
         if not flat_tensors(value):
