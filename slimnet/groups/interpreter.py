@@ -133,19 +133,16 @@ class AtomInterpreter(fx.Interpreter):
     # -- reading arguments ------------------------------------------------------------------------------
     def ids_of(self, value: Any) -> Any:
         """Map fx nodes in an argument structure to their id tensors (lazily creating parameter atoms)."""
-        if isinstance(value, fx.Node):
-            if value not in self._ids:
-                return None
-            v = self._ids[value]
-            if callable(v) and not isinstance(v, torch.Tensor):
-                v = v()
-                self._ids[value] = v
-            return v
-        if isinstance(value, (tuple, list)):
-            return type(value)(self.ids_of(v) for v in value)
-        if isinstance(value, dict):
-            return {k: self.ids_of(v) for k, v in value.items()}
-        return value
+        return fx.node.map_aggregate(value, lambda v: self._node_ids(v) if isinstance(v, fx.Node) else v)
+
+    def _node_ids(self, node: fx.Node) -> Any:
+        if node not in self._ids:
+            return None
+        v = self._ids[node]
+        if callable(v) and not isinstance(v, torch.Tensor):
+            v = v()
+            self._ids[node] = v
+        return v
 
     def value_of(self, value: Any) -> Any:
         """Real values of an argument structure (after the node ran: for sizes, dims, indices)."""
