@@ -26,8 +26,9 @@ from ._util import first_line
 from .allocate import check_target
 from .benchmark import bench
 from .errors import SlimnetError, VerificationError
-from .groups import Analysis, analyse
+from .groups import Analysis, analyse, analyse_reduced
 from .plan import Decision, build_plan, choose
+from .reduced import describe
 from .settings import DEFAULT_ROUND_TO, check_settings
 from .stages import Stages
 from .surgeon import pruned_copy
@@ -76,13 +77,22 @@ def _describe(example: Any) -> str:
     return type(example).__name__
 
 
-def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
+def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: bool = True) -> Analysis:
     """The coupled channel groups of ``model``, each prunable or with the reason it is not; ``analysis.cost``
-    prices any plan of it. One analysis serves every ratio, target and criterion (``shrink(..., analysis=)``)."""
+    prices any plan of it. One analysis serves every ratio, target and criterion (``shrink(..., analysis=)``).
+
+    ``reduce``: analyse on a small image when the model's graph holds for any size (:mod:`slimnet.reduced`;
+    ``analysis.reduced`` is then that input, and the same groups and MACs come out for a fraction of the work);
+    the model is otherwise run on the example first, so that an input it rejects is reported as such."""
     stages = stages or Stages()
+    analysis, gm, why = analyse_reduced(model.eval(), example, stages) if reduce else (None, None, "not asked")
+    if analysis is not None:
+        return analysis
     with stages("trace"):
         check_runs(model, example)
-    return analyse(model, example, stages=stages)
+    analysis = analyse(model, example, gm=gm, stages=stages)
+    analysis.reduced_note = why
+    return analysis
 
 
 def shrink(
@@ -102,6 +112,8 @@ def shrink(
     target_macs: float | None = None,
     target_params: float | None = None,
     stages: Stages | None = None,
+    reduce: bool = True,
+    verify_dtype: torch.dtype | None = None,
 ) -> ShrinkResult:
     """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
 
@@ -109,14 +121,16 @@ def shrink(
     model and the input only, so one analysis serves every ratio and criterion); the model is then neither run
     nor traced again. ``target_macs`` / ``target_params``: instead of ``ratio``, the fraction of the original's
     MACs or parameters to keep (the report's ``target`` says what was reached). ``stages``: timings and progress
-    (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them either way."""
+    (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them either way. ``reduce``: see
+    :func:`graph` (False: analyse and verify at the example's size). ``verify_dtype``: the verifier's precision
+    (default: float64 up to 10M parameters, float32 above: :mod:`slimnet.verify`)."""
     t0 = time.perf_counter()
     stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     target = _target(target_macs, target_params)
     model = model.eval()
     if analysis is None:
-        analysis = graph(model, example, stages)
+        analysis = graph(model, example, stages, reduce=reduce)
     with stages("rank"):
         decisions, reached = choose(
             analysis,
@@ -145,7 +159,7 @@ def shrink(
             plan["target"] = reached.report()
         pruned = pruned_copy(model, plan).eval()
     with stages("verify"):
-        result = verify(model, pruned, plan, example)
+        result = verify(model, pruned, plan, example, inputs=analysis.checks, precision=verify_dtype)
         approximate = any(d.pruned and d.group.normalised for d in decisions)
         if not result.passed and not approximate:
             culprit = find_culprit(model, example, analysis, decisions)
@@ -187,7 +201,7 @@ def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: 
         single = build_plan(analysis, [d], model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
         try:
             pruned = pruned_copy(model, single)
-            if not verify(model, pruned, single, example).passed:
+            if not verify(model, pruned, single, example, inputs=analysis.checks).passed:
                 bad.append(d.group.name)
         except Exception:  # noqa: BLE001 - a crash during the re-check also names the group
             bad.append(d.group.name)
@@ -252,6 +266,8 @@ def make_report(
         "verify_inputs": result.inputs,
         "verify_randomised": result.randomised,
         "verify_randomised_diff": result.randomised_diff,
+        "reduced_input": describe(analysis.reduced) if analysis.reduced is not None else None,
+        "reduced_note": analysis.reduced_note or None,
         "output": None,
         "plan": None,
     }

@@ -49,16 +49,35 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / s if s > 0 else np.zeros_like(x)
 
 
-def _norms(vals: torch.Tensor | list[torch.Tensor], p: int) -> np.ndarray:
-    """The L1 or L2 norm of each unit's slices."""
-    if isinstance(vals, torch.Tensor):
-        return torch.linalg.vector_norm(vals, ord=p, dim=1).double().numpy()
-    return np.array([float(torch.linalg.vector_norm(v, ord=p)) for v in vals])
+def _norms(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int], p: int,
+           cache: dict | None = None) -> np.ndarray:  # fmt: skip
+    """The Lp norm of each unit's slices of one member: per-index sums of ``|x|^p`` over the tensor's other dims,
+    summed over each unit's indices. A weight is read once for both of its channel dims: its ``|x|^p`` summed
+    over the other dims into an [out, in] matrix, kept in ``cache`` for the group that asks for the other dim."""
+    powered = _index_powers(t, dim, p, cache if cache is not None else {})
+    flat, starts = group.member_index(member)
+    sums = np.add.reduceat(powered[flat], starts[:-1]) if len(flat) else np.zeros(len(starts) - 1)
+    sums[np.diff(starts) == 0] = 0.0
+    return sums ** (1.0 / p)
+
+
+def _index_powers(t: torch.Tensor, dim: int, p: int, cache: dict) -> np.ndarray:
+    key = (id(t), p)
+    t = t.detach()
+    if t.dim() < 2 or dim > 1:
+        other = [d for d in range(t.dim()) if d != dim]
+        per_index = torch.linalg.vector_norm(t.float(), ord=p, dim=other) if other else t.float().abs()
+        return per_index.double().numpy() ** p
+    if key not in cache:
+        rest = list(range(2, t.dim()))
+        pair = torch.linalg.vector_norm(t.float(), ord=p, dim=rest) if rest else t.float().abs()
+        cache[key] = (t, pair.pow_(p) if p != 1 else pair)  # t kept: its id stays unique while the cache lives
+    return cache[key][1].sum(1 - dim, dtype=torch.float64).numpy()
 
 
 def _fpgm(vectors: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
     if not isinstance(vectors, torch.Tensor):
-        return _norms(vectors, 2)
+        return np.array([float(torch.linalg.vector_norm(v)) for v in vectors])
     m = vectors
     anchors = m if len(m) <= FPGM_ANCHORS else m[torch.linspace(0, len(m) - 1, FPGM_ANCHORS).long()]
     sq, sa = (m * m).sum(1), (anchors * anchors).sum(1)
@@ -67,9 +86,15 @@ def _fpgm(vectors: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
 
 
 def score(
-    group: Group, tensors: Mapping[str, torch.Tensor], params: set[str], criterion: str, seed: int = 0
+    group: Group,
+    tensors: Mapping[str, torch.Tensor],
+    params: set[str],
+    criterion: str,
+    seed: int = 0,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Scores per unit (higher = more important) and the criterion actually used."""
+    """Scores per unit (higher = more important) and the criterion actually used. ``cache``: a dict shared by
+    the calls for one model's groups (each weight is then read once for both of its channel dims)."""
     check_criterion(criterion)
     n = len(group.units)
     if criterion == "random":
@@ -81,15 +106,14 @@ def score(
         if scales:
             total = np.zeros(n)
             for name, dim in scales:
-                total += _normalise(_norms(_slices(tensors[name], dim, group, (name, dim)), 1))
+                total += _normalise(_norms(tensors[name], dim, group, (name, dim), 1, cache))
             return total, criterion
         criterion = "l1"
     total = np.zeros(n)
     for name, dim in members:
-        vals = _slices(tensors[name], dim, group, (name, dim))
         if criterion in ("l1", "l2"):
-            raw = _norms(vals, 1 if criterion == "l1" else 2)
+            raw = _norms(tensors[name], dim, group, (name, dim), 1 if criterion == "l1" else 2, cache)
         else:
-            raw = _fpgm(vals)
+            raw = _fpgm(_slices(tensors[name], dim, group, (name, dim)))
         total += _normalise(raw)
     return total, criterion

@@ -160,9 +160,9 @@ def _rank(
     """Each group's unit positions, most important first (ties keep the earlier unit), and the criterion used."""
     tensors = model.state_dict()
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    orders, used = {}, {}
+    orders, used, cache = {}, {}, {}
     for g in groups:
-        scores, used[g.id] = score(g, tensors, params, criterion, seed)
+        scores, used[g.id] = score(g, tensors, params, criterion, seed, cache=cache)
         orders[g.id] = np.argsort(-scores, kind="stable")
     return orders, used
 

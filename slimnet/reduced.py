@@ -5,21 +5,24 @@ for a model whose graph does not depend on the input's size (it traced symbolica
 size), slimnet analyses and verifies on a small image instead of the user's example, and pays a few small
 forward passes instead of several large ones:
 
-* :func:`reduced_examples`: the example at 32 px (then 64 px) for one float image input ``[B, C, H, W]`` (or
-  5-D), batch 1, channels as given; nothing for other inputs (token ids, several tensors);
-* :func:`full_size_values`: every node's value at the example's size, from one pass in which the convolutions
-  only compute their output shape (their arithmetic is nearly all of a CNN's cost). The cost model reads its
-  shapes, so that MACs stay exact at the example's size; the pass also shows that the graph accepts the example;
+* :func:`reduced_examples`: the example at 32 px (then 64, then 128) for one float image input ``[B, C, H, W]``
+  (or 5-D), batch 1, channels as given; nothing for other inputs (token ids, several tensors);
+* :func:`full_size_values`: every node's value at the example's size, from one pass in which convolutions,
+  linear layers and matrix products only compute their output shape (their arithmetic is nearly all of the
+  cost), and norms and activations are not run at all. The cost model reads its shapes, so that MACs stay exact
+  at the example's size; the pass also shows that the graph accepts the example;
 * :func:`size_mismatch`: the check, node by node, that the small run is the large one seen through a smaller
   window: same structure and ranks, and wherever a dim's size differs, the node's channel ids do not vary along
   it. Anything else (a flatten of spatial positions into features, padding, a model that rejects the small
   size) sends the analysis back to the example's size;
 * :func:`verify_inputs`: what the verifier runs instead of the example: the small example, and a batch-2 input
-  half as large again (a different batch and size still catch forward code that hard-codes a size).
+  somewhat larger (a different batch and size still catch forward code that hard-codes a size), large enough
+  that no dimension shrinks to 1 (:func:`collapses`: a norm over one position would make the check blind).
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -29,8 +32,20 @@ from torch import fx, nn
 from ._tensors import flat_tensors, map_tensors
 
 #: Sizes tried, smallest first; one is used only when smaller than the example's.
-SIZES = (32, 64)
-_CONV_FUNCS = {F.conv1d: 1, F.conv2d: 2, F.conv3d: 3}
+SIZES = (32, 64, 128)
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+#: Modules whose output has their input's shape: the full-size pass does not run them.
+_SAME_SHAPE = (
+    nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Dropout, nn.Identity,
+)  # fmt: skip
+#: Ops whose output shape depends on tensor values: a graph holding one is analysed at the example's size.
+_DATA_DEPENDENT = {
+    torch.nonzero, torch.masked_select, torch.unique, torch.argwhere, torch.unique_consecutive, "nonzero",
+    "masked_select", "unique", "argwhere", "unique_consecutive",
+}  # fmt: skip
+#: Functions whose arithmetic the full-size pass skips (their output shape comes from meta tensors).
+_SHAPED = {F.conv1d, F.conv2d, F.conv3d, F.linear, torch.matmul, torch.bmm}
 
 
 def image_input(example: Any) -> torch.Tensor | None:
@@ -70,14 +85,38 @@ def describe(example: Any) -> str:
     return "x".join(str(s) for s in image.shape) if image is not None else ""
 
 
-def verify_inputs(small: Any) -> list[tuple[str, Any]]:
-    """The verifier's inputs on the reduced path: the small example, and batch 2 at 1.5 times its size."""
-    image = image_input(small)
-    assert image is not None
-    shape = (2, image.shape[1]) + tuple(s + s // 2 for s in image.shape[2:])
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(1234), dtype=image.dtype)
-    bigger = map_tensors(small, lambda _: noise)
-    return [(f"example at {describe(small)}", small), (f"batch 2, size {describe(bigger)}", bigger)]
+def larger_inputs(small: Any, example: Any) -> list[Any]:
+    """Batch-2 inputs at 1.25, 1.5, 2, 4... times the small size (capped at the example's), smallest first:
+    candidates for the verifier's second input."""
+    image, full = image_input(small), image_input(example)
+    assert image is not None and full is not None
+    out, seen = [], set()
+    for num, den in ((5, 4), (3, 2), (2, 1), (4, 1), (8, 1), (16, 1)):
+        spatial = tuple(min(f, max(s + 1, s * num // den)) for s, f in zip(image.shape[2:], full.shape[2:]))
+        if spatial in seen:
+            continue
+        seen.add(spatial)
+        noise = torch.randn((2, image.shape[1]) + spatial, generator=torch.Generator().manual_seed(1234),
+                            dtype=image.dtype)  # fmt: skip
+        out.append(map_tensors(small, lambda _, n=noise: n))
+    return out
+
+
+def verify_inputs(small: Any, larger: Any) -> list[tuple[str, Any]]:
+    """The verifier's inputs on the reduced path: the small example, and a larger batch-2 input in which no
+    dimension that is larger than 1 at the example's size shrinks to 1 (:func:`collapses`)."""
+    return [(f"example at {describe(small)}", small), (f"batch 2, size {describe(larger)}", larger)]
+
+
+def collapses(values: dict[fx.Node, Any], full: dict[fx.Node, Any]) -> bool:
+    """Whether some node's dim is 1 in ``values`` but larger at the example's size. A size-1 dim can make a
+    check blind (a norm or softmax over one position outputs a constant), so the verifier needs one input
+    without any."""
+    for n, value in values.items():
+        for x, y in zip(flat_tensors(value), flat_tensors(full.get(n))):
+            if x.dim() == y.dim() and any(a == 1 < b for a, b in zip(x.shape, y.shape)):
+                return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------ the full-size pass
@@ -89,28 +128,40 @@ class _ShapePass(fx.Interpreter):
         super().__init__(gm, garbage_collect_values=True)
         self.values: dict[fx.Node, Any] = {}
 
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        m = self.fetch_attr(target)
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros":
+                conv = _CONV[m.weight.dim()]
+                return _shaped(conv, args[0], m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+            if type(m) is nn.Linear:
+                return _shaped(F.linear, args[0], m.weight)
+            if isinstance(m, _SAME_SHAPE):
+                return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
+        if n.target in _DATA_DEPENDENT or (n.target is operator.getitem and _bool_index(self.env, n)):
+            raise ValueError(f"{n.name}: its output's shape depends on values, which this pass does not compute")
         value = super().run_node(n)
         self.values[n] = map_tensors(value, lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta"))
         return value
 
-    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        m = self.fetch_attr(target)
-        if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros" and not kwargs and args:
-            return _conv_shape(args[0], m.weight, m.stride, m.padding, m.dilation, m.groups)
-        return super().call_module(target, args, kwargs)
-
     def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        if target in _CONV_FUNCS and len(args) >= 2 and not kwargs:
-            stride, padding, dilation, groups = (list(args[3:]) + [1, 0, 1, 1][len(args) - 3 :])[:4]
-            return _conv_shape(args[0], args[1], stride, padding, dilation, groups)
+        if target in _SHAPED and not kwargs and all(isinstance(a, torch.Tensor) for a in args[:2]):
+            return _shaped(target, *args)
         return super().call_function(target, args, kwargs)
 
 
-def _conv_shape(x: torch.Tensor, w: torch.Tensor, stride: Any, padding: Any, dilation: Any, groups: int) -> Any:
-    fn = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[w.dim()]
-    meta = fn(x.to("meta"), w.to("meta"), None, stride, padding, dilation, groups)
-    return torch.zeros(meta.shape, dtype=x.dtype)
+def _bool_index(env: dict[fx.Node, Any], n: fx.Node) -> bool:
+    index = fx.node.map_arg(n.args[1], lambda a: env.get(a)) if len(n.args) > 1 else None
+    return any(t.dtype == torch.bool for t in flat_tensors(index))
+
+
+def _shaped(fn: Any, *args: Any) -> torch.Tensor:
+    """Zeros shaped like ``fn``'s output, found on meta tensors (no arithmetic)."""
+    meta = fn(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args))
+    return torch.zeros(meta.shape, dtype=args[0].dtype)
 
 
 def full_size_values(gm: fx.GraphModule, inputs: list[Any]) -> dict[fx.Node, Any]:
@@ -131,13 +182,17 @@ def size_mismatch(small: Any, full: Any, ids: Any) -> str | None:
     for k, (x, y) in enumerate(zip(a, b)):
         if x.dim() != y.dim():
             return f"rank {x.dim()} instead of {y.dim()}"
+        if x.numel() == 0 and y.numel() > 0:
+            return "empty at the reduced size"
         changed = [d for d in range(x.dim()) if x.shape[d] != y.shape[d] and x.shape[d] > 1]
         if not changed:
             continue
         t = id_list[k] if len(id_list) == len(a) else None
         if t is None or t.shape != x.shape:
             return "a value without channel ids changes size"
+        corner = t
         for d in changed:
-            if not bool((t == t.narrow(d, 0, 1)).all()):
-                return f"channel ids vary along dim {d}, whose size differs"
+            corner = corner.narrow(d, 0, 1)
+        if not bool((t == corner).all()):  # equal to its first slice along every dim that changed size
+            return f"channel ids vary along dim {changed}, whose size differs"
     return None

@@ -138,7 +138,8 @@ def resolve_part(terms: Sequence[Term], groups: Sequence[Any], roots: np.ndarray
     offsets = [offset + o for o in unit_offsets(groups)]
     unit_at = np.full(len(roots), -1, dtype=np.int64)
     for g, start in zip(groups, offsets):
-        unit_at[[u.root for u in g.units]] = np.arange(start, start + len(g.units))
+        unit_roots = g.units.roots if hasattr(g.units, "roots") else [u.root for u in g.units]
+        unit_at[unit_roots] = np.arange(start, start + len(g.units))
     members = member_units(groups, offsets)
     resolved = resolve(terms, lambda atoms: unit_at[roots[atoms]], members, alias)
     if prefix:

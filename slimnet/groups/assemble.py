@@ -29,7 +29,7 @@ from ..stages import Stages
 from ..trace import placeholder_args, trace, trace_pieces
 from .atoms import UnionFind
 from .interpreter import AtomInterpreter
-from .model import Analysis, Binding, Evidence, Group, Mark, Member, Unit
+from .model import Analysis, Binding, Evidence, Group, Mark, Member, UnitList
 from .registry import is_leaf_class
 
 Shapes = dict[str, tuple[int, ...]]
@@ -73,12 +73,12 @@ def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None, st
             return analysis
         groups, macs = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
         alias, alias_groups = tensor_aliases(model)
-        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model))
+        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model))
         analysis.cost = cost.build(model, groups, alias, macs)
     return analysis
 
 
-def _shapes(model: nn.Module) -> Shapes:
+def shapes_of(model: nn.Module) -> Shapes:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -87,7 +87,7 @@ def _analyse_graph(gm: fx.GraphModule, inputs: list[Any], offset: int = 0,
     """The groups of one graph, and its MAC terms over units numbered from ``offset``."""
     alias, _ = tensor_aliases(gm)
     evidence = AtomInterpreter(gm, alias).collect(*inputs)
-    groups, roots = assemble_roots(evidence, _shapes(gm))
+    groups, roots = assemble_roots(evidence, shapes_of(gm))
     return groups, cost.resolve_part(evidence.costs, groups, roots, alias, offset, prefix)
 
 
@@ -123,7 +123,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
                     reason=reason,
                     normalised=g.normalised,
                     members=[(full(t), d) for t, d in g.members],
-                    units=[Unit(root=u.root, view=(renamed, i)) for i, u in enumerate(g.units)],
+                    units=UnitList(renamed, [u.root for u in g.units]),
                     index=renamed,
                     roles={(full(t), d): r for (t, d), r in g.roles.items()},
                     kind=g.kind,
@@ -131,7 +131,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
             )
     first = why.split(": torch.fx needs")[0]
     notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
-    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model), notes=notes)
+    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model), notes=notes)
     analysis.cost = cost.build(model, groups, alias, macs, complete=False)
     return analysis
 
@@ -211,13 +211,12 @@ def _constant_slices(cls: np.ndarray, d: int) -> bool:
 
 def channel_units(channel_ranges: list[tuple[int, int, str]], roots: np.ndarray) -> tuple[set[int], dict[int, str]]:
     """The classes that hold a produced channel (the units), and the first producer of each class."""
-    is_channel = np.zeros(len(roots), dtype=bool)
-    producer_of: dict[int, str] = {}
-    for start, n, producer in channel_ranges:
-        is_channel[start : start + n] = True
-        for r in np.unique(roots[start : start + n]).tolist():
-            producer_of.setdefault(r, producer)
-    return set(np.unique(roots[is_channel]).tolist()), producer_of
+    first_range = np.full(len(roots), len(channel_ranges), dtype=np.int64)
+    for k, (start, n, _) in enumerate(channel_ranges):
+        np.minimum.at(first_range, roots[start : start + n], k)  # ranges in order: the first one wins
+    unit_roots = np.flatnonzero(first_range < len(channel_ranges))
+    producer_of = dict(zip(unit_roots.tolist(), (channel_ranges[k][2] for k in first_range[unit_roots].tolist())))
+    return set(unit_roots.tolist()), producer_of
 
 
 @dataclass
@@ -308,7 +307,7 @@ def bucket_groups(slots: Slots, producer_of: dict[int, str], marks: Marks) -> li
     names_seen: dict[str, int] = defaultdict(int)
     for g, (key, rs) in enumerate(buckets):
         members = [slots.members[k] for k in np.frombuffer(key, dtype=np.int64).tolist()]
-        ordered = sorted(rs, key=lambda r: pos[r])
+        ordered = np.asarray(rs)[np.argsort(pos[rs], kind="stable")].tolist()
         name = producer_of.get(rs[0], members[0][0].rsplit(".", 1)[0])
         names_seen[name] += 1
         if names_seen[name] > 1:
@@ -318,7 +317,7 @@ def bucket_groups(slots: Slots, producer_of: dict[int, str], marks: Marks) -> li
             Group(
                 id=len(groups),
                 name=name,
-                units=[Unit(root=r, view=(table, i)) for i, r in enumerate(ordered)],
+                units=UnitList(table, ordered),
                 members=members,
                 reason=_reason(rs, len(rs), marks),
                 normalised=next((marks.normed[r] for r in rs if r in marks.normed), None),

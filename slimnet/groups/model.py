@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,39 @@ class Unit:
         return f"Unit(members={self.members!r})"
 
 
-def index_of(units: list[Unit], member: Member) -> MemberIndex:
+class UnitList(Sequence):
+    """A group's units, made on first access from the group's :data:`MemberIndex` arrays and the units' roots
+    (assembly makes thousands of groups' worth of units that ranking and planning never look at one by one)."""
+
+    def __init__(self, index: dict[Member, MemberIndex], roots: Sequence[int]) -> None:
+        self._index, self._roots = index, list(roots)
+        self._made: dict[int, Unit] = {}
+
+    def __len__(self) -> int:
+        return len(self._roots)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        if i not in self._made:
+            self._made[i] = Unit(root=self._roots[i], view=(self._index, i))
+        return self._made[i]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    @property
+    def roots(self) -> list[int]:
+        return self._roots
+
+
+def index_of(units: Sequence[Unit], member: Member) -> MemberIndex:
     """The :data:`MemberIndex` of ``member`` built from the units' own dicts (groups made by hand)."""
     lists = [u.members.get(member, []) for u in units]
     starts = np.zeros(len(lists) + 1, dtype=np.int64)
@@ -67,7 +100,7 @@ class Group:
 
     id: int
     name: str
-    units: list[Unit]
+    units: Sequence[Unit]  # a list, or assembly's UnitList
     members: list[Member]
     reason: str | None = None  # why it is left whole; None when prunable
     normalised: str | None = None  # set when a norm over channels sees it (pruning is then not exact)
@@ -118,6 +151,12 @@ class Analysis:
     notes: list[str] = field(default_factory=list)  # how the model was traced, when not in one piece
     #: MACs and parameters of any plan (:class:`slimnet.cost.CostModel`), from the same pass
     cost: Any = field(default=None, compare=False, repr=False)
+    #: the smaller input the analysis ran on when the model's graph holds for any size (:mod:`slimnet.reduced`;
+    #: the verifier then runs it too), None when it ran on the example
+    reduced: Any = field(default=None, compare=False, repr=False)
+    reduced_note: str = ""  # why the analysis (or the verifier) runs on the example instead, when it does
+    #: the verifier's inputs when they are reduced too (``[(label, input), ...]``), None: the example's variants
+    checks: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
