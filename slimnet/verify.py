@@ -6,11 +6,12 @@ the pruned model. Both run in float64, so the only difference left is summation 
 both run as light copies of their module trees holding other tensors (the masked and float64 copies of theirs)
 and sharing everything else, so a check costs the tensors it changes and its forward passes.
 
-Tolerance: ``1e-6 * (1 + max|reference|)`` in float64 (``1e-4 * (1 + max|reference|)`` in float32, used
-for models of more than 10M parameters, where the float64 copies of the weights cost more than everything else
-a shrink does, and for models that cannot run in float64). Scaling by the output's magnitude keeps the check
-meaningful for logits of any size, and float64 makes the bound about eight orders of magnitude looser than the rounding error it has to absorb, yet
-far below any real mistake (a wrong channel changes outputs at the scale of the outputs themselves).
+Tolerance: ``1e-6 * (1 + max|reference|)`` in float64 (``1e-4 * (1 + max|reference|)`` in float32, used for
+models of more than 10M parameters, where the float64 copies of the weights cost more than everything else a
+shrink does, and for models that cannot run in float64). Scaling by the output's magnitude keeps the check
+meaningful for logits of any size; float64 makes the bound about eight orders of magnitude looser than the
+rounding error it has to absorb, float32 about two, and both are far below any real mistake (a wrong channel
+changes outputs at the scale of the outputs themselves).
 
 Inputs checked: the example input, the same at batch size 2, and (for image-like inputs) a larger image when
 the original accepts it; that catches forward code that hard-codes a size that pruning changed. When the
