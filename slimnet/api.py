@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import calibrate, measure
@@ -31,7 +32,8 @@ from .errors import VerificationError
 from .groups import Analysis
 from .plan import Decision, build_plan
 from .plan import load as load_plan
-from .planner import Planned, Planner, check_runs, describe, graph
+from .planner import Planned, Planner, check_runs, graph
+from .reduced import describe
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings
 from .stages import Stages
 from .surgeon import pruned_copy
@@ -104,6 +106,8 @@ def shrink(
     recalibrate_bn: bool = False,
     compensate_bias: bool = False,
     sensitivity: dict[str, Any] | None = None,
+    reduce: bool = True,
+    verify_dtype: torch.dtype | None = None,
 ) -> ShrinkResult:
     """Prune ``model``: trace, group coupled channels, rank, cut, verify (``slimnet shrink``).
 
@@ -154,6 +158,10 @@ def shrink(
             layer's bias (or BatchNorm running mean), measured on ``data``.
         sensitivity: a ``slimnet.sensitivity/1`` result (``slimnet.sensitivity.sensitivity``); with
             ``target_macs`` or ``target_params``, per-group ratios that reach it with the least measured loss.
+        reduce: analyse and verify on a small image when the model's graph holds for any size (the same groups
+            and MACs for a fraction of the work: :mod:`slimnet.reduced`); False: at the example's size.
+        verify_dtype: the verifier's precision (default: float64 up to 10M parameters, float32 above:
+            :mod:`slimnet.verify`).
 
     Returns:
         A ``ShrinkResult``: ``.model`` (the pruned module), ``.plan`` (plain data, for ``apply``),
@@ -171,7 +179,7 @@ def shrink(
     targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
     check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
     calibration = calibrate.prepare(model.eval(), example, data, criterion, recalibrate_bn, compensate_bias)
-    planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages)
+    planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages, reduce=reduce)
     with stages("rank"):
         stats = calibrate.statistics(model, planner.analysis, criterion, calibration, loss, seed)
         planned = planner.plan(
@@ -182,7 +190,7 @@ def shrink(
             model_name=model_name, stats=stats, sensitivity=sensitivity,
         )  # fmt: skip
     decisions, plan, reached, analysis = planned.decisions, planned.plan, planned.target, planner.analysis
-    pruned, result, approximate = cut_and_verify(model.eval(), example, analysis, decisions, plan, stages)
+    pruned, result, approximate = cut_and_verify(model.eval(), example, analysis, decisions, plan, stages, verify_dtype)
     with stages("measure"):
         report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
     if reached is not None:
@@ -200,13 +208,14 @@ def _timing(t0: float, stages: Stages) -> dict[str, Any]:
 
 
 def cut_and_verify(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
-                   plan: dict[str, Any], stages: Stages) -> tuple[nn.Module, VerifyResult, bool]:  # fmt: skip
+                   plan: dict[str, Any], stages: Stages,
+                   verify_dtype: torch.dtype | None = None) -> tuple[nn.Module, VerifyResult, bool]:  # fmt: skip
     """The pruned copy, its verification, and whether the cut is approximate (normalised groups pruned on
     request); raises VerificationError, naming the culprit group, when an exact cut does not verify."""
     with stages("cut"):
         pruned = pruned_copy(model, plan).eval()
     with stages("verify"):
-        result = verify(model, pruned, plan, example)
+        result = verify(model, pruned, plan, example, inputs=analysis.checks, precision=verify_dtype)
         approximate = any(d.pruned and d.group.normalised for d in decisions)
         if not result.passed and not approximate:
             culprit = find_culprit(model, example, analysis, decisions)
@@ -261,7 +270,7 @@ def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: 
         single = build_plan(analysis, [d], model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
         try:
             pruned = pruned_copy(model, single)
-            if not verify(model, pruned, single, example).passed:
+            if not verify(model, pruned, single, example, inputs=analysis.checks).passed:
                 bad.append(d.group.name)
         except Exception:  # noqa: BLE001 - a crash during the re-check also names the group
             bad.append(d.group.name)
@@ -331,6 +340,8 @@ def make_report(
         "verify_inputs": result.inputs,
         "verify_randomised": result.randomised,
         "verify_randomised_diff": result.randomised_diff,
+        "reduced_input": describe(analysis.reduced) if analysis.reduced is not None else None,
+        "reduced_note": analysis.reduced_note or None,
         "output": None,
         "plan": None,
     }

@@ -38,15 +38,17 @@ from .settings import DATA_CRITERIA, check_criterion
 FPGM_ANCHORS = 256
 
 
-def _slices(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int]) -> list[torch.Tensor]:
-    """Each unit's slices of one member, flattened (one index_select when units are equal-sized)."""
-    t = t.detach().float()
-    idx = [u.members[member] for u in group.units]
-    if len({len(i) for i in idx}) == 1:
-        flat = torch.as_tensor([i for ix in idx for i in ix])
-        rows = t.index_select(dim, flat).movedim(dim, 0).reshape(len(idx), -1)
-        return list(rows.unbind(0))
-    return [t.index_select(dim, torch.as_tensor(i)).movedim(dim, 0).reshape(-1) for i in idx]
+def _slices(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int]) -> torch.Tensor | list[torch.Tensor]:
+    """Each unit's slices of one member, flattened: one ``[units, numel]`` matrix from one index_select when
+    the units own equally many indices (nearly always), else one vector per unit."""
+    flat, starts = group.member_index(member)
+    sizes = np.diff(starts)
+    t = t.detach()
+    if len(sizes) and (sizes == sizes[0]).all():
+        rows = t.index_select(dim, torch.from_numpy(flat)).movedim(dim, 0).reshape(len(sizes), -1)
+        return rows.float()
+    return [t.index_select(dim, torch.from_numpy(flat[a:b])).movedim(dim, 0).reshape(-1).float()
+            for a, b in zip(starts[:-1], starts[1:])]  # fmt: skip
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -54,10 +56,36 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / s if s > 0 else np.zeros_like(x)
 
 
-def _fpgm(vectors: list[torch.Tensor]) -> np.ndarray:
-    if len({v.numel() for v in vectors}) != 1:
-        return np.array([float(v.norm()) for v in vectors])
-    m = torch.stack(vectors)
+def _norms(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int], p: int,
+           cache: dict | None = None) -> np.ndarray:  # fmt: skip
+    """The Lp norm of each unit's slices of one member: per-index sums of ``|x|^p`` over the tensor's other dims,
+    summed over each unit's indices. A weight is read once for both of its channel dims: its ``|x|^p`` summed
+    over the other dims into an [out, in] matrix, kept in ``cache`` for the group that asks for the other dim."""
+    powered = _index_powers(t, dim, p, cache if cache is not None else {})
+    flat, starts = group.member_index(member)
+    sums = np.add.reduceat(powered[flat], starts[:-1]) if len(flat) else np.zeros(len(starts) - 1)
+    sums[np.diff(starts) == 0] = 0.0
+    return sums ** (1.0 / p)
+
+
+def _index_powers(t: torch.Tensor, dim: int, p: int, cache: dict) -> np.ndarray:
+    key = (id(t), p)
+    t = t.detach()
+    if t.dim() < 2 or dim > 1:
+        other = [d for d in range(t.dim()) if d != dim]
+        per_index = torch.linalg.vector_norm(t.float(), ord=p, dim=other) if other else t.float().abs()
+        return per_index.double().numpy() ** p
+    if key not in cache:
+        rest = list(range(2, t.dim()))
+        pair = torch.linalg.vector_norm(t.float(), ord=p, dim=rest) if rest else t.float().abs()
+        cache[key] = (t, pair.pow_(p) if p != 1 else pair)  # t kept: its id stays unique while the cache lives
+    return cache[key][1].sum(1 - dim, dtype=torch.float64).numpy()
+
+
+def _fpgm(vectors: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
+    if not isinstance(vectors, torch.Tensor):
+        return np.array([float(torch.linalg.vector_norm(v)) for v in vectors])
+    m = vectors
     anchors = m if len(m) <= FPGM_ANCHORS else m[torch.linspace(0, len(m) - 1, FPGM_ANCHORS).long()]
     sq, sa = (m * m).sum(1), (anchors * anchors).sum(1)
     d2 = (sq[:, None] + sa[None, :] - 2.0 * (m @ anchors.T)).clamp_min(0.0)
@@ -71,8 +99,10 @@ def score(
     criterion: str,
     seed: int = 0,
     stats: Statistics | None = None,
+    cache: dict | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Scores per unit (higher = more important) and the criterion actually used."""
+    """Scores per unit (higher = more important) and the criterion actually used. ``cache``: a dict shared by
+    the calls for one model's groups (each weight is then read once for both of its channel dims)."""
     check_criterion(criterion)
     if criterion in DATA_CRITERIA:
         if stats is None:
@@ -91,18 +121,14 @@ def score(
         if scales:
             total = np.zeros(n)
             for name, dim in scales:
-                vals = _slices(tensors[name], dim, group, (name, dim))
-                total += _normalise(np.array([float(v.abs().sum()) for v in vals]))
+                total += _normalise(_norms(tensors[name], dim, group, (name, dim), 1, cache))
             return total, criterion
         criterion = "l1"
     total = np.zeros(n)
     for name, dim in members:
-        vals = _slices(tensors[name], dim, group, (name, dim))
-        if criterion == "l1":
-            raw = np.array([float(v.abs().sum()) for v in vals])
-        elif criterion == "l2":
-            raw = np.array([float(v.norm()) for v in vals])
+        if criterion in ("l1", "l2"):
+            raw = _norms(tensors[name], dim, group, (name, dim), 1 if criterion == "l1" else 2, cache)
         else:
-            raw = _fpgm(vals)
+            raw = _fpgm(_slices(tensors[name], dim, group, (name, dim)))
         total += _normalise(raw)
     return total, criterion

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from . import __version__
@@ -165,9 +166,9 @@ def rank(
     normalised across groups and the criterion used per group (:class:`slimnet.allocate.Ranking`)."""
     tensors = model.state_dict()
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    raw, used = {}, {}
+    raw, used, cache = {}, {}, {}
     for g in groups:
-        raw[g.id], used[g.id] = score(g, tensors, params, criterion, seed, stats)
+        raw[g.id], used[g.id] = score(g, tensors, params, criterion, seed, stats, cache=cache)
     return Ranking.from_scores(raw, used)
 
 
@@ -183,19 +184,21 @@ def build_plan(
     head_ratio: float | None = None,
 ) -> dict[str, Any]:
     """Turn decisions into the plain ``slimnet.plan/1`` data."""
-    dropped: dict[tuple[str, int], set[int]] = defaultdict(set)
+    dropped: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
     for d in decisions:
         if not d.pruned:
             continue
-        keep = set(d.keep)
-        for i, unit in enumerate(d.group.units):
-            if i not in keep:
-                for member, idx in unit.members.items():
-                    dropped[member].update(idx)
+        gone = np.ones(len(d.group.units), dtype=bool)
+        gone[d.keep] = False
+        for member in d.group.members:
+            flat, starts = d.group.member_index(member)
+            owner = np.repeat(np.arange(len(gone)), np.diff(starts))  # the unit of each index in ``flat``
+            dropped[member].append(flat[gone[owner]])
     tensors: dict[str, dict[str, list[int]]] = {}
     for (name, dim), drop in sorted(dropped.items()):
-        size = analysis.shapes[name][dim]
-        kept = [i for i in range(size) if i not in drop]
+        mask = np.ones(analysis.shapes[name][dim], dtype=bool)
+        mask[np.concatenate(drop)] = False
+        kept = np.flatnonzero(mask).tolist()
         for alias in analysis.aliases.get(name, [name]):
             tensors.setdefault(alias, {})[str(dim)] = kept
     extra = {"head_ratio": head_ratio} if head_ratio is not None else {}

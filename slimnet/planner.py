@@ -31,8 +31,9 @@ from ._util import first_line
 from .allocate import LATENCY_TOLERANCE, Ranking, TargetResult
 from .collect import Statistics
 from .errors import SlimnetError
-from .groups import Analysis, analyse
+from .groups import Analysis, analyse, analyse_reduced
 from .plan import Decision, build_plan, choose, left_whole, rank
+from .reduced import describe
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings, parse_latency
 from .stages import Stages
 
@@ -52,18 +53,7 @@ def check_runs(model: nn.Module, example: Any) -> None:
         ) from None
 
 
-def describe(example: Any) -> str:
-    """An example's shapes in one line: ``1x3x224x224``, ``{input_ids: 1x16}``."""
-    if isinstance(example, torch.Tensor):
-        return "x".join(str(s) for s in example.shape) or "scalar"
-    if isinstance(example, dict):
-        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in example.items()) + "}"
-    if isinstance(example, (tuple, list)):
-        return "(" + ", ".join(describe(v) for v in example) + ")"
-    return type(example).__name__
-
-
-def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
+def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: bool = True) -> Analysis:
     """The coupled channel groups of ``model``, each prunable or with the reason it is not (``slimnet graph``).
 
     One analysis serves every ratio, target and criterion: pass it to ``shrink`` as ``analysis=`` (or build a
@@ -75,6 +65,9 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analy
         example: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of tensors
             (keyword arguments).
         stages: timings and progress (``slimnet.stages.Stages``): ``trace`` and ``groups``.
+        reduce: analyse on a small image when the model's graph holds for any size (:mod:`slimnet.reduced`;
+            ``analysis.reduced`` is then that input: the same groups and MACs for a fraction of the work); the
+            model is otherwise run on the example first, so that an input it rejects is reported as such.
 
     Returns:
         An ``slimnet.groups.Analysis``: ``analysis.groups`` lists each ``slimnet.groups.Group``
@@ -84,9 +77,14 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analy
         SlimnetError: the model rejects the example, or cannot be traced at all (the message names the line).
     """
     stages = stages or Stages()
+    analysis, gm, why = analyse_reduced(model.eval(), example, stages) if reduce else (None, None, "not asked")
+    if analysis is not None:
+        return analysis
     with stages("trace"):
         check_runs(model, example)
-    return analyse(model, example, stages=stages)
+    analysis = analyse(model, example, gm=gm, stages=stages)
+    analysis.reduced_note = why
+    return analysis
 
 
 @dataclass
@@ -102,10 +100,10 @@ class Planner:
     """The analysis, rankings and latency tables of one model and example, made once and reused by every plan."""
 
     def __init__(self, model: nn.Module, example: Any, analysis: Analysis | None = None,
-                 stages: Stages | None = None) -> None:  # fmt: skip
+                 stages: Stages | None = None, reduce: bool = True) -> None:  # fmt: skip
         self.model, self.example = model.eval(), example
         self.stages = stages or Stages()
-        self.analysis = analysis if analysis is not None else graph(model, example, self.stages)
+        self.analysis = analysis if analysis is not None else graph(model, example, self.stages, reduce)
         self._rankings: dict[tuple[str, int, int], tuple[Statistics | None, Ranking]] = {}
         self._tables: dict[tuple, lut.Built] = {}
         self._templates: dict[int, lut.Template] = {}

@@ -49,14 +49,17 @@ def _trace_error(model: nn.Module, exc: BaseException) -> SlimnetError:
     )
 
 
-def trace(model: nn.Module, example: Any = None, is_leaf: LeafPolicy | None = None) -> fx.GraphModule:
+def trace(
+    model: nn.Module, example: Any = None, is_leaf: LeafPolicy | None = None, with_values: bool = True
+) -> fx.GraphModule:
     """Symbolically trace ``model`` (in eval mode, so train-only branches such as stochastic depth vanish).
 
     Plain symbolic tracing first (the graph every rule was written against); when it fails, once more with
     example values beside the proxies (:func:`slimnet.trace_values.trace_call`), which gets through code that
     unpacks shapes or branches on sizes, as Hugging Face models do. If both fail, the first error is raised.
     Module classes for which ``is_leaf`` is true stay single nodes (the analysis passes
-    :func:`slimnet.groups.registry.is_leaf_class`: classes with a channel rule).
+    :func:`slimnet.groups.registry.is_leaf_class`: classes with a channel rule). ``with_values=False``: symbolic
+    tracing only (a graph that holds for inputs of any size: :mod:`slimnet.reduced`).
     """
     was_training = model.training
     model.eval()
@@ -66,7 +69,7 @@ def trace(model: nn.Module, example: Any = None, is_leaf: LeafPolicy | None = No
             graph = tracer.trace(model, concrete_args=concrete_args(model, example))
     except Exception as exc:  # noqa: BLE001 - every tracing failure becomes one readable line
         first = _trace_error(model, exc)
-        if example is None:
+        if example is None or not with_values:
             raise first from None
         args, kwargs = _as_call(example)
         try:

@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import fx, nn
+from torch._C._profiler import symbolize_tracebacks
+from torch.utils._traceback import CapturedTraceback
 
 from .sizes import entries, traced_sizes
 
+_RAW_TRACEBACK = "slimnet_traceback"
 #: Module class -> whether calls to it stay one graph node (a leaf) instead of being traced through.
 LeafPolicy = Callable[[type], bool]
 
@@ -32,8 +35,15 @@ class SymbolicTracer(fx.Tracer):
 
     def __init__(self, is_leaf: LeafPolicy | None = None) -> None:
         super().__init__()
-        self.record_stack_traces = True
+        # fx formats a stack trace for every node (reading source files: a tenth of an analysis); the raw
+        # traceback is kept instead, and a reason reads its one user frame (:func:`user_line`)
+        self.record_stack_traces = False
         self.is_leaf = is_leaf
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta[_RAW_TRACEBACK] = CapturedTraceback.extract()
+        return node
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.is_leaf is not None and self.is_leaf(type(m)):
@@ -58,6 +68,22 @@ class SymbolicTracer(fx.Tracer):
         except NameError:
             return next(iter(m.parameters()), None) is None and next(iter(m.buffers()), None) is None
         return False
+
+
+def user_line(node: fx.Node) -> str:
+    """``file, line N, in name`` of the innermost frame outside torch and slimnet that made ``node`` (from the
+    traceback kept while tracing, or fx's own stack trace), "" when there is none."""
+    raw = node.meta.get(_RAW_TRACEBACK)
+    if raw is not None:
+        for frame in symbolize_tracebacks([raw.tb])[0]:  # innermost first
+            f = frame["filename"].replace("\\", "/")
+            if "/torch/" not in f and "/slimnet/" not in f:
+                return f"{frame['filename']}, line {frame['line']}, in {frame['name']}"
+        return ""
+    st = node.stack_trace or node.meta.get("stack_trace") or ""
+    lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip().startswith("File")]
+    lines = [ln for ln in lines if "/torch/" not in ln and "/slimnet/" not in ln]
+    return lines[-1].replace("File ", "").replace('"', "") if lines else ""
 
 
 def concrete_args(model: nn.Module, example: Any) -> dict[str, Any] | None:

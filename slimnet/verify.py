@@ -1,24 +1,30 @@
 """The verifier: the pruned model must compute what the original computes with the dropped channels masked.
 
-The reference is a copy of the original whose planned tensors are zeroed outside their kept indices. Removing
-whole channels is then exact: a removed channel contributes exactly zero downstream in the reference and is
-absent in the pruned model. Both run in float64, so the only difference left is summation order.
+The reference is the original with its planned tensors zeroed outside their kept indices. Removing whole
+channels is then exact: a removed channel contributes exactly zero downstream in the reference and is absent in
+the pruned model. Both run in float64, so the only difference left is summation order. Neither model is copied:
+both run as light copies of their module trees holding other tensors (the masked and float64 copies of theirs)
+and sharing everything else, so a check costs the tensors it changes and its forward passes.
 
-Tolerance: ``1e-6 * (1 + max|reference|)`` in float64 (``1e-4 * (1 + max|reference|)`` in float32, used
-for models that cannot run in float64 and for models of more than 100M parameters, where float64 copies would
-triple the memory). Scaling by the output's magnitude keeps the check meaningful for logits of any size, and
-float64 makes the bound about eight orders of magnitude looser than the rounding error it has to absorb, yet
-far below any real mistake (a wrong channel changes outputs at the scale of the outputs themselves).
+Tolerance: ``1e-6 * (1 + max|reference|)`` in float64 (``1e-4 * (1 + max|reference|)`` in float32, used for
+models of more than 10M parameters, where the float64 copies of the weights cost more than everything else a
+shrink does, and for models that cannot run in float64). Scaling by the output's magnitude keeps the check
+meaningful for logits of any size; float64 makes the bound about eight orders of magnitude looser than the
+rounding error it has to absorb, float32 about two, and both are far below any real mistake (a wrong channel
+changes outputs at the scale of the outputs themselves).
 
 Inputs checked: the example input, the same at batch size 2, and (for image-like inputs) a larger image when
-the original accepts it; that catches forward code that hard-codes a size that pruning changed.
+the original accepts it; that catches forward code that hard-codes a size that pruning changed. When the
+analysis ran on a reduced input (:mod:`slimnet.reduced`: the model's graph holds for any size, and the small
+run was checked node by node against the example's shapes), the verifier runs that small input and a batch-2
+input a quarter larger instead: the same proof for a few percent of the arithmetic.
 
 Constant tensors. A tensor whose elements are all equal (a freshly initialised BatchNorm's weight, bias and
 running statistics, torchvision ViT's zero-initialised classifier) hides wrong cuts: keeping the wrong channels
 of a constant tensor computes the same numbers, and a zero classifier makes every output zero whatever happened
 before it. Randomly initialised built-in models are full of them. So when the original holds constant tensors,
-the check runs a second time, on the example input in float32, with those tensors (and only those: the rest keep their
-scale) replaced by seeded noise in both models, the pruned model's copy sliced by the plan. That is still a
+the check runs a second time, on the first input in float32, with those tensors (and only those: the rest keep
+their scale) replaced by seeded noise in both models, the pruned model's copy sliced by the plan. That is still a
 proof about this plan: the surgery never looks at weight values, so a cut that is exact for every value of
 those tensors is exact for theirs. Trained models rarely hold constant tensors, so they pay nothing for it.
 """
@@ -31,16 +37,19 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ._tensors import call, count_params, flat_tensors, map_tensors
 from ._util import first_line
-from .surgeon import mask_plan
 
 TOL64 = 1e-6
 TOL32 = 1e-4
-BIG_PARAMS = 100_000_000
+#: Above this many parameters the check runs in float32: the float64 copies of the weights (12 bytes per
+#: parameter, fresh memory) cost more than the rest of the shrink (docs/shrink-time.md).
+F64_PARAMS = 10_000_000
+Inputs = list[tuple[str, Any]]
 
 
 @dataclass
@@ -54,15 +63,15 @@ class VerifyResult:
     inputs: list[str] = field(default_factory=list)
     error: str | None = None
     #: how many constant tensors were randomised for the second check (0: the model had none), and that check's
-    #: max abs difference and tolerance (float32, example input)
+    #: max abs difference and tolerance (float32, first input)
     randomised: int = 0
     randomised_diff: float | None = None
     randomised_tolerance: float | None = None
 
 
-def variants(example: Any) -> list[tuple[str, Any]]:
+def variants(example: Any) -> Inputs:
     """The example, a batch-2 version of it, and a larger image for 4D/5D float inputs."""
-    out: list[tuple[str, Any]] = [("example", example)]
+    out: Inputs = [("example", example)]
     gen = torch.Generator().manual_seed(1234)
 
     def batch2(t: torch.Tensor) -> torch.Tensor:
@@ -84,38 +93,145 @@ def variants(example: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _run(model: nn.Module, inp: Any, dtype: torch.dtype) -> list[torch.Tensor]:
-    def cast(t: torch.Tensor) -> torch.Tensor:
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    return map_tensors(value, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
+class _Bound:
+    """A model run with other tensors in place of some of its own: a copy of its module tree (:func:`_light_copy`)
+    that shares every other tensor and attribute, so the masked reference and the float64 copies cost the
+    tensors they change, never a copy of the whole model."""
+
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+        self.model, self.state, self.dtype = model, state, dtype
+        self.copy = _light_copy(model, state)
+
+    def swap(self, tensors: dict[str, torch.Tensor], plan: dict[str, Any] | None = None) -> _Bound:
+        """The same model and tensors but ``tensors`` (cast, and masked by ``plan`` where it plans them)."""
+        state, done = dict(self.state), {}
+        for name, t in tensors.items():
+            if id(t) not in done:  # tied names share one tensor
+                dims = plan["tensors"].get(name) if plan is not None else None
+                done[id(t)] = _masked(t, dims, self.dtype) if dims else t.to(self.dtype)
+            state[name] = done[id(t)]
+        return _Bound(self.model, state, self.dtype)
+
+    def __call__(self, inp: Any) -> list[torch.Tensor]:
+        with torch.no_grad():
+            out = call(self.copy, _cast(inp, self.dtype))
+        return [o.detach() for o in flat_tensors(out)]
+
+
+def _light_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The module tree of ``model`` with the tensors named in ``state`` replaced: each module a shallow copy
+    (new parameter, buffer and child dicts; every other attribute shared), a module that appears twice copied
+    once. The model itself is not touched. Only for running the copy: nothing of it is returned to the user."""
+    made: dict[int, nn.Module] = {}
+
+    def visit(m: nn.Module) -> nn.Module:
+        if id(m) not in made:
+            new = copy.copy(m)
+            made[id(m)] = new
+            new.__dict__["_parameters"] = dict(m._parameters)
+            new.__dict__["_buffers"] = dict(m._buffers)
+            new.__dict__["_modules"] = {k: visit(c) if c is not None else None for k, c in m._modules.items()}
+        return made[id(m)]
+
+    root = visit(model)
+    for name, t in state.items():
+        path, _, attr = name.rpartition(".")
+        owner = root.get_submodule(path) if path else root
+        if attr in owner._parameters:
+            owner._parameters[attr] = t
+        elif attr in owner._buffers:
+            owner._buffers[attr] = t
+    return root
+
+
+def _tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under every name it has (tied ones under each, as the same object)."""
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    return dict(named)
+
+
+def _state(tensors: dict[str, torch.Tensor], make: Any) -> dict[str, torch.Tensor]:
+    """``make(name, tensor)`` for every name, once per tensor (tied names get the same object), keeping only
+    the tensors ``make`` changed."""
+    done: dict[int, torch.Tensor] = {}
+    out = {}
+    for name, t in tensors.items():
+        if id(t) not in done:
+            done[id(t)] = make(name, t)
+        if done[id(t)] is not t:
+            out[name] = done[id(t)]
+    return out
+
+
+def _masked(t: torch.Tensor, dims: dict[str, list[int]], dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, zero outside the kept indices of each planned dim: one multiplication by a
+    broadcast 0/1 mask, so the copy, the cast and the masking are one pass over the tensor."""
+    mask = torch.ones((), dtype=dtype)
+    for dim_s, idx in dims.items():
+        dim = int(dim_s)
+        keep = np.zeros(t.shape[dim])
+        keep[np.asarray(idx, dtype=np.int64)] = 1.0
+        shape = [1] * t.dim()
+        shape[dim] = -1
+        mask = mask * torch.from_numpy(keep).to(dtype).reshape(shape)
+    return torch.mul(t, mask)
+
+
+def _reference(original: nn.Module, plan: dict[str, Any], dtype: torch.dtype) -> _Bound:
+    """The original with the plan's dropped slices zeroed, in ``dtype``; tensors that need neither share the
+    original's storage."""
+
+    def make(name: str, t: torch.Tensor) -> torch.Tensor:
+        if name in plan["tensors"]:
+            return _masked(t, plan["tensors"][name], dtype if t.is_floating_point() else t.dtype)
         return t.to(dtype) if t.is_floating_point() else t
 
-    with torch.no_grad():
-        return [o.detach() for o in flat_tensors(call(model, map_tensors(inp, cast)))]
+    return _Bound(original, _state(_tensors_of(original), make), dtype)
 
 
-def masked_view(original: nn.Module, plan: dict[str, Any]) -> nn.Module:
-    """A copy of ``original`` that shares every unplanned tensor with it and holds masked copies of the planned
-    ones: the reference costs the planned tensors only, not a whole second model."""
-    state = original.state_dict(keep_vars=True)
-    planned = {id(state[n]) for n in plan["tensors"]}
-    memo: dict[int, Any] = {id(t): t for t in state.values() if id(t) not in planned}
-    return mask_plan(copy.deepcopy(original, memo=memo), plan).eval()
+def _candidate(pruned: nn.Module, dtype: torch.dtype) -> _Bound:
+    """The pruned model in ``dtype``."""
+    return _Bound(pruned, _state(_tensors_of(pruned), lambda _, t: t.to(dtype) if t.is_floating_point() else t), dtype)
 
 
-def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any) -> VerifyResult:
+@torch.no_grad()
+def verify(
+    original: nn.Module,
+    pruned: nn.Module,
+    plan: dict[str, Any],
+    example: Any,
+    inputs: Inputs | None = None,
+    precision: torch.dtype | None = None,
+) -> VerifyResult:
     """Compare ``pruned`` with the masked ``original`` on several inputs, then again with the original's
-    constant tensors randomised (module docstring); neither argument is modified.
-
-    Models of more than BIG_PARAMS parameters are checked in their own precision against a reference that
-    shares the unplanned tensors, so that shrinking holds about two extra copies of the weights at most."""
-    result = _verify_once(original, pruned, plan, example)
+    constant tensors randomised (module docstring); neither argument is modified. ``inputs``: ``[(label,
+    input), ...]`` to check instead of the example's variants: the reduced inputs of an analysis that proved
+    them equivalent (``Analysis.checks``); with constant tensors, the first is checked with the model's values
+    and the others with the constants randomised. ``precision``: float64 or float32 (default: float64 up to
+    F64_PARAMS parameters). Tensors the check does not change are shared with the models, never copied."""
+    original, pruned = original.eval(), pruned.eval()
     constants = constant_tensors(original)
+    if inputs is None:
+        main, recheck = variants(example), variants(example)[:1]
+    elif constants:  # real values on the small input, the larger one (different batch and size) randomised
+        main, recheck = inputs[:1], inputs[1:]
+    else:
+        main, recheck = inputs, []
+    reference, candidate, tol_scale, first = _bind(original, pruned, plan, main[0][1], precision)
+    result = _compare(reference, candidate, main, tol_scale, first)
     if not result.passed or not constants:
         return result
     try:
-        noisy_original, noisy_pruned = _randomised(original, pruned, plan, constants)
+        noise_ref, noise_cand = _noise_for(original, pruned, plan, constants)
     except AssertionError as exc:  # the pruned model's tensors do not have the shapes the plan gives
         return VerifyResult(float("inf"), result.tolerance, False, result.dtype, result.inputs, error=str(exc))
-    second = _verify_once(noisy_original, noisy_pruned, plan, example, example_only=True)
+    # the same tensors with the constants swapped for noise; float32's tolerance: a wrong cut moves outputs by
+    # far more than that
+    second = _compare(reference.swap(noise_ref, plan), candidate.swap(noise_cand), recheck, TOL32, None)
     second.randomised = len(constants)
     if not second.passed:
         second.error = (
@@ -125,31 +241,28 @@ def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example
         return second
     result.randomised = len(constants)
     result.randomised_diff, result.randomised_tolerance = second.max_abs_diff, second.tolerance
+    if inputs is not None:
+        result.inputs += [f"{label} (constants randomised)" for label in second.inputs]
     return result
 
 
-def _verify_once(
-    original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, example_only: bool = False
-) -> VerifyResult:
-    """One check; ``example_only`` (the re-check with randomised constants) runs the example alone in float32:
-    sizes that a forward hard-codes do not depend on weight values, so the first check has covered them, and a
-    wrong cut moves outputs by far more than float32's tolerance."""
-    if count_params(original) > BIG_PARAMS:
-        with torch.no_grad():
-            return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32, example_only)
-    reference = mask_plan(copy.deepcopy(original), plan).eval()
-    candidate = copy.deepcopy(pruned).eval()
-    precisions = ((torch.float32, TOL32),) if example_only else ((torch.float64, TOL64), (torch.float32, TOL32))
-    for dtype, tol_scale in precisions:
+def _bind(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], first_input: Any,
+          precision: torch.dtype | None) -> tuple[_Bound, _Bound, float, list[torch.Tensor]]:  # fmt: skip
+    """The masked reference and the candidate in ``precision`` (by default float64 up to F64_PARAMS parameters,
+    else float32; float32 too for models that cannot run in float64), the tolerance scale, and the reference's
+    outputs on the first input (running it is how a model shows that it cannot run in float64)."""
+    if precision is None:
+        precision = torch.float64 if count_params(original) <= F64_PARAMS else torch.float32
+    precisions = ((torch.float64, TOL64),) if precision is torch.float64 else ()
+    for dtype, tol_scale in precisions + ((torch.float32, TOL32),):
+        reference = _reference(original, plan, dtype)
         try:
-            ref_model = reference.to(dtype)
-            cand_model = candidate.to(dtype)
-            _run(ref_model, example, dtype)
+            first = reference(first_input)
         except (RuntimeError, TypeError, NotImplementedError):
             if dtype is torch.float64:
                 continue
             raise
-        return _compare(ref_model, cand_model, example, dtype, tol_scale, example_only)
+        return reference, _candidate(pruned, dtype), tol_scale, first
     raise AssertionError("unreachable")
 
 
@@ -160,7 +273,8 @@ def constant_tensors(model: nn.Module) -> list[str]:
     names = []
     for name in _noisy_names(model):
         flat = state[name].detach().reshape(-1)
-        if flat.numel() > 1 and bool((flat == flat[0]).all()):
+        # the first elements settle it for nearly every trained or random tensor without reading the rest
+        if flat.numel() > 1 and bool((flat[:16] == flat[0]).all()) and bool((flat == flat[0]).all()):
             names.append(name)
     return names
 
@@ -206,86 +320,60 @@ def _noisy_names(model: nn.Module) -> list[str]:
     return names
 
 
-def _randomised(
+def _noise_for(
     original: nn.Module, pruned: nn.Module, plan: dict[str, Any], names: list[str]
-) -> tuple[nn.Module, nn.Module]:
-    """Copies of both models (sharing every other tensor with them) whose constant tensors hold the same
-    noise, sliced by the plan on the pruned side."""
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The same seeded noise for both models' constant tensors, sliced by the plan on the pruned side (an
+    AssertionError when the pruned model's tensor has another shape). Keyed by state_dict name; a tied name
+    finds its tensor's noise through any of its names."""
     source = original.state_dict(keep_vars=True)
-    out = []
-    for model, slice_it in ((original, False), (pruned, True)):
-        state = model.state_dict(keep_vars=True)
-        targets = {id(state[n]) for n in names if n in state}
-        memo: dict[int, Any] = {id(t): t for t in state.values() if id(t) not in targets}
-        twin = copy.deepcopy(model, memo=memo).eval()
-        twin_state = twin.state_dict(keep_vars=True)
-        with torch.no_grad():
-            for name in names:
-                if name not in twin_state:
-                    continue
-                noise = _noise(name, source[name])
-                if slice_it:
-                    for dim_s, idx in plan["tensors"].get(name, {}).items():
-                        noise = noise.index_select(int(dim_s), torch.as_tensor(idx, dtype=torch.long))
-                target = twin_state[name]
-                if tuple(noise.shape) != tuple(target.shape):
-                    raise AssertionError(f"{name}: planned shape {tuple(noise.shape)} != {tuple(target.shape)}")
-                target.copy_(noise.to(target.dtype))
-        out.append(twin)
-    return out[0], out[1]
+    cand_tensors = pruned.state_dict(keep_vars=True)
+    names_of: dict[int, list[str]] = {}
+    for alias, t in source.items():
+        names_of.setdefault(id(t), []).append(alias)
+    ref: dict[str, torch.Tensor] = {}
+    cand: dict[str, torch.Tensor] = {}
+    for name in names:
+        noise = _noise(name, source[name].detach()).to(source[name].dtype)
+        sliced = noise
+        for dim_s, idx in plan["tensors"].get(name, {}).items():
+            sliced = sliced.index_select(int(dim_s), torch.as_tensor(idx, dtype=torch.long))
+        for alias in names_of[id(source[name])]:
+            ref[alias] = noise
+            if alias in cand_tensors:
+                if tuple(sliced.shape) != tuple(cand_tensors[alias].shape):
+                    shape = tuple(cand_tensors[alias].shape)
+                    raise AssertionError(f"{alias}: planned shape {tuple(sliced.shape)} != {shape}")
+                cand[alias] = sliced
+    return ref, cand
 
 
-def _compare(
-    reference: nn.Module,
-    candidate: nn.Module,
-    example: Any,
-    dtype: torch.dtype,
-    tol_scale: float,
-    example_only: bool = False,
-) -> VerifyResult:
+def _compare(reference: _Bound, candidate: _Bound, inputs: Inputs, tol_scale: float,
+             first: list[torch.Tensor] | None) -> VerifyResult:  # fmt: skip
+    """Both models on every input (``first``: the reference's outputs on the first, already computed)."""
     worst, tol, checked = 0.0, 0.0, []
-    for label, inp in variants(example)[:1] if example_only else variants(example):
+    dtype = str(reference.dtype)
+    for k, (label, inp) in enumerate(inputs):
         if label == "batch 2" and any(c.startswith("batch 2") for c in checked):
             continue  # the larger batch-2 input already covered it
         try:
-            ref = _run(reference, inp, dtype)
+            ref = first if k == 0 and first is not None else reference(inp)
         except Exception:  # noqa: BLE001 - the original itself rejects this input: nothing to compare
-            if label == "example":
-                raise
             continue
         try:
-            got = _run(candidate, inp, dtype)
+            got = candidate(inp)
         except Exception as exc:  # noqa: BLE001 - the pruned model breaks where the original does not
-            first = first_line(exc)
-            return VerifyResult(
-                float("inf"),
-                tol,
-                False,
-                str(dtype),
-                checked + [label],
-                error=f"pruned model fails on input {label}: {first}",
-            )
+            error = f"pruned model fails on input {label}: {first_line(exc)}"
+            return VerifyResult(float("inf"), tol, False, dtype, checked + [label], error=error)
         if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
-            return VerifyResult(
-                float("inf"),
-                tol,
-                False,
-                str(dtype),
-                checked + [label],
-                error=f"pruned model's outputs have other shapes on input {label}",
-            )
+            error = f"pruned model's outputs have other shapes on input {label}"
+            return VerifyResult(float("inf"), tol, False, dtype, checked + [label], error=error)
         scale = max((float(r.abs().max()) for r in ref if r.numel() and r.is_floating_point()), default=0.0)
         diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ref, got) if a.numel()), default=0.0)
         this_tol = tol_scale * (1.0 + scale)
         checked.append(label)
         if diff > this_tol or diff != diff:
-            return VerifyResult(
-                diff,
-                this_tol,
-                False,
-                str(dtype),
-                checked,
-                error=f"outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})",
-            )
+            error = f"outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})"
+            return VerifyResult(diff, this_tol, False, dtype, checked, error=error)
         worst, tol = max(worst, diff), max(tol, this_tol)
-    return VerifyResult(worst, tol, True, str(dtype), checked)
+    return VerifyResult(worst, tol, True, dtype, checked)

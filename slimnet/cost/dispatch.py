@@ -55,17 +55,24 @@ def fallback(call: CostCall) -> CostFn | None:
     return counted_by_fvcore
 
 
-def terms_of(it: Any, n: fx.Node, value: Any) -> list[Term]:
+class NeedsExampleSize(Exception):
+    """An op whose count only fvcore knows, met on the reduced-size path: fvcore must run it at the example's
+    size, so the analysis goes back to that size."""
+
+
+def terms_of(it: Any, n: fx.Node, value: Any, full: tuple[tuple, dict] | None = None) -> list[Term]:
     """The terms of node ``n`` as the atom interpreter ``it`` just ran it (its inputs' ids are still live); none
-    for ops that cost nothing or that fvcore would not count."""
+    for ops that cost nothing or that fvcore would not count. ``full``: the node's arguments at the example's
+    size when ``it`` ran a reduced input (``value`` is then the full-size value: :mod:`slimnet.reduced`)."""
     module = it.module_of(n) if n.op == "call_module" else None
     fn = lookup(COSTS, type(module)) if module is not None else COSTS.get(n.target)
+    args, kwargs = full if full is not None else (it.value_of(n.args), it.value_of(n.kwargs))
     call = CostCall(
         node=n,
         module=module,
         value=value,
-        args=it.value_of(n.args),
-        kwargs=it.value_of(n.kwargs),
+        args=args,
+        kwargs=kwargs,
         ids=it.ids_of,
         out=it.ids_of(n),
         param=it.param_name,
@@ -74,6 +81,8 @@ def terms_of(it: Any, n: fx.Node, value: Any) -> list[Term]:
     fn = fn or fallback(call)
     if fn is None:
         return []
+    if fn is counted_by_fvcore and full is not None:
+        raise NeedsExampleSize(f"{n.name} is counted by fvcore")
     try:
         return fn(call)
     except (AttributeError, IndexError, TypeError, ValueError):  # an unusual call: counted as free, not fatal

@@ -134,14 +134,15 @@ def unit_offsets(groups: Sequence[Any]) -> list[int]:
 
 def member_units(groups: Sequence[Any], offsets: Sequence[int]) -> dict[Member, tuple[np.ndarray, np.ndarray]]:
     """Each member tensor dim -> (global indices of the units owning its slices, how many slices each owns)."""
-    acc: dict[Member, tuple[list[int], list[int]]] = {}
+    acc: dict[Member, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for g, start in zip(groups, offsets):
-        for i, u in enumerate(g.units):
-            for m, idx in u.members.items():
-                units, counts = acc.setdefault(m, ([], []))
-                units.append(start + i)
-                counts.append(len(idx))
-    return {m: (np.asarray(u, dtype=np.int64), np.asarray(c, dtype=np.float64)) for m, (u, c) in acc.items()}
+        for m in g.members:
+            sizes = g.unit_sizes(m)
+            owner = np.flatnonzero(sizes)
+            units, counts = acc.setdefault(m, ([], []))
+            units.append(start + owner)
+            counts.append(sizes[owner].astype(np.float64))
+    return {m: (np.concatenate(u), np.concatenate(c)) for m, (u, c) in acc.items()}
 
 
 def resolve_part(terms: Sequence[Term], groups: Sequence[Any], roots: np.ndarray, alias: dict[str, str],
@@ -151,8 +152,8 @@ def resolve_part(terms: Sequence[Term], groups: Sequence[Any], roots: np.ndarray
     offsets = [offset + o for o in unit_offsets(groups)]
     unit_at = np.full(len(roots), -1, dtype=np.int64)
     for g, start in zip(groups, offsets):
-        for i, u in enumerate(g.units):
-            unit_at[u.root] = start + i
+        unit_roots = g.units.roots if hasattr(g.units, "roots") else [u.root for u in g.units]
+        unit_at[unit_roots] = np.arange(start, start + len(g.units))
     members = member_units(groups, offsets)
     resolved = resolve(terms, lambda atoms: unit_at[roots[atoms]], members, alias)
     if prefix:

@@ -215,3 +215,16 @@ def multihead_attention(call: CostCall) -> list[Term]:
         + term(call, 2 * batch * length * source / 3, inner)
         + term(call, 2 * batch * length * source / (3 * m.head_dim), inner)
     )
+
+
+def _free(_call: CostCall) -> list[Term]:
+    """Ops that compute nothing in eval mode (fvcore sees no op at all)."""
+    return []
+
+
+try:  # torchvision wraps it as an fx leaf function; in eval mode it returns its input
+    from torchvision.ops import stochastic_depth
+
+    cost(stochastic_depth)(_free)
+except ImportError:  # pragma: no cover - torchvision is a dependency, but the cost model does not need it
+    pass

@@ -83,7 +83,12 @@ def elements(ids: Any, value: Any = None) -> Form:
         return Form()
     counts = torch.bincount(flat + 1)
     nonzero = torch.nonzero(counts[1:]).flatten()
-    return Form(const=float(counts[0]), atoms=nonzero.numpy(), counts=counts[1:][nonzero].double().numpy())
+    # ids from a reduced-size run (slimnet.reduced) stand for the value's larger size: they do not vary along
+    # the dims that grew, so every count grows by the same factor
+    grow = value.numel() / flat.numel() if isinstance(value, torch.Tensor) else 1.0
+    return Form(
+        const=float(counts[0]) * grow, atoms=nonzero.numpy(), counts=counts[1:][nonzero].double().numpy() * grow
+    )
 
 
 def per_column(ids: Any, size: int) -> Form:
@@ -95,7 +100,8 @@ def per_column(ids: Any, size: int) -> Form:
     lo, hi = cols.amin(0), cols.amax(0)
     single = (lo == hi) & (lo >= 0)
     atoms = lo[single].to(torch.int64).numpy()
-    return Form(const=float((~single).sum()), atoms=atoms, counts=np.ones(len(atoms)))
+    grow = size / ids.shape[-1]  # reduced-size ids (see elements)
+    return Form(const=float((~single).sum()) * grow, atoms=atoms, counts=np.full(len(atoms), grow))
 
 
 def kept(name: str | None, dim: int, size: int) -> Form:

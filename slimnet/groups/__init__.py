@@ -31,6 +31,7 @@ from .atoms import NO_ATOM, UnionFind
 from .interpreter import AtomInterpreter
 from .model import Analysis, Evidence, Group, Member, Unit
 from .registry import RULES, Rule, is_leaf_class, rule, rule_for
+from .small import analyse_reduced
 
 __all__ = [
     "NO_ATOM",
@@ -44,6 +45,7 @@ __all__ = [
     "UnionFind",
     "Unit",
     "analyse",
+    "analyse_reduced",
     "assemble",
     "is_leaf_class",
     "rule",

@@ -29,7 +29,7 @@ from ..stages import Stages
 from ..trace import placeholder_args, trace, trace_pieces
 from .atoms import UnionFind
 from .interpreter import AtomInterpreter
-from .model import Analysis, Binding, Evidence, Group, Mark, Member, Unit
+from .model import Analysis, Binding, Evidence, Group, Mark, Member, UnitList
 from .registry import is_leaf_class
 
 Shapes = dict[str, tuple[int, ...]]
@@ -73,12 +73,12 @@ def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None, st
             return analysis
         groups, macs = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
         alias, alias_groups = tensor_aliases(model)
-        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model))
+        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model))
         analysis.cost = cost.build(model, groups, alias, macs)
     return analysis
 
 
-def _shapes(model: nn.Module) -> Shapes:
+def shapes_of(model: nn.Module) -> Shapes:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -87,7 +87,7 @@ def _analyse_graph(gm: fx.GraphModule, inputs: list[Any], offset: int = 0,
     """The groups of one graph, and its MAC terms over units numbered from ``offset``."""
     alias, _ = tensor_aliases(gm)
     evidence = AtomInterpreter(gm, alias).collect(*inputs)
-    groups, roots = assemble_roots(evidence, _shapes(gm))
+    groups, roots = assemble_roots(evidence, shapes_of(gm))
     return groups, cost.resolve_part(evidence.costs, groups, roots, alias, offset, prefix)
 
 
@@ -107,6 +107,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
         piece_groups, piece_macs = _analyse_graph(gm, gm.meta["inputs"], offset, path)
         macs += piece_macs
         for g in piece_groups:
+            renamed = {(full(t), d): g.member_index((t, d)) for t, d in g.members}
             reason = g.reason
             if reason and (reason.startswith("model input") or reason == "model output"):
                 end = "input" if reason.startswith("model input") else "output"
@@ -122,16 +123,15 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
                     reason=reason,
                     normalised=g.normalised,
                     members=[(full(t), d) for t, d in g.members],
-                    units=[
-                        Unit({(full(t), d): idx for (t, d), idx in u.members.items()}, root=u.root) for u in g.units
-                    ],
+                    units=UnitList(renamed, [u.root for u in g.units]),
+                    index=renamed,
                     roles={(full(t), d): r for (t, d), r in g.roles.items()},
                     kind=g.kind,
                 )
             )
     first = why.split(": torch.fx needs")[0]
     notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
-    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model), notes=notes)
+    analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model), notes=notes)
     analysis.cost = cost.build(model, groups, alias, macs, complete=False)
     return analysis
 
@@ -160,7 +160,7 @@ def assemble_roots(evidence: Evidence, shapes: Shapes) -> tuple[list[Group], np.
     unsliceable = bind_free_parameters(evidence.param_ranges, uf, by_member)
     roots = uf.roots()
     unit_roots, producer_of = channel_units(evidence.channel_ranges, roots)
-    slots, roles = unit_slots(by_member, roots, unit_roots, shapes)
+    slots = unit_slots(by_member, roots, unit_roots, shapes)
     frozen = frozen_marks(by_member, evidence.frozen)
     marks = Marks(
         poison=first_reason_by_root([*evidence.poison, *unsliceable, *frozen], roots),
@@ -168,7 +168,7 @@ def assemble_roots(evidence: Evidence, shapes: Shapes) -> tuple[list[Group], np.
         notes=first_reason_by_root([*evidence.notes, *unsliceable], roots),
         heads={int(roots[a]) for a in evidence.heads},
     )
-    return bucket_groups(unit_roots, slots, roles, producer_of, marks), roots
+    return bucket_groups(slots, producer_of, marks), roots
 
 
 def merge_shared_bindings(bindings: list[Binding], uf: UnionFind) -> ByMember:
@@ -211,44 +211,64 @@ def _constant_slices(cls: np.ndarray, d: int) -> bool:
 
 def channel_units(channel_ranges: list[tuple[int, int, str]], roots: np.ndarray) -> tuple[set[int], dict[int, str]]:
     """The classes that hold a produced channel (the units), and the first producer of each class."""
-    is_channel = np.zeros(len(roots), dtype=bool)
-    producer_of: dict[int, str] = {}
-    for start, n, producer in channel_ranges:
-        is_channel[start : start + n] = True
-        for r in np.unique(roots[start : start + n]).tolist():
-            producer_of.setdefault(r, producer)
-    return set(np.unique(roots[is_channel]).tolist()), producer_of
+    first_range = np.full(len(roots), len(channel_ranges), dtype=np.int64)
+    for k, (start, n, _) in enumerate(channel_ranges):
+        np.minimum.at(first_range, roots[start : start + n], k)  # ranges in order: the first one wins
+    unit_roots = np.flatnonzero(first_range < len(channel_ranges))
+    producer_of = dict(zip(unit_roots.tolist(), (channel_ranges[k][2] for k in first_range[unit_roots].tolist())))
+    return set(unit_roots.tolist()), producer_of
 
 
-def unit_slots(
-    by_member: ByMember, roots: np.ndarray, unit_roots: set[int], shapes: Shapes
-) -> tuple[dict[int, dict[Member, list[int]]], dict[Member, str]]:
-    """For each unit (by root): the indices it owns in each tensor dim; and the role of each tensor dim."""
-    slots: dict[int, dict[Member, list[int]]] = defaultdict(dict)
+@dataclass
+class Slots:
+    """Every (member, unit root, index) slice of the units, as three arrays sorted by member, root, index
+    (members numbered in sorted ``(tensor, dim)`` order); and the role of each tensor dim."""
+
+    members: list[Member]
+    member: np.ndarray
+    root: np.ndarray
+    index: np.ndarray
+    roles: dict[Member, str]
+
+
+def unit_slots(by_member: ByMember, roots: np.ndarray, unit_roots: set[int], shapes: Shapes) -> Slots:
+    """For each unit (by root): the indices it owns in each tensor dim, vectorised per member."""
     roles: dict[Member, str] = {}
     is_unit = np.zeros(len(roots), dtype=bool)
     is_unit[list(unit_roots)] = True
-    for (name, dim), entries in by_member.items():
-        if name not in shapes:
-            continue
+    members = sorted(m for m in by_member if m[0] in shapes)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for k, member in enumerate(members):
+        entries = by_member[member]
         for _atoms, role in entries:
             if role:
-                roles[(name, dim)] = role
+                roles[member] = role
         # every entry of one member binds the same physical slices: the first atom per index decides
-        atoms = np.max(np.stack([a for a, _ in entries]), axis=0)
+        atoms = entries[0][0] if len(entries) == 1 else np.max(np.stack([a for a, _ in entries]), axis=0)
         idx = np.nonzero(atoms >= 0)[0]
         r = roots[atoms[idx]]
         ok = is_unit[r]
-        idx, r = idx[ok], r[ok]
-        order = np.argsort(r, kind="stable")
-        idx, r = idx[order], r[order]
-        # runs of one root, sliced from plain lists (np.split makes an array per unit: slow on wide nets)
-        starts = [0] + (np.nonzero(np.diff(r))[0] + 1).tolist() + [len(r)]
-        r_list, idx_list = r.tolist(), idx.tolist()
-        for s, e in zip(starts[:-1], starts[1:]):
-            if e > s:
-                slots[r_list[s]][(name, dim)] = sorted(idx_list[s:e])
-    return slots, roles
+        parts.append((np.full(int(ok.sum()), k, dtype=np.int64), r[ok], idx[ok]))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return Slots(members, empty, empty, empty, roles)
+    m, r, i = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    order = np.lexsort((i, r, m))
+    return Slots(members, m[order], r[order], i[order], roles)
+
+
+def unit_member_sets(slots: Slots) -> dict[bytes, list[int]]:
+    """Units by the set of members they own slices of (a group's key), each list in ascending root order."""
+    order = np.lexsort((slots.member, slots.root))
+    r, m = slots.root[order], slots.member[order]
+    first = np.ones(len(r), dtype=bool)
+    first[1:] = (r[1:] != r[:-1]) | (m[1:] != m[:-1])
+    r, m = r[first], m[first]  # distinct (root, member) pairs, by root then member
+    bounds = np.flatnonzero(np.r_[True, r[1:] != r[:-1], True])
+    buckets: dict[bytes, list[int]] = defaultdict(list)
+    for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        buckets[m[s:e].tobytes()].append(int(r[s]))
+    return buckets
 
 
 def frozen_marks(by_member: ByMember, frozen: dict[str, str]) -> list[Mark]:
@@ -270,41 +290,75 @@ def first_reason_by_root(marks: list[Mark], roots: np.ndarray) -> dict[int, str]
     return out
 
 
-def bucket_groups(
-    unit_roots: set[int],
-    slots: dict[int, dict[Member, list[int]]],
-    roles: dict[Member, str],
-    producer_of: dict[int, str],
-    marks: Marks,
-) -> list[Group]:
+def bucket_groups(slots: Slots, producer_of: dict[int, str], marks: Marks) -> list[Group]:
     """Units with the same members form a group, in the order of their smallest root (the first atom made),
-    named after the producer of that root (``name#2`` for a producer's second group)."""
-    buckets: dict[tuple[Member, ...], list[int]] = defaultdict(list)
-    for r in sorted(unit_roots):
-        if slots.get(r):
-            buckets[tuple(sorted(slots[r]))].append(r)
+    named after the producer of that root (``name#2`` for a producer's second group). Within a group, units are
+    ordered by their first index in the group's first member (units own disjoint slices)."""
+    buckets = sorted(unit_member_sets(slots).items(), key=lambda kv: kv[1][0])
+    n_atoms = int(slots.root.max()) + 1 if len(slots.root) else 0
+    gid = np.full(n_atoms, -1, dtype=np.int64)
+    first_member = np.zeros(len(buckets), dtype=np.int64)
+    for g, (key, rs) in enumerate(buckets):
+        gid[rs] = g
+        first_member[g] = np.frombuffer(key, dtype=np.int64)[0]
+    pos = _unit_positions(slots, gid, first_member)
+    index = _member_indices(slots, gid, pos, [len(rs) for _, rs in buckets])
     groups: list[Group] = []
     names_seen: dict[str, int] = defaultdict(int)
-    for members, rs in sorted(buckets.items(), key=lambda kv: min(kv[1])):
-        units = [Unit({m: slots[r][m] for m in members}, root=r) for r in rs]
-        units.sort(key=lambda u: u.members[members[0]][0])  # units own disjoint slices: one member orders them
-        name = producer_of.get(min(rs), members[0][0].rsplit(".", 1)[0])
+    for g, (key, rs) in enumerate(buckets):
+        members = [slots.members[k] for k in np.frombuffer(key, dtype=np.int64).tolist()]
+        ordered = np.asarray(rs)[np.argsort(pos[rs], kind="stable")].tolist()
+        name = producer_of.get(rs[0], members[0][0].rsplit(".", 1)[0])
         names_seen[name] += 1
         if names_seen[name] > 1:
             name = f"{name}#{names_seen[name]}"
+        table = index[g]
         groups.append(
             Group(
                 id=len(groups),
                 name=name,
-                units=units,
-                members=list(members),
-                reason=_reason(rs, len(units), marks),
+                units=UnitList(table, ordered),
+                members=members,
+                reason=_reason(rs, len(rs), marks),
                 normalised=next((marks.normed[r] for r in rs if r in marks.normed), None),
-                roles={m: roles.get(m, "") for m in members},
+                roles={m: slots.roles.get(m, "") for m in members},
                 kind="heads" if any(r in marks.heads for r in rs) else "channels",
+                index=table,
             )
         )
     return groups
+
+
+def _unit_positions(slots: Slots, gid: np.ndarray, first_member: np.ndarray) -> np.ndarray:
+    """Each unit root's position in its group: units ordered by their first index in the group's first member."""
+    g = gid[slots.root]
+    at_first = slots.member == first_member[g]
+    r, i = slots.root[at_first], slots.index[at_first]  # sorted by root, then index: a root's first is its min
+    lead = np.r_[True, r[1:] != r[:-1]]
+    r, i = r[lead], i[lead]
+    order = np.lexsort((i, gid[r]))
+    r, grp = r[order], gid[r[order]]
+    starts = np.r_[0, np.flatnonzero(grp[1:] != grp[:-1]) + 1]
+    rank = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
+    pos = np.full(len(gid), -1, dtype=np.int64)
+    pos[r] = rank
+    return pos
+
+
+def _member_indices(slots: Slots, gid: np.ndarray, pos: np.ndarray, sizes: list[int]) -> list[dict]:
+    """Each group's :data:`~slimnet.groups.model.MemberIndex` per member: one sort of all slices by group,
+    member, unit position and index, then one run per (group, member)."""
+    g, p = gid[slots.root], pos[slots.root]
+    order = np.lexsort((slots.index, p, slots.member, g))
+    g, m, p, i = g[order], slots.member[order], p[order], slots.index[order]
+    bounds = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (m[1:] != m[:-1]), True])
+    out: list[dict] = [{} for _ in sizes]
+    for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        grp = int(g[s])
+        starts = np.zeros(sizes[grp] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(p[s:e], minlength=sizes[grp]), out=starts[1:])
+        out[grp][slots.members[int(m[s])]] = (i[s:e], starts)
+    return out
 
 
 def _reason(rs: list[int], n_units: int, marks: Marks) -> str | None:

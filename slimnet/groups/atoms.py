@@ -48,6 +48,21 @@ class UnionFind:
             else:
                 self.parent[ra] = rb
 
+    def union_pairs(self, pairs: Any) -> None:
+        """:meth:`union` of each ``(a, b)`` pair (inlined: residual adds unify thousands of pairs)."""
+        p = self.parent
+        for a, b in pairs:
+            while p[a] != a:
+                p[a] = p[p[a]]
+                a = p[a]
+            while p[b] != b:
+                p[b] = p[p[b]]
+                b = p[b]
+            if a < b:
+                p[b] = a
+            elif b < a:
+                p[a] = b
+
     def union_all(self, atoms: Any) -> None:
         atoms = [int(a) for a in atoms]
         for a in atoms[1:]:
@@ -81,12 +96,19 @@ def constant_ids(value: Any, atom: float = NO_ATOM) -> Any:
     return map_tensors(value, lambda t: torch.full(t.shape, atom, dtype=torch.float64), None)
 
 
-def unique_pairs(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
-    """Distinct (a, b) atom pairs, via one 1-D unique over a combined key (unique over rows is slow)."""
+def unique_pair_arrays(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, b) atom pairs as two arrays, via one 1-D unique over a combined key (unique over rows is
+    slow)."""
     a64, b64 = a.to(torch.int64), b.to(torch.int64)
     m = int(b64.max()) + 1
-    keys = torch.unique(a64 * m + b64)
-    return list(zip((keys // m).tolist(), (keys % m).tolist()))
+    keys = torch.unique(a64 * m + b64).numpy()
+    return keys // m, keys % m
+
+
+def unique_pairs(a: torch.Tensor, b: torch.Tensor) -> list[tuple[int, int]]:
+    """Distinct (a, b) atom pairs."""
+    xs, ys = unique_pair_arrays(a, b)
+    return list(zip(xs.tolist(), ys.tolist()))
 
 
 def unique_atoms(t: torch.Tensor) -> list[int]:

@@ -16,20 +16,15 @@ from torch import fx
 
 from .._tensors import flat_tensors
 from ..cost import Term, terms_of
+from ..trace_symbolic import user_line
 from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
 from .model import Evidence
 from .registry import rule_for
 
 
 def _where(node: fx.Node) -> str:
-    st = getattr(node, "stack_trace", None) or node.meta.get("stack_trace")
-    if st:
-        lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip().startswith("File")]
-        lines = [ln for ln in lines if "/torch/" not in ln and "/slimnet/" not in ln]
-        if lines:
-            last = lines[-1].replace("File ", "").replace('"', "")
-            return f" ({last})"
-    return ""
+    line = user_line(node)
+    return f" ({line})" if line else ""
 
 
 def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
@@ -191,8 +186,7 @@ class AtomInterpreter(fx.Interpreter):
 
     def unify_pairs(self, pairs: Any) -> None:
         """Each ``(a, b)`` pair of atoms is one unit."""
-        for x, y in pairs:
-            self._uf.union(x, y)
+        self._uf.union_pairs(pairs)
 
     def roots(self) -> np.ndarray:
         """The current class (root atom) of every atom."""
@@ -301,12 +295,16 @@ class AtomInterpreter(fx.Interpreter):
             self._ids[n] = self._input_ids(value, str(n.target))
         else:
             self._ids[n] = self._apply_rule(n, value)
-            self._costs.extend(terms_of(self, n, value))
+            self._costs.extend(self.costs_of(n, value))
         for dead in self.user_to_last_uses.get(n, []):
             self._ids.pop(dead, None)
             self._size_src.pop(dead, None)
             self._shapes.pop(dead, None)
         return value
+
+    def costs_of(self, n: fx.Node, value: Any) -> list[Term]:
+        """The MAC terms of node ``n`` (just run, its inputs' ids still live)."""
+        return terms_of(self, n, value)
 
     def _input_ids(self, value: Any, name: str) -> Any:
         if not flat_tensors(value):

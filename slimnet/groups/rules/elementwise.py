@@ -9,14 +9,14 @@ removing one channel changes nothing in the gate. An SE scale ``[B,C,1,1]`` stil
 from __future__ import annotations
 
 import operator
-from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..atoms import constant_ids, unique_pairs
+from ..atoms import constant_ids, unique_pair_arrays
 from ..interpreter import AtomInterpreter
 from ..registry import rule
 
@@ -181,16 +181,16 @@ def _combine(it: AtomInterpreter, a: torch.Tensor, b: torch.Tensor, out_shape: t
     af, bf = ae.reshape(-1), be.reshape(-1)
     both = (af >= 0) & (bf >= 0)
     if both.any():
-        pairs = unique_pairs(af[both], bf[both])
-        partners_a: dict[int, set[int]] = defaultdict(set)
-        partners_b: dict[int, set[int]] = defaultdict(set)
-        for x, y in pairs:
-            partners_a[x].add(y)
-            partners_b[y].add(x)
+        xs, ys = unique_pair_arrays(af[both], bf[both])
+        keep = np.ones(len(xs), dtype=bool)
         # a broadcast operand's atom meeting several atoms of the other couples none of them (a spatial gate)
-        it.unify_pairs(
-            (x, y) for x, y in pairs if not (a_bc and len(partners_a[x]) > 1) and not (b_bc and len(partners_b[y]) > 1)
-        )
+        if a_bc:
+            _, inverse, counts = np.unique(xs, return_inverse=True, return_counts=True)
+            keep &= counts[inverse] == 1
+        if b_bc:
+            _, inverse, counts = np.unique(ys, return_inverse=True, return_counts=True)
+            keep &= counts[inverse] == 1
+        it.unify_pairs(zip(xs[keep].tolist(), ys[keep].tolist()))
     first, second = (be, ae) if (a_bc and not b_bc) else (ae, be)
     return torch.where(first >= 0, first, second).clone()
 

@@ -54,12 +54,15 @@ def conv_ids(
             it.bind(w, 0, in_atoms, "in")
         else:
             it.bind(w, 0, out_atoms, "out")
-        for j in range(groups):
-            ins = in_atoms[j * k : (j + 1) * k]
-            outs = out_atoms[j * m : (j + 1) * m]
-            if (ins < 0).any():
-                it.poison(outs, f"grouped conv {n.name} reads channels no layer produces")
-            it.unify(list(ins) + list(outs))
+        # one row per group: its k input and m output atoms become one unit (vectorised: depthwise convs
+        # have a group per channel)
+        rows = np.concatenate([in_atoms.reshape(groups, k), out_atoms.reshape(groups, m)], axis=1)
+        orphan = (rows[:, :k] < 0).any(axis=1)
+        if orphan.any():
+            it.poison(rows[orphan, k:].reshape(-1), f"grouped conv {n.name} reads channels no layer produces")
+        anchor = rows[:, k : k + 1]  # an output atom of each group (always an atom)
+        pairs = np.broadcast_to(anchor, rows.shape)[rows >= 0], rows[rows >= 0]
+        it.unify_pairs(zip(pairs[0].tolist(), pairs[1].tolist()))
     return it.fill(out_atoms, value.shape, cdim)
 
 

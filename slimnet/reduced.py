@@ -1,0 +1,198 @@
+"""Working at a reduced spatial size: channel identities do not depend on height and width.
+
+Which channels go together, and whether a cut is exact, are properties of the graph, not of the image size. So
+for a model whose graph does not depend on the input's size (it traced symbolically: no Python branch on a
+size), slimnet analyses and verifies on a small image instead of the user's example, and pays a few small
+forward passes instead of several large ones:
+
+* :func:`reduced_examples`: the example at 32 px (then 64, then 128) for one float image input ``[B, C, H, W]``
+  (or 5-D), batch 1, channels as given; nothing for other inputs (token ids, several tensors);
+* :func:`full_size_values`: every node's value at the example's size, from one pass in which convolutions,
+  linear layers and matrix products only compute their output shape (their arithmetic is nearly all of the
+  cost), and norms and activations are not run at all. The cost model reads its shapes, so that MACs stay exact
+  at the example's size; the pass also shows that the graph accepts the example;
+* :func:`size_mismatch`: the check, node by node, that the small run is the large one seen through a smaller
+  window: same structure and ranks, and wherever a dim's size differs, the node's channel ids do not vary along
+  it. Anything else (a flatten of spatial positions into features, padding, a model that rejects the small
+  size) sends the analysis back to the example's size;
+* :func:`verify_inputs`: what the verifier runs instead of the example: the small example, and a batch-2 input
+  somewhat larger (a different batch and size still catch forward code that hard-codes a size), large enough
+  that no dimension shrinks to 1 (:func:`collapses`: a norm over one position would make the check blind).
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ._tensors import flat_tensors, map_tensors
+
+#: Sizes tried, smallest first; one is used only when smaller than the example's.
+SIZES = (32, 64, 128)
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+#: Modules whose output has their input's shape: the full-size pass does not run them.
+_SAME_SHAPE = (
+    nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
+    nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Dropout, nn.Identity,
+)  # fmt: skip
+#: Ops whose output shape depends on tensor values: a graph holding one is analysed at the example's size.
+_DATA_DEPENDENT = {
+    torch.nonzero, torch.masked_select, torch.unique, torch.argwhere, torch.unique_consecutive, "nonzero",
+    "masked_select", "unique", "argwhere", "unique_consecutive",
+}  # fmt: skip
+#: Functions whose arithmetic the full-size pass skips (their output shape comes from meta tensors).
+_SHAPED = {F.conv1d, F.conv2d, F.conv3d, F.linear, torch.matmul, torch.bmm}
+
+
+def image_input(example: Any) -> torch.Tensor | None:
+    """The example's one float image tensor (4-D or 5-D), if that is all it holds."""
+    tensors = flat_tensors(example)
+    if len(tensors) == 1 and tensors[0].is_floating_point() and tensors[0].dim() in (4, 5):
+        return tensors[0]
+    return None
+
+
+def _resized(example: Any, batch: int, size: int, seed: int) -> Any:
+    image = image_input(example)
+    assert image is not None
+    shape = (batch, image.shape[1]) + tuple(min(s, size) for s in image.shape[2:])
+    gen = torch.Generator().manual_seed(seed)
+    small = torch.randn(shape, generator=gen, dtype=image.dtype)
+    return map_tensors(example, lambda _: small)
+
+
+def reduced_examples(example: Any) -> list[Any]:
+    """The example at each of :data:`SIZES` below its own size (batch 1, same channels), smallest first."""
+    image = image_input(example)
+    if image is None:
+        return []
+    out = []
+    for size in SIZES:
+        if image.shape[0] > 1 or any(s > size for s in image.shape[2:]):
+            candidate = _resized(example, 1, size, seed=size)
+            if tuple(image_input(candidate).shape) != tuple(image.shape):
+                out.append(candidate)
+    return out
+
+
+def describe(example: Any) -> str:
+    """``1x3x32x32`` for the reduced example's image."""
+    image = image_input(example)
+    return "x".join(str(s) for s in image.shape) if image is not None else ""
+
+
+def larger_inputs(small: Any, example: Any) -> list[Any]:
+    """Batch-2 inputs at 1.25, 1.5, 2, 4... times the small size (capped at the example's), smallest first:
+    candidates for the verifier's second input."""
+    image, full = image_input(small), image_input(example)
+    assert image is not None and full is not None
+    out, seen = [], set()
+    for num, den in ((5, 4), (3, 2), (2, 1), (4, 1), (8, 1), (16, 1)):
+        spatial = tuple(min(f, max(s + 1, s * num // den)) for s, f in zip(image.shape[2:], full.shape[2:]))
+        if spatial in seen:
+            continue
+        seen.add(spatial)
+        noise = torch.randn((2, image.shape[1]) + spatial, generator=torch.Generator().manual_seed(1234),
+                            dtype=image.dtype)  # fmt: skip
+        out.append(map_tensors(small, lambda _, n=noise: n))
+    return out
+
+
+def verify_inputs(small: Any, larger: Any) -> list[tuple[str, Any]]:
+    """The verifier's inputs on the reduced path: the small example, and a larger batch-2 input in which no
+    dimension that is larger than 1 at the example's size shrinks to 1 (:func:`collapses`)."""
+    return [(f"example at {describe(small)}", small), (f"batch 2, size {describe(larger)}", larger)]
+
+
+def collapses(values: dict[fx.Node, Any], full: dict[fx.Node, Any]) -> bool:
+    """Whether some node's dim is 1 in ``values`` but larger at the example's size. A size-1 dim can make a
+    check blind (a norm or softmax over one position outputs a constant), so the verifier needs one input
+    without any."""
+    for n, value in values.items():
+        for x, y in zip(flat_tensors(value), flat_tensors(full.get(n))):
+            if x.dim() == y.dim() and any(a == 1 < b for a, b in zip(x.shape, y.shape)):
+                return True
+    return False
+
+
+# ------------------------------------------------------------------------------------------ the full-size pass
+class _ShapePass(fx.Interpreter):
+    """Runs the graph at the example's size with every convolution reduced to its output shape (zeros of that
+    shape, found with meta tensors); every other op runs as usual. Records each node's value as meta tensors."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm, garbage_collect_values=True)
+        self.values: dict[fx.Node, Any] = {}
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        m = self.fetch_attr(target)
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
+            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros":
+                conv = _CONV[m.weight.dim()]
+                return _shaped(conv, args[0], m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+            if type(m) is nn.Linear:
+                return _shaped(F.linear, args[0], m.weight)
+            if isinstance(m, _SAME_SHAPE):
+                return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.target in _DATA_DEPENDENT or (n.target is operator.getitem and _bool_index(self.env, n)):
+            raise ValueError(f"{n.name}: its output's shape depends on values, which this pass does not compute")
+        value = super().run_node(n)
+        self.values[n] = map_tensors(value, lambda t: torch.empty(t.shape, dtype=t.dtype, device="meta"))
+        return value
+
+    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        if target in _SHAPED and not kwargs and all(isinstance(a, torch.Tensor) for a in args[:2]):
+            return _shaped(target, *args)
+        return super().call_function(target, args, kwargs)
+
+
+def _bool_index(env: dict[fx.Node, Any], n: fx.Node) -> bool:
+    index = fx.node.map_arg(n.args[1], lambda a: env.get(a)) if len(n.args) > 1 else None
+    return any(t.dtype == torch.bool for t in flat_tensors(index))
+
+
+def _shaped(fn: Any, *args: Any) -> torch.Tensor:
+    """Zeros shaped like ``fn``'s output, found on meta tensors (no arithmetic)."""
+    meta = fn(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args))
+    return torch.zeros(meta.shape, dtype=args[0].dtype)
+
+
+def full_size_values(gm: fx.GraphModule, inputs: list[Any]) -> dict[fx.Node, Any]:
+    """Every node's value at the example's size (tensors as meta tensors: shapes and dtypes only)."""
+    shape_pass = _ShapePass(gm)
+    with torch.no_grad():
+        shape_pass.run(*inputs)
+    return shape_pass.values
+
+
+def size_mismatch(small: Any, full: Any, ids: Any) -> str | None:
+    """Why a node's small value is not the full one seen through a smaller window (None: it is): the
+    structure or a rank differs, or its ids vary along a dim whose size differs."""
+    a, b = flat_tensors(small), flat_tensors(full)
+    if len(a) != len(b):
+        return "another number of tensors"
+    id_list = flat_tensors(ids) if ids is not None else []
+    for k, (x, y) in enumerate(zip(a, b)):
+        if x.dim() != y.dim():
+            return f"rank {x.dim()} instead of {y.dim()}"
+        if x.numel() == 0 and y.numel() > 0:
+            return "empty at the reduced size"
+        changed = [d for d in range(x.dim()) if x.shape[d] != y.shape[d] and x.shape[d] > 1]
+        if not changed:
+            continue
+        t = id_list[k] if len(id_list) == len(a) else None
+        if t is None or t.shape != x.shape:
+            return "a value without channel ids changes size"
+        corner = t
+        for d in changed:
+            corner = corner.narrow(d, 0, 1)
+        if not bool((t == corner).all()):  # equal to its first slice along every dim that changed size
+            return f"channel ids vary along dim {changed}, whose size differs"
+    return None
