@@ -27,10 +27,11 @@ from .. import cost
 from ..errors import SlimnetError
 from ..stages import Stages
 from ..trace import placeholder_args, trace, trace_pieces
+from ..trace_symbolic import untouched
 from .atoms import UnionFind
 from .interpreter import AtomInterpreter
 from .model import Analysis, Binding, Evidence, Group, Mark, Member, Unit
-from .registry import is_leaf_class
+from .registry import has_rule, is_leaf_class
 
 Shapes = dict[str, tuple[int, ...]]
 ByMember = dict[Member, list[tuple[np.ndarray, str]]]  # every binding of one tensor dim: (atoms, role)
@@ -57,14 +58,18 @@ def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None, st
     the pieces' inputs and outputs stay whole, and the reason the whole model did not trace is kept in
     ``Analysis.notes``. With no prunable piece the tracing error is raised as it was. ``stages`` times the
     ``trace`` and ``groups`` stages."""
-    stages = stages or Stages()
+    with untouched(model):  # nothing a forward stores on itself while traced or run stays behind
+        return _analyse(model, example, gm, stages or Stages())
+
+
+def _analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None, stages: Stages) -> Analysis:
     pieces, why = None, ""
     with stages("trace"):
         if gm is None:
             try:
-                gm = trace(model, example, is_leaf=is_leaf_class)
+                gm = trace(model, example, is_leaf=is_leaf_class, keep_wrapped=has_rule)
             except SlimnetError as exc:
-                pieces, why = trace_pieces(model, example, is_leaf=is_leaf_class), exc
+                pieces, why = trace_pieces(model, example, is_leaf=is_leaf_class, keep_wrapped=has_rule), exc
     with stages("groups"):
         if pieces is not None:
             analysis = _analyse_pieces(model, pieces, str(why))
@@ -132,6 +137,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
     first = why.split(": torch.fx needs")[0]
     notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
     analysis = Analysis(groups=groups, aliases=alias_groups, shapes=_shapes(model), notes=notes)
+    analysis.pieces = [path for path, _ in pieces]
     analysis.cost = cost.build(model, groups, alias, macs, complete=False)
     return analysis
 

@@ -85,6 +85,16 @@ def is_leaf_class(cls: type) -> bool:
     return qualname(cls) in RULES
 
 
+def has_rule(fn: Any) -> bool:
+    """The tracer's policy for functions registered with ``torch.fx.wrap``: one with a channel rule (torchvision's
+    ``stochastic_depth``) stays one call; any other is traced through, so that its plain tensor code meets the
+    rules of the ops inside it instead of poisoning everything it touches."""
+    try:
+        return fn in RULES
+    except TypeError:  # unhashable
+        return False
+
+
 def arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
     """Argument ``i`` of a call, given by position or by keyword ``name``."""
     if len(args) > i:
