@@ -25,12 +25,14 @@ from ._tensors import call, count_params
 from ._util import first_line
 from .allocate import check_target
 from .benchmark import bench
+from .culprits import find_culprits, leave_whole
 from .errors import SlimnetError, VerificationError
 from .groups import Analysis, analyse
 from .plan import Decision, build_plan, choose
 from .settings import DEFAULT_ROUND_TO, check_settings
 from .stages import Stages
 from .surgeon import pruned_copy
+from .trace_symbolic import untouched
 from .verify import VerifyResult, verify
 
 __all__ = ["ShrinkResult", "apply", "bench", "graph", "shrink"]
@@ -55,7 +57,7 @@ def count_macs(model: nn.Module, example: Any) -> int:
 def check_runs(model: nn.Module, example: Any) -> None:
     """Run the original once: an input the model rejects is the user's error, said in one line."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), untouched(model):
             call(model.eval(), example)
     except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
         first = first_line(exc)
@@ -71,8 +73,10 @@ def _describe(example: Any) -> str:
         return "x".join(str(s) for s in example.shape) or "scalar"
     if isinstance(example, dict):
         return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in example.items()) + "}"
-    if isinstance(example, (tuple, list)):
+    if isinstance(example, tuple):
         return "(" + ", ".join(_describe(v) for v in example) + ")"
+    if isinstance(example, list):
+        return "[" + ", ".join(_describe(v) for v in example) + "]"
     return type(example).__name__
 
 
@@ -113,50 +117,83 @@ def shrink(
     t0 = time.perf_counter()
     stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
-    target = _target(target_macs, target_params)
+    settings = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore, "seed": seed}
+    settings.update(prune_norm=prune_norm, head_ratio=head_ratio, target=_target(target_macs, target_params))
     model = model.eval()
     if analysis is None:
         analysis = graph(model, example, stages)
-    with stages("rank"):
-        decisions, reached = choose(
-            analysis,
-            model,
-            ratio=ratio,
-            criterion=criterion,
-            round_to=round_to,
-            ignore=ignore,
-            seed=seed,
-            prune_norm=prune_norm,
-            head_ratio=head_ratio,
-            target=target,
-        )
-    with stages("cut"):
-        plan = build_plan(
-            analysis,
-            decisions,
-            model_name=model_name or type(model).__name__,
-            criterion=criterion,
-            ratio=round(reached.ratio, 6) if reached else ratio,
-            round_to=round_to,
-            seed=seed,
-            head_ratio=head_ratio,
-        )
-        if reached is not None:
-            plan["target"] = reached.report()
-        pruned = pruned_copy(model, plan).eval()
-    with stages("verify"):
-        result = verify(model, pruned, plan, example)
-        approximate = any(d.pruned and d.group.normalised for d in decisions)
-        if not result.passed and not approximate:
-            culprit = find_culprit(model, example, analysis, decisions)
-            raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
+    cut = _cut_and_verify(model, example, analysis, settings, model_name or type(model).__name__, stages)
     with stages("measure"):
-        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
-    if reached is not None:
-        report["target"] = reached.report()
+        report = make_report(model, example, analysis, cut, measure)
+    if cut.reached is not None:
+        report["target"] = cut.reached.report()
     report["seconds"] = round(time.perf_counter() - t0, 3)
     report["timings"] = stages.rounded()
-    return ShrinkResult(pruned, plan, analysis, decisions, result, report)
+    return ShrinkResult(cut.pruned, cut.plan, analysis, cut.decisions, cut.result, report)
+
+
+#: How often a plan is made again after the verifier blamed some groups (each round leaves more groups whole).
+REPLANS = 3
+
+
+@dataclass
+class _Cut:
+    """One verified cut: what :func:`shrink` reports."""
+
+    pruned: nn.Module
+    plan: dict[str, Any]
+    decisions: list[Decision]
+    result: VerifyResult
+    approximate: bool
+    reached: Any
+    left_whole: list[dict[str, str]]
+
+
+def _cut_and_verify(
+    model: nn.Module, example: Any, analysis: Analysis, settings: dict[str, Any], name: str, stages: Stages
+) -> _Cut:
+    """Rank, plan, cut and verify; when the verifier rejects the cut, leave the groups it blames whole
+    (:mod:`slimnet.culprits`), plan again and verify again. Raises VerificationError when no group can be
+    blamed or the rounds run out: a wrong cut is never returned."""
+    current, left_whole = analysis, []
+    for attempt in range(REPLANS + 1):
+        with stages("rank"):
+            decisions, reached = choose(current, model, **settings)
+        with stages("cut"):
+            plan = _plan(current, decisions, reached, name, settings)
+            pruned = pruned_copy(model, plan).eval()
+        with stages("verify"):
+            result = verify(model, pruned, plan, example, analysis.pieces)
+            approximate = any(d.pruned and d.group.normalised for d in decisions)
+            if result.passed or approximate:
+                return _Cut(pruned, plan, decisions, result, approximate, reached, left_whole)
+            culprits = find_culprits(model, example, current, decisions)
+            if not culprits or attempt == REPLANS:
+                group = f" (group {', '.join(d.group.name for d in culprits[:3])})" if culprits else ""
+                raise VerificationError(f"verification failed: {result.error}{group}; nothing was written")
+            current = leave_whole(current, culprits, result.error)
+            left_whole += [{"group": d.group.name, "reason": current.groups[d.group.id].reason} for d in culprits]
+    raise AssertionError("unreachable")
+
+
+def _plan(
+    analysis: Analysis, decisions: list[Decision], reached: Any, name: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    plan = build_plan(
+        analysis,
+        decisions,
+        model_name=name,
+        criterion=settings["criterion"],
+        ratio=round(reached.ratio, 6) if reached else settings["ratio"],
+        round_to=settings["round_to"],
+        seed=settings["seed"],
+        head_ratio=settings["head_ratio"],
+    )
+    if reached is not None:
+        plan["target"] = reached.report()
+    if analysis.pieces:
+        plan["pieces"] = list(analysis.pieces)  # what `slimnet apply` verifies piece by piece
+    return plan
 
 
 def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
@@ -172,33 +209,15 @@ def _target(target_macs: float | None, target_params: float | None) -> tuple[str
 
 
 def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:
-    """Apply a saved plan to a fresh instance; verify it when an example input is given."""
+    """Apply a saved plan to a fresh instance; verify it when an example input is given (piece by piece when the
+    plan was made piece by piece: its ``pieces``)."""
     pruned = pruned_copy(model.eval(), plan).eval()
-    result = verify(model, pruned, plan, example) if example is not None else None
+    result = verify(model, pruned, plan, example, plan.get("pieces")) if example is not None else None
     return pruned, result
 
 
-def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]) -> str:
-    """Re-verify one pruned group at a time to name the one whose cut is wrong."""
-    bad = []
-    for d in decisions:
-        if not d.pruned:
-            continue
-        single = build_plan(analysis, [d], model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
-        try:
-            pruned = pruned_copy(model, single)
-            if not verify(model, pruned, single, example).passed:
-                bad.append(d.group.name)
-        except Exception:  # noqa: BLE001 - a crash during the re-check also names the group
-            bad.append(d.group.name)
-        if len(bad) >= 3:
-            break
-    return f" (group {', '.join(bad)})" if bad else ""
-
-
-def _macs(
-    model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
-) -> tuple[list[int | None], str]:
+def _macs(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
+          ) -> tuple[list[int | None], str]:  # fmt: skip
     """MACs before and after: from the analysis' cost model (no second pass over either model), or from fvcore
     when the model was analysed piece by piece (the cost model then misses what lies outside the pieces)."""
     cost = analysis.cost
@@ -208,18 +227,9 @@ def _macs(
     return [count_macs(model, example), count_macs(pruned, example)], "fvcore"
 
 
-def make_report(
-    model: nn.Module,
-    pruned: nn.Module,
-    example: Any,
-    analysis: Analysis,
-    decisions: list[Decision],
-    plan: dict[str, Any],
-    result: VerifyResult,
-    approximate: bool,
-    measure: bool,
-) -> dict[str, Any]:
+def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, measure: bool) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
+    pruned, plan, decisions, result = cut.pruned, cut.plan, cut.decisions, cut.result
     macs, counter = _macs(model, pruned, example, analysis, decisions) if measure else ([None, None], None)
     return {
         "model": plan.get("model"),
@@ -247,11 +257,14 @@ def make_report(
         "max_abs_diff": result.max_abs_diff,
         "tolerance": result.tolerance,
         "verified": result.passed,
-        "exact": not approximate,
+        "exact": not cut.approximate,
         "verify_dtype": result.dtype,
         "verify_inputs": result.inputs,
         "verify_randomised": result.randomised,
         "verify_randomised_diff": result.randomised_diff,
+        "verify_compared": result.compared,
+        "left_whole_after_verify": cut.left_whole,
+        "trace_notes": list(analysis.notes),
         "output": None,
         "plan": None,
     }

@@ -58,10 +58,14 @@ class VerifyResult:
     randomised: int = 0
     randomised_diff: float | None = None
     randomised_tolerance: float | None = None
+    #: what was compared: the model's outputs, or (for a model analysed piece by piece) each traced piece's
+    #: outputs on the inputs the masked original gave it
+    compared: str = "model outputs"
 
 
 def variants(example: Any) -> list[tuple[str, Any]]:
-    """The example, a batch-2 version of it, and a larger image for 4D/5D float inputs."""
+    """The example, and a batch-2 version of it: for 4D/5D float inputs a larger one, for a list of images
+    (torchvision's detectors take ``model([image])``) two images, the first larger."""
     out: list[tuple[str, Any]] = [("example", example)]
     gen = torch.Generator().manual_seed(1234)
 
@@ -73,7 +77,11 @@ def variants(example: Any) -> list[tuple[str, Any]]:
         return torch.cat([t, t[:1]]) if t.shape[0] == 1 else t
 
     tensors = flat_tensors(example)
-    if len(tensors) == 1 and tensors[0].is_floating_point() and tensors[0].dim() in (4, 5):
+    images = _more_images(example, gen)
+    if images is not None:  # a list of images (torchvision's detectors): two, one larger, instead of one
+        first = next(t for t in flat_tensors(images) if t.dim() >= 3)
+        out.append((f"2 images, the first {'x'.join(map(str, first.shape))}", images))
+    elif len(tensors) == 1 and tensors[0].is_floating_point() and tensors[0].dim() in (4, 5):
         t = tensors[0]
         shape = (2, t.shape[1]) + tuple(s + 32 for s in t.shape[2:])
         bigger = torch.randn(shape, generator=gen, dtype=t.dtype)
@@ -82,6 +90,32 @@ def variants(example: Any) -> list[tuple[str, Any]]:
     else:
         out.append(("batch 2", map_tensors(example, batch2)))
     return out
+
+
+def _more_images(example: Any, gen: torch.Generator) -> Any:
+    """``example`` with each list of images (float tensors of at least 3 dims) replaced by two new ones, the
+    first 32 px larger; None when it holds no such list."""
+    found = False
+
+    def grow(value: Any) -> Any:
+        nonlocal found
+        if isinstance(value, list) and value and all(_is_image(v) for v in value):
+            found = True
+            shape = tuple(value[0].shape)
+            bigger = shape[:-2] + tuple(s + 32 for s in shape[-2:])
+            return [torch.randn(s, generator=gen, dtype=value[0].dtype) for s in (bigger, shape)]
+        if isinstance(value, (tuple, list)):
+            return type(value)(grow(v) for v in value)
+        if isinstance(value, dict):
+            return {k: grow(v) for k, v in value.items()}
+        return value
+
+    grown = grow(example)
+    return grown if found else None
+
+
+def _is_image(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 3
 
 
 def _run(model: nn.Module, inp: Any, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -101,13 +135,21 @@ def masked_view(original: nn.Module, plan: dict[str, Any]) -> nn.Module:
     return mask_plan(copy.deepcopy(original, memo=memo), plan).eval()
 
 
-def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any) -> VerifyResult:
+def verify(
+    original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, pieces: list[str] | None = None
+) -> VerifyResult:
     """Compare ``pruned`` with the masked ``original`` on several inputs, then again with the original's
     constant tensors randomised (module docstring); neither argument is modified.
 
+    ``pieces``: the submodules a model analysed piece by piece was traced as. Everything pruned lies inside
+    them and their inputs and outputs keep their shapes, so the code between them (a detector's anchors,
+    score thresholds, top-k, NMS) is the same function in both models; it is not compared through, since
+    top-k and NMS break ties between equal scores either way. Each piece's outputs are compared instead, on
+    the inputs the masked original gave it (and the pruned model must still run whole).
+
     Models of more than BIG_PARAMS parameters are checked in their own precision against a reference that
     shares the unplanned tensors, so that shrinking holds about two extra copies of the weights at most."""
-    result = _verify_once(original, pruned, plan, example)
+    result = _verify_once(original, pruned, plan, example, pieces=pieces)
     constants = constant_tensors(original)
     if not result.passed or not constants:
         return result
@@ -115,7 +157,7 @@ def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example
         noisy_original, noisy_pruned = _randomised(original, pruned, plan, constants)
     except AssertionError as exc:  # the pruned model's tensors do not have the shapes the plan gives
         return VerifyResult(float("inf"), result.tolerance, False, result.dtype, result.inputs, error=str(exc))
-    second = _verify_once(noisy_original, noisy_pruned, plan, example, example_only=True)
+    second = _verify_once(noisy_original, noisy_pruned, plan, example, example_only=True, pieces=pieces)
     second.randomised = len(constants)
     if not second.passed:
         second.error = (
@@ -129,14 +171,20 @@ def verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example
 
 
 def _verify_once(
-    original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, example_only: bool = False
+    original: nn.Module,
+    pruned: nn.Module,
+    plan: dict[str, Any],
+    example: Any,
+    example_only: bool = False,
+    pieces: list[str] | None = None,
 ) -> VerifyResult:
     """One check; ``example_only`` (the re-check with randomised constants) runs the example alone in float32:
     sizes that a forward hard-codes do not depend on weight values, so the first check has covered them, and a
     wrong cut moves outputs by far more than float32's tolerance."""
     if count_params(original) > BIG_PARAMS:
         with torch.no_grad():
-            return _compare(masked_view(original, plan), pruned.eval(), example, torch.float32, TOL32, example_only)
+            reference = masked_view(original, plan)
+            return _compare(reference, pruned.eval(), example, (torch.float32, TOL32), example_only, pieces)
     reference = mask_plan(copy.deepcopy(original), plan).eval()
     candidate = copy.deepcopy(pruned).eval()
     precisions = ((torch.float32, TOL32),) if example_only else ((torch.float64, TOL64), (torch.float32, TOL32))
@@ -149,7 +197,7 @@ def _verify_once(
             if dtype is torch.float64:
                 continue
             raise
-        return _compare(ref_model, cand_model, example, dtype, tol_scale, example_only)
+        return _compare(ref_model, cand_model, example, (dtype, tol_scale), example_only, pieces)
     raise AssertionError("unreachable")
 
 
@@ -239,53 +287,97 @@ def _compare(
     reference: nn.Module,
     candidate: nn.Module,
     example: Any,
-    dtype: torch.dtype,
-    tol_scale: float,
+    precision: tuple[torch.dtype, float],
     example_only: bool = False,
+    pieces: list[str] | None = None,
 ) -> VerifyResult:
+    """Run both models on the inputs (:func:`variants`) and compare their outputs, or each piece's."""
+    dtype, tol_scale = precision
     worst, tol, checked = 0.0, 0.0, []
+    compared = _compared(pieces)
+
+    def failed(diff: float, error: str) -> VerifyResult:
+        return VerifyResult(diff, tol, False, str(dtype), list(checked), error=error, compared=compared)
+
     for label, inp in variants(example)[:1] if example_only else variants(example):
         if label == "batch 2" and any(c.startswith("batch 2") for c in checked):
             continue  # the larger batch-2 input already covered it
         try:
-            ref = _run(reference, inp, dtype)
-        except Exception:  # noqa: BLE001 - the original itself rejects this input: nothing to compare
+            pairs = _outputs(reference, candidate, inp, dtype, pieces)
+        except _ReferenceFailed:  # the original itself rejects this input: nothing to compare
             if label == "example":
                 raise
             continue
-        try:
-            got = _run(candidate, inp, dtype)
         except Exception as exc:  # noqa: BLE001 - the pruned model breaks where the original does not
-            first = first_line(exc)
-            return VerifyResult(
-                float("inf"),
-                tol,
-                False,
-                str(dtype),
-                checked + [label],
-                error=f"pruned model fails on input {label}: {first}",
-            )
-        if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
-            return VerifyResult(
-                float("inf"),
-                tol,
-                False,
-                str(dtype),
-                checked + [label],
-                error=f"pruned model's outputs have other shapes on input {label}",
-            )
-        scale = max((float(r.abs().max()) for r in ref if r.numel() and r.is_floating_point()), default=0.0)
-        diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ref, got) if a.numel()), default=0.0)
-        this_tol = tol_scale * (1.0 + scale)
+            checked.append(label)
+            return failed(float("inf"), f"pruned model fails on input {label}: {first_line(exc)}")
         checked.append(label)
-        if diff > this_tol or diff != diff:
-            return VerifyResult(
-                diff,
-                this_tol,
-                False,
-                str(dtype),
-                checked,
-                error=f"outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})",
-            )
-        worst, tol = max(worst, diff), max(tol, this_tol)
-    return VerifyResult(worst, tol, True, str(dtype), checked)
+        for where, ref, got in pairs:
+            if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+                return failed(float("inf"), f"pruned model's {where}outputs have other shapes on input {label}")
+            diff, this_tol = _difference(ref, got, tol_scale)
+            if diff > this_tol or diff != diff:
+                tol = this_tol
+                return failed(diff, f"{where}outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})")
+            worst, tol = max(worst, diff), max(tol, this_tol)
+    return VerifyResult(worst, tol, True, str(dtype), checked, compared=compared)
+
+
+def _difference(ref: list[torch.Tensor], got: list[torch.Tensor], tol_scale: float) -> tuple[float, float]:
+    """Max abs difference, and the tolerance scaled by the reference's magnitude."""
+    scale = max((float(r.abs().max()) for r in ref if r.numel() and r.is_floating_point()), default=0.0)
+    diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ref, got) if a.numel()), default=0.0)
+    return diff, tol_scale * (1.0 + scale)
+
+
+class _ReferenceFailed(Exception):
+    """The masked original rejected an input (a larger image it cannot take): that input is skipped."""
+
+
+def _compared(pieces: list[str] | None) -> str:
+    if not pieces:
+        return "model outputs"
+    names = ", ".join(pieces[:6]) + (f" and {len(pieces) - 6} more" if len(pieces) > 6 else "")
+    return (
+        f"the outputs of the {len(pieces)} traced pieces ({names}), each on the inputs the masked original gave "
+        "it; the model's own outputs, computed from them by code that did not trace (thresholds, top-k, NMS), "
+        "are not compared, and the pruned model is run whole"
+    )
+
+
+Outputs = list[tuple[str, list[torch.Tensor], list[torch.Tensor]]]  # (where, reference tensors, pruned tensors)
+
+
+def _outputs(
+    reference: nn.Module, candidate: nn.Module, inp: Any, dtype: torch.dtype, pieces: list[str] | None
+) -> Outputs:
+    """What to compare on one input: the two models' outputs, or every call of every piece (the pruned piece
+    run on the reference piece's inputs). Raises :class:`_ReferenceFailed` when the reference rejects it."""
+    if not pieces:
+        try:
+            ref = _run(reference, inp, dtype)
+        except Exception as exc:  # noqa: BLE001
+            raise _ReferenceFailed from exc
+        return [("", ref, _run(candidate, inp, dtype))]
+    calls: list[tuple[str, tuple, dict, list[torch.Tensor]]] = []
+    hooks = []
+    for path in pieces:
+
+        def record(_m: nn.Module, a: tuple, kw: dict, out: Any, path: str = path) -> None:
+            calls.append((path, a, kw, [o.detach() for o in flat_tensors(out)]))
+
+        hooks.append(reference.get_submodule(path).register_forward_hook(record, with_kwargs=True))
+    try:
+        _run(reference, inp, dtype)
+    except Exception as exc:  # noqa: BLE001
+        raise _ReferenceFailed from exc
+    finally:
+        for h in hooks:
+            h.remove()
+    pairs: Outputs = []
+    with torch.no_grad():
+        for path, a, kw, ref in calls:
+            got = [o.detach() for o in flat_tensors(candidate.get_submodule(path)(*a, **kw))]
+            pairs.append((f"piece {path}'s ", ref, got))
+    _run(candidate, inp, dtype)  # the whole pruned model still runs (its outputs may differ by ties)
+    return pairs
