@@ -217,14 +217,19 @@ def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) ->
 
 
 def _macs(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
-          ) -> tuple[list[int | None], str]:  # fmt: skip
+          ) -> tuple[list[int | None], str | None]:  # fmt: skip
     """MACs before and after: from the analysis' cost model (no second pass over either model), or from fvcore
     when the model was analysed piece by piece (the cost model then misses what lies outside the pieces)."""
     cost = analysis.cost
+    keep = cost.keep_vector([d.keep for d in decisions]) if cost is not None else None
     if cost is not None and cost.complete:
-        keep = cost.keep_vector([d.keep for d in decisions])
         return [cost.macs(), cost.macs(keep)], "slimnet"
-    return [count_macs(model, example), count_macs(pruned, example)], "fvcore"
+    try:
+        return [count_macs(model, example), count_macs(pruned, example)], "fvcore"
+    except SlimnetError:  # fvcore's TorchScript trace fails on some forwards (a detector's post-processing)
+        if cost is None:
+            return [None, None], None
+        return [cost.macs(), cost.macs(keep)], "slimnet (traced pieces only)"
 
 
 def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, measure: bool) -> dict[str, Any]:

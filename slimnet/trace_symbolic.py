@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import operator
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -73,6 +74,15 @@ def _restore(d: dict[str, Any], attrs: dict[str, Any], contents: dict[str, Any])
             v.update(old)
 
 
+class WritableProxy(fx.Proxy):
+    """A proxy that records ``x[idx] = v`` (and ``x[idx] += v``) as an ``operator.setitem`` node, as the
+    interpreter later runs it on real tensors, instead of refusing the whole forward: torch.fx's own proxies do
+    not support item assignment (MViT's residual pooling writes ``x[:, :, 1:, :] += q[:, :, 1:, :]``)."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
 class SymbolicTracer(fx.Tracer):
     """A symbolic tracer that records stack traces, so that reasons can name the user's source line.
 
@@ -113,6 +123,9 @@ class SymbolicTracer(fx.Tracer):
         proxy = self.create_proxy("call_function", fn, args, kwargs)
         proxy.node.meta["is_wrapped"] = True
         return proxy
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return WritableProxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if self.is_leaf is not None and self.is_leaf(type(m)):

@@ -22,13 +22,13 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from ._tensors import flat_tensors, replace_tensors
-from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, eager_attention, untouched
+from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, WritableProxy, eager_attention, untouched
 
 _UNKNOWN = object()
 _CONCRETE_ATTRS = frozenset({"dtype", "device", "ndim", "is_cuda", "layout", "is_sparse", "is_quantized"})
 
 
-class _ValueProxy(fx.Proxy):
+class _ValueProxy(WritableProxy):
     """A proxy that knows its example value, so ``len()``, ``int()`` and indexing with it work on sizes."""
 
     def _value(self) -> Any:

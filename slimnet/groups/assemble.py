@@ -102,6 +102,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
     alias, alias_groups = tensor_aliases(model)
     groups: list[Group] = []
     macs: list[cost.Resolved] = []
+    whole = type(model).__name__
     for path, gm in pieces:
 
         def full(t: str, path: str = path) -> str:
@@ -113,9 +114,13 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
         macs += piece_macs
         for g in piece_groups:
             reason = g.reason
-            if reason and (reason.startswith("model input") or reason == "model output"):
-                end = "input" if reason.startswith("model input") else "output"
-                reason = f"{end} of {path}, traced as a separate piece (the whole model did not trace)"
+            if reason and reason.startswith("model input"):
+                reason = f"input of {path}, traced as a separate piece: made by {whole}'s code that did not trace"
+            elif reason == "model output":
+                reason = (
+                    f"output of {path}, traced as a separate piece: read by {whole}'s code that did not trace, which "
+                    "depends on its layout (a detection head's anchors x box and class channels, a feature width)"
+                )
             for t, _ in g.members:
                 outside = [a for a in alias_groups.get(full(t), []) if not a.startswith(f"{path}.")]
                 if outside and reason is None:

@@ -16,7 +16,7 @@ from .._tensors import flat_tensors
 from ..cost import Term, terms_of
 from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
 from .model import Evidence
-from .registry import rule_for
+from .registry import IN_PLACE, rule_for
 from .sizeflow import SizeFlow
 
 
@@ -337,6 +337,11 @@ class AtomInterpreter(fx.Interpreter):
         return make
 
     def _apply_rule(self, n: fx.Node, value: Any) -> Any:
+        if n.op == "call_function" and n.target in IN_PLACE:
+            fn = rule_for(n, self.module)
+            if fn is None or fn(self, n, n.args, n.kwargs, value) is None:
+                self.unknown(n, value)
+            return None
         if not flat_tensors(value):
             self.sizes.track(n, self.ids_of)
             return None

@@ -189,6 +189,23 @@ def getitem(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: A
     return src[idx]
 
 
+@rule(operator.setitem)
+def setitem(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``x[idx] = v`` (and ``x[idx] += v``, traced as getitem, iadd, setitem): the written positions take ``v``'s
+    atoms, in ``x``'s id tensor itself, as the op wrote into ``x``; positions picked by fixed indices are tied,
+    as for reading them."""
+    dst, src = it.ids_of(args[0]), it.ids_of(args[2])
+    if not isinstance(dst, torch.Tensor):
+        return None
+    idx = it.value_of(args[1])
+    _tie_partial_index(it, dst, idx)
+    try:
+        dst[idx] = src if isinstance(src, torch.Tensor) else NO_ATOM
+    except RuntimeError:  # ids that are a broadcast view cannot be written into: refuse (poison), never guess
+        return None
+    return dst
+
+
 def _tie_partial_index(it: AtomInterpreter, src: torch.Tensor, idx: Any) -> None:
     """Positions picked by fixed indices do not follow pruning: tie the atoms along such a dim."""
     items = idx if isinstance(idx, tuple) else (idx,)
