@@ -127,3 +127,16 @@ def eval_mode(*models: nn.Module) -> Iterator[None]:
 def count_params(model: nn.Module) -> int:
     """Parameters, each shared tensor once."""
     return sum(p.numel() for p in model.parameters())
+
+
+def like_model(example: Any, model: nn.Module) -> Any:
+    """``example`` on the model's device, its floating tensors in the model's floating dtype (the model may have
+    moved to a GPU or changed precision since the Pruner was built)."""
+    p = next(iter(model.parameters()), None)
+    if p is None:
+        return example
+    floating = p.dtype if p.is_floating_point() else None
+    return map_tensors(
+        example,
+        lambda t: t.to(p.device, floating) if floating is not None and t.is_floating_point() else t.to(p.device),
+    )

@@ -152,13 +152,25 @@ def pruned_copy(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     return _fix_modules(clone, plan)
 
 
-def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
-    """Slice ``model`` in place according to ``plan`` and fix the size attributes; returns ``model``."""
+def apply_plan(model: nn.Module, plan: dict[str, Any], *, keep_objects: bool = False) -> nn.Module:
+    """Slice ``model`` in place according to ``plan`` and fix the size attributes; returns ``model``.
+
+    ``keep_objects``: every planned parameter and buffer stays the same tensor object and takes its sliced
+    values (``tensor.data = ...``; a parameter's ``.grad`` is sliced likewise), so that whatever holds a
+    reference to it (an optimizer's param_groups and state, an LR scheduler, hooks, tied weights) stays attached:
+    this is how :class:`slimnet.pruner.Pruner` cuts a model in the middle of training. Otherwise planned tensors
+    are replaced by new ones."""
     state = model.state_dict(keep_vars=True)
     new_by_id = _sliced(model, plan)
-    for name in plan["tensors"]:
+    done: set[int] = set()
+    for name, dims in plan["tensors"].items():
         old = state[name]
         new = new_by_id[id(old)]
+        if keep_objects:
+            if id(old) not in done:
+                _assign(old, new, dims, name)
+                done.add(id(old))
+            continue
         mod_name, _, attr = name.rpartition(".")
         mod = model.get_submodule(mod_name) if mod_name else model
         if attr in mod._parameters:
@@ -168,6 +180,22 @@ def apply_plan(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
         else:
             setattr(mod, attr, new)
     return _fix_modules(model, plan)
+
+
+def _assign(old: torch.Tensor, new: torch.Tensor, dims: dict[str, list[int]], name: str) -> None:
+    """``old`` takes the values (and shape) of ``new``; its gradient, if any, is sliced with the same plan."""
+    grad = old.grad
+    if grad is not None:
+        grad = _slice(grad, dims, f"{name}.grad") if grad.shape == old.shape else None
+        old.grad = None
+    if old.requires_grad:
+        # A change of dtype is what makes autograd drop the parameter's cached gradient accumulator, whose
+        # shape a graph still alive (the last step's ``loss``, kept by the loop) would otherwise pin to the old one.
+        other = torch.float64 if old.dtype != torch.float64 else torch.float32
+        old.data = torch.empty(0, dtype=other, device=old.device)
+    old.data = new.detach()
+    if grad is not None:
+        old.grad = grad
 
 
 def _fix_modules(model: nn.Module, plan: dict[str, Any]) -> nn.Module:

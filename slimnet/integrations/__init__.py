@@ -1,0 +1,7 @@
+"""Callbacks that drop :class:`slimnet.pruner.Pruner` into other people's training loops, each a thin shell over
+it and each importing its framework only when imported itself (optional extras):
+
+* :mod:`slimnet.integrations.lightning`: ``SlimnetPruning``, a PyTorch Lightning ``Callback`` (extra ``lightning``);
+* :mod:`slimnet.integrations.hf_trainer`: ``SlimnetCallback``, a Hugging Face ``TrainerCallback`` (extra
+  ``transformers``).
+"""
