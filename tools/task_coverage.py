@@ -275,6 +275,12 @@ def _g(n: Any) -> str:
     return "-" if n is None else f"{n / 1e9:.3g}"
 
 
+def not_run(name: str, reason: str) -> dict[str, Any]:
+    """The row of a model that has no record (``--render-only``): said so, with the reason, never a result."""
+    case = all_cases()[name]
+    return {"model": name, "family": case.family, "input": case.shape, "status": "not run this time", "error": reason}
+
+
 def row_of(rec: dict[str, Any]) -> str:
     status = rec.get("status", "error")
     if status != "verified":
@@ -299,6 +305,7 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
     import torchvision
 
     ran = [recs[n] for n in order if n in recs]
+    missing = [not_run(n, args.not_run_reason) for n in order if n not in recs]
     ok = sum(1 for r in ran if r.get("status") == "verified")
     bugs = sum(1 for r in ran if r.get("left_whole_after_verify"))
     versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
@@ -326,7 +333,8 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
         "since top-k and NMS break ties between equal scores, and runs the pruned model whole.",
         "",
         f"**Summary: {len(ran)} models run, {ok} verified, {len(ran) - ok} not; {bugs} with groups left whole "
-        "because their cut failed verification.**",
+        f"because their cut failed verification"
+        f"{f'; {len(missing)} not run this time' if missing else ''}.**",
         "",
         "Columns: *MACs* in G (one multiply-add = one MAC; after/before in brackets; *(pieces)*: counted over the "
         "traced pieces only, where fvcore could not trace the model); *pruned* = groups cut / groups found; *check* = "
@@ -338,7 +346,7 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
         "",
         "| model | family | input | status | MACs before -> after (G) | pruned | check | left whole |",
         "|---|---|---|---|---|---|---|---|",
-        *[row_of(r) for r in ran],
+        *[row_of(recs[n] if n in recs else not_run(n, args.not_run_reason)) for n in order],
         "",
         END,
     ]
@@ -388,6 +396,19 @@ def revision() -> str:
     return f"commit {head}" + (" with uncommitted changes in slimnet/" if dirty else "")
 
 
+def shown_args(argv: list[str] | None) -> list[str]:
+    """The arguments that reproduce the table: without the ones that only say how this run reused records."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    shown: list[str] = []
+    while args:
+        a = args.pop(0)
+        if a == "--not-run-reason":
+            args = args[1:]
+        elif a not in ("--resume", "--render-only") and not a.startswith("--not-run-reason="):
+            shown.append(a)
+    return shown
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="", help="Comma-separated names (default: all).")
@@ -398,6 +419,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--jsonl", default="", help="Append every model's raw record to this file.")
     ap.add_argument("--resume", action="store_true", help="Reuse records already in --jsonl.")
     ap.add_argument("--date", default="", help="Date for the header (when re-rendering with --resume).")
+    ap.add_argument("--render-only", action="store_true",
+                    help="Run nothing: write the table from the --jsonl records; models without one are 'not run "
+                         "this time'.")  # fmt: skip
+    ap.add_argument("--not-run-reason", default="no record in --jsonl",
+                    help="Why the models without a record were not run (with --render-only).")  # fmt: skip
     ap.add_argument("--worker", default="", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -416,18 +442,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown models {unknown}; known: {', '.join(cases)}", file=sys.stderr)
         return 2
-    shown = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
-    command = "python tools/task_coverage.py " + " ".join(shlex.quote(a) for a in shown)
+    command = "python tools/task_coverage.py " + " ".join(shlex.quote(a) for a in shown_args(argv))
     args.date = args.date or dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     args.revision = revision()
     recs: dict[str, dict[str, Any]] = {}
-    if args.resume and args.jsonl and Path(args.jsonl).is_file():
+    if (args.resume or args.render_only) and args.jsonl and Path(args.jsonl).is_file():
         for line in Path(args.jsonl).read_text().splitlines():
             rec = json.loads(line)
             if rec["model"] in order:
                 recs[rec["model"]] = rec
     out = Path(args.out)
-    for i, name in enumerate(n for n in order if n not in recs):
+    todo = [] if args.render_only else [n for n in order if n not in recs]
+    for i, name in enumerate(todo):
         rec = child(name, args)
         recs[name] = rec
         if args.jsonl:
