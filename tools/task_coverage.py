@@ -178,7 +178,7 @@ def run_model(name: str, ratio: float) -> dict[str, Any]:
 
     warnings.filterwarnings("ignore")
     case = all_cases()[name]
-    rec: dict[str, Any] = {"model": name, "family": case.family, "input": case.shape}
+    rec: dict[str, Any] = {"model": name, "family": case.family, "input": case.shape, "revision": revision()}
     t0 = time.perf_counter()
     try:
         model, example = case.build()
@@ -305,6 +305,9 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
     import torchvision
 
     ran = [recs[n] for n in order if n in recs]
+    revisions = Counter(r.get("revision", args.revision) for r in ran) or Counter([args.revision])
+    code = "; ".join(f"{rev} ({n} models)" for rev, n in revisions.most_common())
+    code = code if len(revisions) > 1 else next(iter(revisions))
     missing = [not_run(n, args.not_run_reason) for n in order if n not in recs]
     ok = sum(1 for r in ran if r.get("status") == "verified")
     bugs = sum(1 for r in ran if r.get("left_whole_after_verify"))
@@ -319,7 +322,7 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
         "",
         "## Beyond classifiers: detection, segmentation, video, optical flow, YOLO",
         "",
-        f"Command: `{command}` ({args.date}; slimnet {args.revision}; {versions}; Python "
+        f"Command: `{command}` ({args.date}; slimnet {code}; {versions}; Python "
         f"{platform.python_version()}, {os.cpu_count()} cores, {args.threads} torch thread(s), CPU only).",
         "",
         "Every model is built with its library's own constructor, randomly initialised and seeded (nothing "
