@@ -42,13 +42,21 @@ def replace_tensors(value: Any, tensors: Sequence[Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ calling models
-def call(model: nn.Module, example: Any) -> Any:
-    """Call a model the way the example input says: a tensor, a tuple of positional args, or a dict of kwargs."""
+def call_args(example: Any) -> tuple[tuple, dict[str, Any]]:
+    """How an example input calls a model: a tensor is the one argument, a tuple the positional arguments, a
+    dict the keyword arguments, and a list one argument that is a list (torchvision's detection models take
+    ``model([image, ...])``); tuple elements and dict values may themselves be lists, tuples or dicts."""
     if isinstance(example, dict):
-        return model(**example)
-    if isinstance(example, (tuple, list)):
-        return model(*example)
-    return model(example)
+        return (), dict(example)
+    if isinstance(example, tuple):
+        return tuple(example), {}
+    return (example,), {}
+
+
+def call(model: nn.Module, example: Any) -> Any:
+    """Call a model the way the example input says (:func:`call_args`)."""
+    args, kwargs = call_args(example)
+    return model(*args, **kwargs)
 
 
 def as_args(example: Any) -> tuple[tuple[torch.Tensor, ...], list[str] | None]:
@@ -57,22 +65,33 @@ def as_args(example: Any) -> tuple[tuple[torch.Tensor, ...], list[str] | None]:
         return (example,), None
     if isinstance(example, dict) and all(isinstance(v, torch.Tensor) for v in example.values()):
         return tuple(example.values()), list(example)
-    if isinstance(example, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example):
+    if isinstance(example, tuple) and all(isinstance(v, torch.Tensor) for v in example):
         return tuple(example), None
-    raise SlimnetError(f"the example input is a {type(example).__name__}: give a tensor, a tuple or a dict of tensors")
+    raise SlimnetError(
+        f"the example input is a {type(example).__name__}: give a tensor, a tuple or a dict of tensors"
+        + (" (a list of images is not supported here)" if isinstance(example, list) else "")
+    )
 
 
 class PositionalCall(nn.Module):
     """Calls the model with the example's structure (args or kwargs) and returns a flat tuple of tensors, which
-    is what the TorchScript tracer (under fvcore and the ONNX exporter) can digest."""
+    is what the TorchScript tracer (under fvcore and the ONNX exporter) can digest. With ``structure`` (any
+    example input, nested lists included), the positional tensors are that example's tensors in
+    :func:`flat_tensors` order and are put back in its places."""
 
-    def __init__(self, model: nn.Module, keys: Sequence[str] | None) -> None:
+    def __init__(self, model: nn.Module, keys: Sequence[str] | None, structure: Any = None) -> None:
         super().__init__()
         self.model = model
         self.keys = list(keys) if keys is not None else None
+        self.structure = structure
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.keys, args))) if self.keys is not None else self.model(*args)
+        if self.structure is not None:
+            out = call(self.model, replace_tensors(self.structure, args))
+        elif self.keys is not None:
+            out = self.model(**dict(zip(self.keys, args)))
+        else:
+            out = self.model(*args)
         return tuple(flat_tensors(out))
 
 

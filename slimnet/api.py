@@ -24,16 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import calibrate, measure
+from . import calibrate, measure, reduced
 from ._tensors import count_params
 from .benchmark import bench
 from .collect import Statistics
-from .errors import VerificationError
+from .culprits import find_culprits, leave_whole
+from .errors import SlimnetError, VerificationError
 from .groups import Analysis
-from .plan import Decision, build_plan
+from .plan import Decision
 from .plan import load as load_plan
-from .planner import Planned, Planner, check_runs, graph
-from .reduced import describe
+from .planner import Planned, Planner, check_runs, describe, graph
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings
 from .stages import Stages
 from .surgeon import pruned_copy
@@ -182,45 +182,76 @@ def shrink(
     planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages, reduce=reduce)
     with stages("rank"):
         stats = calibrate.statistics(model, planner.analysis, criterion, calibration, loss, seed)
-        planned = planner.plan(
-            ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
-            head_ratio=head_ratio, target_macs=target_macs, target_params=target_params,
-            target_latency=target_latency, use_global=use_global, max_layer_ratio=max_layer_ratio, ratios=ratios,
-            backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
-            model_name=model_name, stats=stats, sensitivity=sensitivity,
-        )  # fmt: skip
-    decisions, plan, reached, analysis = planned.decisions, planned.plan, planned.target, planner.analysis
-    pruned, result, approximate = cut_and_verify(model.eval(), example, analysis, decisions, plan, stages, verify_dtype)
+    settings = dict(
+        ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
+        head_ratio=head_ratio, target_macs=target_macs, target_params=target_params,
+        target_latency=target_latency, use_global=use_global, max_layer_ratio=max_layer_ratio, ratios=ratios,
+        backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
+        model_name=model_name, stats=stats, sensitivity=sensitivity,
+    )  # fmt: skip
+    cut = cut_and_verify(model.eval(), example, planner, settings, stages, verify_dtype)
+    pruned, plan, analysis, decisions = cut.pruned, cut.plan, cut.planner.analysis, cut.decisions
     with stages("measure"):
-        report = make_report(model, pruned, example, analysis, decisions, plan, result, approximate, measure)
-    if reached is not None:
-        report["target" if reached.kind != "units" else "global"] = reached.report()
+        report = make_report(model, example, analysis, cut, measure)
+    if cut.reached is not None:
+        report["target" if cut.reached.kind != "units" else "global"] = cut.reached.report()
     report["allocation"] = plan.get("allocation", "uniform")
-    report["importance_kept"] = importance_kept(planner, criterion, seed, decisions, stats)
+    report["importance_kept"] = importance_kept(cut.planner, criterion, seed, decisions, stats)
     if calibration is not None:  # repairs run on the verified cut; agreement before and after each one
         with stages("repair"):
             report.update(calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias))
-    return ShrinkResult(pruned, plan, analysis, decisions, result, {**report, **_timing(t0, stages)})
+    return ShrinkResult(pruned, plan, analysis, decisions, cut.result, {**report, **_timing(t0, stages)})
 
 
 def _timing(t0: float, stages: Stages) -> dict[str, Any]:
     return {"seconds": round(time.perf_counter() - t0, 3), "timings": stages.rounded()}
 
 
-def cut_and_verify(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision],
-                   plan: dict[str, Any], stages: Stages,
-                   verify_dtype: torch.dtype | None = None) -> tuple[nn.Module, VerifyResult, bool]:  # fmt: skip
-    """The pruned copy, its verification, and whether the cut is approximate (normalised groups pruned on
-    request); raises VerificationError, naming the culprit group, when an exact cut does not verify."""
-    with stages("cut"):
-        pruned = pruned_copy(model, plan).eval()
-    with stages("verify"):
-        result = verify(model, pruned, plan, example, inputs=analysis.checks, precision=verify_dtype)
-        approximate = any(d.pruned and d.group.normalised for d in decisions)
-        if not result.passed and not approximate:
-            culprit = find_culprit(model, example, analysis, decisions)
-            raise VerificationError(f"verification failed: {result.error}{culprit}; nothing was written")
-    return pruned, result, approximate
+#: How often a plan is made again after the verifier blamed some groups (each round leaves more groups whole).
+REPLANS = 3
+
+
+@dataclass
+class _Cut:
+    """One verified cut: what :func:`shrink` reports."""
+
+    pruned: nn.Module
+    plan: dict[str, Any]
+    decisions: list[Decision]
+    result: VerifyResult
+    approximate: bool
+    reached: Any
+    left_whole: list[dict[str, str]]
+    planner: Planner  # the one that made the plan (a new one when groups were left whole after verification)
+
+
+def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: dict[str, Any], stages: Stages,
+                   verify_dtype: torch.dtype | None = None) -> _Cut:  # fmt: skip
+    """Plan, cut and verify; when the verifier rejects the cut, leave the groups it blames whole
+    (:mod:`slimnet.culprits`), plan again and verify again. Raises VerificationError when no group can be
+    blamed or the rounds run out: a wrong cut is never returned. Approximate cuts (normalised groups pruned on
+    request) are returned with the verifier's difference."""
+    current, left_whole = planner, []
+    for attempt in range(REPLANS + 1):
+        with stages("rank"):
+            planned = current.plan(**settings)
+        analysis, plan, decisions = current.analysis, planned.plan, planned.decisions
+        with stages("cut"):
+            pruned = pruned_copy(model, plan).eval()
+        with stages("verify"):
+            result = verify(model, pruned, plan, example, inputs=analysis.checks, precision=verify_dtype,
+                            pieces=analysis.pieces)  # fmt: skip
+            approximate = any(d.pruned and d.group.normalised for d in decisions)
+            if result.passed or approximate:
+                return _Cut(pruned, plan, decisions, result, approximate, planned.target, left_whole, current)
+            culprits = find_culprits(model, example, analysis, decisions)
+            if not culprits or attempt == REPLANS:
+                group = f" (group {', '.join(d.group.name for d in culprits[:3])})" if culprits else ""
+                raise VerificationError(f"verification failed: {result.error}{group}; nothing was written")
+            fewer = leave_whole(analysis, culprits, result.error)
+            left_whole += [{"group": d.group.name, "reason": fewer.groups[d.group.id].reason} for d in culprits]
+            current = Planner(model, example, fewer, stages)
+    raise AssertionError("unreachable")
 
 
 def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list[Decision],
@@ -238,7 +269,8 @@ def apply(
     model: nn.Module, plan: dict[str, Any] | str | os.PathLike[str], example: Any | None = None
 ) -> tuple[nn.Module, VerifyResult | None]:
     """Cut ``model`` as ``plan`` says (``slimnet apply``): move a pruning found on one instance to another, e.g.
-    from the model that was shrunk to a freshly trained or fine-tuned instance of the same architecture.
+    from the model that was shrunk to a freshly trained or fine-tuned instance of the same architecture. A plan
+    made piece by piece (its ``pieces``) is verified piece by piece.
 
     Args:
         model: an instance of the architecture the plan was made for (left untouched).
@@ -257,52 +289,29 @@ def apply(
     if not isinstance(plan, dict):
         plan = load_plan(plan)
     pruned = pruned_copy(model.eval(), plan).eval()
-    result = verify(model, pruned, plan, example) if example is not None else None
+    result = verify(model, pruned, plan, example, pieces=plan.get("pieces")) if example is not None else None
     return pruned, result
 
 
-def find_culprit(model: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]) -> str:
-    """Re-verify one pruned group at a time to name the one whose cut is wrong."""
-    bad = []
-    for d in decisions:
-        if not d.pruned:
-            continue
-        single = build_plan(analysis, [d], model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
-        try:
-            pruned = pruned_copy(model, single)
-            if not verify(model, pruned, single, example, inputs=analysis.checks).passed:
-                bad.append(d.group.name)
-        except Exception:  # noqa: BLE001 - a crash during the re-check also names the group
-            bad.append(d.group.name)
-        if len(bad) >= 3:
-            break
-    return f" (group {', '.join(bad)})" if bad else ""
-
-
-def _macs(
-    model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
-) -> tuple[list[int | None], str]:
+def _macs(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
+          ) -> tuple[list[int | None], str | None]:  # fmt: skip
     """MACs before and after: from the analysis' cost model (no second pass over either model), or from fvcore
     when the model was analysed piece by piece (the cost model then misses what lies outside the pieces)."""
     cost = analysis.cost
+    keep = cost.keep_vector([d.keep for d in decisions]) if cost is not None else None
     if cost is not None and cost.complete:
-        keep = cost.keep_vector([d.keep for d in decisions])
         return [cost.macs(), cost.macs(keep)], "slimnet"
-    return [count_macs(model, example), count_macs(pruned, example)], "fvcore"
+    try:
+        return [count_macs(model, example), count_macs(pruned, example)], "fvcore"
+    except SlimnetError:  # fvcore's TorchScript trace fails on some forwards (a detector's post-processing)
+        if cost is None:
+            return [None, None], None
+        return [cost.macs(), cost.macs(keep)], "slimnet (traced pieces only)"
 
 
-def make_report(
-    model: nn.Module,
-    pruned: nn.Module,
-    example: Any,
-    analysis: Analysis,
-    decisions: list[Decision],
-    plan: dict[str, Any],
-    result: VerifyResult,
-    approximate: bool,
-    measure: bool,
-) -> dict[str, Any]:
+def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, measure: bool) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
+    pruned, plan, decisions, result = cut.pruned, cut.plan, cut.decisions, cut.result
     macs, counter = _macs(model, pruned, example, analysis, decisions) if measure else ([None, None], None)
     params = [count_params(model), count_params(pruned)]
     return {
@@ -335,13 +344,16 @@ def make_report(
         "max_abs_diff": result.max_abs_diff,
         "tolerance": result.tolerance,
         "verified": result.passed,
-        "exact": not approximate,
+        "exact": not cut.approximate,
         "verify_dtype": result.dtype,
         "verify_inputs": result.inputs,
         "verify_randomised": result.randomised,
         "verify_randomised_diff": result.randomised_diff,
-        "reduced_input": describe(analysis.reduced) if analysis.reduced is not None else None,
+        "reduced_input": reduced.describe(analysis.reduced) if analysis.reduced is not None else None,
         "reduced_note": analysis.reduced_note or None,
+        "verify_compared": result.compared,
+        "left_whole_after_verify": cut.left_whole,
+        "trace_notes": list(analysis.notes),
         "output": None,
         "plan": None,
     }

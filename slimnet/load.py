@@ -2,6 +2,8 @@
 
 MODEL is one of
   * ``torchvision:NAME`` / ``timm:NAME``: a built-in architecture, randomly initialised (nothing downloaded);
+  * ``ultralytics:yolov8n.yaml`` / ``ultralytics:best.pt``: a YOLO model built from ultralytics' YAML or loaded
+    from its checkpoint (see :mod:`slimnet.yolo`; nothing downloaded);
   * ``hf:PATH``: a local Hugging Face model folder (config.json and safetensors; nothing downloaded), also one
     that slimnet wrote for a pruned model (see :mod:`slimnet.hf`);
   * ``path/to/file.py:FACTORY``: a callable returning the model, optionally with ``--weights state_dict.pt``;
@@ -34,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import yolo
 from .errors import SlimnetError
 from .spec import check_file, default_input_shape, not_torch, parse_shape, parse_spec
 
@@ -56,7 +59,7 @@ class LoadedModel:
 
     model: nn.Module
     spec: str
-    kind: str  # "torchvision", "timm", "hf", "factory", "pickle"
+    kind: str  # "torchvision", "timm", "hf", "ultralytics", "factory", "pickle"
 
 
 def trust_from_env(flag: bool) -> bool:
@@ -65,7 +68,9 @@ def trust_from_env(flag: bool) -> bool:
 
 
 def load_input(path: str | None, shape: str | None, spec: str, seed: int = 0) -> Any:
-    """The example input: a saved tensor / tuple / dict of tensors, or a random tensor of a shape."""
+    """The example input: what a file holds (a tensor; a tuple: positional arguments; a dict: keyword arguments;
+    a list: one argument that is a list, as torchvision's detection models take; nested as the model needs), or
+    a random tensor of a shape."""
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -77,16 +82,33 @@ def load_input(path: str | None, shape: str | None, spec: str, seed: int = 0) ->
                 f"input file {path} could not be read as saved tensors ({type(exc).__name__}): "
                 "save a tensor, a tuple of tensors or a dict of tensors with torch.save"
             ) from None
-        if (
-            isinstance(value, torch.Tensor)
-            or (isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value))
-            or (isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values()))
-        ):
-            return tuple(value) if isinstance(value, list) else value
-        raise SlimnetError(f"input file {path} holds a {type(value).__name__}, not a tensor, tuple or dict of tensors")
+        if _all_tensors(value):
+            return value
+        inside = f" with {_first_non_tensor(value)} in it" if isinstance(value, (tuple, list, dict)) else ""
+        raise SlimnetError(
+            f"input file {path} holds a {type(value).__name__}{inside}, not a tensor, tuple, list or dict of "
+            "tensors: save e.g. a tensor, (x, mask), [image] (one argument that is a list) or {'input_ids': ...}"
+        )
     dims = parse_shape(shape) if shape is not None else default_input_shape(spec)
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(dims, generator=gen)
+
+
+def _all_tensors(value: Any) -> bool:
+    """A tensor, or tuples, lists and dicts (nested) of at least one tensor and nothing else."""
+    if isinstance(value, torch.Tensor):
+        return True
+    items = list(value.values()) if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else None
+    return bool(items) and all(_all_tensors(v) for v in items)
+
+
+def _first_non_tensor(value: Any) -> str:
+    if isinstance(value, (tuple, list, dict)):
+        items = list(value.values()) if isinstance(value, dict) else list(value)
+        if not items:
+            return f"an empty {type(value).__name__}"
+        return next((_first_non_tensor(v) for v in items if not _all_tensors(v)), "nothing")
+    return f"a {type(value).__name__}"
 
 
 def model_and_input(
@@ -126,6 +148,8 @@ def load_model(
         from .hf import from_pretrained  # lazy: optional dependency (transformers)
 
         model = from_pretrained(parsed.target)
+    elif parsed.kind == "ultralytics":
+        model = yolo.load(parsed.target, trust_from_env(trust_pickle))
     elif parsed.kind == "factory":
         model = _factory(parsed.target, parsed.factory)
     elif parsed.kind == "onnx":
@@ -146,6 +170,8 @@ def _torchvision(name: str, num_classes: int | None) -> nn.Module:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise SlimnetError(f"torchvision has no model {name!r}{hint}: see torchvision.models.list_models()")
     kwargs: dict[str, Any] = {"weights": None}
+    if "weights_backbone" in inspect.signature(torchvision.models.get_model_builder(name)).parameters:
+        kwargs["weights_backbone"] = None  # detection/segmentation default to ImageNet backbones: nothing downloads
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if name in ("inception_v3", "googlenet"):
@@ -287,6 +313,8 @@ def _pickle(path: str, trust: bool) -> nn.Module:
         obj = _unpickle(p, path, trust)
     if isinstance(obj, nn.Module):
         return obj
+    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module) and yolo.is_ultralytics(obj["model"]):
+        raise SlimnetError(f"{path} is an ultralytics checkpoint: give it as ultralytics:{path}")
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise SlimnetError(
             f"{path} holds a state_dict, not a model: slimnet needs the architecture too; give FILE.py:FACTORY "

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._tensors import PositionalCall, as_args, count_params, eval_mode
+from ._tensors import PositionalCall, as_args, count_params, eval_mode, flat_tensors
 from ._util import first_line
 from .errors import SlimnetError
 
@@ -240,12 +240,16 @@ def count_macs(model: nn.Module, example_input: Any) -> dict[str, Any]:
     {module: {"macs", "params"}}, "note"}``. ``per_layer`` holds every submodule, its MACs including its
     children's (a module's own ops, e.g. a residual add, are counted in it and not in any child).
     """
-    args, keys = as_args(example_input)
+    try:
+        args, keys = as_args(example_input)
+        structure = None
+    except SlimnetError:  # nested (a list of images): the tensors go in flat and are put back in their places
+        args, keys, structure = tuple(flat_tensors(example_input)), None, example_input
     with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's import and trace warn about deprecated torch.jit APIs
         from fvcore.nn import FlopCountAnalysis
 
-        wrapped = PositionalCall(model, keys)
+        wrapped = PositionalCall(model, keys, structure)
         analysis = FlopCountAnalysis(wrapped, args)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         analysis.set_op_handle(**EXTRA_HANDLES).set_op_handle(**dict.fromkeys(FREE_OPS))

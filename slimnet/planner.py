@@ -33,24 +33,38 @@ from .collect import Statistics
 from .errors import SlimnetError
 from .groups import Analysis, analyse, analyse_reduced
 from .plan import Decision, build_plan, choose, left_whole, rank
-from .reduced import describe
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings, parse_latency
 from .stages import Stages
+from .trace_symbolic import untouched
 
 #: How many times a latency target may be re-aimed after measuring.
 LATENCY_ROUNDS = 3
 
 
 def check_runs(model: nn.Module, example: Any) -> None:
-    """Run the original once: an input the model rejects is the user's error, said in one line."""
+    """Run the original once: an input the model rejects is the user's error, said in one line. The model's
+    modules keep their ``__dict__`` (a forward that stores state on itself is left as it was)."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), untouched(model):
             call(model.eval(), example)
     except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
         raise SlimnetError(
             f"the model rejects the example input {describe(example)}: {type(exc).__name__}: {first_line(exc)}; "
             "give an example it accepts (--input-shape or --input on the command line)"
         ) from None
+
+
+def describe(example: Any) -> str:
+    """An example's shapes in one line: ``1x3x224x224``, ``{input_ids: 1x16}``, ``[3x224x224]``."""
+    if isinstance(example, torch.Tensor):
+        return "x".join(str(s) for s in example.shape) or "scalar"
+    if isinstance(example, dict):
+        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in example.items()) + "}"
+    if isinstance(example, tuple):
+        return "(" + ", ".join(describe(v) for v in example) + ")"
+    if isinstance(example, list):
+        return "[" + ", ".join(describe(v) for v in example) + "]"
+    return type(example).__name__
 
 
 def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: bool = True) -> Analysis:
@@ -203,6 +217,8 @@ class Planner:
             plan["ratios"] = dict(settings["ratios"])
         if result is not None and result.kind != "units":
             plan["target"] = result.report()
+        if self.analysis.pieces:
+            plan["pieces"] = list(self.analysis.pieces)  # what `slimnet apply` verifies piece by piece
         return plan
 
     def _latency(self, settings: dict[str, Any], wanted: float | str | None, timing: dict[str, Any], cache: bool,

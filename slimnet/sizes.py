@@ -122,3 +122,11 @@ sizes(
     num_heads=lambda get, m: get("qkv.weight").shape[0] // 3 // m.head_dim,
     attn_dim=lambda get, m: get("proj.weight").shape[1],
 )
+
+# ---------------------------------------------------------------------------------------------------------
+# ultralytics
+# ---------------------------------------------------------------------------------------------------------
+# C2f-style blocks split cv1's output in two halves of self.c channels (C2f.forward_split, used on export; C2PSA,
+# PSA, C2fAttn and ELAN blocks in forward): half of cv1's output channels (subclasses such as C3k2 inherit it).
+for _name in ("C2", "C2f", "C2fAttn", "RepNCSPELAN4", "PSA", "C2PSA"):
+    sizes(f"ultralytics.nn.modules.block.{_name}", c=lambda get, m: get("cv1.conv.weight").shape[0] // 2)

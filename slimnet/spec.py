@@ -16,20 +16,24 @@ from .errors import SlimnetError
 class Spec:
     """A parsed MODEL string: what kind of source it names, and the local file or folder it reads."""
 
-    kind: str  # "torchvision", "timm", "hf", "factory", "pickle", "onnx" (bench times it; nothing prunes it)
+    #: "torchvision", "timm", "hf", "ultralytics", "factory", "pickle", "onnx" (bench times it; nothing prunes it)
+    kind: str
     target: str  # the built-in's name, the hf folder, the .py file, or the pickle file
     factory: str = ""  # FACTORY of FILE.py:FACTORY
 
     @property
     def file(self) -> str:
         """The local path the spec reads ('' for a built-in): an output must never be written over it."""
+        if self.kind == "ultralytics" and self.target.lower().endswith((".yaml", ".yml")):
+            return ""  # a model description, read only
         return "" if self.kind in ("torchvision", "timm") else self.target
 
 
 def parse_spec(spec: str) -> Spec:
-    """The one parser of MODEL strings (``torchvision:NAME``, ``timm:NAME``, ``hf:FOLDER``, ``FILE.py:FACTORY``,
-    a saved file, or an ``.onnx`` file, which only ``bench`` takes)."""
-    for prefix in ("torchvision", "timm", "hf"):
+    """The one parser of MODEL strings (``torchvision:NAME``, ``timm:NAME``, ``hf:FOLDER``, ``ultralytics:YAML``
+    or ``ultralytics:FILE.pt``, ``FILE.py:FACTORY``, a saved file, or an ``.onnx`` file, which only ``bench``
+    takes)."""
+    for prefix in ("torchvision", "timm", "hf", "ultralytics"):
         if spec.startswith(f"{prefix}:"):
             return Spec(prefix, spec.split(":", 1)[1])
     path, sep, factory = spec.rpartition(":")
@@ -83,8 +87,10 @@ def check_model(spec: str, onnx: bool = False) -> Spec:
 
 
 def default_input_shape(spec: str) -> tuple[int, ...]:
-    """The usual image size for a built-in model: 299 for inception, 224 otherwise."""
+    """The usual image size for a built-in model: 299 for inception, 640 for ultralytics' YOLO, 224 otherwise."""
     name = spec.split(":", 1)[-1].lower()
+    if spec.startswith("ultralytics:"):
+        return (1, 3, 640, 640)
     if "inception" in name:
         return (1, 3, 299, 299)
     return (1, 3, 224, 224)

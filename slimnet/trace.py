@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._tensors import call
+from ._tensors import call, call_args
 from ._util import first_line
 from .errors import SlimnetError
-from .trace_symbolic import LeafPolicy, SymbolicTracer, concrete_args, eager_attention
+from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, concrete_args, eager_attention, untouched
 from .trace_values import trace_call
 
 
@@ -50,7 +50,11 @@ def _trace_error(model: nn.Module, exc: BaseException) -> SlimnetError:
 
 
 def trace(
-    model: nn.Module, example: Any = None, is_leaf: LeafPolicy | None = None, with_values: bool = True
+    model: nn.Module,
+    example: Any = None,
+    is_leaf: LeafPolicy | None = None,
+    keep_wrapped: FunctionPolicy | None = None,
+    with_values: bool = True,
 ) -> fx.GraphModule:
     """Symbolically trace ``model`` (in eval mode, so train-only branches such as stochastic depth vanish).
 
@@ -58,43 +62,50 @@ def trace(
     example values beside the proxies (:func:`slimnet.trace_values.trace_call`), which gets through code that
     unpacks shapes or branches on sizes, as Hugging Face models do. If both fail, the first error is raised.
     Module classes for which ``is_leaf`` is true stay single nodes (the analysis passes
-    :func:`slimnet.groups.registry.is_leaf_class`: classes with a channel rule). ``with_values=False``: symbolic
-    tracing only (a graph that holds for inputs of any size: :mod:`slimnet.reduced`).
+    :func:`slimnet.groups.registry.is_leaf_class`: classes with a channel rule); functions registered with
+    ``torch.fx.wrap`` are traced through unless ``keep_wrapped`` keeps them (the analysis passes
+    :func:`~slimnet.groups.registry.has_rule`). A helper that only traces with example values (MViT's
+    ``_unsqueeze`` branches on ``x.dim()``) makes the whole model be traced that way when an example is given.
+    ``with_values=False``: symbolic tracing only (a graph that holds for inputs of any size: :mod:`slimnet.reduced`).
     """
     was_training = model.training
     model.eval()
-    tracer = SymbolicTracer(is_leaf)
+    tracer = SymbolicTracer(is_leaf, keep_wrapped)
     try:
-        with eager_attention(model):
+        with eager_attention(model), untouched(model):  # constants the tracer puts on the root: read before
             graph = tracer.trace(model, concrete_args=concrete_args(model, example))
+            gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # noqa: BLE001 - every tracing failure becomes one readable line
         first = _trace_error(model, exc)
         if example is None or not with_values:
             raise first from None
-        args, kwargs = _as_call(example)
         try:
-            return trace_call(model, args, kwargs, is_leaf)
+            return trace_call(model, *call_args(example), is_leaf, keep_wrapped)
         except Exception:  # noqa: BLE001 - the plain tracer's error names the user's line best
             raise first from None
     finally:
         model.train(was_training)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    return gm
+    if keep_wrapped is None or example is None or not _opaque_calls(gm, keep_wrapped):
+        return gm
+    try:
+        with_values = trace_call(model, *call_args(example), is_leaf, keep_wrapped)
+    except Exception:  # noqa: BLE001 - the plain graph, with its opaque calls, is still right
+        return gm
+    return with_values if len(_opaque_calls(with_values, keep_wrapped)) < len(_opaque_calls(gm, keep_wrapped)) else gm
 
 
-def _as_call(example: Any) -> tuple[tuple, dict]:
-    if isinstance(example, dict):
-        return (), dict(example)
-    if isinstance(example, (tuple, list)):
-        return tuple(example), {}
-    return (example,), {}
+def _opaque_calls(gm: fx.GraphModule, keep_wrapped: FunctionPolicy) -> list[fx.Node]:
+    """Calls of fx-wrapped functions that stayed calls although ``keep_wrapped`` would trace them through."""
+    return [n for n in gm.graph.nodes if n.meta.get("is_wrapped") and not keep_wrapped(n.target)]
 
 
-def trace_pieces(model: nn.Module, example: Any, is_leaf: LeafPolicy | None = None) -> list[tuple[str, fx.GraphModule]]:
+def trace_pieces(
+    model: nn.Module, example: Any, is_leaf: LeafPolicy | None = None, keep_wrapped: FunctionPolicy | None = None
+) -> list[tuple[str, fx.GraphModule]]:
     """When the whole model cannot be traced, trace the largest submodules that can, each on the inputs it
     got when the model ran on the example. Their inputs and outputs are then fixed (never pruned), which is
     what keeps the pieces independent; a transformer's layers trace this way when its top-level forward
-    (mask building, output capturing) does not. ``is_leaf`` as for :func:`trace`."""
+    (mask building, output capturing) does not. ``is_leaf`` and ``keep_wrapped`` as for :func:`trace`."""
     calls: dict[str, tuple[tuple, dict]] = {}
     hooks = []
     for name, mod in model.named_modules():
@@ -104,7 +115,7 @@ def trace_pieces(model: nn.Module, example: Any, is_leaf: LeafPolicy | None = No
 
         hooks.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), untouched(model):
             call(model.eval(), example)
     finally:
         for h in hooks:
@@ -115,7 +126,7 @@ def trace_pieces(model: nn.Module, example: Any, is_leaf: LeafPolicy | None = No
         if name and name in calls and any(True for _ in mod.parameters()):
             a, kw = calls[name]
             try:
-                pieces.append((name, trace_call(mod, a, kw, is_leaf)))
+                pieces.append((name, trace_call(mod, a, kw, is_leaf, keep_wrapped)))
                 return
             except Exception:  # noqa: BLE001 - try its children instead
                 pass
@@ -129,7 +140,7 @@ def trace_pieces(model: nn.Module, example: Any, is_leaf: LeafPolicy | None = No
 def placeholder_args(gm: fx.GraphModule, example: Any) -> list[Any]:
     """Order the example input as the graph's placeholders expect it."""
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    if isinstance(example, dict) or len(names) > 1 and not isinstance(example, (tuple, list)):
+    if isinstance(example, dict) or len(names) > 1 and not isinstance(example, tuple):
         example = example if isinstance(example, dict) else {names[0]: example}
         missing = [k for k in example if k not in names]
         if missing:
@@ -145,6 +156,6 @@ def placeholder_args(gm: fx.GraphModule, example: Any) -> list[Any]:
             else:
                 raise SlimnetError(f"input has no value for forward() argument {n.target!r}")
         return out
-    if isinstance(example, (tuple, list)):
+    if isinstance(example, tuple):
         return list(example)
     return [example]

@@ -22,13 +22,13 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from ._tensors import flat_tensors, replace_tensors
-from .trace_symbolic import LeafPolicy, SymbolicTracer, eager_attention
+from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, WritableProxy, eager_attention, untouched
 
 _UNKNOWN = object()
 _CONCRETE_ATTRS = frozenset({"dtype", "device", "ndim", "is_cuda", "layout", "is_sparse", "is_quantized"})
 
 
-class _ValueProxy(fx.Proxy):
+class _ValueProxy(WritableProxy):
     """A proxy that knows its example value, so ``len()``, ``int()`` and indexing with it work on sizes."""
 
     def _value(self) -> Any:
@@ -69,8 +69,10 @@ class _ValueTracer(SymbolicTracer):
     which is safe here because the graph is only read for channel structure; the verifier runs the real
     models on the example and on a second input of another batch size."""
 
-    def __init__(self, inputs: dict[str, Any], is_leaf: LeafPolicy | None = None) -> None:
-        super().__init__(is_leaf)
+    def __init__(
+        self, inputs: dict[str, Any], is_leaf: LeafPolicy | None = None, keep_wrapped: FunctionPolicy | None = None
+    ) -> None:
+        super().__init__(is_leaf, keep_wrapped)
         self.values: dict[fx.Node, Any] = {}
         self._inputs = inputs
         self.proxy_buffer_attributes = True  # buffers sliced by traced sizes (BERT's token_type_ids) need proxies
@@ -216,10 +218,17 @@ class _Call(nn.Module):
         return self.m(*args, **kwargs)
 
 
-def trace_call(module: nn.Module, args: tuple, kwargs: dict, is_leaf: LeafPolicy | None = None) -> fx.GraphModule:
+def trace_call(
+    module: nn.Module,
+    args: tuple,
+    kwargs: dict,
+    is_leaf: LeafPolicy | None = None,
+    keep_wrapped: FunctionPolicy | None = None,
+) -> fx.GraphModule:
     """Trace one call of ``module`` with example values beside the proxies. The graph's inputs are the call's
     tensors, in order; they are kept in ``gm.meta["inputs"]`` for the analysis. ``is_leaf`` says which module
-    classes stay leaves (see :class:`slimnet.trace_symbolic.SymbolicTracer`)."""
+    classes stay leaves, ``keep_wrapped`` which fx-wrapped functions stay calls (see
+    :class:`slimnet.trace_symbolic.SymbolicTracer`)."""
     kwargs = dict(kwargs)
     params = inspect.signature(module.forward).parameters
     if "use_cache" in params or "use_cache" in kwargs:
@@ -231,11 +240,11 @@ def trace_call(module: nn.Module, args: tuple, kwargs: dict, is_leaf: LeafPolicy
     ns: dict[str, Any] = {}
     exec(f"def forward(self, {', '.join(names)}):\n    return self.call({', '.join(names)})\n", ns)  # noqa: S102
     root = type("_Call", (_Call,), {"forward": ns["forward"]})(module, args, kwargs)  # fx reads the class's forward
-    tracer = _ValueTracer(dict(zip(names, leaves)), is_leaf)
+    tracer = _ValueTracer(dict(zip(names, leaves)), is_leaf, keep_wrapped)
     was_training = module.training
     module.eval()
     try:
-        with eager_attention(module), _traced_factories(tracer):
+        with eager_attention(module), _traced_factories(tracer), untouched(module):
             graph = tracer.trace(root)
     finally:
         module.train(was_training)

@@ -32,8 +32,6 @@ those tensors is exact for theirs. Trained models rarely hold constant tensors, 
 from __future__ import annotations
 
 import copy
-import math
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +41,15 @@ from torch import nn
 
 from ._tensors import call, count_params, flat_tensors, map_tensors
 from ._util import first_line
+from .noise import _noise_for, constant_tensors, randomise
 
 TOL64 = 1e-6
 TOL32 = 1e-4
 #: Above this many parameters the check runs in float32: the float64 copies of the weights (12 bytes per
 #: parameter, fresh memory) cost more than the rest of the shrink (docs/shrink-time.md).
 F64_PARAMS = 10_000_000
+
+__all__ = ["VerifyResult", "constant_tensors", "randomise", "variants", "verify"]
 Inputs = list[tuple[str, Any]]
 
 
@@ -67,10 +68,14 @@ class VerifyResult:
     randomised: int = 0
     randomised_diff: float | None = None
     randomised_tolerance: float | None = None
+    #: what was compared: the model's outputs, or (for a model analysed piece by piece) each traced piece's
+    #: outputs on the inputs the masked original gave it
+    compared: str = "model outputs"
 
 
 def variants(example: Any) -> Inputs:
-    """The example, a batch-2 version of it, and a larger image for 4D/5D float inputs."""
+    """The example, and a batch-2 version of it: for 4D/5D float inputs a larger one, for a list of images
+    (torchvision's detectors take ``model([image])``) two images, the first larger."""
     out: Inputs = [("example", example)]
     gen = torch.Generator().manual_seed(1234)
 
@@ -82,7 +87,11 @@ def variants(example: Any) -> Inputs:
         return torch.cat([t, t[:1]]) if t.shape[0] == 1 else t
 
     tensors = flat_tensors(example)
-    if len(tensors) == 1 and tensors[0].is_floating_point() and tensors[0].dim() in (4, 5):
+    images = _more_images(example, gen)
+    if images is not None:  # a list of images (torchvision's detectors): two, one larger, instead of one
+        first = next(t for t in flat_tensors(images) if t.dim() >= 3)
+        out.append((f"2 images, the first {'x'.join(map(str, first.shape))}", images))
+    elif len(tensors) == 1 and tensors[0].is_floating_point() and tensors[0].dim() in (4, 5):
         t = tensors[0]
         shape = (2, t.shape[1]) + tuple(s + 32 for s in t.shape[2:])
         bigger = torch.randn(shape, generator=gen, dtype=t.dtype)
@@ -91,6 +100,32 @@ def variants(example: Any) -> Inputs:
     else:
         out.append(("batch 2", map_tensors(example, batch2)))
     return out
+
+
+def _more_images(example: Any, gen: torch.Generator) -> Any:
+    """``example`` with each list of images (float tensors of at least 3 dims) replaced by two new ones, the
+    first 32 px larger; None when it holds no such list."""
+    found = False
+
+    def grow(value: Any) -> Any:
+        nonlocal found
+        if isinstance(value, list) and value and all(_is_image(v) for v in value):
+            found = True
+            shape = tuple(value[0].shape)
+            bigger = shape[:-2] + tuple(s + 32 for s in shape[-2:])
+            return [torch.randn(s, generator=gen, dtype=value[0].dtype) for s in (bigger, shape)]
+        if isinstance(value, (tuple, list)):
+            return type(value)(grow(v) for v in value)
+        if isinstance(value, dict):
+            return {k: grow(v) for k, v in value.items()}
+        return value
+
+    grown = grow(example)
+    return grown if found else None
+
+
+def _is_image(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 3
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
@@ -119,6 +154,29 @@ class _Bound:
     def __call__(self, inp: Any) -> list[torch.Tensor]:
         with torch.no_grad():
             out = call(self.copy, _cast(inp, self.dtype))
+        return [o.detach() for o in flat_tensors(out)]
+
+    def piece_calls(self, inp: Any, pieces: list[str]) -> list[tuple[str, tuple, dict, list[torch.Tensor]]]:
+        """Every call of every piece (submodule path) while the model runs ``inp``: its arguments and outputs."""
+        calls: list[tuple[str, tuple, dict, list[torch.Tensor]]] = []
+        hooks = []
+        for path in pieces:
+
+            def record(_m: nn.Module, a: tuple, kw: dict, out: Any, path: str = path) -> None:
+                calls.append((path, a, kw, [o.detach() for o in flat_tensors(out)]))
+
+            hooks.append(self.copy.get_submodule(path).register_forward_hook(record, with_kwargs=True))
+        try:
+            self(inp)
+        finally:
+            for h in hooks:
+                h.remove()
+        return calls
+
+    def piece(self, path: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+        """One piece run on given (already cast) arguments."""
+        with torch.no_grad():
+            out = self.copy.get_submodule(path)(*args, **kwargs)
         return [o.detach() for o in flat_tensors(out)]
 
 
@@ -206,13 +264,20 @@ def verify(
     example: Any,
     inputs: Inputs | None = None,
     precision: torch.dtype | None = None,
+    pieces: list[str] | None = None,
 ) -> VerifyResult:
     """Compare ``pruned`` with the masked ``original`` on several inputs, then again with the original's
     constant tensors randomised (module docstring); neither argument is modified. ``inputs``: ``[(label,
     input), ...]`` to check instead of the example's variants: the reduced inputs of an analysis that proved
     them equivalent (``Analysis.checks``); with constant tensors, the first is checked with the model's values
     and the others with the constants randomised. ``precision``: float64 or float32 (default: float64 up to
-    F64_PARAMS parameters). Tensors the check does not change are shared with the models, never copied."""
+    F64_PARAMS parameters). Tensors the check does not change are shared with the models, never copied.
+
+    ``pieces``: the submodules a model analysed piece by piece was traced as. Everything pruned lies inside
+    them and their inputs and outputs keep their shapes, so the code between them (a detector's anchors,
+    score thresholds, top-k, NMS) is the same function in both models; it is not compared through, since
+    top-k and NMS break ties between equal scores either way. Each piece's outputs are compared instead, on
+    the inputs the masked original gave it (and the pruned model must still run whole)."""
     original, pruned = original.eval(), pruned.eval()
     constants = constant_tensors(original)
     if inputs is None:
@@ -222,7 +287,7 @@ def verify(
     else:
         main, recheck = inputs, []
     reference, candidate, tol_scale, first = _bind(original, pruned, plan, main[0][1], precision)
-    result = _compare(reference, candidate, main, tol_scale, first)
+    result = _compare(reference, candidate, main, tol_scale, None if pieces else first, pieces)
     if not result.passed or not constants:
         return result
     try:
@@ -231,7 +296,7 @@ def verify(
         return VerifyResult(float("inf"), result.tolerance, False, result.dtype, result.inputs, error=str(exc))
     # the same tensors with the constants swapped for noise; float32's tolerance: a wrong cut moves outputs by
     # far more than that
-    second = _compare(reference.swap(noise_ref, plan), candidate.swap(noise_cand), recheck, TOL32, None)
+    second = _compare(reference.swap(noise_ref, plan), candidate.swap(noise_cand), recheck, TOL32, None, pieces)
     second.randomised = len(constants)
     if not second.passed:
         second.error = (
@@ -266,114 +331,76 @@ def _bind(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], first_in
     raise AssertionError("unreachable")
 
 
-def constant_tensors(model: nn.Module) -> list[str]:
-    """State-dict names of floating parameters and norm running statistics of more than one element whose
-    elements are all equal (tied names listed once)."""
-    state = model.state_dict(keep_vars=True)
-    names = []
-    for name in _noisy_names(model):
-        flat = state[name].detach().reshape(-1)
-        # the first elements settle it for nearly every trained or random tensor without reading the rest
-        if flat.numel() > 1 and bool((flat[:16] == flat[0]).all()) and bool((flat == flat[0]).all()):
-            names.append(name)
-    return names
-
-
-def _noise(name: str, t: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Seeded by the tensor's name (and ``seed``): around the tensor's mean, at a scale that keeps activations
-    in range: 1/sqrt(fan-in) for weight matrices and kernels, 0.1 for vectors (0.1 of the mean's size when that
-    is above 1); running variances stay positive."""
-    gen = torch.Generator().manual_seed(zlib.crc32(name.encode()) + seed)
-    value = float(t.double().mean())
-    z = torch.randn(t.shape, generator=gen, dtype=torch.float64)
-    if name.endswith("running_var"):
-        return (abs(value) or 1.0) * (0.5 + torch.rand(t.shape, generator=gen, dtype=torch.float64))
-    if t.dim() >= 2:
-        return value + z / math.sqrt(max(1, t.numel() // t.shape[0]))
-    return value + 0.1 * z * max(abs(value), 1.0)
-
-
-def randomise(model: nn.Module, names: list[str] | None = None, seed: int = 0) -> nn.Module:
-    """Replace tensors of ``model`` in place with seeded noise (see :func:`_noise`): the ``names`` given, or every
-    floating parameter and norm running statistic. A wrong cut cannot hide behind a randomised tensor, which is
-    what the verifier's second check does with constant tensors, and what tests and tools use to make every
-    channel of a freshly initialised model distinguishable."""
-    state = model.state_dict(keep_vars=True)
-    chosen = names if names is not None else _noisy_names(model)
-    with torch.no_grad():
-        for name in chosen:
-            t = state[name]
-            t.copy_(_noise(name, t, seed).to(t.dtype))
-    return model
-
-
-def _noisy_names(model: nn.Module) -> list[str]:
-    """Floating parameters and norm running statistics, each tensor once."""
-    buffers = {n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")}
-    params = {n for n, _ in model.named_parameters()}
-    names, seen = [], set()
-    for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) in seen or (name not in params and name not in buffers) or not t.is_floating_point():
-            continue
-        seen.add(id(t))
-        names.append(name)
-    return names
-
-
-def _noise_for(
-    original: nn.Module, pruned: nn.Module, plan: dict[str, Any], names: list[str]
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The same seeded noise for both models' constant tensors, sliced by the plan on the pruned side (an
-    AssertionError when the pruned model's tensor has another shape). Keyed by state_dict name; a tied name
-    finds its tensor's noise through any of its names."""
-    source = original.state_dict(keep_vars=True)
-    cand_tensors = pruned.state_dict(keep_vars=True)
-    names_of: dict[int, list[str]] = {}
-    for alias, t in source.items():
-        names_of.setdefault(id(t), []).append(alias)
-    ref: dict[str, torch.Tensor] = {}
-    cand: dict[str, torch.Tensor] = {}
-    for name in names:
-        noise = _noise(name, source[name].detach()).to(source[name].dtype)
-        sliced = noise
-        for dim_s, idx in plan["tensors"].get(name, {}).items():
-            sliced = sliced.index_select(int(dim_s), torch.as_tensor(idx, dtype=torch.long))
-        for alias in names_of[id(source[name])]:
-            ref[alias] = noise
-            if alias in cand_tensors:
-                if tuple(sliced.shape) != tuple(cand_tensors[alias].shape):
-                    shape = tuple(cand_tensors[alias].shape)
-                    raise AssertionError(f"{alias}: planned shape {tuple(sliced.shape)} != {shape}")
-                cand[alias] = sliced
-    return ref, cand
-
-
 def _compare(reference: _Bound, candidate: _Bound, inputs: Inputs, tol_scale: float,
-             first: list[torch.Tensor] | None) -> VerifyResult:  # fmt: skip
-    """Both models on every input (``first``: the reference's outputs on the first, already computed)."""
+             first: list[torch.Tensor] | None, pieces: list[str] | None = None) -> VerifyResult:  # fmt: skip
+    """Both models on every input (``first``: the reference's outputs on the first, already computed), or each
+    piece's outputs (:func:`verify`'s ``pieces``)."""
     worst, tol, checked = 0.0, 0.0, []
-    dtype = str(reference.dtype)
+    dtype, compared = str(reference.dtype), _compared(pieces)
+
+    def failed(diff: float, error: str) -> VerifyResult:
+        return VerifyResult(diff, tol, False, dtype, list(checked), error=error, compared=compared)
+
     for k, (label, inp) in enumerate(inputs):
         if label == "batch 2" and any(c.startswith("batch 2") for c in checked):
             continue  # the larger batch-2 input already covered it
         try:
-            ref = first if k == 0 and first is not None else reference(inp)
-        except Exception:  # noqa: BLE001 - the original itself rejects this input: nothing to compare
+            pairs = _outputs(reference, candidate, inp, pieces, first if k == 0 else None)
+        except _ReferenceFailed:  # the original itself rejects this input: nothing to compare
             continue
-        try:
-            got = candidate(inp)
         except Exception as exc:  # noqa: BLE001 - the pruned model breaks where the original does not
-            error = f"pruned model fails on input {label}: {first_line(exc)}"
-            return VerifyResult(float("inf"), tol, False, dtype, checked + [label], error=error)
-        if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
-            error = f"pruned model's outputs have other shapes on input {label}"
-            return VerifyResult(float("inf"), tol, False, dtype, checked + [label], error=error)
-        scale = max((float(r.abs().max()) for r in ref if r.numel() and r.is_floating_point()), default=0.0)
-        diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ref, got) if a.numel()), default=0.0)
-        this_tol = tol_scale * (1.0 + scale)
+            checked.append(label)
+            return failed(float("inf"), f"pruned model fails on input {label}: {first_line(exc)}")
         checked.append(label)
-        if diff > this_tol or diff != diff:
-            error = f"outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})"
-            return VerifyResult(diff, this_tol, False, dtype, checked, error=error)
-        worst, tol = max(worst, diff), max(tol, this_tol)
-    return VerifyResult(worst, tol, True, dtype, checked)
+        for where, ref, got in pairs:
+            if len(ref) != len(got) or any(a.shape != b.shape for a, b in zip(ref, got)):
+                return failed(float("inf"), f"pruned model's {where}outputs have other shapes on input {label}")
+            diff, this_tol = _difference(ref, got, tol_scale)
+            if diff > this_tol or diff != diff:
+                tol = this_tol
+                return failed(diff, f"{where}outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})")
+            worst, tol = max(worst, diff), max(tol, this_tol)
+    return VerifyResult(worst, tol, True, dtype, checked, compared=compared)
+
+
+def _difference(ref: list[torch.Tensor], got: list[torch.Tensor], tol_scale: float) -> tuple[float, float]:
+    """Max abs difference, and the tolerance scaled by the reference's magnitude."""
+    scale = max((float(r.abs().max()) for r in ref if r.numel() and r.is_floating_point()), default=0.0)
+    diff = max((float((a.double() - b.double()).abs().max()) for a, b in zip(ref, got) if a.numel()), default=0.0)
+    return diff, tol_scale * (1.0 + scale)
+
+
+class _ReferenceFailed(Exception):
+    """The masked original rejected an input (a larger image it cannot take): that input is skipped."""
+
+
+def _compared(pieces: list[str] | None) -> str:
+    if not pieces:
+        return "model outputs"
+    names = ", ".join(pieces[:6]) + (f" and {len(pieces) - 6} more" if len(pieces) > 6 else "")
+    return (
+        f"the outputs of the {len(pieces)} traced pieces ({names}), each on the inputs the masked original gave "
+        "it; the model's own outputs, computed from them by code that did not trace (thresholds, top-k, NMS), "
+        "are not compared, and the pruned model is run whole"
+    )
+
+
+Outputs = list[tuple[str, list[torch.Tensor], list[torch.Tensor]]]  # (where, reference tensors, pruned tensors)
+
+
+def _outputs(reference: _Bound, candidate: _Bound, inp: Any, pieces: list[str] | None,
+             first: list[torch.Tensor] | None) -> Outputs:  # fmt: skip
+    """What to compare on one input: the two models' outputs, or every call of every piece (the pruned piece
+    run on the reference piece's inputs). Raises :class:`_ReferenceFailed` when the reference rejects it."""
+    try:
+        if not pieces:
+            ref = first if first is not None else reference(inp)
+        else:
+            calls = reference.piece_calls(inp, pieces)
+    except Exception as exc:  # noqa: BLE001 - any failure of the original on this input
+        raise _ReferenceFailed from exc
+    if not pieces:
+        return [("", ref, candidate(inp))]
+    pairs: Outputs = [(f"piece {path}'s ", ref, candidate.piece(path, a, kw)) for path, a, kw, ref in calls]
+    candidate(inp)  # the whole pruned model still runs (its outputs may differ by ties)
+    return pairs

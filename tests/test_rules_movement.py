@@ -114,3 +114,27 @@ def test_hard_coded_view_leaves_the_group_with_a_reason():
     res = check(randomise(HardCoded()), torch.randn(1, 3, 4, 4))
     assert "size fixed in forward" in reasons(res)["conv"]
     assert res.plan["tensors"] == {}
+
+
+class Written(nn.Module):
+    """In-place writes into a tensor: ``x[..., 1:, :] += q[..., 1:, :]`` (MViT's residual pooling) couples x's and
+    q's channels; ``y[:, :2] = 0`` zeroes fixed channels, so y's channels cannot move."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.x = nn.Linear(6, 8)
+        self.q = nn.Linear(6, 8)
+        self.y = nn.Linear(6, 8)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, t):
+        x, q, y = self.x(t), self.q(t), self.y(t)
+        x[:, 1:, :] += q[:, 1:, :]
+        y[:, :, :2] = 0
+        return self.out(torch.cat([x, y], -1))
+
+
+def test_setitem_writes_atoms_into_its_target():
+    res = check(randomise(Written()), torch.randn(2, 5, 6))
+    assert kept(res, "x.weight") == kept(res, "q.weight") and len(kept(res, "x.weight")) == 4
+    assert "indexed with fixed positions" in reasons(res)["y"] and kept(res, "y.weight") is None

@@ -67,6 +67,10 @@ def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Pat
             from ..hf import save_pretrained  # lazy: CLI start-up
 
             save_pretrained(model, plan, out_path)
+        elif type(model).__module__.startswith("ultralytics."):  # ultralytics' checkpoint: YOLO(path) loads it
+            from ..yolo import checkpoint  # lazy: CLI start-up
+
+            save_model_atomic(checkpoint(model, plan), out_path)
         else:
             save_model_atomic(model, out_path)
     except BaseException:

@@ -27,10 +27,11 @@ from .. import cost
 from ..errors import SlimnetError
 from ..stages import Stages
 from ..trace import placeholder_args, trace, trace_pieces
+from ..trace_symbolic import untouched
 from .atoms import UnionFind
 from .interpreter import AtomInterpreter
 from .model import Analysis, Binding, Evidence, Group, Mark, Member, UnitList
-from .registry import is_leaf_class
+from .registry import has_rule, is_leaf_class
 
 Shapes = dict[str, tuple[int, ...]]
 ByMember = dict[Member, list[tuple[np.ndarray, str]]]  # every binding of one tensor dim: (atoms, role)
@@ -57,14 +58,18 @@ def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None, st
     the pieces' inputs and outputs stay whole, and the reason the whole model did not trace is kept in
     ``Analysis.notes``. With no prunable piece the tracing error is raised as it was. ``stages`` times the
     ``trace`` and ``groups`` stages."""
-    stages = stages or Stages()
+    with untouched(model):  # nothing a forward stores on itself while traced or run stays behind
+        return _analyse(model, example, gm, stages or Stages())
+
+
+def _analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None, stages: Stages) -> Analysis:
     pieces, why = None, ""
     with stages("trace"):
         if gm is None:
             try:
-                gm = trace(model, example, is_leaf=is_leaf_class)
+                gm = trace(model, example, is_leaf=is_leaf_class, keep_wrapped=has_rule)
             except SlimnetError as exc:
-                pieces, why = trace_pieces(model, example, is_leaf=is_leaf_class), exc
+                pieces, why = trace_pieces(model, example, is_leaf=is_leaf_class, keep_wrapped=has_rule), exc
     with stages("groups"):
         if pieces is not None:
             analysis = _analyse_pieces(model, pieces, str(why))
@@ -97,6 +102,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
     alias, alias_groups = tensor_aliases(model)
     groups: list[Group] = []
     macs: list[cost.Resolved] = []
+    whole = type(model).__name__
     for path, gm in pieces:
 
         def full(t: str, path: str = path) -> str:
@@ -109,9 +115,13 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
         for g in piece_groups:
             renamed = {(full(t), d): g.member_index((t, d)) for t, d in g.members}
             reason = g.reason
-            if reason and (reason.startswith("model input") or reason == "model output"):
-                end = "input" if reason.startswith("model input") else "output"
-                reason = f"{end} of {path}, traced as a separate piece (the whole model did not trace)"
+            if reason and reason.startswith("model input"):
+                reason = f"input of {path}, traced as a separate piece: made by {whole}'s code that did not trace"
+            elif reason == "model output":
+                reason = (
+                    f"output of {path}, traced as a separate piece: read by {whole}'s code that did not trace, which "
+                    "depends on its layout (a detection head's anchors x box and class channels, a feature width)"
+                )
             for t, _ in g.members:
                 outside = [a for a in alias_groups.get(full(t), []) if not a.startswith(f"{path}.")]
                 if outside and reason is None:
@@ -132,6 +142,7 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
     first = why.split(": torch.fx needs")[0]
     notes = [f"{first}; traced piece by piece instead ({len(pieces)} pieces), their inputs and outputs left whole"]
     analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model), notes=notes)
+    analysis.pieces = [path for path, _ in pieces]
     analysis.cost = cost.build(model, groups, alias, macs, complete=False)
     return analysis
 

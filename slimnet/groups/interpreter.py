@@ -6,8 +6,6 @@ small public API, and hands what it found to assembly as one :class:`~slimnet.gr
 
 from __future__ import annotations
 
-import builtins
-import operator
 from typing import Any
 
 import numpy as np
@@ -19,7 +17,8 @@ from ..cost import Term, terms_of
 from ..trace_symbolic import user_line
 from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
 from .model import Evidence
-from .registry import rule_for
+from .registry import IN_PLACE, rule_for
+from .sizeflow import SizeFlow
 
 
 def _where(node: fx.Node) -> str:
@@ -102,10 +101,10 @@ class AtomInterpreter(fx.Interpreter):
         self._frozen: dict[str, str] = {}  # parameters read by an op with no rule
         self._costs: list[Term] = []  # MAC terms of the nodes run so far
         self._ids: dict[fx.Node, Any] = {}
-        # int/float nodes computed from tensor sizes -> the (id tensor, dim) pairs they read; a size used as a
-        # *value* (a 1/sqrt(d) scale, a mean's divisor) must not change, so those dims get tied (see value_use)
-        self._size_src: dict[fx.Node, list[tuple[torch.Tensor, int]]] = {}
-        self._shapes: dict[fx.Node, torch.Tensor] = {}  # x.shape / x.size() nodes -> x's ids (x.shape[i]: dim i)
+        #: where every int/float node computed from tensor sizes was read from; a size used as a *value* (a
+        #: 1/sqrt(d) scale, a mean's divisor) must not change, so those dims get tied (see value_use), and a size
+        #: read from one tensor and used to reshape another couples the two (sizeflow.tie_reshape_sizes)
+        self.sizes = SizeFlow()
         self._current: fx.Node | None = None
 
     def collect(self, *inputs: Any) -> Evidence:
@@ -264,8 +263,8 @@ class AtomInterpreter(fx.Interpreter):
         """``values`` (fx nodes) enter a computation as numbers, not as sizes: where one was read from a
         tensor's dim, that dim's size must not change (pruning it would change the number), so it is tied."""
         for v in nodes_in(values):
-            for src, dim in self._size_src.get(v, []):
-                self.tie(src, dim, f"the size of dim {dim} is used as a value at node {self.where()}")
+            for src in self.sizes.sources(v):
+                self.tie(src.ids, src.dim, f"the size of dim {src.dim} is used as a value at node {self.where()}")
 
     def unknown(self, n: fx.Node, value: Any, what: str | None = None) -> Any:
         """The op has no rule (or its rule refused): everything it reads is poisoned, naming the op, and its
@@ -298,8 +297,7 @@ class AtomInterpreter(fx.Interpreter):
             self._costs.extend(self.costs_of(n, value))
         for dead in self.user_to_last_uses.get(n, []):
             self._ids.pop(dead, None)
-            self._size_src.pop(dead, None)
-            self._shapes.pop(dead, None)
+            self.sizes.forget(dead)
         return value
 
     def costs_of(self, n: fx.Node, value: Any) -> list[Term]:
@@ -337,33 +335,16 @@ class AtomInterpreter(fx.Interpreter):
         return make
 
     def _apply_rule(self, n: fx.Node, value: Any) -> Any:
+        if n.op == "call_function" and n.target in IN_PLACE:
+            fn = rule_for(n, self.module)
+            if fn is None or fn(self, n, n.args, n.kwargs, value) is None:
+                self.unknown(n, value)
+            return None
         if not flat_tensors(value):
-            self._track_sizes(n)
+            self.sizes.track(n, self.ids_of)
             return None
         fn = rule_for(n, self.module)
         out = None if fn is None else fn(self, n, n.args, n.kwargs, value)
         if out is None:  # a rule that cannot say where a tensor's channels come from must not guess
             return self.unknown(n, value)
         return out
-
-    def _track_sizes(self, n: fx.Node) -> None:
-        """Record which tensor dims an int (or a float computed from ints) was read from."""
-        is_size = n.op == "call_method" and n.target == "size"
-        is_shape = n.op == "call_function" and n.target is builtins.getattr and len(n.args) > 1 and n.args[1] == "shape"
-        if is_size or is_shape:
-            src = self.ids_of(n.args[0])
-            if not isinstance(src, torch.Tensor) or src.dim() == 0:
-                return
-            dim = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")) if is_size else None
-            if dim is None:
-                self._shapes[n] = src
-            dims = range(src.dim()) if dim is None else [int(dim) % src.dim()]
-            self._size_src[n] = [(src, d) for d in dims]
-            return
-        if n.target is operator.getitem and n.args[0] in self._shapes and isinstance(n.args[1], int):
-            src = self._shapes[n.args[0]]
-            self._size_src[n] = [(src, n.args[1] % src.dim())]
-            return
-        found = [s for a in nodes_in((n.args, n.kwargs)) for s in self._size_src.get(a, [])]
-        if found:
-            self._size_src[n] = found

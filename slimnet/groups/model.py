@@ -149,6 +149,9 @@ class Analysis:
     aliases: dict[str, list[str]]  # canonical tensor name -> every state_dict name sharing it
     shapes: dict[str, tuple[int, ...]]
     notes: list[str] = field(default_factory=list)  # how the model was traced, when not in one piece
+    #: the submodules a model that did not trace whole was traced as (empty when it traced whole): everything
+    #: prunable lies inside them, so the verifier compares their outputs
+    pieces: list[str] = field(default_factory=list)
     #: MACs and parameters of any plan (:class:`slimnet.cost.CostModel`), from the same pass
     cost: Any = field(default=None, compare=False, repr=False)
     #: the smaller input the analysis ran on when the model's graph holds for any size (:mod:`slimnet.reduced`;

@@ -44,6 +44,7 @@ are never imported to build the table). Module classes are looked up along their
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,11 @@ Rule = Callable[[Any, fx.Node, tuple, dict, Any], Any]
 
 #: The one registry: functions, method names (strings), module classes and qualified class names -> rule.
 RULES: dict[Any, Rule] = {}
+
+#: Ops that return nothing and write into their first argument (``x[idx] = v``): their rule runs for that effect
+#: (it updates the argument's id tensor in place, as the op did the tensor, and returns it); without a rule, or
+#: when it refuses, what they touch is poisoned, never ignored.
+IN_PLACE = frozenset({operator.setitem})
 
 
 def rule(*keys: Any) -> Callable[[Rule], Rule]:
@@ -83,6 +89,16 @@ def is_leaf_class(cls: type) -> bool:
     subclasses are not matched (the interpreter's MRO lookup would find their base's rule, but changing which
     modules the tracer enters is a change of behaviour left for later)."""
     return qualname(cls) in RULES
+
+
+def has_rule(fn: Any) -> bool:
+    """The tracer's policy for functions registered with ``torch.fx.wrap``: one with a channel rule (torchvision's
+    ``stochastic_depth``) stays one call; any other is traced through, so that its plain tensor code meets the
+    rules of the ops inside it instead of poisoning everything it touches."""
+    try:
+        return fn in RULES
+    except TypeError:  # unhashable
+        return False
 
 
 def arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:

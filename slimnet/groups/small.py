@@ -22,7 +22,7 @@ from ..trace import placeholder_args, trace
 from .assemble import assemble_roots, shapes_of, tensor_aliases
 from .interpreter import AtomInterpreter
 from .model import Analysis
-from .registry import is_leaf_class
+from .registry import has_rule, is_leaf_class
 
 
 class SizeDependent(Exception):
@@ -58,7 +58,7 @@ def analyse_reduced(
         return None, None, "the input is not one image tensor larger than the reduced sizes"
     with stages("trace"):
         try:
-            gm = trace(model, example, is_leaf=is_leaf_class, with_values=False)
+            gm = trace(model, example, is_leaf=is_leaf_class, keep_wrapped=has_rule, with_values=False)
         except Exception:  # noqa: BLE001 - the caller traces again with example values, and reports errors
             return None, None, "the model does not trace symbolically"
         try:

@@ -27,6 +27,7 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
     a, b = it.ids_of(args[0]), it.ids_of(args[1])
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() < 2 or b.dim() < 2:
         return it.unknown(n, value, "matmul of vectors")
+    a, b = canonical(it, a), canonical(it, b)  # atoms already one unit (a depthwise conv's in and out) are one
     why = f"matmul at node {it.where()}"
     a_row, a_row_multi = one_atom_per_slice(a, -1)  # [..., n]: A's atom per row, constant along k?
     a_col, a_col_multi = one_atom_per_slice(a, -2)  # [..., k]: A's atom per contracted index, constant along n?
@@ -54,6 +55,18 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
             it.unify_pairs(unique_pairs(grid_r[both], grid_c[both]))
     out = torch.where(rows.unsqueeze(-1) >= 0, rows.unsqueeze(-1), cols.unsqueeze(-2))
     return out.expand(value.shape).clone() if out.shape != value.shape else out
+
+
+def canonical(it: AtomInterpreter, ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` with every atom replaced by its class's root: atoms that the rules have already made one unit
+    (MViT's class token and its pooled tokens, both a depthwise conv's channel) no longer look different."""
+    if not ids.numel():
+        return ids
+    roots = torch.as_tensor(it.roots(), dtype=torch.float64)
+    flat = ids.reshape(-1)
+    has = flat >= 0
+    out = torch.where(has, roots[flat.clamp_min(0).to(torch.int64)], flat)
+    return out.reshape(ids.shape)
 
 
 def _pair_contracted(it: AtomInterpreter, a_col: torch.Tensor, b_row: torch.Tensor, why: str) -> None:

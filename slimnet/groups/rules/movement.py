@@ -17,6 +17,7 @@ from torch import fx, nn
 from ..atoms import NO_ATOM, constant_ids
 from ..interpreter import AtomInterpreter
 from ..registry import arg, rule
+from ..sizeflow import SizeSource, size_args, tie_reshape_sizes
 
 
 def literal_dims(size_args: tuple) -> list[int]:
@@ -116,7 +117,25 @@ def movement(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: 
     if isinstance(out, torch.Tensor):
         for d in literal:
             it.tie(out, d, f"size fixed in forward at node {it.where()}")
+        _sizes_from_tensors(it, n, args, kwargs, out)
     return out
+
+
+def _sizes_from_tensors(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+    """A reshape whose sizes were read from tensors (``q.reshape(B, N, heads, C // heads)``) must still fit
+    after pruning: :func:`~slimnet.groups.sizeflow.tie_reshape_sizes` couples or ties the dims involved."""
+    if not isinstance(args[0], fx.Node):
+        return
+    if n.target in ("view", "reshape") or n.target is torch.reshape:
+        tie_reshape_sizes(it, out, size_args(tuple(args[1:]), it.sizes), args[0])
+    elif n.target in ("view_as", "reshape_as") and isinstance(args[1], fx.Node):
+        other = it.ids_of(args[1])
+        if isinstance(other, torch.Tensor):
+            tie_reshape_sizes(it, out, [SizeSource(args[1], other, d) for d in range(other.dim())], args[0])
+    elif n.target == "unflatten":
+        dim = it.value_of(arg(args, kwargs, 1, "dim"))
+        sizes = list(arg(args, kwargs, 2, "sizes"))
+        tie_reshape_sizes(it, out, size_args(tuple(sizes), it.sizes), args[0], dim % (out.dim() - len(sizes) + 1))
 
 
 @rule(F.pad, "pad")
@@ -168,6 +187,23 @@ def getitem(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: A
         return constant_ids(value) if isinstance(value, torch.Tensor) else None
     _tie_partial_index(it, src, idx)
     return src[idx]
+
+
+@rule(operator.setitem)
+def setitem(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
+    """``x[idx] = v`` (and ``x[idx] += v``, traced as getitem, iadd, setitem): the written positions take ``v``'s
+    atoms, in ``x``'s id tensor itself, as the op wrote into ``x``; positions picked by fixed indices are tied,
+    as for reading them."""
+    dst, src = it.ids_of(args[0]), it.ids_of(args[2])
+    if not isinstance(dst, torch.Tensor):
+        return None
+    idx = it.value_of(args[1])
+    _tie_partial_index(it, dst, idx)
+    try:
+        dst[idx] = src if isinstance(src, torch.Tensor) else NO_ATOM
+    except RuntimeError:  # ids that are a broadcast view cannot be written into: refuse (poison), never guess
+        return None
+    return dst
 
 
 def _tie_partial_index(it: AtomInterpreter, src: torch.Tensor, idx: Any) -> None:
