@@ -124,13 +124,14 @@ def test_an_absolute_latency_target_is_a_fraction_of_the_original_measured_now(m
     model, x = wide_net(), torch.randn(1, 3, 16, 16)
     timed = []
 
-    def fake_measure(_model, _example, plans, **_timing):  # the original takes 10 ms, every cut half of it
+    def fake_measure(_model, _example, plans, **_timing):  # the original takes 10 ms, every cut 8 ms
         timed.append(len(plans))
-        return [10.0] + [5.0] * len(plans)
+        return [10.0] + [8.0] * len(plans)
 
     monkeypatch.setattr(lut, "measure", fake_measure)
-    res = api.shrink(model, x, target_latency="5ms", round_to=8)
+    # 8 ms of 10: a fraction the real latency table (measured, on a possibly busy machine) can always reach
+    res = api.shrink(model, x, target_latency="8ms", round_to=8)
     t = res.report["target"]
-    assert timed[0] == 0 and t["wanted"] == pytest.approx(0.5) and t["wanted_absolute_ms"] == 5.0
-    assert t["measured_ms"] == 5.0 and t["reached"] == pytest.approx(0.5) and t["rounds"] == 1
+    assert timed[0] == 0 and t["wanted"] == pytest.approx(0.8) and t["wanted_absolute_ms"] == 8.0
+    assert t["measured_ms"] == 8.0 and t["reached"] == pytest.approx(0.8) and t["rounds"] == 1
     assert res.verification.passed
