@@ -100,7 +100,7 @@ def batch_input(example: Any, batch_size: int | None) -> Any:
     if batch_size is None:
         return example
     if batch_size < 1:
-        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
+        raise SlimnetError(f"batch_size={batch_size} (--batch-size) must be at least 1")
 
     def grow(t: torch.Tensor) -> torch.Tensor:
         if t.dim() == 0 or t.shape[0] == batch_size:

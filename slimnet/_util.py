@@ -6,7 +6,8 @@ Nothing here imports torch, so that the command line can check its arguments bef
 * Registries keyed by module class: :func:`lookup` finds a class's entry along its MRO, by the class itself or
   by its qualified name (so that optional libraries never have to be imported to build a table).
 * Outputs: :func:`write_atomic`, :func:`save_atomic` and :func:`scratch_dir` write beside the destination and
-  rename at the end, so a failure or an interrupt never leaves a half-written file.
+  rename at the end, so a failure or an interrupt never leaves a half-written file; the file ends with the
+  permissions a plain ``open()`` would have given it (:func:`plain_mode`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -65,17 +67,43 @@ def _name(obj: Any) -> str:
 
 # ------------------------------------------------------------------------------------------ outputs
 def save_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename: never a half-written output."""
+    """``write(tmp)`` to a temporary file beside ``path``, then rename: never a half-written output. The file
+    gets :func:`plain_mode` (a temporary file is private, 0600, until then)."""
     dest = Path(path)
     fd, tmp = tempfile.mkstemp(dir=dest.resolve().parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, plain_mode(dest))
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def plain_mode(dest: Path) -> int:
+    """The permissions ``open(dest, "w")`` would leave: an existing file keeps its own, a new one gets 0666
+    less the user's umask (0644 under the usual 022)."""
+    try:
+        return stat.S_IMODE(dest.stat().st_mode)
+    except OSError:
+        return 0o666 & ~umask()
+
+
+def umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``); elsewhere set
+    and restored at once, which is how POSIX lets a process read it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:

@@ -1,45 +1,63 @@
-"""The Python API: every CLI command is a thin shell over these functions.
+"""The Python API: every CLI command is a thin shell over these functions (also at the top level: ``slimnet.shrink``,
+``slimnet.apply``, ``slimnet.graph``, ``slimnet.bench``, and ``slimnet.export`` from :mod:`slimnet.exporter`)::
 
-from slimnet.api import shrink
-result = shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
-result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
-result.plan     # slimnet.plan/1 data
-result.report   # the same dict that ``slimnet shrink --json`` prints
+    import slimnet
+    result = slimnet.shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
+    result.model    # the pruned nn.Module (a new object; ``model`` is left untouched)
+    result.plan     # slimnet.plan/1 data
+    result.report   # the same dict that ``slimnet shrink --json`` prints
 
-graph(model, example) is ``slimnet graph``, apply(model, plan, example) ``slimnet apply``, and
-bench(["a.pt", "b.pt"]) or bench([model, pruned], example) ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
+``graph(model, example)`` is ``slimnet graph``; ``Planner(model, example)`` makes plans for any ratio, target or
+allocation from one analysis (``Planner.plan(target_macs=0.5, use_global=True)``), and ``shrink(..., planner=)``
+cuts them; ``apply(model, plan, example)`` is ``slimnet apply``, and ``bench(["a.pt", "b.pt"])`` or
+``bench([model, pruned], example)`` ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import measure
-from ._tensors import call, count_params
-from ._util import first_line
-from .allocate import check_target
+from ._tensors import count_params
 from .benchmark import bench
 from .culprits import find_culprits, leave_whole
 from .errors import SlimnetError, VerificationError
-from .groups import Analysis, analyse
-from .plan import Decision, build_plan, choose
-from .settings import DEFAULT_ROUND_TO, check_settings
+from .groups import Analysis
+from .plan import Decision
+from .plan import load as load_plan
+from .planner import Planned, Planner, check_runs, describe, graph
+from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings
 from .stages import Stages
 from .surgeon import pruned_copy
-from .trace_symbolic import untouched
 from .verify import VerifyResult, verify
 
-__all__ = ["ShrinkResult", "apply", "bench", "graph", "shrink"]
+__all__ = ["Planned", "Planner", "ShrinkResult", "apply", "bench", "check_runs", "describe", "graph", "shrink"]
 
 
 @dataclass
 class ShrinkResult:
+    """What ``shrink`` returns.
+
+    Attributes:
+        model: the pruned model, a new ``nn.Module`` in eval mode (the input model is left untouched).
+        plan: the ``slimnet.plan/1`` data: per original ``state_dict`` tensor, the indices each cut dimension
+            keeps; ``apply`` re-applies it to another instance (``slimnet.plan.save`` writes it).
+        analysis: the channel groups (``graph``), reusable for other ratios and criteria (``analysis=``).
+        decisions: per group, what was kept and why a group was left whole.
+        verification: the check of the pruned model against the masked original (``max_abs_diff``,
+            ``tolerance``, ``passed``, ``inputs``).
+        report: the ``slimnet shrink --json`` object: ``params_before``/``params_after``,
+            ``macs_before``/``macs_after``, ``groups``, ``pruned_groups``, ``skipped`` (group and reason),
+            ``max_abs_diff``, ``tolerance``, ``exact``, ``timings`` and more (``params`` and ``macs`` hold the same
+            numbers as ``[before, after]``).
+    """
+
     model: nn.Module
     plan: dict[str, Any]
     analysis: Analysis
@@ -52,41 +70,6 @@ def count_macs(model: nn.Module, example: Any) -> int:
     """Multiply-accumulates, counted by fvcore (which calls one multiply-add one "flop")."""
     warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
     return int(measure.count_macs(model, example)["macs"])
-
-
-def check_runs(model: nn.Module, example: Any) -> None:
-    """Run the original once: an input the model rejects is the user's error, said in one line."""
-    try:
-        with torch.no_grad(), untouched(model):
-            call(model.eval(), example)
-    except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
-        first = first_line(exc)
-        shapes = _describe(example)
-        raise SlimnetError(
-            f"the model rejects the example input {shapes}: {type(exc).__name__}: {first}; "
-            "give the right --input-shape or --input"
-        ) from None
-
-
-def _describe(example: Any) -> str:
-    if isinstance(example, torch.Tensor):
-        return "x".join(str(s) for s in example.shape) or "scalar"
-    if isinstance(example, dict):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in example.items()) + "}"
-    if isinstance(example, tuple):
-        return "(" + ", ".join(_describe(v) for v in example) + ")"
-    if isinstance(example, list):
-        return "[" + ", ".join(_describe(v) for v in example) + "]"
-    return type(example).__name__
-
-
-def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
-    """The coupled channel groups of ``model``, each prunable or with the reason it is not; ``analysis.cost``
-    prices any plan of it. One analysis serves every ratio, target and criterion (``shrink(..., analysis=)``)."""
-    stages = stages or Stages()
-    with stages("trace"):
-        check_runs(model, example)
-    return analyse(model, example, stages=stages)
 
 
 def shrink(
@@ -105,31 +88,99 @@ def shrink(
     analysis: Analysis | None = None,
     target_macs: float | None = None,
     target_params: float | None = None,
+    target_latency: float | str | None = None,
+    use_global: bool = False,
+    max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO,
+    ratios: dict[str, float] | None = None,
+    backend: str = "ort-cpu",
+    threads: int = 1,
+    batch_size: int = 1,
+    cache: bool = True,
+    planner: Planner | None = None,
     stages: Stages | None = None,
+    progress: bool = False,
 ) -> ShrinkResult:
-    """Trace, group, rank, plan, cut and verify. Raises VerificationError (naming the group) on a mismatch.
+    """Prune ``model``: trace, group coupled channels, rank, cut, verify (``slimnet shrink``).
 
-    ``analysis``: this model's :func:`graph` on this example, when the caller has it already (it depends on the
-    model and the input only, so one analysis serves every ratio and criterion); the model is then neither run
-    nor traced again. ``target_macs`` / ``target_params``: instead of ``ratio``, the fraction of the original's
-    MACs or parameters to keep (the report's ``target`` says what was reached). ``stages``: timings and progress
-    (:class:`slimnet.stages.Stages`); the report's ``timings`` holds them either way."""
+    Every prunable group of coupled channels (or attention heads, or MLP hidden units) loses ``ratio`` of its
+    units, the lowest-ranked by ``criterion``; the pruned copy is then checked against the original with the cut
+    units zeroed, in float64, on ``example`` and on a batch-2 input 32 px larger, and only returned if it agrees.
+
+    Args:
+        model: the trained model. It is left untouched (the result is a new module); it is put in eval mode.
+        example: an input it accepts: a tensor, a tuple (positional arguments), a dict (keyword arguments) or a
+            list (one argument that is a list: ``model([image])``), nested as the model takes them, e.g.
+            ``torch.randn(1, 3, 224, 224)``.
+        ratio: fraction of each group's units to drop, ``0 <= ratio < 1``.
+        criterion: how units are ranked: ``"l1"``, ``"l2"``, ``"fpgm"``, ``"random"`` or ``"bn-scale"``.
+        round_to: kept counts are rounded to a multiple of this (8: fast kernels; 1: exact ratios).
+        ignore: glob patterns of module names to leave untouched (``["layer4.*", "fc"]``).
+        seed: seed of the ``random`` criterion.
+        prune_norm: also prune groups normalised by LayerNorm/RMSNorm (not exact: the report says
+            ``"exact": False`` and the verifier reports the difference instead of failing).
+        model_name: the name recorded in the plan and the report (default: the class name).
+        measure: count MACs before and after (``report["macs"]``); False skips it.
+        head_ratio: fraction of attention heads to drop (default: ``ratio``).
+        analysis: this model's ``graph`` on this example, when the caller has it already: the model is then
+            neither run nor traced again.
+        target_macs: instead of ``ratio``, the fraction of the original's MACs to keep (``report["target"]`` says
+            what was reached).
+        target_params: the same for parameters.
+        target_latency: instead of ``ratio``, a latency to reach: a fraction of the original's latency measured on
+            ``backend`` at ``threads`` and ``batch_size`` (``0.5``), or an absolute one (``"12ms"``).
+        use_global: rank all groups' units together instead of cutting each group by the same share (no group
+            loses more than ``max_layer_ratio``); with a target, the ranking is cost-aware.
+        max_layer_ratio: the largest share any group may lose under ``use_global`` or a target.
+        ratios: per-group shares, group name or glob -> share to drop (``{"layer4.*": 0.7}``); others use
+            ``ratio``.
+        backend: where latency targets are measured: ``"ort-cpu"`` (onnxruntime) or ``"torch-cpu"``.
+        threads: threads for latency measurements.
+        batch_size: batch size for latency measurements.
+        cache: reuse this machine's latency table for the model (False measures it again).
+        planner: this model's ``slimnet.Planner`` on this example, when the caller has it: its analysis, rankings
+            and latency tables are reused.
+        stages: timings and progress (``slimnet.stages.Stages``); ``report["timings"]`` holds them either way.
+        progress: show progress while a latency table is measured.
+
+    Returns:
+        A ``ShrinkResult``: ``.model`` (the pruned module), ``.plan`` (plain data, for ``apply``),
+        ``.report`` (the ``slimnet shrink --json`` object), ``.verification``, ``.analysis``, ``.decisions``.
+
+    Raises:
+        SlimnetError: a setting out of range, an example the model rejects, a model that cannot be traced.
+        VerificationError: the pruned model does not compute what the masked original computes, and no group can
+            be blamed (groups that can are left whole and the model planned again: ``report
+            ["left_whole_after_verify"]``); the message names the group; nothing is returned. A subclass of
+            SlimnetError.
+    """
     t0 = time.perf_counter()
     stages = stages or Stages()
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
-    settings = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore, "seed": seed}
-    settings.update(prune_norm=prune_norm, head_ratio=head_ratio, target=_target(target_macs, target_params))
-    model = model.eval()
-    if analysis is None:
-        analysis = graph(model, example, stages)
-    cut = _cut_and_verify(model, example, analysis, settings, model_name or type(model).__name__, stages)
+    targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
+    check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
+    planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages)
+    settings = dict(
+        ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
+        head_ratio=head_ratio, target_macs=target_macs, target_params=target_params,
+        target_latency=target_latency, use_global=use_global, max_layer_ratio=max_layer_ratio, ratios=ratios,
+        backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
+        model_name=model_name,
+    )  # fmt: skip
+    cut = cut_and_verify(model.eval(), example, planner, settings, stages)
+    decisions, plan, reached, analysis = cut.decisions, cut.plan, cut.reached, planner.analysis
     with stages("measure"):
-        report = make_report(model, example, analysis, cut, measure)
-    if cut.reached is not None:
-        report["target"] = cut.reached.report()
-    report["seconds"] = round(time.perf_counter() - t0, 3)
-    report["timings"] = stages.rounded()
-    return ShrinkResult(cut.pruned, cut.plan, analysis, cut.decisions, cut.result, report)
+        report = make_report(model, cut.pruned, example, analysis, decisions, plan, cut.result, cut.approximate,
+                             measure)  # fmt: skip
+    if reached is not None:
+        report["target" if reached.kind != "units" else "global"] = reached.report()
+    report["allocation"] = plan.get("allocation", "uniform")
+    report["importance_kept"] = importance_kept(cut.planner, criterion, seed, decisions)
+    report["left_whole_after_verify"] = cut.left_whole
+    return ShrinkResult(cut.pruned, plan, analysis, decisions, cut.result, {**report, **_timing(t0, stages)})
+
+
+def _timing(t0: float, stages: Stages) -> dict[str, Any]:
+    return {"seconds": round(time.perf_counter() - t0, 3), "timings": stages.rounded()}
 
 
 #: How often a plan is made again after the verifier blamed some groups (each round leaves more groups whole).
@@ -137,87 +188,86 @@ REPLANS = 3
 
 
 @dataclass
-class _Cut:
-    """One verified cut: what :func:`shrink` reports."""
+class Cut:
+    """One verified cut: the pruned copy, its plan and check, and the groups left whole on the way."""
 
     pruned: nn.Module
     plan: dict[str, Any]
     decisions: list[Decision]
     result: VerifyResult
-    approximate: bool
-    reached: Any
-    left_whole: list[dict[str, str]]
+    approximate: bool  # normalised groups pruned on request: the verifier reports the difference, never fails
+    reached: Any  # the target or global ranking's result, if any
+    left_whole: list[dict[str, str]]  # groups whose cut failed verification, with the reason
+    planner: Planner  # the planner that made the plan (one with the culprits left whole, after a rejection)
 
 
-def _cut_and_verify(
-    model: nn.Module, example: Any, analysis: Analysis, settings: dict[str, Any], name: str, stages: Stages
-) -> _Cut:
-    """Rank, plan, cut and verify; when the verifier rejects the cut, leave the groups it blames whole
+def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: dict[str, Any],
+                   stages: Stages) -> Cut:  # fmt: skip
+    """Plan, cut and verify; when the verifier rejects the cut, leave the groups it blames whole
     (:mod:`slimnet.culprits`), plan again and verify again. Raises VerificationError when no group can be
     blamed or the rounds run out: a wrong cut is never returned."""
-    current, left_whole = analysis, []
+    left: list[dict[str, str]] = []
     for attempt in range(REPLANS + 1):
         with stages("rank"):
-            decisions, reached = choose(current, model, **settings)
+            planned = planner.plan(**settings)
+        analysis, decisions, plan = planner.analysis, planned.decisions, planned.plan
         with stages("cut"):
-            plan = _plan(current, decisions, reached, name, settings)
             pruned = pruned_copy(model, plan).eval()
         with stages("verify"):
             result = verify(model, pruned, plan, example, analysis.pieces)
             approximate = any(d.pruned and d.group.normalised for d in decisions)
             if result.passed or approximate:
-                return _Cut(pruned, plan, decisions, result, approximate, reached, left_whole)
-            culprits = find_culprits(model, example, current, decisions)
+                return Cut(pruned, plan, decisions, result, approximate, planned.target, left, planner)
+            culprits = find_culprits(model, example, analysis, decisions)
             if not culprits or attempt == REPLANS:
                 group = f" (group {', '.join(d.group.name for d in culprits[:3])})" if culprits else ""
                 raise VerificationError(f"verification failed: {result.error}{group}; nothing was written")
-            current = leave_whole(current, culprits, result.error)
-            left_whole += [{"group": d.group.name, "reason": current.groups[d.group.id].reason} for d in culprits]
+            analysis = leave_whole(analysis, culprits, result.error)
+            left += [{"group": d.group.name, "reason": analysis.groups[d.group.id].reason} for d in culprits]
+            planner = Planner(model, example, analysis, planner.stages)
     raise AssertionError("unreachable")
 
 
-def _plan(
-    analysis: Analysis, decisions: list[Decision], reached: Any, name: str, settings: dict[str, Any]
-) -> dict[str, Any]:
-    plan = build_plan(
-        analysis,
-        decisions,
-        model_name=name,
-        criterion=settings["criterion"],
-        ratio=round(reached.ratio, 6) if reached else settings["ratio"],
-        round_to=settings["round_to"],
-        seed=settings["seed"],
-        head_ratio=settings["head_ratio"],
-    )
-    if reached is not None:
-        plan["target"] = reached.report()
-    if analysis.pieces:
-        plan["pieces"] = list(analysis.pieces)  # what `slimnet apply` verifies piece by piece
-    return plan
+def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list[Decision]) -> dict[str, float]:
+    """The sum of the normalised scores of the kept units (:mod:`slimnet.allocate.ranking`), of all, and its
+    share, over the groups that were pruned or could have been."""
+    ranking = planner.ranking(criterion, seed)
+    ranked = [d for d in decisions if d.reason is None and d.group.id in ranking.orders]
+    kept = ranking.kept_importance({d.group.id: len(d.keep) for d in ranked})
+    total = ranking.kept_importance({d.group.id: len(d.group.units) for d in ranked})
+    return {"kept": round(kept, 4), "total": round(total, 4), "share": round(kept / total, 6) if total else 1.0}
 
 
-def _target(target_macs: float | None, target_params: float | None) -> tuple[str, float] | None:
-    if target_macs is not None and target_params is not None:
-        raise SlimnetError("give one target: --target-macs or --target-params, not both")
-    if target_macs is not None:
-        check_target("macs", target_macs)
-        return ("macs", float(target_macs))
-    if target_params is not None:
-        check_target("params", target_params)
-        return ("params", float(target_params))
-    return None
+def apply(
+    model: nn.Module, plan: dict[str, Any] | str | os.PathLike[str], example: Any | None = None
+) -> tuple[nn.Module, VerifyResult | None]:
+    """Cut ``model`` as ``plan`` says (``slimnet apply``): move a pruning found on one instance to another, e.g.
+    from the model that was shrunk to a freshly trained or fine-tuned instance of the same architecture.
 
+    Args:
+        model: an instance of the architecture the plan was made for (left untouched).
+        plan: the plan: ``ShrinkResult.plan``, or the path of a saved ``.plan.json``.
+        example: an input the model accepts; when given, the result is verified against the masked original
+            (as ``shrink`` does) and the check is returned.
 
-def apply(model: nn.Module, plan: dict[str, Any], example: Any | None = None) -> tuple[nn.Module, VerifyResult | None]:
-    """Apply a saved plan to a fresh instance; verify it when an example input is given (piece by piece when the
-    plan was made piece by piece: its ``pieces``)."""
+    Returns:
+        ``(pruned, verification)``: the pruned copy (eval mode), and the ``slimnet.verify.VerifyResult``
+        (None without ``example``; check ``verification.passed``).
+
+    Raises:
+        SlimnetError: a plan file that is missing or not a ``slimnet.plan/1`` plan, or a plan that does not fit
+            the model (a tensor it names is missing or of another shape).
+    """
+    if not isinstance(plan, dict):
+        plan = load_plan(plan)
     pruned = pruned_copy(model.eval(), plan).eval()
     result = verify(model, pruned, plan, example, plan.get("pieces")) if example is not None else None
     return pruned, result
 
 
-def _macs(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
-          ) -> tuple[list[int | None], str | None]:  # fmt: skip
+def _macs(
+    model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
+) -> tuple[list[int | None], str | None]:
     """MACs before and after: from the analysis' cost model (no second pass over either model), or from fvcore
     when the model was analysed piece by piece (the cost model then misses what lies outside the pieces)."""
     cost = analysis.cost
@@ -232,17 +282,31 @@ def _macs(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis,
         return [cost.macs(), cost.macs(keep)], "slimnet (traced pieces only)"
 
 
-def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, measure: bool) -> dict[str, Any]:
+def make_report(
+    model: nn.Module,
+    pruned: nn.Module,
+    example: Any,
+    analysis: Analysis,
+    decisions: list[Decision],
+    plan: dict[str, Any],
+    result: VerifyResult,
+    approximate: bool,
+    measure: bool,
+) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
-    pruned, plan, decisions, result = cut.pruned, cut.plan, cut.decisions, cut.result
     macs, counter = _macs(model, pruned, example, analysis, decisions) if measure else ([None, None], None)
+    params = [count_params(model), count_params(pruned)]
     return {
         "model": plan.get("model"),
         "criterion": plan.get("criterion"),
         "ratio": plan.get("ratio"),
         "round_to": plan.get("round_to"),
-        "params": [count_params(model), count_params(pruned)],
+        "params": params,
         "macs": macs,
+        "params_before": params[0],
+        "params_after": params[1],
+        "macs_before": macs[0],
+        "macs_after": macs[1],
         "macs_note": "one multiply-add is one MAC (fvcore's convention); FLOPs = 2 x MACs",
         "macs_counter": counter,
         "groups": len(analysis.groups),
@@ -262,13 +326,13 @@ def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, m
         "max_abs_diff": result.max_abs_diff,
         "tolerance": result.tolerance,
         "verified": result.passed,
-        "exact": not cut.approximate,
+        "exact": not approximate,
         "verify_dtype": result.dtype,
         "verify_inputs": result.inputs,
         "verify_randomised": result.randomised,
         "verify_randomised_diff": result.randomised_diff,
         "verify_compared": result.compared,
-        "left_whole_after_verify": cut.left_whole,
+        "left_whole_after_verify": [],
         "trace_notes": list(analysis.notes),
         "output": None,
         "plan": None,

@@ -12,11 +12,14 @@ MODEL is one of
 Unpickling a whole module runs code named by the file, so by default a pickle is loaded with torch's
 ``weights_only`` unpickler. Files whose only classes are ``nn.Module`` subclasses from torch, torchvision,
 timm or transformers (what slimnet itself writes for built-in models) load that way without any flag;
-anything else needs ``--trust-pickle`` (or ``SLIMNET_TRUST_PICKLE=1``).
+anything else needs ``--trust-pickle`` (or ``SLIMNET_TRUST_PICKLE=1``). A trusted pickle's classes are
+imported as ``python -m`` would find them: the current folder is importable while the file loads, so a model
+saved from a project loads when slimnet runs in that project, whether started as ``slimnet`` or ``python -m``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -25,6 +28,7 @@ import pickle
 import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +38,7 @@ from torch import nn
 
 from . import yolo
 from .errors import SlimnetError
-from .spec import default_input_shape, parse_shape, parse_spec
+from .spec import check_file, default_input_shape, not_torch, parse_shape, parse_spec
 
 #: Packages whose ``nn.Module`` classes may be rebuilt by the weights-only unpickler without --trust-pickle.
 TRUSTED_PACKAGES = ("torch.", "torchvision.", "timm.", "transformers.", "slimnet.")
@@ -148,6 +152,8 @@ def load_model(
         model = yolo.load(parsed.target, trust_from_env(trust_pickle))
     elif parsed.kind == "factory":
         model = _factory(parsed.target, parsed.factory)
+    elif parsed.kind == "onnx":
+        raise not_torch(spec)
     else:
         model = _pickle(parsed.target, trust_from_env(trust_pickle))
     if weights is not None:
@@ -223,20 +229,6 @@ def _factory(path: str, factory: str) -> nn.Module:
     return model
 
 
-def _check_file(path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise SlimnetError(
-            f"model {path} does not exist: give a file saved with torch.save(model), FILE.py:FACTORY, "
-            "or a built-in such as torchvision:resnet50"
-        )
-    if not p.is_file():
-        raise SlimnetError(f"model {path} is not a file")
-    if p.stat().st_size == 0:
-        raise SlimnetError(f"model file {path} is empty: save the model again with torch.save(model)")
-    return p
-
-
 def _is_torchscript(p: Path) -> bool:
     if not zipfile.is_zipfile(p):
         return False
@@ -303,7 +295,7 @@ def _plain_pickle_names_code(p: Path) -> bool:
 
 
 def _pickle(path: str, trust: bool) -> nn.Module:
-    p = _check_file(path)
+    p = check_file(path)
     if _is_torchscript(p):
         raise SlimnetError(
             f"{path} is a TorchScript archive: slimnet prunes eager modules; give the file saved with "
@@ -329,7 +321,8 @@ def _unpickle(p: Path, path: str, trust: bool) -> Any:
     """torch.load, fully only with trust; otherwise weights-only with trusted module classes allowed."""
     try:
         if trust:
-            return torch.load(p, weights_only=False, map_location="cpu")
+            with _cwd_importable():
+                return torch.load(p, weights_only=False, map_location="cpu")
         allowed = _safe_module_globals(p)
         if allowed is not None:
             with torch.serialization.safe_globals(allowed):
@@ -340,15 +333,15 @@ def _unpickle(p: Path, path: str, trust: bool) -> Any:
             if not (_names_code(str(exc)) or _plain_pickle_names_code(p)):
                 raise  # corrupt bytes, not a refused class: reported as an unreadable file below
             raise SlimnetError(
-                f"{path} needs code to be run to unpickle (classes outside torch/torchvision/timm): "
-                "if you trust the file, pass --trust-pickle (or set SLIMNET_TRUST_PICKLE=1)"
+                f"{path} needs code to be run to unpickle (classes outside torch, torchvision, timm, transformers "
+                "and slimnet): if you trust the file, pass --trust-pickle (or set SLIMNET_TRUST_PICKLE=1)"
             ) from None
     except SlimnetError:
         raise
     except (ModuleNotFoundError, AttributeError) as exc:
         raise SlimnetError(
-            f"{path} refers to code that cannot be imported ({exc}): make the model's module importable "
-            "(PYTHONPATH) or give FILE.py:FACTORY"
+            f"{path} refers to code that cannot be imported ({exc}): run slimnet from the folder that holds the "
+            "model's module, put that folder on PYTHONPATH, or give FILE.py:FACTORY"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, garbage bytes, wrong protocol...
         raise SlimnetError(
@@ -357,8 +350,25 @@ def _unpickle(p: Path, path: str, trust: bool) -> Any:
         ) from None
 
 
+@contextlib.contextmanager
+def _cwd_importable() -> Iterator[None]:
+    """The current folder on ``sys.path`` while a trusted pickle loads, as ``python -m`` has it (the ``slimnet``
+    console script's path starts at its own folder instead). Appended, so it never shadows an installed package;
+    taken off again afterwards (what was imported stays imported)."""
+    cwd = os.getcwd()
+    if cwd in sys.path or "" in sys.path:
+        yield
+        return
+    sys.path.append(cwd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(cwd)
+
+
 def _load_weights(model: nn.Module, weights: str) -> None:
-    p = _check_file(weights)
+    p = check_file(weights)
     try:
         state = torch.load(p, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001

@@ -22,20 +22,20 @@ import fnmatch
 import json
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from . import __version__
 from ._util import write_atomic
-from .allocate import TargetResult, for_target, uniform_counts
+from .allocate import LatencyTable, Ranking, TargetResult, allocate, resolve_ratios
 from .criteria import score
 from .errors import SlimnetError
 from .groups import Analysis, Group
-from .settings import DEFAULT_ROUND_TO, check_settings
+from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_settings
 from .settings import plan_path_for as plan_path_for  # re-exported: the plan file's place is part of the format
 
 FORMAT = "slimnet.plan/1"
@@ -72,33 +72,10 @@ def _module_of(tensor: str) -> str:
     return tensor.rsplit(".", 1)[0] if "." in tensor else ""
 
 
-def decide(
-    analysis: Analysis,
-    model: nn.Module,
-    *,
-    ratio: float,
-    criterion: str,
-    round_to: int = DEFAULT_ROUND_TO,
-    ignore: list[str] | None = None,
-    seed: int = 0,
-    prune_norm: bool = False,
-    head_ratio: float | None = None,
-    target: tuple[str, float] | None = None,
-) -> list[Decision]:
-    """Rank every prunable group's units and choose which ones stay (:func:`choose` without its target
-    result)."""
-    return choose(
-        analysis,
-        model,
-        ratio=ratio,
-        criterion=criterion,
-        round_to=round_to,
-        ignore=ignore,
-        seed=seed,
-        prune_norm=prune_norm,
-        head_ratio=head_ratio,
-        target=target,
-    )[0]
+def decide(analysis: Analysis, model: nn.Module, **settings: Any) -> list[Decision]:
+    """Rank every prunable group's units and choose which ones stay (:func:`choose` without what its target or
+    global ranking reached)."""
+    return choose(analysis, model, **settings)[0]
 
 
 def choose(
@@ -113,29 +90,49 @@ def choose(
     prune_norm: bool = False,
     head_ratio: float | None = None,
     target: tuple[str, float] | None = None,
+    use_global: bool = False,
+    max_layer_ratio: float | None = DEFAULT_MAX_LAYER_RATIO,
+    ratios: Mapping[str, float] | None = None,
+    table: LatencyTable | None = None,
+    ranking: Ranking | None = None,
 ) -> tuple[list[Decision], TargetResult | None]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
-    ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group; with a ``target``
-    (``("macs", 0.5)``: half the MACs) the share is the one that reaches it (:func:`slimnet.allocate.for_target`),
-    returned beside the decisions."""
+    ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group; ``ratios`` (group name
+    or glob -> share) fixes the share of the groups it names. With a ``target`` (``("macs", 0.5)``: half the MACs;
+    ``("params", F)``; ``("latency", F)`` with a ``table``) or ``use_global`` the counts come from
+    :func:`slimnet.allocate.allocate`, whose result (what was reached) is returned beside the decisions.
+    ``ranking``: the ranking of this model's groups by this criterion, when the caller has it already."""
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
-    decisions = _left_whole(analysis, model, ignore, prune_norm)
+    decisions = left_whole(analysis, model, ignore, prune_norm)
     prunable = [d.group for d in decisions if d.reason is None]
-    orders, used = _rank(prunable, model, criterion, seed)
-    result = None
-    if target is not None:
-        result = for_target(analysis, prunable, orders, target[0], target[1], round_to, head_ratio)
-        counts = result.counts
-    else:
-        counts = uniform_counts(prunable, ratio, round_to, head_ratio)
+    left = {d.group.name: d.reason for d in decisions if d.reason is not None}
+    pinned = resolve_ratios(ratios, analysis.groups, left) if ratios else {}
+    ranking = ranking if ranking is not None else rank(prunable, model, criterion, seed)
+    if target is not None and target[0] == "latency":
+        if table is None:
+            raise SlimnetError("a latency target needs a latency table (slimnet.lut.table_for)")
+        target = ("latency", target[1] * table.model_ms)
+    counts, result = allocate(
+        analysis,
+        prunable,
+        ranking,
+        ratio=ratio,
+        round_to=round_to,
+        head_ratio=head_ratio,
+        ratios=pinned,
+        target=target,
+        use_global=use_global,
+        max_layer_ratio=max_layer_ratio,
+        table=table,
+    )
     for d in decisions:
         if d.reason is None:
-            d.keep = sorted(int(i) for i in orders[d.group.id][: counts[d.group.id]])
-            d.criterion = used[d.group.id]
+            d.keep = sorted(int(i) for i in ranking.orders[d.group.id][: counts[d.group.id]])
+            d.criterion = ranking.used.get(d.group.id, criterion)
     return decisions, result
 
 
-def _left_whole(analysis: Analysis, model: nn.Module, ignore: list[str] | None, prune_norm: bool) -> list[Decision]:
+def left_whole(analysis: Analysis, model: nn.Module, ignore: list[str] | None, prune_norm: bool) -> list[Decision]:
     """One decision per group: those left whole say why (and keep every unit); the others are to be ranked."""
     ignored = resolve_ignore(model, ignore or [])
     decisions = []
@@ -154,17 +151,15 @@ def _left_whole(analysis: Analysis, model: nn.Module, ignore: list[str] | None, 
     return decisions
 
 
-def _rank(
-    groups: list[Group], model: nn.Module, criterion: str, seed: int
-) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Each group's unit positions, most important first (ties keep the earlier unit), and the criterion used."""
+def rank(groups: list[Group], model: nn.Module, criterion: str, seed: int = 0) -> Ranking:
+    """Each group's unit positions, most important first (ties keep the earlier unit), with their scores
+    normalised across groups and the criterion used per group (:class:`slimnet.allocate.Ranking`)."""
     tensors = model.state_dict()
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    orders, used = {}, {}
+    raw, used = {}, {}
     for g in groups:
-        scores, used[g.id] = score(g, tensors, params, criterion, seed)
-        orders[g.id] = np.argsort(-scores, kind="stable")
-    return orders, used
+        raw[g.id], used[g.id] = score(g, tensors, params, criterion, seed)
+    return Ranking.from_scores(raw, used)
 
 
 def build_plan(

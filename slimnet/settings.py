@@ -5,8 +5,13 @@ the API functions call the same checks (:func:`slimnet.plan.decide`, :func:`slim
 :func:`slimnet.api.bench`, :func:`slimnet.latency.time_models`), so that a Python caller gets the same message.
 
 * Pruning: :func:`check_settings` (ratio, head ratio, criterion, round-to).
+* Allocation: :func:`check_target`, :func:`parse_latency`, :func:`check_allocation` (targets, ``--global``,
+  ``--max-layer-ratio``, ``--ratios``).
 * Timing: :func:`check_counts` (batch size, warm-up and timed runs, threads) and :func:`parse_backends`.
 * Outputs: :func:`plan_path_for`, where the plan of a pruned model is written.
+
+A message names a setting both ways, ``ratio=1.5 (--ratio)``, so that it reads right from Python and from the
+command line alike.
 """
 
 from __future__ import annotations
@@ -22,20 +27,33 @@ from .errors import SlimnetError
 CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale")
 #: Kept channel counts are rounded to a multiple of this by default (see :mod:`slimnet.plan`).
 DEFAULT_ROUND_TO = 8
+#: ``--global``/latency targets: no group loses more than this share of its units (``--max-layer-ratio``).
+#: Global rankings are known to empty whole layers (Torch-Pruning's README adds ``max_pruning_ratio`` for it);
+#: 0.8 leaves every group at least a fifth of its width, which keeps accuracy recoverable by fine-tuning.
+DEFAULT_MAX_LAYER_RATIO = 0.8
+#: What a target can be a fraction of.
+TARGET_KINDS = ("macs", "params", "latency")
 #: What :mod:`slimnet.latency` can time on: eager torch and onnxruntime, on the CPU and on CUDA.
 BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda")
+
+
+def given(flag: str, value: object) -> str:
+    """``--round-to`` and 0 -> ``round_to=0 (--round-to)``: the setting as a Python caller and as a command-line
+    user typed it (a Python-only name such as ``ratio`` stays ``ratio=0``)."""
+    name = f"{flag.lstrip('-').replace('-', '_')}={value}"
+    return f"{name} ({flag})" if flag.startswith("--") else name
 
 
 # ------------------------------------------------------------------------------------------ pruning
 def check_ratio(ratio: float, flag: str = "--ratio") -> None:
     """A fraction to drop: 0 <= R < 1 (NaN refused)."""
     if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise SlimnetError(f"{flag} {ratio} is out of range: give a fraction to drop, 0 <= R < 1 (e.g. 0.5)")
+        raise SlimnetError(f"{given(flag, ratio)} is out of range: give a fraction to drop, 0 <= R < 1 (e.g. 0.5)")
 
 
 def check_criterion(criterion: str) -> None:
     if criterion not in CRITERIA:
-        raise SlimnetError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+        raise SlimnetError(f"unknown criterion {criterion!r} (--criterion): choose one of {', '.join(CRITERIA)}")
 
 
 def check_settings(
@@ -47,20 +65,82 @@ def check_settings(
         check_ratio(head_ratio, "--head-ratio")
     check_criterion(criterion)
     if round_to < 1:
-        raise SlimnetError(f"--round-to {round_to} must be at least 1")
+        raise SlimnetError(f"{given('--round-to', round_to)} must be at least 1")
+
+
+# ------------------------------------------------------------------------------------------ allocation
+def check_target(kind: str, wanted: float) -> None:
+    """A target is the fraction of the original's MACs, parameters or latency to keep: 0 < F < 1."""
+    if kind not in TARGET_KINDS:
+        raise SlimnetError(f"unknown target {kind!r}: choose one of {', '.join(TARGET_KINDS)}")
+    if not (0.0 < wanted < 1.0) or math.isnan(wanted):
+        raise SlimnetError(
+            f"--target-{kind} {wanted} is out of range: give the fraction of the original's {kind} to keep, "
+            "0 < F < 1 (e.g. 0.5)"
+        )
+
+
+def parse_latency(value: str | float) -> tuple[float | None, float | None]:
+    """``--target-latency``: ``0.5`` (a fraction of the original's measured latency) or ``12ms`` / ``0.012s``
+    (absolute). Returns (fraction, milliseconds), one of them None."""
+    text = str(value).strip().lower()
+    for suffix, scale in (("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(suffix) and text[: -len(suffix)].strip():
+            try:
+                ms = float(text[: -len(suffix)]) * scale
+            except ValueError:
+                break
+            if not ms > 0 or math.isinf(ms):
+                raise SlimnetError(f"--target-latency {value} must be more than 0 ms")
+            return None, ms
+    try:
+        fraction = float(text)
+    except ValueError:
+        raise SlimnetError(
+            f"--target-latency {value!r} is neither a fraction (0.5: half the original's latency) nor a time (12ms)"
+        ) from None
+    check_target("latency", fraction)
+    return fraction, None
+
+
+def check_allocation(
+    *,
+    targets: dict[str, object],
+    max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO,
+    backend: str | None = None,
+) -> str | None:
+    """At most one target (``{"macs": F, "params": None, "latency": "12ms"}``), each in range; the maximum
+    share per group in 0 < R < 1; a latency target's backend known. Returns the target's kind, or None."""
+    given = {k: v for k, v in targets.items() if v is not None}
+    if len(given) > 1:
+        flags = " and ".join(f"--target-{k}" for k in given)
+        raise SlimnetError(f"give one target, not {flags}")
+    if not (0.0 < max_layer_ratio < 1.0) or math.isnan(max_layer_ratio):
+        raise SlimnetError(
+            f"--max-layer-ratio {max_layer_ratio} is out of range: give the largest share of its units one group "
+            "may lose, 0 < R < 1 (e.g. 0.8)"
+        )
+    kind = next(iter(given), None)
+    if kind == "latency":
+        parse_latency(given[kind])  # type: ignore[arg-type]
+    elif kind is not None:
+        check_target(kind, float(given[kind]))  # type: ignore[arg-type]
+    if backend is not None and backend not in BACKENDS:
+        raise SlimnetError(f"unknown --backend {backend}: choose from {', '.join(BACKENDS)}")
+    return kind
 
 
 # ------------------------------------------------------------------------------------------ timing
 def check_counts(*, batch_size: int | None = 1, warmup: int = 10, runs: int = 50, threads: int | None = None) -> None:
     """The counts of ``bench`` and :func:`slimnet.latency.time_models` (``batch_size=None``: the example's)."""
     if batch_size is not None and batch_size < 1:
-        raise SlimnetError(f"--batch-size {batch_size} must be at least 1")
+        raise SlimnetError(f"{given('--batch-size', batch_size)} must be at least 1")
     if runs < 1:
-        raise SlimnetError(f"--runs {runs} must be at least 1")
+        raise SlimnetError(f"{given('--runs', runs)} must be at least 1")
     if warmup < 0:
-        raise SlimnetError(f"--warmup {warmup} must be 0 or more")
+        raise SlimnetError(f"{given('--warmup', warmup)} must be 0 or more")
     if threads is not None and threads < 1:
-        raise SlimnetError(f"--threads {threads} must be at least 1")
+        raise SlimnetError(f"{given('--threads', threads)} must be at least 1")
 
 
 def parse_backends(values: Iterable[str] = ()) -> list[str]:
@@ -68,7 +148,7 @@ def parse_backends(values: Iterable[str] = ()) -> list[str]:
     names = [n.strip() for v in values for n in v.split(",") if n.strip()] or list(BACKENDS)
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise SlimnetError(f"unknown --backend {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+        raise SlimnetError(f"unknown backend {', '.join(unknown)} (--backend): choose from {', '.join(BACKENDS)}")
     return list(dict.fromkeys(names))
 
 

@@ -18,6 +18,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _latency_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Latency tables are cached in a folder of the test session, never in the user's cache."""
+    folder = tmp_path_factory.getbasetemp() / "slimnet-cache"
+    monkeypatch.setenv("SLIMNET_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One thread for torch and onnxruntime: on a busy 2-core machine two OpenMP threads thrash (10x slower)."""

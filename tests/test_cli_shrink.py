@@ -109,7 +109,7 @@ def test_round_to_zero(tmp_path: Path, out_dir: Path, net: Path) -> None:
         SHAPE,
         "--round-to",
         "0",
-        phrases=("--round-to 0",),
+        phrases=("round_to=0 (--round-to)",),
     )
 
 

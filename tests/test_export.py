@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from slimnet import export as export_mod
+from slimnet import exporter as export_mod
 from slimnet.errors import SlimnetError
-from slimnet.export import export_onnx
+from slimnet.exporter import export_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -324,7 +324,7 @@ def test_prune_embed_cuts_the_residual_stream_and_reports_the_difference():
 
 def test_pruned_bert_exports_to_onnx_with_parity(tmp_path: Path):
     pytest.importorskip("onnxruntime")
-    from slimnet.export import export_onnx
+    from slimnet.exporter import export_onnx
 
     x = tokens(12)
     res = check(bert(), x)

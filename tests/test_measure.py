@@ -219,3 +219,22 @@ def test_shrunk_model_costs_less():
     timing = time_models([("a", model), ("b", res.model)], x, backends=("torch-cpu",), runs=2, warmup=0, progress=False)
     entries = [{"macs": m, "latency_ms": timing["latency_ms"][k]} for m, k in zip(res.report["macs"], "ab")]
     assert compare(*entries)["speedup"]["theoretical"] == conv_net_macs(8) / conv_net_macs(4)
+
+
+def test_timed_rounds_adds_rounds_only_when_noisy():
+    steady = [lambda: 2.0, lambda: 1.0]
+    times, info = latency.timed_rounds(steady, ["a", "b"], warmup=1, runs=4, budget=60)
+    assert info["rounds"] == 4 and info["noisy"] == [] and info["settled"] and times == [[2.0] * 4, [1.0] * 4]
+    # a judge that objects (bench: a speedup above the MAC ratio) buys more rounds; stable medians then settle
+    times, info = latency.timed_rounds(steady, ["a", "b"], 0, 4, budget=60, judge=lambda _medians: "too fast")
+    assert info["noisy"] == ["too fast"] and info["rounds"] == 8 and info["settled"] and info["still"] == ["too fast"]
+    # a drifting machine: the second half of the rounds is slower; medians keep moving, so the block cap stops it
+    clock = iter(range(10**6))
+    drifting = [lambda: 1.0 + next(clock)]
+    times, info = latency.timed_rounds(drifting, ["a"], 0, 4, budget=60)
+    assert "the two halves of the rounds differ" in info["noisy"][0]
+    assert not info["settled"] and info["rounds"] == latency.MAX_BLOCKS * 4
+    # no budget: noise is reported, no round is added
+    clock = iter(range(10**6))
+    times, info = latency.timed_rounds(drifting, ["a"], 0, 4, budget=0)
+    assert info["rounds"] == 4 and info["noisy"] and not info["settled"]

@@ -311,7 +311,7 @@ def test_optimizer_state_that_cannot_follow_the_cut_is_refused_first() -> None:
     [
         ({}, "give one of ratio=, target_macs= or target_params="),
         ({"ratio": 0.5, "target_macs": 0.5}, "give one of"),
-        ({"ratio": 1.5}, "ratio 1.5 is out of range"),
+        ({"ratio": 1.5}, "ratio=1.5 is out of range"),
         ({"target_macs": 1.2}, "out of range"),
         ({"ratio": 0.5, "criterion": "magic"}, "unknown criterion 'magic'"),
         ({"ratio": 0.5, "schedule": "cosine"}, "unknown schedule"),

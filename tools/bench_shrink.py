@@ -91,7 +91,19 @@ def main() -> None:
     ]
     for name, s, sp, sd, p, pp, _note in rows:
         lines.append(f"| {name} | {s:.2f} | {sp / 1e6:.2f}M | {sd} | {p:.2f} | {pp / 1e6:.2f}M | {p / s:.2f}x |")
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    Path(args.out).write_text("\n".join(lines) + "\n" + kept_sections(Path(args.out)))
+
+
+#: Sections below this line in the document are other measurements (threads, first run): rewriting the table
+#: keeps them.
+KEEP_MARKER = "<!-- sections below are not written by tools/bench_shrink.py -->"
+
+
+def kept_sections(path: Path) -> str:
+    """What follows :data:`KEEP_MARKER` in the existing document, marker included ('' if none)."""
+    text = path.read_text() if path.is_file() else ""
+    at = text.find(KEEP_MARKER)
+    return "\n" + text[at:] if at >= 0 else ""
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import SlimnetError
 from ..settings import check_counts, parse_backends
-from ..spec import parse_spec
+from ..spec import check_model
 from .common import (
     MODEL_HELP,
     AsJson,
@@ -20,26 +20,49 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    ShowProgress,
     TrustPickle,
     Weights,
     check_output,
+    default_output,
     emit_json,
     fmt,
     guarded,
     model_inputs,
     out,
     output_option,
+    say,
 )
+from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
-OnnxOutput = Annotated[str, output_option("Where to write the .onnx file.")]
+OnnxOutput = Annotated[
+    Optional[str], output_option("Where to write the .onnx file (default: beside the input, model.pt -> model.onnx).")
+]
 Opset = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 17; 18 if dynamo is needed).")]
 NoDynamicBatch = Annotated[bool, typer.Option("--no-dynamic-batch", help="Fix the batch size to the example's.")]
 Simplify = Annotated[bool, typer.Option("--simplify", help="Fold constants and drop dead nodes (onnxscript).")]
-Models = Annotated[list[str], typer.Argument(help=f"One or more models; the first is the baseline. {MODEL_HELP}")]
+Models = Annotated[
+    list[str],
+    typer.Argument(
+        help=f"One or more models; the first is the baseline. {MODEL_HELP[:-1]}, or an .onnx file (timed on "
+        "onnxruntime as it is).",
+        metavar="MODEL",
+        show_default=False,
+    ),
+]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size (the example is repeated along dim 0).")]
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed runs per model and backend.")]
-Runs = Annotated[int, typer.Option("--runs", help="Timed runs per model and backend.")]
+Runs = Annotated[
+    int, typer.Option("--runs", help="Timed runs per model and backend (more when the timings are noisy).")
+]
+Budget = Annotated[
+    float,
+    typer.Option(
+        "--budget",
+        help="Seconds per backend that bench may spend on extra rounds when the timings look noisy (0: none).",
+    ),
+]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch and onnxruntime.")]
 Backend = Annotated[
     Optional[list[str]],
@@ -64,7 +87,7 @@ def _x(v: Optional[float]) -> str:
 # ------------------------------------------------------------------------------------------ export
 def export_command(
     model: Model,
-    output: OnnxOutput,
+    output: OnnxOutput = None,
     input_file: InputFile = None,
     input_shape: InputShape = None,
     opset: Opset = None,
@@ -72,6 +95,7 @@ def export_command(
     simplify: Simplify = False,
     weights: Weights = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -79,25 +103,31 @@ def export_command(
     with guarded(debug):
         if opset is not None and not 7 <= opset <= 25:
             raise SlimnetError(f"--opset {opset} is not an ONNX opset torch can write: use 17 or 18")
-        out_path = check_output(output, [parse_spec(model).file, weights or "", input_file or ""])
-        from ..export import export_onnx  # lazy: CLI start-up
+        source = check_model(model).file
+        output = output or default_output(model, ".onnx")
+        out_path = check_output(output, [source, weights or "", input_file or ""])
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from ..exporter import export_onnx  # lazy: CLI start-up
 
-        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        info = export_onnx(
-            loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch, simplify=simplify
-        )
+                loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+            with stages("export"):
+                info = export_onnx(
+                    loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch, simplify=simplify
+                )
         info["model"] = model
+        info["timings"] = stages.rounded()
         if as_json:
             emit_json(info)
             return
         batches = ", ".join(str(b) for b in info["checked_batches"])
-        out.print(
-            f"wrote {info['path']} ({info['bytes'] / 1e6:.1f} MB, opset {info['opset']}, {info['exporter']} "
-            f"exporter{', dynamic batch' if info['dynamic_batch'] else ''}): onnx.checker ok; onnxruntime matches "
-            f"torch at batch {batches}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}",
-            highlight=False,
-            soft_wrap=True,
+        say(
+            f"{info['bytes'] / 1e6:.1f} MB, opset {info['opset']}, {info['exporter']} exporter"
+            f"{', dynamic batch' if info['dynamic_batch'] else ''}: onnx.checker ok; onnxruntime matches torch at "
+            f"batch {batches}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}"
         )
+        say(f"wrote {info['path']}")
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -106,36 +136,50 @@ def bench_command(
     batch_size: BatchSize = 1,
     warmup: Warmup = 10,
     runs: Runs = 50,
+    budget: Budget = 30.0,
     threads: Threads = None,
     backend: Backend = None,
     per_layer: PerLayer = False,
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
     """Params, MACs and latency of each MODEL; with 2+, speedup over the first (theory, per backend) and efficiency.
 
-    Models are timed interleaved (A B A B ...); a backend that cannot run here is skipped, with the reason.
+    Models are timed interleaved (A B A B ...); noisy timings get more rounds, and the output says so.
+
+    A backend that cannot run here is skipped, with the reason. An .onnx file is timed on onnxruntime as it is.
     """
     with guarded(debug):
         backends = parse_backends(backend or [])
         check_counts(batch_size=batch_size, warmup=warmup, runs=runs, threads=threads)
-        from ..api import bench  # lazy: CLI start-up
+        if budget < 0:
+            raise SlimnetError(f"budget={budget} (--budget) must be 0 or more seconds")
+        for m in models:
+            check_model(m, onnx=True)
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from ..benchmark import bench  # lazy: CLI start-up
 
-        report = bench(
-            models,
-            backends=backends,
-            batch_size=batch_size,
-            warmup=warmup,
-            runs=runs,
-            threads=threads,
-            input_file=input_file,
-            input_shape=input_shape,
-            trust_pickle=trust_pickle,
-            per_layer=per_layer,
-        )
+            report = bench(
+                models,
+                backends=backends,
+                batch_size=batch_size,
+                warmup=warmup,
+                runs=runs,
+                threads=threads,
+                input_file=input_file,
+                input_shape=input_shape,
+                trust_pickle=trust_pickle,
+                per_layer=per_layer,
+                budget=budget,
+                stages=stages,
+            )
+        report["timings"] = stages.rounded()
         if as_json:
             emit_json(report)
         else:
@@ -147,28 +191,58 @@ def print_bench(report: dict[str, Any], per_layer: bool) -> None:
     console = out
     models = report["models"]
     d = report["device"]
-    console.print(
+    say(
         f"{d['cpu']}, {d['threads']} thread(s){', ' + d['gpu'] if d['gpu'] else ''}; torch {d['torch']}, "
         f"onnxruntime {d['onnxruntime']}; batch {report['batch_size']}, {report['warmup']} warm-up + "
-        f"{report['runs']} timed runs, models interleaved",
-        highlight=False,
-        soft_wrap=True,
+        f"{report['runs']} timed runs, models interleaved"
     )
     console.print(_cost_table(models))
     for m in models:
         if m["skipped_ops"]:
             ops = ", ".join(f"{op} x{n}" for op, n in m["skipped_ops"].items())
-            console.print(f"{m['path']}: ops without a MAC handle, not counted: {ops}", highlight=False)
+            say(f"{m['path']}: ops without a MAC handle, not counted: {ops}")
+        if m.get("macs_counter", "fvcore") != "fvcore":
+            say(f"{m['path']}: MACs and params {_counted(m['macs_counter'])}")
+        for b, why in m.get("not_timed", {}).items():
+            say(f"{m['path']}: not timed on {b}: {why}")
     timed = [b for b in report["backends"] if b not in report["skipped_backends"]]
     if timed:
         console.print(_latency_table(models, timed))
     for b, why in report["skipped_backends"].items():
-        console.print(f"{b} skipped: {why}", highlight=False, soft_wrap=True)
+        say(f"{b} skipped: {why}")
+    for line in noise_lines(report):
+        say(line)
     if len(models) > 1:
         console.print(_speedup_table(models, timed))
     if per_layer:
         console.print(_layer_table(models))
-    console.print(report["macs_note"], style="dim", highlight=False)
+    console.print(report["macs_note"], style="dim", highlight=False, soft_wrap=True)
+
+
+def _counted(counter: str) -> str:
+    if counter == "onnx":
+        return "counted from the ONNX graph (exporter fusions such as folded batch norms cost nothing there)"
+    return f"counted by {counter} (its torch twin)"
+
+
+def noise_lines(report: dict[str, Any]) -> list[str]:
+    """One line per backend whose timings looked noisy: what was seen, how many rounds ran, and the outcome."""
+    lines = []
+    for backend, n in report.get("noise", {}).items():
+        if not n["noisy"]:
+            continue
+        seen = "; ".join(n["noisy"])
+        rounds = f"ran {n['rounds']} rounds instead of {report['runs']}" if n["rounds"] > report["runs"] else ""
+        if n["settled"]:
+            outcome = "the medians settled (within 2% over the last block)"
+        else:
+            outcome = (
+                f"the medians did not settle within the {report.get('budget', 0):g} s budget: take {backend}'s "
+                "numbers with care (a quieter machine, --threads 1 or a larger --budget helps)"
+            )
+        still = f"; still: {'; '.join(n['still'])}" if n["settled"] and n["still"] else ""
+        lines.append(f"{backend}: noisy timings ({seen}); {', '.join(x for x in (rounds, outcome) if x)}{still}")
+    return lines
 
 
 def _cost_table(models: list[dict[str, Any]]) -> Table:

@@ -1,5 +1,6 @@
-"""What every command shares: the error policy (:func:`guarded`), output checks, loading MODEL with its input,
-printing, and the options that several commands take, declared once as ``Annotated`` aliases.
+"""What every command shares: the error policy (:func:`guarded`), output checks and default output names,
+loading MODEL with its input, printing, the help layout (:class:`Command`), and the options that several
+commands take, declared once as ``Annotated`` aliases.
 
 Nothing here imports torch: ``slimnet --help`` and the argument checks stay fast. Commands import the heavy
 modules inside their body, each import marked ``# lazy: CLI start-up``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +19,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
 from .._util import first_line
 from ..errors import SlimnetError
+from ..spec import parse_spec
 
 out = Console()
 err = Console(stderr=True)
@@ -28,17 +32,49 @@ err = Console(stderr=True)
 # ------------------------------------------------------------------------------------------ help texts
 APP_HELP = "slimnet: shrink PyTorch models into physically smaller dense ones, with every cut verified."
 MODEL_HELP = "torchvision:NAME, timm:NAME, hf:FOLDER, FILE.py:FACTORY, or a torch.save(model) file."
-TRUST_HELP = "Fully unpickle model files (runs code named in the file; only for files you trust)."
+TRUST_HELP = (
+    "Fully unpickle model files whose classes are your own (runs code named in the file; only for files you "
+    "trust); the current folder is importable."
+)
 DEBUG_HELP = "Show the full traceback on errors."
 INPUT_HELP = "Example input saved with torch.save (tensor, tuple or dict of tensors)."
 SHAPE_HELP = "Example input shape, e.g. 1,3,224,224 (default: the model's usual size)."
 WEIGHTS_HELP = "state_dict to load into FILE.py:FACTORY."
-JSON_HELP = "Print one JSON object instead of text."
+JSON_HELP = "Print one JSON object on stdout instead of text."
+PROGRESS_HELP = (
+    "Progress per stage on stderr, with each stage's time: shown by default when stderr is a terminal; "
+    "--progress shows it in logs too, --quiet never."
+)
 
 
 def output_option(help: str) -> Any:
-    """``-o/--output``, required; what it writes differs by command, hence the help."""
-    return typer.Option("-o", "--output", help=help)
+    """``-o/--output``; what it writes, and where by default, differs by command, hence the help."""
+    return typer.Option("-o", "--output", help=help, metavar="PATH", show_default=False)
+
+
+class Command(TyperCommand):
+    """typer's help, minus what reads as if flags took values: an on/off flag shows no ``<bool>``, and the usage
+    line says ``MODEL`` rather than ``{model}``."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_metavar(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [re.sub(r"^\{(.*?)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]
+
+
+class Group(TyperGroup):
+    """The app's own help, laid out as :class:`Command`'s."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_metavar(super().get_params(ctx))
+
+
+def _no_bool_metavar(params: list[Any]) -> list[Any]:
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
 
 
 def _version(value: bool) -> None:
@@ -48,12 +84,13 @@ def _version(value: bool) -> None:
 
 
 # ------------------------------------------------------------------------------------------ shared options
-Model = Annotated[str, typer.Argument(help=MODEL_HELP)]
+Model = Annotated[str, typer.Argument(help=MODEL_HELP, metavar="MODEL", show_default=False)]
 Weights = Annotated[Optional[str], typer.Option("--weights", help=WEIGHTS_HELP)]
 InputFile = Annotated[Optional[str], typer.Option("--input", help=INPUT_HELP)]
 InputShape = Annotated[Optional[str], typer.Option("--input-shape", help=SHAPE_HELP)]
 TrustPickle = Annotated[bool, typer.Option("--trust-pickle", help=TRUST_HELP)]
 AsJson = Annotated[bool, typer.Option("--json", help=JSON_HELP)]
+ShowProgress = Annotated[Optional[bool], typer.Option("--progress/--quiet", help=PROGRESS_HELP, show_default=False)]
 Debug = Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)]
 Version = Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")]
 
@@ -91,6 +128,20 @@ def guarded(debug: bool) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------ files
+def default_output(model: str, suffix: str) -> str:
+    """Where a command writes without ``-o``: beside the input, named after it (``model.pt`` with ``-slim.pt`` ->
+    ``model-slim.pt``; ``net.py:make`` -> ``net-slim.pt``; ``hf:bert`` with ``-slim`` -> the folder
+    ``bert-slim``); for a built-in (``torchvision:resnet50``) in the current folder (``resnet50-slim.pt``)."""
+    spec = parse_spec(model)
+    if spec.kind in ("torchvision", "timm"):
+        return re.sub(r"[^\w.-]", "_", spec.target) + suffix
+    p = Path(spec.target.rstrip("/\\") or ".")
+    if not p.name:  # "." or ".."
+        p = p.resolve()
+    stem = p.name if spec.kind == "hf" else p.stem
+    return str(p.with_name(stem + suffix))
+
+
 def check_output(output: str, inputs: list[str], folder: bool = False) -> Path:
     """The output path must differ from every input (a FILE.py:FACTORY spec's file included), and its folder
     must exist and be writable."""
@@ -122,6 +173,11 @@ def model_inputs(
 
 
 # ------------------------------------------------------------------------------------------ printing
+def say(text: str) -> None:
+    """A line of prose on stdout, never wrapped by rich (logs are 80 columns wide to rich: it would cut phrases)."""
+    out.print(text, highlight=False, soft_wrap=True)
+
+
 def emit_json(obj: dict[str, Any]) -> None:
     """The one JSON object of ``--json``, alone on stdout."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")

@@ -1,8 +1,10 @@
 """``slimnet shrink``, ``apply`` and ``graph``: prune a model, re-apply a saved plan, show the channel groups.
 
-Each command checks its arguments first (settings, output paths; no torch yet), then loads the model and its
-example input and calls :mod:`slimnet.api`. Outputs are written to temporary files and renamed at the end, and the
-plan of a failed save is taken back.
+Each command checks its arguments first (settings, MODEL's file, output paths; no torch yet, so a typo is
+answered at once), then loads the model and its example input and calls :mod:`slimnet.api`, in named stages whose
+progress goes to stderr (:mod:`.progress`). Without ``-o`` the output goes beside the input
+(:func:`.common.default_output`). Outputs are written to temporary files and renamed at the end, and the plan of a
+failed save is taken back.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from .._util import first_line, save_atomic
+from .._util import save_atomic
 from ..errors import SlimnetError, VerificationError
-from ..settings import DEFAULT_ROUND_TO, check_settings, plan_path_for
-from ..spec import parse_spec
+from ..settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_settings, plan_path_for
+from ..spec import check_model, parse_spec
+from . import allocation as alloc
+from . import recipe as recipes
 from .common import (
     MODEL_HELP,
     AsJson,
@@ -24,22 +28,27 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    ShowProgress,
     TrustPickle,
     Weights,
     check_output,
+    default_output,
     emit_json,
     fmt,
     guarded,
     model_inputs,
     out,
     output_option,
+    say,
 )
+from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
 PrunedOutput = Annotated[
-    str,
+    Optional[str],
     output_option(
-        "Where to write the pruned model (torch.save); for hf: models a name without .pt is a save_pretrained folder."
+        "Where to write the pruned model (torch.save) (default: beside the input, model.pt -> model-slim.pt; "
+        "for a built-in, NAME-slim.pt here); for hf: models a name without .pt is a save_pretrained folder."
     ),
 ]
 Ratio = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1.")]
@@ -71,12 +80,15 @@ Recipe = Annotated[
     Optional[str],
     typer.Option(
         "--recipe",
-        help="YAML file of settings (ratio, criterion, round_to, ignore, seed, prune_norm); "
+        help="YAML file of settings (ratio, criterion, round_to, ignore, seed, prune_norm, head_ratio, target_macs, "
+        "target_params, target_latency, backend, threads, batch_size, global, max_layer_ratio, ratios); "
         "flags given explicitly win.",
     ),
 ]
-Architecture = Annotated[str, typer.Argument(help=f"The original architecture: {MODEL_HELP}")]
-PlanFile = Annotated[str, typer.Argument(help="A slimnet.plan/1 JSON file.")]
+Architecture = Annotated[
+    str, typer.Argument(help=f"The original architecture: {MODEL_HELP}", metavar="MODEL", show_default=False)
+]
+PlanFile = Annotated[str, typer.Argument(help="A slimnet.plan/1 JSON file.", metavar="PLAN", show_default=False)]
 Members = Annotated[bool, typer.Option("--members", help="List every member tensor of each group.")]
 
 
@@ -84,7 +96,7 @@ Members = Annotated[bool, typer.Option("--members", help="List every member tens
 def shrink(
     ctx: typer.Context,
     model: Model,
-    output: PrunedOutput,
+    output: PrunedOutput = None,
     ratio: Ratio = 0.5,
     criterion: Criterion = "l1",
     round_to: RoundTo = DEFAULT_ROUND_TO,
@@ -93,53 +105,93 @@ def shrink(
     prune_norm: PruneNorm = False,
     prune_embed: PruneEmbed = False,
     head_ratio: HeadRatio = None,
+    target_macs: alloc.TargetMacs = None,
+    target_params: alloc.TargetParams = None,
+    target_latency: alloc.TargetLatency = None,
+    use_global: alloc.Global = False,
+    max_layer_ratio: alloc.MaxLayerRatio = DEFAULT_MAX_LAYER_RATIO,
+    ratios: alloc.RatiosFile = None,
+    backend: alloc.LatencyBackend = "ort-cpu",
+    threads: alloc.LatencyThreads = 1,
+    batch_size: alloc.LatencyBatch = 1,
+    no_cache: alloc.NoCache = False,
     weights: Weights = None,
     input_file: InputFile = None,
     input_shape: InputShape = None,
     onnx: Onnx = None,
     recipe: Recipe = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
     """Prune MODEL: trace, group coupled channels, rank, cut, verify, and save the smaller model and its plan."""
     with guarded(debug):
-        given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or []}
-        given.update(seed=seed, prune_norm=prune_norm)
-        s = recipe_settings(ctx, recipe, given) if recipe is not None else given
-        check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=head_ratio)
-        folder = wants_folder(output, model)
-        source = parse_spec(model).file
-        out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
-        plan_path = plan_path_for(out_path)
-        check_output(str(plan_path), [source])
-        onnx_path = check_output(onnx, [source, output]) if onnx else None
-        from .. import api  # lazy: CLI start-up
+        given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or [], "seed": seed}
+        given.update(prune_norm=prune_norm, head_ratio=head_ratio, ratios=ratios, no_cache=no_cache)
+        given.update(target_macs=target_macs, target_params=target_params, target_latency=target_latency)
+        given.update({"backend": backend, "threads": threads, "batch_size": batch_size, "global": use_global})
+        given["max_layer_ratio"] = max_layer_ratio
+        s, explicit_ratio = recipes.merged_settings(ctx, recipe, given)
+        check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=s["head_ratio"])
+        allocation = alloc.allocation_settings(s, explicit_ratio)
+        out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, weights, input_file, onnx)
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from .. import api  # lazy: CLI start-up (torch is imported here, inside the "load" stage)
 
-        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        result = api.shrink(
-            loaded.model,
-            example,
-            ratio=s["ratio"],
-            criterion=s["criterion"],
-            round_to=s["round_to"],
-            ignore=s["ignore"],
-            seed=s["seed"],
-            prune_norm=s["prune_norm"] or prune_embed,
-            model_name=model,
-            head_ratio=head_ratio,
-        )
-        report = result.report
-        if onnx_path is not None:
-            from ..export import export_onnx  # lazy: CLI start-up
-
-            report["onnx"] = export_onnx(result.model, example, onnx_path)
-        save_pruned(result.model, result.plan, out_path, plan_path, folder)
-        report["output"], report["plan"] = str(out_path), str(plan_path)
+                loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+            result = api.shrink(
+                loaded.model,
+                example,
+                criterion=s["criterion"],
+                round_to=s["round_to"],
+                ignore=s["ignore"],
+                seed=s["seed"],
+                prune_norm=s["prune_norm"] or prune_embed,
+                model_name=model,
+                head_ratio=s["head_ratio"],
+                stages=stages,
+                **allocation,
+            )
+            report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
+        report["timings"] = stages.rounded()
         if as_json:
             emit_json(report)
         else:
             print_report(report)
+
+
+def write_outputs(
+    result: Any, example: Any, stages: Any, out_path: Path, plan_path: Path, onnx_path: Optional[Path], folder: bool
+) -> dict[str, Any]:
+    """The ONNX file (``--onnx``), the plan and the model, each in its stage; the report says where they went."""
+    report = result.report
+    if onnx_path is not None:
+        with stages("export"):
+            from ..exporter import export_onnx  # lazy: CLI start-up
+
+            report["onnx"] = export_onnx(result.model, example, onnx_path)
+    with stages("write"):
+        save_pruned(result.model, result.plan, out_path, plan_path, folder)
+    report["output"], report["plan"] = str(out_path), str(plan_path)
+    return report
+
+
+def shrink_outputs(
+    model: str, output: Optional[str], weights: Optional[str], input_file: Optional[str], onnx: Optional[str]
+) -> tuple[Path, Path, Optional[Path], bool]:
+    """Where ``shrink`` writes (the model, its plan, the ONNX file; a default beside the input without ``-o``),
+    checked before anything loads; and whether the model goes to a save_pretrained folder."""
+    source = check_model(model).file
+    output = output or default_output(model, "-slim" if parse_spec(model).kind == "hf" else "-slim.pt")
+    folder = wants_folder(output, model)
+    out_path = check_output(output, [source, weights or "", input_file or ""], folder=folder)
+    plan_path = plan_path_for(out_path)
+    check_output(str(plan_path), [source])
+    onnx_path = check_output(onnx, [source, output]) if onnx else None
+    return out_path, plan_path, onnx_path, folder
 
 
 def wants_folder(output: str, model: str) -> bool:
@@ -175,39 +227,6 @@ def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Pat
         raise
 
 
-RECIPE_KEYS = {"ratio": float, "criterion": str, "round_to": int, "ignore": list, "seed": int, "prune_norm": bool}
-
-
-def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> dict[str, Any]:
-    """Merge a recipe (plain YAML mapping) under the flags given on the command line; unknown keys are an error,
-    so that a typo cannot pass silently."""
-    import yaml  # lazy: CLI start-up
-
-    p = Path(path)
-    if not p.is_file():
-        raise SlimnetError(f"recipe {path} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SlimnetError(f"recipe {path} is not valid YAML: {first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise SlimnetError(f"recipe {path} must be a mapping of settings such as 'ratio: 0.5'")
-    unknown = sorted(set(data) - set(RECIPE_KEYS))
-    if unknown:
-        raise SlimnetError(f"recipe {path} has unknown keys {unknown}: allowed are {sorted(RECIPE_KEYS)}")
-    merged = dict(current)
-    for key, kind in RECIPE_KEYS.items():
-        if key not in data:
-            continue
-        value = data[key]
-        if not isinstance(value, kind) and not (kind is float and isinstance(value, int)):
-            raise SlimnetError(f"recipe {path}: {key} must be a {kind.__name__}")
-        source = ctx.get_parameter_source(key)
-        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
-            merged[key] = value
-    return merged
-
-
 def _ratio(a: Optional[float], b: Optional[float]) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -220,19 +239,19 @@ def print_report(report: dict[str, Any]) -> None:
     table.add_column("ratio", justify="right")
     p, m = report["params"], report["macs"]
     table.add_row("params", fmt(p[0]), fmt(p[1]), _ratio(p[0], p[1]))
-    table.add_row("MACs (fvcore)", fmt(m[0]), fmt(m[1]), _ratio(m[0], m[1]))
+    table.add_row("MACs", fmt(m[0]), fmt(m[1]), _ratio(m[0], m[1]))
     out.print(table)
-    out.print(
+    say(
         f"groups: {report['groups']} found, {report['pruned_groups']} pruned, {len(report['skipped'])} left whole; "
         f"criterion {report['criterion']}, ratio {report['ratio']}, round-to {report['round_to']}"
     )
     verdict = "exact" if report.get("exact") else "approximate (normalised groups pruned on request)"
-    out.print(
+    say(
         f"verified ({verdict}): max abs diff {report['max_abs_diff']:.3g} <= tolerance "
-        f"{report['tolerance']:.3g} on {', '.join(report['verify_inputs'])}; {report.get('seconds', 0):.1f} s"
+        f"{report['tolerance']:.3g} on {', '.join(report['verify_inputs'])}"
     )
     if report.get("verify_randomised"):
-        out.print(
+        say(
             f"  and again with the model's {report['verify_randomised']} constant tensors (fresh norms, zero "
             f"biases or classifier), where a wrong cut could hide, randomised: max abs diff "
             f"{report['verify_randomised_diff']:.3g} (float32)"
@@ -244,54 +263,88 @@ def print_report(report: dict[str, Any]) -> None:
         for s in report["skipped"]:
             skipped.add_row(s["group"], s["reason"])
         out.print(skipped)
+    alloc.print_target(report)
+    say(took(report.get("timings") or {}))
     if report.get("output"):
-        out.print(f"wrote {report['output']} and {report['plan']}")
+        say(f"wrote {report['output']} and {report['plan']}")
+
+
+def took(timings: dict[str, float]) -> str:
+    """``took 14.2 s: load 3.1, trace 1.4, ... (seconds)``: the whole command, stage by stage."""
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in timings.items())
+    return f"took {sum(timings.values()):.1f} s: {parts} (seconds per stage)" if timings else "took -"
 
 
 # ------------------------------------------------------------------------------------------ apply
 def apply(
     model: Architecture,
     plan: PlanFile,
-    output: Annotated[str, output_option("Where to write the pruned model.")],
+    output: Annotated[
+        Optional[str],
+        output_option("Where to write the pruned model (default: beside the input, model.pt -> model-slim.pt)."),
+    ] = None,
     weights: Weights = None,
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    """Apply a saved plan to a fresh instance of the same architecture, verify it, and save the result."""
+    """Apply a saved plan to a fresh (e.g. trained) instance of the architecture, verify it, save the result."""
     with guarded(debug):
-        out_path = check_output(output, [parse_spec(model).file, plan, weights or ""])
-        from .. import api  # lazy: CLI start-up
-        from .. import plan as plan_mod  # lazy: CLI start-up
-        from .._tensors import count_params  # lazy: CLI start-up
+        source = check_model(model).file
+        if not Path(plan).is_file():
+            raise SlimnetError(f"plan {plan} does not exist")
+        output = output or default_output(model, "-slim.pt")
+        out_path = check_output(output, [source, plan, weights or ""])
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from .. import api  # lazy: CLI start-up
+                from .. import plan as plan_mod  # lazy: CLI start-up
+                from .._tensors import count_params  # lazy: CLI start-up
 
-        the_plan = plan_mod.load(plan)
-        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        api.check_runs(loaded.model, example)
-        pruned, result = api.apply(loaded.model, the_plan, example)
-        if result is not None and not result.passed:
-            raise VerificationError(f"verification failed: {result.error}; nothing was written")
-        save_model_atomic(pruned, out_path)
-        report = {
-            "model": model,
-            "plan": plan,
-            "output": str(out_path),
-            "params": [count_params(loaded.model), count_params(pruned)],
-            "tensors": len(the_plan["tensors"]),
-            "max_abs_diff": result.max_abs_diff if result else None,
-            "tolerance": result.tolerance if result else None,
-            "verified": bool(result and result.passed),
-        }
+                the_plan = plan_mod.load(plan)
+                loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+            with stages("trace"):
+                api.check_runs(loaded.model, example)
+            with stages("cut"):
+                pruned, result = api.apply(loaded.model, the_plan, example)
+            if result is not None and not result.passed:
+                raise VerificationError(f"verification failed: {result.error}; nothing was written")
+            with stages("write"):
+                save_model_atomic(pruned, out_path)
+        report = apply_report(model, plan, out_path, [count_params(loaded.model), count_params(pruned)], the_plan)
+        report.update(
+            max_abs_diff=result.max_abs_diff if result else None,
+            tolerance=result.tolerance if result else None,
+            verified=bool(result and result.passed),
+            timings=stages.rounded(),
+        )
         if as_json:
             emit_json(report)
         else:
-            out.print(
+            say(
                 f"applied {plan} to {model}: {report['tensors']} tensors cut, params "
-                f"{fmt(report['params'][0])} -> {fmt(report['params'][1])}; verified, max abs diff "
-                f"{report['max_abs_diff']:.3g}; wrote {out_path}"
+                f"{fmt(report['params_before'])} -> {fmt(report['params_after'])}; verified, max abs diff "
+                f"{report['max_abs_diff']:.3g}"
             )
+            say(took(report["timings"]))
+            say(f"wrote {out_path}")
+
+
+def apply_report(model: str, plan: str, out_path: Path, params: list[int], the_plan: dict[str, Any]) -> dict[str, Any]:
+    """The ``apply --json`` object, before the verification's fields (a contract: fields are only added)."""
+    return {
+        "model": model,
+        "plan": plan,
+        "output": str(out_path),
+        "params": params,
+        "params_before": params[0],
+        "params_after": params[1],
+        "tensors": len(the_plan["tensors"]),
+    }
 
 
 # ------------------------------------------------------------------------------------------ graph
@@ -302,27 +355,33 @@ def graph(
     input_shape: InputShape = None,
     members: Members = False,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
     """Show the coupled channel groups of MODEL: members, channels, and why a group cannot be pruned."""
     with guarded(debug):
-        from .. import api  # lazy: CLI start-up
+        check_model(model)
+        stages, shown = stages_for(progress)
+        with shown:
+            with stages("load"):
+                from .. import api  # lazy: CLI start-up
 
-        loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
-        groups = [g.describe() for g in api.graph(loaded.model, example).groups]
+                loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
+            groups = [g.describe() for g in api.graph(loaded.model, example, stages).groups]
         prunable = sum(1 for g in groups if g["prunable"])
         if as_json:
-            emit_json({"model": model, "groups": groups, "prunable": prunable})
+            emit_json({"model": model, "groups": groups, "prunable": prunable, "timings": stages.rounded()})
             return
         table = Table(title=f"channel groups of {model}")
-        for col in ("id", "group", "units", "members", "prunable / why not"):
+        for col in ("id", "group", "units", "members" if members else "member dims", "prunable / why not"):
             table.add_column(col)
         for g in groups:
-            mem = ", ".join(g["members"]) if members else f"{len(g['members'])} tensors dims"
+            mem = ", ".join(g["members"]) if members else str(len(g["members"]))
             why = "yes" if g["prunable"] else g["reason"]
             if g["prunable"] and g["normalised"]:
                 why = f"only with --prune-norm ({g['normalised']})"
             table.add_row(str(g["id"]), g["name"], str(g["units"]), mem, why)
         out.print(table)
-        out.print(f"{len(groups)} groups, {prunable} prunable")
+        hint = "" if members else " (member dims: the tensor dimensions each group slices; --members lists them)"
+        say(f"{len(groups)} groups, {prunable} prunable{hint}")

@@ -42,6 +42,20 @@ class CostModel:
     def params(self, keep: np.ndarray | None = None) -> int:
         return round(self._value(self.param_terms, self._keep(keep)))
 
+    def gradient(self, kind: str, keep: np.ndarray | None = None) -> np.ndarray:
+        """d(MACs or params)/d(keep) at ``keep``: what each unit costs at the margin (``kind``: "macs" or
+        "params"). MACs and parameters are sums of products of sums over units, so the derivative is exact, and a
+        unit that appears once per term saves exactly this much when it is dropped."""
+        k = self._keep(keep)
+        grad = np.zeros(self.n_units)
+        for scale, forms, _ in self.mac_terms if kind == "macs" else self.param_terms:
+            values = [const + float(counts @ k[idx]) if len(idx) else const for const, idx, counts in forms]
+            for i, (_, idx, counts) in enumerate(forms):
+                if len(idx):
+                    others = float(np.prod(values[:i] + values[i + 1 :])) if len(values) > 1 else 1.0
+                    np.add.at(grad, idx, scale * others * counts)
+        return grad
+
     def per_module(self, keep: np.ndarray | None = None) -> dict[str, int]:
         """MACs attributed to the module that ran each op (its own ops; containers' residual adds included)."""
         out: dict[str, float] = {}

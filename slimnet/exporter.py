@@ -1,4 +1,5 @@
-"""Export a (pruned) model to ONNX and prove that the file computes what the module computes.
+"""Export a (pruned) model to ONNX and prove that the file computes what the module computes (``slimnet export``;
+:func:`export_onnx` is ``slimnet.export`` at the top level).
 
 Exporter: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) at opset 17, with the dynamo
 exporter (opset 18) only as a fallback when the TorchScript one fails or is gone. Measured on torch 2.14.1 /
@@ -58,14 +59,28 @@ def export_onnx(
     simplify: bool = False,
     tolerance: float | None = None,
 ) -> dict[str, Any]:
-    """Write ``model`` to ``path`` as ONNX, check it, and compare it with torch in onnxruntime (CPU).
+    """Write ``model`` to ``path`` as ONNX, check it, and compare it with torch in onnxruntime (``slimnet export``;
+    ``slimnet.export`` at the top level).
 
-    ``example_input`` is a tensor, a tuple of tensors (positional arguments) or a dict of tensors (keyword
-    arguments). ``opset`` defaults to 17 (at least 18 if the dynamo fallback writes the file; the result says
-    which). ``tolerance`` is relative: the bound is ``tolerance x (1 + max|reference|)``. Returns
-    ``{"path", "opset", "exporter", "bytes", "max_abs_diff", "tolerance", "inputs", "outputs", "checker",
-    "dynamic_batch", "checked_batches", "external_data", "simplified"}``. Raises SlimnetError (and leaves no
-    file) when the export fails or the file disagrees with torch.
+    Args:
+        model: the model to export (a pruned one or any other; left untouched, run in eval mode).
+        example_input: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of
+            tensors (keyword arguments; their names become the ONNX input names).
+        path: the ``.onnx`` file to write (its folder must exist); weights above 2 GB go to ``PATH.data``.
+        opset: the ONNX opset; default 17 (18 if the dynamo fallback writes the file; the result says which).
+        dynamic_batch: leave the batch dimension free (checked by running the file at two batch sizes);
+            False fixes it to the example's.
+        simplify: fold constants and drop dead nodes (onnxscript's optimizer).
+        tolerance: the file must match torch within ``tolerance x (1 + max|torch output|)`` (default 1e-4).
+
+    Returns:
+        ``{"path", "opset", "exporter", "bytes", "max_abs_diff", "tolerance", "inputs", "outputs", "checker",
+        "dynamic_batch", "checked_batches", "external_data", "simplified"}``: what was written, and how closely
+        onnxruntime's outputs matched torch's.
+
+    Raises:
+        SlimnetError: the folder does not exist, the export fails, or the file disagrees with torch; no file is
+            left behind.
     """
     out = Path(path)
     if not out.resolve().parent.is_dir():
@@ -361,8 +376,9 @@ def _size(out: Path, external: bool) -> int:
     return size
 
 
-def ort_session(path: str | Path, provider: str, threads: int) -> Any:
-    """An onnxruntime session pinned to ``threads`` intra-op threads and one inter-op thread.
+def ort_session(path: str | Path | bytes, provider: str, threads: int) -> Any:
+    """An onnxruntime session pinned to ``threads`` intra-op threads and one inter-op thread (``path``: a file,
+    or the serialized model itself).
 
     Spinning is off: with several sessions timed in turn, idle threads of one session spinning would steal
     cores from the next one, which would make interleaving unfair."""
@@ -375,7 +391,8 @@ def ort_session(path: str | Path, provider: str, threads: int) -> Any:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=[provider])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=opts, providers=[provider])
 
 
 def ort_feed(session: Any, names: Sequence[str], inputs: Any) -> dict[str, Any]:

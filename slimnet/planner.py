@@ -1,0 +1,262 @@
+"""Trace, group and score once; derive plans for any ratio, target or allocation cheaply.
+
+    planner = Planner(model, example)            # runs the model, traces it and groups its channels, once
+    planner.plan(ratio=0.3).plan                 # slimnet.plan/1 data
+    planner.plan(target_macs=0.5, use_global=True).target.reached
+    planner.plan(target_latency=0.5, backend="ort-cpu", threads=1)   # measures a latency table (cached)
+
+The analysis depends on the model and the example only, each criterion's ranking on the weights only, and a
+latency table on the machine, backend, threads and input shape: the planner keeps each once, so sweeps and
+tools (``tools/coverage.py``, ``tools/allocation.py``) stop re-running them. :func:`slimnet.api.shrink` uses a
+planner (``shrink(..., planner=)`` or ``analysis=``) and cuts and verifies the plan it makes.
+
+A latency target closes the loop: the widths chosen from the table are cut (in the exported file, which takes
+milliseconds), the result is timed against the original, interleaved, and when it misses the target by more
+than half the tolerance the budget is corrected by the ratio of wanted to measured and the widths chosen again
+(at most :data:`LATENCY_ROUNDS` times); the plan that landed closest is kept, and its target says both the
+predicted and the measured latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import lut
+from ._tensors import call
+from ._util import first_line
+from .allocate import LATENCY_TOLERANCE, Ranking, TargetResult
+from .errors import SlimnetError
+from .groups import Analysis, analyse
+from .plan import Decision, build_plan, choose, left_whole, rank
+from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings, parse_latency
+from .stages import Stages
+from .trace_symbolic import untouched
+
+#: How many times a latency target may be re-aimed after measuring.
+LATENCY_ROUNDS = 3
+
+
+def check_runs(model: nn.Module, example: Any) -> None:
+    """Run the original once: an input the model rejects is the user's error, said in one line."""
+    try:
+        with torch.no_grad(), untouched(model):
+            call(model.eval(), example)
+    except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
+        raise SlimnetError(
+            f"the model rejects the example input {describe(example)}: {type(exc).__name__}: {first_line(exc)}; "
+            "give an example it accepts (--input-shape or --input on the command line)"
+        ) from None
+
+
+def describe(example: Any) -> str:
+    """An example's shapes in one line: ``1x3x224x224``, ``{input_ids: 1x16}``."""
+    if isinstance(example, torch.Tensor):
+        return "x".join(str(s) for s in example.shape) or "scalar"
+    if isinstance(example, dict):
+        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in example.items()) + "}"
+    if isinstance(example, tuple):
+        return "(" + ", ".join(describe(v) for v in example) + ")"
+    if isinstance(example, list):
+        return "[" + ", ".join(describe(v) for v in example) + "]"
+    return type(example).__name__
+
+
+def graph(model: nn.Module, example: Any, stages: Stages | None = None) -> Analysis:
+    """The coupled channel groups of ``model``, each prunable or with the reason it is not (``slimnet graph``).
+
+    One analysis serves every ratio, target and criterion: pass it to ``shrink`` as ``analysis=`` (or build a
+    :class:`Planner` on it) to prune the same model several ways without tracing it again; ``analysis.cost``
+    prices any plan of it.
+
+    Args:
+        model: the model to analyse (left untouched; run in eval mode).
+        example: an input it accepts: a tensor, a tuple (positional arguments), a dict (keyword arguments) or a
+            list (one argument that is a list: ``model([image])``), nested as the model takes them.
+        stages: timings and progress (``slimnet.stages.Stages``): ``trace`` and ``groups``.
+
+    Returns:
+        An ``slimnet.groups.Analysis``: ``analysis.groups`` lists each ``slimnet.groups.Group``
+        (``g.describe()`` gives its name, units, members, whether it is prunable and the reason if not).
+
+    Raises:
+        SlimnetError: the model rejects the example, or cannot be traced at all (the message names the line).
+    """
+    stages = stages or Stages()
+    with stages("trace"):
+        check_runs(model, example)
+    return analyse(model, example, stages=stages)
+
+
+@dataclass
+class Planned:
+    """One plan and how it was made: the decisions per group and what a target or global ranking reached."""
+
+    plan: dict[str, Any]
+    decisions: list[Decision]
+    target: TargetResult | None
+
+
+class Planner:
+    """The analysis, rankings and latency tables of one model and example, made once and reused by every plan."""
+
+    def __init__(self, model: nn.Module, example: Any, analysis: Analysis | None = None,
+                 stages: Stages | None = None) -> None:  # fmt: skip
+        self.model, self.example = model.eval(), example
+        self.stages = stages or Stages()
+        self.analysis = analysis if analysis is not None else graph(model, example, self.stages)
+        self._rankings: dict[tuple[str, int], Ranking] = {}
+        self._tables: dict[tuple, lut.Built] = {}
+        self._templates: dict[int, lut.Template] = {}
+
+    def ranking(self, criterion: str = "l1", seed: int = 0) -> Ranking:
+        """Every group that can be pruned, ranked by ``criterion`` (computed once per criterion and seed)."""
+        key = (criterion, seed)
+        if key not in self._rankings:
+            groups = [g for g in self.analysis.groups if g.reason is None]
+            self._rankings[key] = rank(groups, self.model, criterion, seed)
+        return self._rankings[key]
+
+    def template(self, batch_size: int = 1) -> lut.Template:
+        """The model exported once for latency tables and measurements at ``batch_size``."""
+        if batch_size not in self._templates:
+            self._templates[batch_size] = lut.export_template(self.model, self.example, batch_size)
+        return self._templates[batch_size]
+
+    def latency_table(self, *, backend: str = "ort-cpu", threads: int = 1, batch_size: int = 1,
+                      round_to: int = DEFAULT_ROUND_TO, max_layer_ratio: float | None = DEFAULT_MAX_LAYER_RATIO,
+                      ignore: list[str] | None = None, prune_norm: bool = False, cache: bool = True,
+                      progress: bool = False) -> lut.Built:  # fmt: skip
+        """The latency table of the groups these settings prune (from the cache when it has it)."""
+        decisions = left_whole(self.analysis, self.model, ignore, prune_norm)
+        groups = [d.group for d in decisions if d.reason is None]
+        key = (backend, threads, batch_size, round_to, max_layer_ratio, tuple(g.id for g in groups), cache)
+        if key not in self._tables:
+            template = (lambda: self.template(batch_size)) if backend.startswith("ort") else None
+            self._tables[key] = lut.table_for(
+                self.model, self.example, self.analysis, groups, backend=backend, threads=threads,
+                batch_size=batch_size, round_to=round_to, max_layer_ratio=max_layer_ratio, cache=cache,
+                progress=progress, template=template,
+            )  # fmt: skip
+        return self._tables[key]
+
+    def plan(
+        self,
+        *,
+        ratio: float = 0.5,
+        criterion: str = "l1",
+        round_to: int = DEFAULT_ROUND_TO,
+        ignore: list[str] | None = None,
+        seed: int = 0,
+        prune_norm: bool = False,
+        head_ratio: float | None = None,
+        target_macs: float | None = None,
+        target_params: float | None = None,
+        target_latency: float | str | None = None,
+        use_global: bool = False,
+        max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO,
+        ratios: dict[str, float] | None = None,
+        backend: str = "ort-cpu",
+        threads: int = 1,
+        batch_size: int = 1,
+        cache: bool = True,
+        progress: bool = False,
+        model_name: str = "",
+    ) -> Planned:
+        """A plan for these settings (see :func:`slimnet.api.shrink` for each of them)."""
+        check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
+        targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
+        kind = check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)
+        settings: dict[str, Any] = dict(ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed)
+        settings.update(prune_norm=prune_norm, head_ratio=head_ratio, use_global=use_global, ratios=ratios)
+        settings.update(max_layer_ratio=max_layer_ratio, ranking=self.ranking(criterion, seed))
+        name = model_name or type(self.model).__name__
+        if kind == "latency":
+            timing = dict(backend=backend, threads=threads, batch_size=batch_size)
+            return self._latency(settings, target_latency, timing, cache, progress, name)
+        target = (kind, float(targets[kind])) if kind else None  # type: ignore[arg-type]
+        decisions, result = choose(self.analysis, self.model, target=target, **settings)
+        return Planned(self._plan_of(decisions, result, settings, name), decisions, result)
+
+    def _plan_of(self, decisions: list[Decision], result: TargetResult | None, settings: dict[str, Any],
+                 name: str) -> dict[str, Any]:  # fmt: skip
+        plan = build_plan(
+            self.analysis,
+            decisions,
+            model_name=name,
+            criterion=settings["criterion"],
+            ratio=round(result.ratio, 6) if result else settings["ratio"],
+            round_to=settings["round_to"],
+            seed=settings["seed"],
+            head_ratio=settings["head_ratio"],
+        )
+        mode = result.mode if result else "uniform"
+        plan["allocation"] = mode
+        if mode != "uniform":
+            plan["max_layer_ratio"] = settings["max_layer_ratio"]
+        if settings["ratios"]:
+            plan["ratios"] = dict(settings["ratios"])
+        if result is not None and result.kind != "units":
+            plan["target"] = result.report()
+        if self.analysis.pieces:
+            plan["pieces"] = list(self.analysis.pieces)  # what `slimnet apply` verifies piece by piece
+        return plan
+
+    def _latency(self, settings: dict[str, Any], wanted: float | str | None, timing: dict[str, Any], cache: bool,
+                 progress: bool, name: str) -> Planned:  # fmt: skip
+        """Choose from the table, cut, measure, re-aim (see the module docstring)."""
+        fraction, ms = parse_latency(wanted)  # type: ignore[arg-type]
+        built = self.latency_table(**timing, round_to=settings["round_to"], max_layer_ratio=settings["max_layer_ratio"],
+                                   ignore=settings["ignore"], prune_norm=settings["prune_norm"], cache=cache,
+                                   progress=progress)  # fmt: skip
+        template = self.template(timing["batch_size"]) if timing["backend"].startswith("ort") else None
+        if fraction is None:
+            original = lut.measure(self.model, self.example, [], template=template, **timing)[0]
+            fraction = min(ms / original, 1.0 - 1e-9)  # type: ignore[operator]
+            if fraction <= 0:
+                raise SlimnetError(f"--target-latency {wanted} is out of range")
+        aim, tried = fraction, []
+        for _ in range(LATENCY_ROUNDS):
+            try:
+                decisions, result = choose(self.analysis, self.model, target=("latency", aim), table=built.table,
+                                           **settings)  # fmt: skip
+            except SlimnetError:
+                if not tried:
+                    raise
+                break  # the re-aimed budget is out of reach: keep what was measured
+            plan = self._plan_of(decisions, result, settings, name)
+            original, cut = lut.measure(self.model, self.example, [plan], template=template, **timing)
+            tried.append((abs(cut / original - fraction), plan, decisions, result, original, cut))
+            if abs(cut / original - fraction) <= 0.5 * LATENCY_TOLERANCE * fraction:
+                break
+            aim = min(max(aim * fraction / (cut / original), 1e-6), 1.0 - 1e-6)
+        _, plan, decisions, result, original, cut = min(tried, key=lambda t: t[0])
+        result.reached, result.within = cut / original, abs(cut / original - fraction) <= LATENCY_TOLERANCE * fraction
+        result.wanted = fraction
+        result.details.update(
+            measured_ms=round(cut, 4),
+            measured_original_ms=round(original, 4),
+            predicted_fraction=round(result.details["predicted_ms"] / built.table.model_ms, 6),  # type: ignore[operator]
+            rounds=len(tried),
+            backend=timing["backend"],
+            threads=timing["threads"],
+            batch_size=timing["batch_size"],
+            table=built.report(),
+        )
+        if ms is not None:
+            result.details["wanted_absolute_ms"] = ms
+        result.note = (
+            f"measured {cut / original:.3f} of the original ({cut:.3g} ms of {original:.3g} ms, "
+            f"{'within' if result.within else 'outside'} {LATENCY_TOLERANCE:.0%} of {fraction:.3f}); predicted "
+            f"{result.details['predicted_fraction']:.3f}; latency table "
+            + (
+                f"read from the cache in {built.seconds:.1f} s (measuring it took {built.table.seconds:.1f} s)"
+                if built.cached
+                else f"measured in {built.table.seconds:.1f} s"
+            )  # fmt: skip
+        )
+        plan["target"] = result.report()
+        return Planned(plan, decisions, result)
