@@ -117,8 +117,9 @@ def shrink(
 
     Args:
         model: the trained model. It is left untouched (the result is a new module); it is put in eval mode.
-        example: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of tensors
-            (keyword arguments), e.g. ``torch.randn(1, 3, 224, 224)``.
+        example: an input it accepts: a tensor, a tuple (positional arguments), a dict (keyword arguments) or a
+            list (one argument that is a list: ``model([image])``), nested as the model takes them, e.g.
+            ``torch.randn(1, 3, 224, 224)``.
         ratio: fraction of each group's units to drop, ``0 <= ratio < 1``.
         criterion: how units are ranked: ``"l1"``, ``"l2"``, ``"fpgm"``, ``"random"`` or ``"bn-scale"``.
         round_to: kept counts are rounded to a multiple of this (8: fast kernels; 1: exact ratios).
@@ -170,8 +171,10 @@ def shrink(
     Raises:
         SlimnetError: a setting out of range, an example the model rejects, a model that cannot be traced,
             calibration data missing where a criterion or repair needs it, or data the model rejects.
-        VerificationError: the pruned model does not compute what the masked original computes (the message names
-            the group); nothing is returned. A subclass of SlimnetError.
+        VerificationError: the pruned model does not compute what the masked original computes, and no group can
+            be blamed (groups that can are left whole and the model planned again: ``report
+            ["left_whole_after_verify"]``); the message names the group; nothing is returned. A subclass of
+            SlimnetError.
     """
     t0 = time.perf_counter()
     stages = stages or Stages()
@@ -192,7 +195,9 @@ def shrink(
     cut = cut_and_verify(model.eval(), example, planner, settings, stages, verify_dtype)
     pruned, plan, analysis, decisions = cut.pruned, cut.plan, cut.planner.analysis, cut.decisions
     with stages("measure"):
-        report = make_report(model, example, analysis, cut, measure)
+        report = make_report(model, pruned, example, analysis, decisions, plan, cut.result, cut.approximate,
+                             measure)  # fmt: skip
+    report["left_whole_after_verify"] = cut.left_whole
     if cut.reached is not None:
         report["target" if cut.reached.kind != "units" else "global"] = cut.reached.report()
     report["allocation"] = plan.get("allocation", "uniform")
@@ -212,8 +217,8 @@ REPLANS = 3
 
 
 @dataclass
-class _Cut:
-    """One verified cut: what :func:`shrink` reports."""
+class Cut:
+    """One verified cut: the pruned copy, its plan and check, and the groups left whole on the way."""
 
     pruned: nn.Module
     plan: dict[str, Any]
@@ -226,7 +231,7 @@ class _Cut:
 
 
 def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: dict[str, Any], stages: Stages,
-                   verify_dtype: torch.dtype | None = None) -> _Cut:  # fmt: skip
+                   verify_dtype: torch.dtype | None = None) -> Cut:  # fmt: skip
     """Plan, cut and verify; when the verifier rejects the cut, leave the groups it blames whole
     (:mod:`slimnet.culprits`), plan again and verify again. Raises VerificationError when no group can be
     blamed or the rounds run out: a wrong cut is never returned. Approximate cuts (normalised groups pruned on
@@ -243,7 +248,7 @@ def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: d
                             pieces=analysis.pieces)  # fmt: skip
             approximate = any(d.pruned and d.group.normalised for d in decisions)
             if result.passed or approximate:
-                return _Cut(pruned, plan, decisions, result, approximate, planned.target, left_whole, current)
+                return Cut(pruned, plan, decisions, result, approximate, planned.target, left_whole, current)
             culprits = find_culprits(model, example, analysis, decisions)
             if not culprits or attempt == REPLANS:
                 group = f" (group {', '.join(d.group.name for d in culprits[:3])})" if culprits else ""
@@ -293,8 +298,9 @@ def apply(
     return pruned, result
 
 
-def _macs(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
-          ) -> tuple[list[int | None], str | None]:  # fmt: skip
+def _macs(
+    model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis, decisions: list[Decision]
+) -> tuple[list[int | None], str | None]:
     """MACs before and after: from the analysis' cost model (no second pass over either model), or from fvcore
     when the model was analysed piece by piece (the cost model then misses what lies outside the pieces)."""
     cost = analysis.cost
@@ -309,9 +315,18 @@ def _macs(model: nn.Module, pruned: nn.Module, example: Any, analysis: Analysis,
         return [cost.macs(), cost.macs(keep)], "slimnet (traced pieces only)"
 
 
-def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, measure: bool) -> dict[str, Any]:
+def make_report(
+    model: nn.Module,
+    pruned: nn.Module,
+    example: Any,
+    analysis: Analysis,
+    decisions: list[Decision],
+    plan: dict[str, Any],
+    result: VerifyResult,
+    approximate: bool,
+    measure: bool,
+) -> dict[str, Any]:
     """The --json object (a contract: fields may be added, never changed)."""
-    pruned, plan, decisions, result = cut.pruned, cut.plan, cut.decisions, cut.result
     macs, counter = _macs(model, pruned, example, analysis, decisions) if measure else ([None, None], None)
     params = [count_params(model), count_params(pruned)]
     return {
@@ -344,7 +359,7 @@ def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, m
         "max_abs_diff": result.max_abs_diff,
         "tolerance": result.tolerance,
         "verified": result.passed,
-        "exact": not cut.approximate,
+        "exact": not approximate,
         "verify_dtype": result.dtype,
         "verify_inputs": result.inputs,
         "verify_randomised": result.randomised,
@@ -352,7 +367,7 @@ def make_report(model: nn.Module, example: Any, analysis: Analysis, cut: _Cut, m
         "reduced_input": reduced.describe(analysis.reduced) if analysis.reduced is not None else None,
         "reduced_note": analysis.reduced_note or None,
         "verify_compared": result.compared,
-        "left_whole_after_verify": cut.left_whole,
+        "left_whole_after_verify": [],
         "trace_notes": list(analysis.notes),
         "output": None,
         "plan": None,

@@ -76,8 +76,8 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: 
 
     Args:
         model: the model to analyse (left untouched; run in eval mode).
-        example: an input it accepts: a tensor, a tuple of tensors (positional arguments) or a dict of tensors
-            (keyword arguments).
+        example: an input it accepts: a tensor, a tuple (positional arguments), a dict (keyword arguments) or a
+            list (one argument that is a list: ``model([image])``), nested as the model takes them.
         stages: timings and progress (``slimnet.stages.Stages``): ``trace`` and ``groups``.
         reduce: analyse on a small image when the model's graph holds for any size (:mod:`slimnet.reduced`;
             ``analysis.reduced`` is then that input: the same groups and MACs for a fraction of the work); the

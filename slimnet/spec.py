@@ -16,8 +16,7 @@ from .errors import SlimnetError
 class Spec:
     """A parsed MODEL string: what kind of source it names, and the local file or folder it reads."""
 
-    #: "torchvision", "timm", "hf", "ultralytics", "factory", "pickle", "onnx" (bench times it; nothing prunes it)
-    kind: str
+    kind: str  # "torchvision", "timm", "hf", "ultralytics", "factory", "pickle", "onnx" (bench times it only)
     target: str  # the built-in's name, the hf folder, the .py file, or the pickle file
     factory: str = ""  # FACTORY of FILE.py:FACTORY
 

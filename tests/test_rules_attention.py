@@ -68,3 +68,32 @@ def test_matmul_pairs_q_with_k_and_carries_v():
     # the two heads (literal 2 in the reshape) lose the same positions; q and k lose the same ones
     assert q == k and all((j + 8 in q) == (j in q) for j in range(8))
     assert kept(res, "proj.weight", 1) == v and len(v) in (4, 8, 12)
+
+
+class FixedHeadSizeAttention(nn.Module):
+    """BERT's layout: separate q, k, v projections viewed as (b, t, -1, head size 4) with a literal head size,
+    so that each head's channels are one unit before q @ k^T sees them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 16)
+        self.q, self.k, self.v = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+        self.proj = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.inp(x)
+        b, t, _ = h.shape
+        q, k, v = (m(h).view(b, t, -1, 4).transpose(1, 2) for m in (self.q, self.k, self.v))
+        att = torch.softmax(q @ k.transpose(-2, -1) * 0.5, dim=-1)
+        return self.out(h + self.proj((att @ v).transpose(1, 2).reshape(b, t, -1)))
+
+
+def test_a_fixed_head_size_makes_a_heads_group_of_whole_heads():
+    res = check(randomise(FixedHeadSizeAttention()), torch.randn(2, 5, 6))
+    group = next(g for g in res.analysis.groups if g.name == "q")
+    assert group.kind == "heads" and len(group.units) == 4 and ("k.weight", 0) in group.members
+    rows = kept(res, "q.weight")
+    heads = sorted({r // 4 for r in rows})
+    assert rows == [h * 4 + j for h in heads for j in range(4)] and len(heads) == 2
+    assert kept(res, "k.weight") == rows and kept(res, "v.weight") == rows and kept(res, "proj.weight", 1) == rows

@@ -27,11 +27,17 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
     a, b = it.ids_of(args[0]), it.ids_of(args[1])
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.dim() < 2 or b.dim() < 2:
         return it.unknown(n, value, "matmul of vectors")
-    a, b = canonical(it, a), canonical(it, b)  # atoms already one unit (a depthwise conv's in and out) are one
+    # Whether an operand contracts is read from its own atoms: a head's channels vary along k even when a reshape
+    # has made them one unit (q @ k^T is then a whole head's product, see _contracted_product). Along the other
+    # dim, atoms already one unit (MViT's class token and its pooled tokens, a depthwise conv's in and out) are
+    # compared by their class.
+    _, a_row_multi = one_atom_per_slice(a, -1)  # [..., n]: A's atoms vary along k?
+    _, b_col_multi = one_atom_per_slice(b, -2)  # [..., m]: B's atoms vary along k?
+    a, b = canonical(it, a), canonical(it, b)
     why = f"matmul at node {it.where()}"
-    a_row, a_row_multi = one_atom_per_slice(a, -1)  # [..., n]: A's atom per row, constant along k?
+    a_row, _ = one_atom_per_slice(a, -1)  # [..., n]: A's atom per row
     a_col, a_col_multi = one_atom_per_slice(a, -2)  # [..., k]: A's atom per contracted index, constant along n?
-    b_col, b_col_multi = one_atom_per_slice(b, -2)  # [..., m]
+    b_col, _ = one_atom_per_slice(b, -2)  # [..., m]
     b_row, b_row_multi = one_atom_per_slice(b, -1)  # [..., k]
     a_contracts = bool(a_row_multi.any())
     b_contracts = bool(b_col_multi.any())
