@@ -91,7 +91,8 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: 
         SlimnetError: the model rejects the example, or cannot be traced at all (the message names the line).
     """
     stages = stages or Stages()
-    analysis, gm, why = analyse_reduced(model.eval(), example, stages) if reduce else (None, None, "not asked")
+    with untouched(model):  # nothing a forward stores on itself while traced or run stays behind
+        analysis, gm, why = analyse_reduced(model.eval(), example, stages) if reduce else (None, None, "not asked")
     if analysis is not None:
         return analysis
     with stages("trace"):

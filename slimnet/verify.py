@@ -42,6 +42,7 @@ from torch import nn
 from ._tensors import call, count_params, flat_tensors, map_tensors
 from ._util import first_line
 from .noise import _noise_for, constant_tensors, randomise
+from .trace_symbolic import untouched
 
 TOL64 = 1e-6
 TOL32 = 1e-4
@@ -278,6 +279,12 @@ def verify(
     score thresholds, top-k, NMS) is the same function in both models; it is not compared through, since
     top-k and NMS break ties between equal scores either way. Each piece's outputs are compared instead, on
     the inputs the masked original gave it (and the pruned model must still run whole)."""
+    with untouched(original), untouched(pruned):  # the light copies share lists a forward may append to
+        return _verify(original, pruned, plan, example, inputs, precision, pieces)
+
+
+def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, inputs: Inputs | None,
+            precision: torch.dtype | None, pieces: list[str] | None) -> VerifyResult:  # fmt: skip
     original, pruned = original.eval(), pruned.eval()
     constants = constant_tensors(original)
     if inputs is None:
