@@ -91,8 +91,9 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: 
         SlimnetError: the model rejects the example, or cannot be traced at all (the message names the line).
     """
     stages = stages or Stages()
+    model.eval()  # left in eval mode, as the analysis always did
     with untouched(model):  # nothing a forward stores on itself while traced or run stays behind
-        analysis, gm, why = analyse_reduced(model.eval(), example, stages) if reduce else (None, None, "not asked")
+        analysis, gm, why = analyse_reduced(model, example, stages) if reduce else (None, None, "not asked")
     if analysis is not None:
         return analysis
     with stages("trace"):

@@ -279,6 +279,7 @@ def verify(
     score thresholds, top-k, NMS) is the same function in both models; it is not compared through, since
     top-k and NMS break ties between equal scores either way. Each piece's outputs are compared instead, on
     the inputs the masked original gave it (and the pruned model must still run whole)."""
+    original, pruned = original.eval(), pruned.eval()  # left in eval mode, as before
     with untouched(original), untouched(pruned):  # the light copies share lists a forward may append to
         return _verify(original, pruned, plan, example, inputs, precision, pieces)
 
