@@ -78,8 +78,9 @@ def time_row(name: str, r: dict[str, Any]) -> str:
     s, t = r["slimnet"], r["tp"]
     if "total" in t:
         tp_cells = f"{t['graph']:.2f} | {t['prune']:.2f} | **{t['total']:.2f}** | {t['total'] / s['total']:.1f}x"
+        tp_cells += f" | {s['cpu']:.2f} / {t['cpu']:.2f} = {t['cpu'] / s['cpu']:.1f}x" if "cpu" in t else " | -"
     else:
-        tp_cells = f"- | - | failed: {t.get('error', '')[:80]} | -"
+        tp_cells = f"- | - | failed: {t.get('error', '')[:80]} | - | -"
     stages = " | ".join(f"{s.get(k, 0.0):.2f}" for k in STAGES)
     verified = f"{r['verify_dtype'].replace('torch.', '')}: {', '.join(r['verify'])}"
     return f"| {name} | {stages} | **{s['total']:.2f}** | {tp_cells} | {r['repeats']} | {verified} |"
@@ -90,13 +91,13 @@ def time_section(recs: Records) -> list[str]:
         "## 2. Time to shrink (ratio 0.5, L2, seconds, median of interleaved runs)",
         "",
         "| model | " + " | ".join(STAGES) + " | **slimnet** | TP graph | TP prune | **Torch-Pruning** | TP / slimnet "
-        "| runs | slimnet verified on |",
-        "|" + "---|" * 13,
+        "| CPU s: slimnet / TP = TP / slimnet | runs | slimnet verified on |",
+        "|" + "---|" * 14,
     ]
     for name in ordered(recs):
         r = recs.get(name)
         if r is None or "error" in r:
-            lines.append(f"| {name} | {r['error'][:120] if r else 'not run in this sweep'} |" + " |" * 12)
+            lines.append(f"| {name} | {r['error'][:120] if r else 'not run in this sweep'} |" + " |" * 13)
         else:
             lines.append(time_row(name, r))
     return lines + [""]
