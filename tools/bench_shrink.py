@@ -13,7 +13,10 @@ nothing. ``l2`` is compared with ``MagnitudeImportance(p=2)`` and ``fpgm`` with 
 ``--before FILE``: a JSON file written by this tool (``--json``) with another version of slimnet on the path (for
 example ``PYTHONPATH=/path/to/old/checkout``): its stages are shown beside the current ones. ``--process``: also
 time each tool as a user runs it, whole process (``python -m slimnet shrink ...`` against a script that loads the
-same model and prunes it with Torch-Pruning), import and model construction included.
+same model and prunes it with Torch-Pruning), import and model construction included. Each tool's CPU seconds
+(``time.process_time``) are recorded beside its wall seconds: with ``OMP_NUM_THREADS=1`` on a shared machine they
+are the work done, which other jobs barely change. ``--load FILE`` writes the document from a ``--json`` file
+(several runs' files concatenated, say) with ``--commands`` and ``--note`` for what produced it.
 """
 
 from __future__ import annotations
