@@ -13,7 +13,10 @@ nothing. ``l2`` is compared with ``MagnitudeImportance(p=2)`` and ``fpgm`` with 
 ``--before FILE``: a JSON file written by this tool (``--json``) with another version of slimnet on the path (for
 example ``PYTHONPATH=/path/to/old/checkout``): its stages are shown beside the current ones. ``--process``: also
 time each tool as a user runs it, whole process (``python -m slimnet shrink ...`` against a script that loads the
-same model and prunes it with Torch-Pruning), import and model construction included.
+same model and prunes it with Torch-Pruning), import and model construction included. Each tool's CPU seconds
+(``time.process_time``) are recorded beside its wall seconds: with ``OMP_NUM_THREADS=1`` on a shared machine they
+are the work done, which other jobs barely change. ``--load FILE`` writes the document from a ``--json`` file
+(several runs' files concatenated, say) with ``--commands`` and ``--note`` for what produced it.
 """
 
 from __future__ import annotations
@@ -49,13 +52,14 @@ def run_slimnet(name: str, criterion: str) -> dict[str, Any]:
     model = load_model(f"torchvision:{name}").model.eval()
     load = time.perf_counter() - t0
     x = example_for(name)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = shrink(model, x, ratio=0.5, criterion=criterion, measure=False)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     rep = res.report
     return {
         "load": load,
         "total": total,
+        "cpu": cpu,
         "stages": {k: float(v) for k, v in rep.get("timings", {}).items()},
         "params_after": sum(p.numel() for p in res.model.parameters()),
         "verify": f"{rep['verify_dtype'].replace('torch.', '')}, {'; '.join(rep['verify_inputs'])}",
@@ -80,14 +84,15 @@ def run_tp(name: str, criterion: str) -> dict[str, Any]:
 
     model = load_model(f"torchvision:{name}").model.eval()
     x = example_for(name)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pruner = tp.pruner.MetaPruner(
         model, x, importance=tp_importance(criterion), pruning_ratio=0.5, ignored_layers=classifier(model), round_to=8
     )
     t1 = time.perf_counter()
     pruner.step()
-    t2 = time.perf_counter()
+    t2, cpu = time.perf_counter(), time.process_time() - c0
     return {
+        "cpu": cpu,
         "graph": t1 - t0,
         "prune": t2 - t1,
         "total": t2 - t0,
@@ -161,7 +166,8 @@ def bench(name: str, criterion: str, args: argparse.Namespace) -> dict[str, Any]
         try:
             peer.append(run_tp(name, criterion))
         except Exception as exc:  # noqa: BLE001 - the peer failing is a result too
-            peer.append({"graph": float("nan"), "prune": float("nan"), "total": float("nan"), "error": str(exc)[:200]})
+            nan = float("nan")
+            peer.append({"graph": nan, "prune": nan, "total": nan, "cpu": nan, "error": str(exc)[:200]})
         if args.process and i < 3:
             procs.append(run_processes(name, criterion))
         print(f"{name} {criterion} run {i + 1}: slimnet {ours[-1]['total']:.2f}s, tp {peer[-1]['total']:.2f}s",
@@ -173,13 +179,14 @@ def bench(name: str, criterion: str, args: argparse.Namespace) -> dict[str, Any]
         "forward": forward_seconds(name, 5),
         "slimnet": {
             "total": median_of(ours, "total"),
+            "cpu": median_of(ours, "cpu"),
             "load": median_of(ours, "load"),
             "stages": {s: statistics.median(r["stages"].get(s, 0.0) for r in ours) for s in STAGES},
             "params_after": ours[0]["params_after"],
             "verify": ours[0]["verify"],
             "diff": ours[0]["diff"],
         },
-        "tp": {k: median_of(peer, k) for k in ("graph", "prune", "total")}
+        "tp": {k: median_of(peer, k) for k in ("graph", "prune", "total", "cpu")}
         | {"params_after": peer[0].get("params_after"), "error": peer[0].get("error")},
     }
     if procs:
@@ -201,7 +208,7 @@ def machine() -> str:
 def table(rows: list[dict[str, Any]], before: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
     head = (
         "| model | criterion | version | " + " | ".join(STAGES) + " | slimnet total | TP graph | TP prune | TP total "
-        "| TP / slimnet | 1 forward at 224 | runs |"
+        "| TP / slimnet | CPU s: slimnet / TP = TP / slimnet | 1 forward at 224 | runs |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -211,10 +218,18 @@ def table(rows: list[dict[str, Any]], before: dict[tuple[str, str], dict[str, An
             stages = " | ".join(f"{s['stages'].get(k, 0.0):.3f}" for k in STAGES)
             lines.append(
                 f"| {r['model']} | {r['criterion']} | {label} | {stages} | **{s['total']:.3f}** | {p['graph']:.3f} "
-                f"| {p['prune']:.3f} | **{p['total']:.3f}** | {p['total'] / s['total']:.2f}x | {row['forward']:.3f} "
+                f"| {p['prune']:.3f} | **{p['total']:.3f}** | {p['total'] / s['total']:.2f}x "
+                f"| {cpu_cell(s, p)} | {row['forward']:.3f} "
                 f"| {row.get('repeats', '-')} |"
             )
     return lines
+
+
+def cpu_cell(s: dict[str, Any], p: dict[str, Any]) -> str:
+    """CPU seconds of each tool (older --json files have none)."""
+    if "cpu" not in s or "cpu" not in p:
+        return "-"
+    return f"{s['cpu']:.2f} / {p['cpu']:.2f} = {p['cpu'] / s['cpu']:.2f}x"
 
 
 def write_doc(rows: list[dict[str, Any]], before: dict, args: argparse.Namespace) -> None:

@@ -8,7 +8,9 @@
 
 Every result is cached as one JSON file per part and model under ``--cache`` (default ``.compare/``): a run that
 stops (or is stopped) picks up where it was; ``--fresh`` measures again. Models run one per subprocess (a crash,
-a memory blow-up or ``--timeout`` is a result, not the end of the sweep).
+a memory blow-up or ``--timeout`` is a result, not the end of the sweep). ``--note``: a paragraph for the
+document (the scope run, the machine's load). The pieces live beside this driver: ``compare_parts.py`` (the
+models, both tools, reading a cut back, the three parts) and ``compare_doc.py`` (the document and the plot).
 
 Setup, the same for both tools: a randomly initialised model (nothing downloaded) whose tensors are then all
 randomised (:func:`slimnet.verify.randomise`: every channel distinguishable, so that a wrong cut shows and Torch-

@@ -50,9 +50,15 @@ def coverage_section(recs: Records) -> list[str]:
     for tool, label in (("slimnet", "slimnet"), ("tp", "Torch-Pruning")):
         counts = {k: sum(1 for r in recs.values() if r.get(tool, {}).get(k) == "yes") for k in KEYS}
         failed = sum(1 for r in recs.values() if str(r.get(tool, {}).get("shrinks", "no")).startswith("no"))
-        wrong = sum(1 for r in recs.values() if str(r.get(tool, {}).get("right", "")).startswith("no"))
+        rights = [str(r.get(tool, {}).get("right", "")) for r in recs.values()]
+        unread = sum(1 for v in rights if v.startswith("no: not a slice"))
+        wrong = sum(1 for v in rights if v.startswith("no")) - unread
+        broke = sum(1 for r in recs.values() if "error" in r)
         lines.append(
-            f"- **{label}**: right {counts['right']}/{len(recs)}, wrong {wrong}, failed to shrink {failed}; "
+            f"- **{label}**: right {counts['right']}/{len(recs)}; wrong (the verifier finds other outputs) {wrong}; "
+            f"cut not readable as a slice of the original {unread}; failed to shrink {failed}"
+            + (f" (of which {broke} the whole run, both tools, timed out or crashed)" if broke else "")
+            + "; "
             + ", ".join(f"{k} {counts[k]}" for k in KEYS[:3])
         )
     lines += [
@@ -78,8 +84,9 @@ def time_row(name: str, r: dict[str, Any]) -> str:
     s, t = r["slimnet"], r["tp"]
     if "total" in t:
         tp_cells = f"{t['graph']:.2f} | {t['prune']:.2f} | **{t['total']:.2f}** | {t['total'] / s['total']:.1f}x"
+        tp_cells += f" | {s['cpu']:.2f} / {t['cpu']:.2f} = {t['cpu'] / s['cpu']:.1f}x" if "cpu" in t else " | -"
     else:
-        tp_cells = f"- | - | failed: {t.get('error', '')[:80]} | -"
+        tp_cells = f"- | - | failed: {t.get('error', '')[:80]} | - | -"
     stages = " | ".join(f"{s.get(k, 0.0):.2f}" for k in STAGES)
     verified = f"{r['verify_dtype'].replace('torch.', '')}: {', '.join(r['verify'])}"
     return f"| {name} | {stages} | **{s['total']:.2f}** | {tp_cells} | {r['repeats']} | {verified} |"
@@ -90,13 +97,13 @@ def time_section(recs: Records) -> list[str]:
         "## 2. Time to shrink (ratio 0.5, L2, seconds, median of interleaved runs)",
         "",
         "| model | " + " | ".join(STAGES) + " | **slimnet** | TP graph | TP prune | **Torch-Pruning** | TP / slimnet "
-        "| runs | slimnet verified on |",
-        "|" + "---|" * 13,
+        "| CPU s: slimnet / TP = TP / slimnet | runs | slimnet verified on |",
+        "|" + "---|" * 14,
     ]
     for name in ordered(recs):
         r = recs.get(name)
         if r is None or "error" in r:
-            lines.append(f"| {name} | {r['error'][:120] if r else 'not run in this sweep'} |" + " |" * 12)
+            lines.append(f"| {name} | {r['error'][:120] if r else 'not run in this sweep'} |" + " |" * 13)
         else:
             lines.append(time_row(name, r))
     return lines + [""]
@@ -124,6 +131,16 @@ def quality_section(recs: Records) -> list[str]:
         cells = [quality_cell(r["rows"].get(label)) for label in ("original", "slimnet", "torch-pruning")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def why_far(rec: dict[str, Any]) -> str:
+    """What the record itself says about a model far above the line."""
+    s = rec["slimnet"]
+    if s.get("reduced") is None:
+        size, params = rec.get("size"), rec.get("params", 0) / 1e6
+        return (f": no reduced input (run at {size} px, analysed and verified at that size), {params:.0f}M "
+                f"parameters; verify {s['timings'].get('verify', 0):.1f} s")  # fmt: skip
+    return ""
 
 
 def scaling(recs: Records, png: str, out: str) -> list[str]:
@@ -155,7 +172,8 @@ def scaling(recs: Records, png: str, out: str) -> list[str]:
     ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=110)
-    far = [f"{name} ({n} nodes, {s:.1f} s, {ratio:.1f}x the line)" for ratio, name, n, s in off if ratio > 2]
+    far = [f"{name} ({n} nodes, {s:.1f} s, {ratio:.1f}x the line{why_far(recs[name])})" for ratio, name, n, s in off
+           if ratio > 2]  # fmt: skip
     rel = os.path.relpath(png, Path(out).parent)
     return [
         "## 4. Cost that grows linearly with the graph",

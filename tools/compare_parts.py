@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from slimnet.api import bench, shrink
-from slimnet.export import export_onnx
+from slimnet.exporter import export_onnx
 from slimnet.trace import trace
 from slimnet.verify import randomise, verify
 
@@ -296,22 +296,31 @@ def coverage(name: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ part 2: time
 def time_one(name: str, repeats: int) -> dict[str, Any]:
-    """Interleaved runs (slimnet, Torch-Pruning, slimnet, ...) on fresh copies of one randomised model."""
+    """Interleaved runs (slimnet, Torch-Pruning, slimnet, ...) on fresh copies of one randomised model, after
+    one untimed warm-up of each tool. Wall seconds, and CPU seconds of this process (``cpu``: with one torch
+    thread, the work done, which other jobs on a shared machine barely change)."""
+    warm_up()
     model, example = build(name)
     ours: list[dict[str, Any]] = []
     peer: list[dict[str, Any]] = []
     for _ in range(repeats):
-        _, report, seconds = run_slimnet(copy.deepcopy(model), example)
-        ours.append({"total": seconds, **report["timings"]})
+        mine, theirs = copy.deepcopy(model), copy.deepcopy(model)
+        c0 = time.process_time()
+        _, report, seconds = run_slimnet(mine, example)
+        ours.append({"total": seconds, "cpu": time.process_time() - c0, **report["timings"]})
         try:
-            _, graph_s, prune_s = run_tp(copy.deepcopy(model), example)
-            peer.append({"graph": graph_s, "prune": prune_s, "total": graph_s + prune_s})
+            c0 = time.process_time()
+            _, graph_s, prune_s = run_tp(theirs, example)
+            cpu = time.process_time() - c0
+            peer.append({"graph": graph_s, "prune": prune_s, "total": graph_s + prune_s, "cpu": cpu})
         except Exception as exc:  # noqa: BLE001 - the peer failing is a result
             peer.append({"error": first_line(exc)})
         log(f"time {name}: slimnet {seconds:.2f}s, tp {peer[-1].get('total', float('nan')):.2f}s")
     med = {k: statistics.median(r.get(k, 0.0) for r in ours) for k in ours[0]}
-    tp_med = {k: statistics.median(r[k] for r in peer) for k in ("graph", "prune", "total")} if "error" not in peer[0] \
-        else {"error": peer[0]["error"]}  # fmt: skip
+    if "error" in peer[0]:
+        tp_med: dict[str, Any] = {"error": peer[0]["error"]}
+    else:
+        tp_med = {k: statistics.median(r[k] for r in peer) for k in ("graph", "prune", "total", "cpu")}
     return {"model": name, "repeats": repeats, "slimnet": med, "tp": tp_med, "verify": report["verify_inputs"],
             "verify_dtype": report["verify_dtype"]}  # fmt: skip
 
