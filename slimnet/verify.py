@@ -31,16 +31,15 @@ those tensors is exact for theirs. Trained models rarely hold constant tensors, 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ._tensors import call, count_params, flat_tensors, map_tensors
+from ._tensors import count_params, flat_tensors, map_tensors
 from ._util import first_line
+from .bound import Bound, masked, state_of, tensors_of
 from .noise import _noise_for, constant_tensors, randomise
 from .trace_symbolic import untouched
 
@@ -129,132 +128,21 @@ def _is_image(v: Any) -> bool:
     return isinstance(v, torch.Tensor) and v.is_floating_point() and v.dim() >= 3
 
 
-def _cast(value: Any, dtype: torch.dtype) -> Any:
-    return map_tensors(value, lambda t: t.to(dtype) if t.is_floating_point() else t)
-
-
-class _Bound:
-    """A model run with other tensors in place of some of its own: a copy of its module tree (:func:`_light_copy`)
-    that shares every other tensor and attribute, so the masked reference and the float64 copies cost the
-    tensors they change, never a copy of the whole model."""
-
-    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-        self.model, self.state, self.dtype = model, state, dtype
-        self.copy = _light_copy(model, state)
-
-    def swap(self, tensors: dict[str, torch.Tensor], plan: dict[str, Any] | None = None) -> _Bound:
-        """The same model and tensors but ``tensors`` (cast, and masked by ``plan`` where it plans them)."""
-        state, done = dict(self.state), {}
-        for name, t in tensors.items():
-            if id(t) not in done:  # tied names share one tensor
-                dims = plan["tensors"].get(name) if plan is not None else None
-                done[id(t)] = _masked(t, dims, self.dtype) if dims else t.to(self.dtype)
-            state[name] = done[id(t)]
-        return _Bound(self.model, state, self.dtype)
-
-    def __call__(self, inp: Any) -> list[torch.Tensor]:
-        with torch.no_grad():
-            out = call(self.copy, _cast(inp, self.dtype))
-        return [o.detach() for o in flat_tensors(out)]
-
-    def piece_calls(self, inp: Any, pieces: list[str]) -> list[tuple[str, tuple, dict, list[torch.Tensor]]]:
-        """Every call of every piece (submodule path) while the model runs ``inp``: its arguments and outputs."""
-        calls: list[tuple[str, tuple, dict, list[torch.Tensor]]] = []
-        hooks = []
-        for path in pieces:
-
-            def record(_m: nn.Module, a: tuple, kw: dict, out: Any, path: str = path) -> None:
-                calls.append((path, a, kw, [o.detach() for o in flat_tensors(out)]))
-
-            hooks.append(self.copy.get_submodule(path).register_forward_hook(record, with_kwargs=True))
-        try:
-            self(inp)
-        finally:
-            for h in hooks:
-                h.remove()
-        return calls
-
-    def piece(self, path: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
-        """One piece run on given (already cast) arguments."""
-        with torch.no_grad():
-            out = self.copy.get_submodule(path)(*args, **kwargs)
-        return [o.detach() for o in flat_tensors(out)]
-
-
-def _light_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The module tree of ``model`` with the tensors named in ``state`` replaced: each module a shallow copy
-    (new parameter, buffer and child dicts; every other attribute shared), a module that appears twice copied
-    once. The model itself is not touched. Only for running the copy: nothing of it is returned to the user."""
-    made: dict[int, nn.Module] = {}
-
-    def visit(m: nn.Module) -> nn.Module:
-        if id(m) not in made:
-            new = copy.copy(m)
-            made[id(m)] = new
-            new.__dict__["_parameters"] = dict(m._parameters)
-            new.__dict__["_buffers"] = dict(m._buffers)
-            new.__dict__["_modules"] = {k: visit(c) if c is not None else None for k, c in m._modules.items()}
-        return made[id(m)]
-
-    root = visit(model)
-    for name, t in state.items():
-        path, _, attr = name.rpartition(".")
-        owner = root.get_submodule(path) if path else root
-        if attr in owner._parameters:
-            owner._parameters[attr] = t
-        elif attr in owner._buffers:
-            owner._buffers[attr] = t
-    return root
-
-
-def _tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer under every name it has (tied ones under each, as the same object)."""
-    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    return dict(named)
-
-
-def _state(tensors: dict[str, torch.Tensor], make: Any) -> dict[str, torch.Tensor]:
-    """``make(name, tensor)`` for every name, once per tensor (tied names get the same object), keeping only
-    the tensors ``make`` changed."""
-    done: dict[int, torch.Tensor] = {}
-    out = {}
-    for name, t in tensors.items():
-        if id(t) not in done:
-            done[id(t)] = make(name, t)
-        if done[id(t)] is not t:
-            out[name] = done[id(t)]
-    return out
-
-
-def _masked(t: torch.Tensor, dims: dict[str, list[int]], dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype``, zero outside the kept indices of each planned dim: one multiplication by a
-    broadcast 0/1 mask, so the copy, the cast and the masking are one pass over the tensor."""
-    mask = torch.ones((), dtype=dtype)
-    for dim_s, idx in dims.items():
-        dim = int(dim_s)
-        keep = np.zeros(t.shape[dim])
-        keep[np.asarray(idx, dtype=np.int64)] = 1.0
-        shape = [1] * t.dim()
-        shape[dim] = -1
-        mask = mask * torch.from_numpy(keep).to(dtype).reshape(shape)
-    return torch.mul(t, mask)
-
-
-def _reference(original: nn.Module, plan: dict[str, Any], dtype: torch.dtype) -> _Bound:
+def _reference(original: nn.Module, plan: dict[str, Any], dtype: torch.dtype) -> Bound:
     """The original with the plan's dropped slices zeroed, in ``dtype``; tensors that need neither share the
     original's storage."""
 
     def make(name: str, t: torch.Tensor) -> torch.Tensor:
         if name in plan["tensors"]:
-            return _masked(t, plan["tensors"][name], dtype if t.is_floating_point() else t.dtype)
+            return masked(t, plan["tensors"][name], dtype if t.is_floating_point() else t.dtype)
         return t.to(dtype) if t.is_floating_point() else t
 
-    return _Bound(original, _state(_tensors_of(original), make), dtype)
+    return Bound(original, state_of(tensors_of(original), make), dtype)
 
 
-def _candidate(pruned: nn.Module, dtype: torch.dtype) -> _Bound:
+def _candidate(pruned: nn.Module, dtype: torch.dtype) -> Bound:
     """The pruned model in ``dtype``."""
-    return _Bound(pruned, _state(_tensors_of(pruned), lambda _, t: t.to(dtype) if t.is_floating_point() else t), dtype)
+    return Bound(pruned, state_of(tensors_of(pruned), lambda _, t: t.to(dtype) if t.is_floating_point() else t), dtype)
 
 
 @torch.no_grad()
@@ -320,7 +208,7 @@ def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], exampl
 
 
 def _bind(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], first_input: Any,
-          precision: torch.dtype | None) -> tuple[_Bound, _Bound, float, list[torch.Tensor]]:  # fmt: skip
+          precision: torch.dtype | None) -> tuple[Bound, Bound, float, list[torch.Tensor]]:  # fmt: skip
     """The masked reference and the candidate in ``precision`` (by default float64 up to F64_PARAMS parameters,
     else float32; float32 too for models that cannot run in float64), the tolerance scale, and the reference's
     outputs on the first input (running it is how a model shows that it cannot run in float64)."""
@@ -339,7 +227,7 @@ def _bind(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], first_in
     raise AssertionError("unreachable")
 
 
-def _compare(reference: _Bound, candidate: _Bound, inputs: Inputs, tol_scale: float,
+def _compare(reference: Bound, candidate: Bound, inputs: Inputs, tol_scale: float,
              first: list[torch.Tensor] | None, pieces: list[str] | None = None) -> VerifyResult:  # fmt: skip
     """Both models on every input (``first``: the reference's outputs on the first, already computed), or each
     piece's outputs (:func:`verify`'s ``pieces``)."""
@@ -396,7 +284,7 @@ def _compared(pieces: list[str] | None) -> str:
 Outputs = list[tuple[str, list[torch.Tensor], list[torch.Tensor]]]  # (where, reference tensors, pruned tensors)
 
 
-def _outputs(reference: _Bound, candidate: _Bound, inp: Any, pieces: list[str] | None,
+def _outputs(reference: Bound, candidate: Bound, inp: Any, pieces: list[str] | None,
              first: list[torch.Tensor] | None) -> Outputs:  # fmt: skip
     """What to compare on one input: the two models' outputs, or every call of every piece (the pruned piece
     run on the reference piece's inputs). Raises :class:`_ReferenceFailed` when the reference rejects it."""
