@@ -104,6 +104,9 @@ def _same_macs(task: Task, chosen: Any, uniform: Any, best: str, common: dict, r
     at = {**common, "target_macs": reached}
     for criterion, fix in (("l1", False), (best, True)):
         res = shrink(task.model, task.example, criterion=criterion, data=task.calib, **at, **(repairs if fix else {}))
+        if res.report["target"]["reached"] == uniform.report["target"]["reached"]:
+            task.log(f"[{task.name}] a uniform cut cannot get nearer to {reached:.4f} of the MACs")
+            return
         label = f"uniform, {criterion}{' + repair' if fix else ''} @ sensitivity's MACs"
         _row(task, res, label, "uniform", criterion, fix, False)
 
