@@ -25,6 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 COMMAND = "OMP_NUM_THREADS=1 python tools/accuracy.py --out docs/accuracy.md"
 TASKS = ("digits", "minilm")
+CALIBRATION_SCORE = {
+    "digits": "minus the mean KL divergence from the original's class distribution on the calibration images",
+    "minilm": "mean cosine to the original's embeddings of the sweep sentences",
+}
 HEADLINE = {"digits": ("accuracy", "test accuracy, %"), "minilm": ("cosine", "mean cosine to the original")}
 
 
@@ -200,7 +204,8 @@ def render(results: dict[str, dict[str, Any]], out: Path, seconds: float) -> str
         lines += [
             f"## {name}",
             "",
-            f"{facts}. Calibration score per criterion (uniform cut, no repair; higher is better): "
+            f"{facts}. Calibration score: {CALIBRATION_SCORE[name]}; per criterion (uniform cut, no repair; "
+            "higher is better): "
             + ", ".join(f"{c} {v:.4f}" for c, v in result["criteria_calibration"].items())
             + f". Chosen: **{result['best_criterion']}**. Sensitivity sweep: {len(result['sensitivity']['groups'])} "
             f"groups x ratios {result['sensitivity']['ratios']}, repaired, {result['sweep_seconds']} s. "

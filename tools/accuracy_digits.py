@@ -139,6 +139,5 @@ def task(log: Any, distill_steps: int = 600) -> tuple[Any, dict[str, Any]]:
         "calibration_images": sum(len(b) for b in calib),
         "train_seconds": round(seconds, 1),
         "distill_steps": distill_steps,
-        "calibration score": "minus the mean KL divergence from the original's outputs on the calibration images",
     }
     return t, facts

@@ -167,6 +167,5 @@ def task(log: Any, distill_steps: int = 300, sweep_sentences: int = 96) -> tuple
         "distill_sentences": sum(len(b["input_ids"]) for b in d.distill),
         "evaluation_sentences": sum(len(b["input_ids"]) for b in d.evaluation),
         "distill_steps": distill_steps,
-        "calibration score": "mean cosine to the original's embeddings of the sweep sentences",
     }
     return t, facts
