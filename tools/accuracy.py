@@ -218,7 +218,8 @@ def render(results: dict[str, dict[str, Any]], out: Path, seconds: float) -> str
             + ", ".join(f"{c} {v:.4f}" for c, v in result["criteria_calibration"].items())
             + f". Chosen: **{result['best_criterion']}**. Sensitivity sweep: {len(result['sensitivity']['groups'])} "
             f"groups x ratios {result['sensitivity']['ratios']}, repaired, {result['sweep_seconds']} s. "
-            f"Task total {result['seconds'] / 60:.1f} min.",
+            f"Task total {result['seconds'] / 60:.1f} min of wall time"
+            + (f", {result['cpu_seconds'] / 60:.1f} min of CPU." if "cpu_seconds" in result else "."),
             "",
             *table(name, result),
             "",
