@@ -256,8 +256,8 @@ NOTES = [
     "it is the step that is furthest from converged.",
     "- MiniLM with longer distillation, measured once outside this table (the same sensitivity-driven cut and "
     "settings, one 600-step run scored on the evaluation sentences at steps 300/400/500/600): mean cosine "
-    "0.9462 / 0.9394 / 0.9487 / 0.9526. The 0.95 target is reached at 600 steps (about 27 min of distillation "
-    "on this shared CPU); at a constant learning rate the score is noisy from step to step. Rerun with "
+    "0.9462 / 0.9394 / 0.9487 / 0.9526. The 0.95 target is reached at 600 steps (18-27 min of distillation "
+    "on this shared CPU, with its load); at a constant learning rate the score is noisy from step to step. Rerun with "
     "`--minilm-distill-steps 600` to put it in the table.",
     "- MiniLM has no BatchNorm (LayerNorm only), so its repair is bias compensation alone (the removed units' mean "
     "output folded into their consumers' biases). Its parameter count includes the 11.7 M of the token "
