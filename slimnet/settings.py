@@ -139,11 +139,11 @@ def check_allocation(
 def check_data_settings(
     *, data: str | None, batch_size: int, calib_batches: int, needs: Iterable[str] = (), steps: int | None = None
 ) -> None:
-    """Calibration data (``--data``, ``--batch-size``, ``--calib-batches``): the counts, that the spec names
+    """Calibration data (``--data``, ``--calib-batch-size``, ``--calib-batches``): the counts, that the spec names
     something that exists, and that whatever needs data (``needs``: "criterion taylor", "--recalibrate-bn", ...)
     has it. The data itself is checked against the model once both are loaded (:mod:`slimnet.data`)."""
     if batch_size < 1:
-        raise SlimnetError(f"{given('--batch-size', batch_size)} must be at least 1")
+        raise SlimnetError(f"{given('--calib-batch-size', batch_size)} must be at least 1")
     if calib_batches < 1:
         raise SlimnetError(f"{given('--calib-batches', calib_batches)} must be at least 1")
     if steps is not None and steps < 1:

@@ -122,10 +122,11 @@ def test_cli_writes_json_plot_and_refuses_missing_data(tmp_path, monkeypatch):
     from slimnet.cli import app
 
     base = ["sensitivity", "net.py:make", "--input-shape", "1,3,32,32", "-o", "s.json", "--ratios", "0.5"]
-    res = cli_runner().invoke(app, [*base, "--data", "data.pt", "--plot", "s.png", "--json"])
+    res = cli_runner().invoke(app, [*base, "--data", "data.pt", "--plot", "s.png", "--json", "--recalibrate-bn"])
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert report["output"] == "s.json" and report["format"] == "slimnet.sensitivity/1"
+    assert report["repairs"] == ["recalibrate_bn"]
     assert Path("s.png").is_file() and json.loads(Path("s.json").read_text())["groups"] == report["groups"]
     bad = cli_runner().invoke(app, [*base, "--data", "missing.pt"])
     assert bad.exit_code == 2 and "--data missing.pt does not exist" in bad.stderr

@@ -113,6 +113,8 @@ def sensitivity(
     criterion: Criterion = "l1",
     round_to: RoundTo = DEFAULT_ROUND_TO,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw the curves to this PNG.")] = None,
+    recalibrate_bn: RecalibrateBn = False,
+    compensate_bias: CompensateBias = False,
     calib_batches: CalibBatches = DEFAULT_BATCHES,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     no_imagenet_norm: NoImagenetNorm = False,
@@ -124,7 +126,8 @@ def sensitivity(
     debug: Debug = False,
 ) -> None:
     """Cut each prunable group alone at each ratio and record how far the model moves (agreement with the
-    original on --data); runs under torchrun --nproc-per-node N, each rank a share of the groups."""
+    original on --data), each cut repaired first with --recalibrate-bn / --compensate-bias; runs under torchrun
+    --nproc-per-node N, each rank a share of the groups."""
     with guarded(debug):
         check_settings(ratio=0.0, criterion=criterion, round_to=round_to)
         check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["sensitivity"])
@@ -143,7 +146,8 @@ def sensitivity(
         )
         progress = _progress if world.main and not as_json else None
         result = sweep(loaded.model, example, calibration, ratios=steps, criterion=criterion, round_to=round_to,
-                       model_name=model, world=world, progress=progress)  # fmt: skip
+                       model_name=model, world=world, progress=progress, recalibrate_bn=recalibrate_bn,
+                       compensate_bias=compensate_bias)  # fmt: skip
         distributed.stop(world)
         if result is None:
             return
