@@ -229,7 +229,7 @@ def _tensor_file(p: Path) -> Any:
 def _images(folder: Path, example: Any, normalize: bool, limit: int) -> torch.Tensor:
     """Up to ``limit`` images of the folder as one N x C x H x W tensor of the example's size."""
     try:
-        from PIL import Image, UnidentifiedImageError  # lazy: optional dependency (the data extra)
+        from PIL import Image  # lazy: optional dependency (the data extra)
     except ImportError:
         raise SlimnetError("a folder of images needs Pillow: pip install 'slimnet[data]'") from None
     if not isinstance(example, torch.Tensor) or example.dim() != 4:
@@ -246,8 +246,8 @@ def _images(folder: Path, example: Any, normalize: bool, limit: int) -> torch.Te
             with Image.open(f) as img:
                 img = img.convert("RGB" if channels == 3 else "L").resize((width, height), Image.BILINEAR)
                 data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise SlimnetError(f"--data: image {f} cannot be read ({first_line(exc)})") from None
+        except Exception as exc:  # noqa: BLE001 - PIL's own errors, or a plugin's (ultralytics patches Image.open)
+            raise SlimnetError(f"--data: image {f} cannot be read ({type(exc).__name__}: {first_line(exc)})") from None
         rows.append(data.view(height, width, channels).permute(2, 0, 1))
     x = torch.stack(rows).float() / 255.0
     if normalize and channels == 3:
