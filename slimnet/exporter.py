@@ -18,9 +18,8 @@ The TorchScript exporter is deprecated upstream, hence the fallback (from a batc
 which exporter wrote the file. Either way it is checked (``onnx.checker``) and run in onnxruntime at the example
 batch and at the example batch + 2 (what catches a silently fixed batch); one that disagrees is deleted.
 
-Tolerance: ``max|onnx - torch| <= tolerance x (1 + max|torch output|)`` with ``tolerance = 1e-4`` by default:
-float32 kernels reorder sums, so the error grows with the size of the outputs, and 1e-4 is loose enough for
-that and tight enough to catch a wrong graph (which is off by O(output)).
+Tolerance: ``max|onnx - torch| <= tolerance x (1 + max|torch output|)``, ``tolerance = 1e-4`` by default: float32
+kernels reorder sums, so the error grows with the outputs; a wrong graph is off by O(output).
 """
 
 from __future__ import annotations
