@@ -347,7 +347,10 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
         "float64, 1e-4 x ... in float32), and the precision; *left whole* = why the "
         "other groups were not cut, by kind, with counts (*piece outputs*: a piece's output is read by code that did "
         "not trace, such as a detection head's box/class layout; *normalised*: a LayerNorm sees the channels, "
-        "pruned only with `--prune-norm`).",
+        "pruned only with `--prune-norm`). *timed out*: stopped by `--timeout` (wall time, each model in its own "
+        "process with one torch thread, on a machine shared with other work; float64 3-D convolutions are slow on "
+        "CPU), not a failure of the model; *not run this time*: no record yet (the same command with `--resume` "
+        "continues from the `--jsonl` records).",
         "",
         "| model | family | input | status | MACs before -> after (G) | pruned | check | left whole |",
         "|---|---|---|---|---|---|---|---|",
