@@ -43,8 +43,9 @@ LATENCY_ROUNDS = 3
 def check_runs(model: nn.Module, example: Any) -> None:
     """Run the original once: an input the model rejects is the user's error, said in one line."""
     try:
+        model.eval()  # before untouched(): the model stays in eval mode, as graph() and shrink() promise
         with torch.no_grad(), untouched(model):
-            call(model.eval(), example)
+            call(model, example)
     except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
         raise SlimnetError(
             f"the model rejects the example input {describe(example)}: {type(exc).__name__}: {first_line(exc)}; "
