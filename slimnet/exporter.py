@@ -14,14 +14,12 @@ vit_b_16, swin_t, maxvit_t and an nn.TransformerEncoder.
   (mobilenet_v2 17 s against 3 s, swin_t 113 s against 12 s), which matters for ``slimnet bench``, which
   exports every model it times on onnxruntime.
 
-The TorchScript exporter is deprecated upstream, hence the fallback (from a batch-2 example), and
-:func:`export_onnx` reports which exporter wrote the file. Whichever did, the file is checked (``onnx.checker``)
-and run in onnxruntime at the example batch and, with a dynamic batch, at the example batch + 2 (which is what
-catches a silently fixed batch); a file that disagrees with torch is deleted.
+The TorchScript exporter is deprecated upstream, hence the fallback (from a batch-2 example); the report says
+which exporter wrote the file. Either way it is checked (``onnx.checker``) and run in onnxruntime at the example
+batch and at the example batch + 2 (what catches a silently fixed batch); one that disagrees is deleted.
 
-Tolerance: ``max|onnx - torch| <= tolerance x (1 + max|torch output|)`` with ``tolerance = 1e-4`` by default:
-float32 kernels reorder sums, so the error grows with the size of the outputs, and 1e-4 is loose enough for
-that and tight enough to catch a wrong graph (which is off by O(output)).
+Tolerance: ``max|onnx - torch| <= tolerance x (1 + max|torch output|)``, ``tolerance = 1e-4`` by default: float32
+kernels reorder sums, so the error grows with the outputs; a wrong graph is off by O(output).
 """
 
 from __future__ import annotations

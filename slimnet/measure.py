@@ -242,7 +242,7 @@ def count_macs(model: nn.Module, example_input: Any) -> dict[str, Any]:
         structure = None
     except SlimnetError:  # nested (a list of images): the tensors go in flat and are put back in their places
         if not flat_tensors(example_input):
-            raise
+            raise  # no tensor anywhere: not an example input at all
         args, keys, structure = tuple(flat_tensors(example_input)), None, example_input
     with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fvcore's import and trace warn about deprecated torch.jit APIs

@@ -45,8 +45,9 @@ def check_runs(model: nn.Module, example: Any) -> None:
     """Run the original once: an input the model rejects is the user's error, said in one line. The model's
     modules keep their ``__dict__`` (a forward that stores state on itself is left as it was)."""
     try:
+        model.eval()  # before untouched(): the model stays in eval mode, as graph() and shrink() promise
         with torch.no_grad(), untouched(model):
-            call(model.eval(), example)
+            call(model, example)
     except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
         raise SlimnetError(
             f"the model rejects the example input {describe(example)}: {type(exc).__name__}: {first_line(exc)}; "

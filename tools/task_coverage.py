@@ -310,6 +310,8 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
     code = code if len(revisions) > 1 else next(iter(revisions))
     missing = [not_run(n, args.not_run_reason) for n in order if n not in recs]
     ok = sum(1 for r in ran if r.get("status") == "verified")
+    timed_out = sum(1 for r in ran if r.get("status") == "timed out")
+    failed = len(ran) - ok - timed_out
     bugs = sum(1 for r in ran if r.get("left_whole_after_verify"))
     versions = f"torch {torch.__version__}, torchvision {torchvision.__version__}"
     for lib in ("ultralytics", "segmentation_models_pytorch"):
@@ -335,8 +337,8 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
         "then compares each traced piece's outputs (backbone, FPN, heads) on the inputs the masked original gave it, "
         "since top-k and NMS break ties between equal scores, and runs the pruned model whole.",
         "",
-        f"**Summary: {len(ran)} models run, {ok} verified, {len(ran) - ok} not; {bugs} with groups left whole "
-        f"because their cut failed verification"
+        f"**Summary: {len(order)} models: {ok} verified, {failed} refused or failed; {bugs} with groups left "
+        f"whole because their cut failed verification; {timed_out} stopped by the time limit before a result"
         f"{f'; {len(missing)} not run this time' if missing else ''}.**",
         "",
         "Columns: *MACs* in G (one multiply-add = one MAC; after/before in brackets; *(pieces)*: counted over the "
@@ -345,7 +347,10 @@ def section(recs: dict[str, dict[str, Any]], order: list[str], args: argparse.Na
         "float64, 1e-4 x ... in float32), and the precision; *left whole* = why the "
         "other groups were not cut, by kind, with counts (*piece outputs*: a piece's output is read by code that did "
         "not trace, such as a detection head's box/class layout; *normalised*: a LayerNorm sees the channels, "
-        "pruned only with `--prune-norm`).",
+        "pruned only with `--prune-norm`). *timed out*: stopped by `--timeout` (wall time, each model in its own "
+        "process with one torch thread, on a machine shared with other work; float64 3-D convolutions are slow on "
+        "CPU), not a failure of the model; *not run this time*: no record yet (the same command with `--resume` "
+        "continues from the `--jsonl` records).",
         "",
         "| model | family | input | status | MACs before -> after (G) | pruned | check | left whole |",
         "|---|---|---|---|---|---|---|---|",
@@ -379,7 +384,8 @@ def child(name: str, args: argparse.Namespace) -> dict[str, Any]:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
         return {"model": name, "family": all_cases()[name].family, "input": all_cases()[name].shape,
-                "status": "error", "error": f"timed out after {args.timeout} s"}  # fmt: skip
+                "status": "timed out", "error": f"stopped after {args.timeout} s (--timeout)",
+                "revision": revision()}  # fmt: skip
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             return json.loads(line)
@@ -452,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     if (args.resume or args.render_only) and args.jsonl and Path(args.jsonl).is_file():
         for line in Path(args.jsonl).read_text().splitlines():
             rec = json.loads(line)
+            if rec.get("status") == "error" and rec.get("error", "").startswith("timed out after"):
+                rec.update(status="timed out", error=f"stopped after {rec['error'].split()[-2]} s (--timeout)")
             if rec["model"] in order:
                 recs[rec["model"]] = rec
     out = Path(args.out)
