@@ -122,7 +122,8 @@ def _slice(t: torch.Tensor, dims: dict[str, list[int]], name: str) -> torch.Tens
                 f"{idx[-1]} (was the plan made for another model?)"
             )
         out = out.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=out.device))
-    return out.clone()
+    # index_select made a new tensor (a clone would copy it again); with no dim cut it is still the original's
+    return out if dims else out.clone()
 
 
 def _sliced(model: nn.Module, plan: dict[str, Any]) -> dict[int, torch.Tensor]:

@@ -44,13 +44,21 @@ def untouched(model: nn.Module) -> Iterator[None]:
     saved = []
     for m in model.modules():
         attrs = dict(m.__dict__)
-        contents = {k: _contents(v) for k, v in attrs.items() if isinstance(v, (list, dict, set))}
-        saved.append((m, attrs, contents))
+        contents, empty = {}, []
+        for k, v in attrs.items():
+            if isinstance(v, (list, dict, set)):
+                if v:
+                    contents[k] = _contents(v)
+                else:  # most of a module's containers (its hook dicts) are empty: nothing to copy or compare
+                    empty.append(k)
+        saved.append((m, attrs, contents, empty))
     try:
         yield
     finally:
-        for m, attrs, contents in saved:
+        for m, attrs, contents, empty in saved:
             _restore(m.__dict__, attrs, contents)
+            for k in empty:
+                attrs[k].clear()
 
 
 def _contents(v: Any) -> Any:
@@ -58,8 +66,9 @@ def _contents(v: Any) -> Any:
 
 
 def _restore(d: dict[str, Any], attrs: dict[str, Any], contents: dict[str, Any]) -> None:
-    for k in [k for k in d if k not in attrs]:
-        del d[k]
+    if d.keys() != attrs.keys():
+        for k in [k for k in d if k not in attrs]:
+            del d[k]
     for k, v in attrs.items():
         if d.get(k, _MISSING) is not v:
             d[k] = v
