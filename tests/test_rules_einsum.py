@@ -11,6 +11,7 @@ from torch import nn
 import slimnet
 
 from .helpers import check, kept, randomise, reasons
+from .test_cost import _agrees
 from .test_rules_attention import FixedHeadSizeAttention, MatmulAttention
 
 
@@ -27,13 +28,15 @@ class RelPosAttention(nn.Module):
         self.proj = nn.Linear(16, 16)
         self.out = nn.Linear(16, 3)
 
+    def offsets(self) -> torch.Tensor:
+        return torch.arange(2)[:, None] - torch.arange(2)[None, :] + 1  # computed in forward, as MViT does
+
     def forward(self, x):
         h = self.inp(x)
         b, n, _ = h.shape
         q, k, v = self.qkv(h).reshape(b, n, 3, -1, 4).permute(2, 0, 3, 1, 4)
         att = q @ k.transpose(-2, -1)
-        dist = torch.arange(2)[:, None] - torch.arange(2)[None, :] + 1
-        rh = self.rel_pos_h[dist]  # [q_h, k_h, head size]
+        rh = self.rel_pos_h[self.offsets()]  # [q_h, k_h, head size]
         _, heads, _, dim = q.shape  # sizes read from the tensor, as MViT does: not fixed in forward
         rel = torch.einsum("byhwc,hkc->byhwk", q.reshape(b, heads, 2, 3, dim), rh)
         att = att + rel[..., None].expand(b, heads, 2, 3, 2, 3).reshape(b, heads, n, n)
@@ -114,3 +117,41 @@ def test_an_einsum_it_cannot_follow_is_refused():
     res = check(randomise(Refused()), torch.randn(2, 6))
     assert "no channel rule for einsum of this form" in reasons(res)["inp"]
     assert "inp.weight" not in res.plan["tensors"]
+
+
+class RelPosOffsetsBuffer(RelPosAttention):
+    """The offsets as a buffer: fvcore counts arithmetic on tensors made in forward, the cost model does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("dist", super().offsets())
+
+    def offsets(self) -> torch.Tensor:
+        return self.dist
+
+
+@pytest.mark.parametrize("cls", [RelPosOffsetsBuffer, EinsumFixedHeadSizeAttention])
+def test_einsum_macs_equal_fvcore_before_and_after_the_cut(cls):
+    _agrees(randomise(cls()), torch.randn(2, 6, 6), round_to=1)
+
+
+class HalfFixedAttention(FixedHeadSizeAttention):
+    """Only q has a literal head size; k follows q's head count read from the tensor, so k's channels are not yet
+    one unit per head when the einsum pairs them with q's whole heads: they join the head they face."""
+
+    def forward(self, x):
+        h = self.inp(x)
+        b, t, _ = h.shape
+        q = self.q(h).view(b, t, -1, 4).transpose(1, 2)
+        k, v = (m(h).view(b, t, q.shape[1], -1).transpose(1, 2) for m in (self.k, self.v))
+        att = torch.softmax(torch.einsum("bhnd,bhmd->bhnm", q, k) * 0.5, dim=-1)
+        return self.out(h + self.proj(torch.einsum("bhnm,bhmd->bnhd", att, v).reshape(b, t, -1)))
+
+
+def test_channels_facing_one_whole_head_join_it():
+    res = check(randomise(HalfFixedAttention()), torch.randn(2, 5, 6))
+    group = next(g for g in res.analysis.groups if g.name == "q")
+    assert group.kind == "heads" and len(group.units) == 4 and ("k.weight", 0) in group.members
+    rows = kept(res, "q.weight")
+    assert rows == [h * 4 + j for h in sorted({r // 4 for r in rows}) for j in range(4)] and len(rows) == 8
+    assert kept(res, "k.weight") == rows
