@@ -155,3 +155,22 @@ def test_channels_facing_one_whole_head_join_it():
     rows = kept(res, "q.weight")
     assert rows == [h * 4 + j for h in sorted({r // 4 for r in rows}) for j in range(4)] and len(rows) == 8
     assert kept(res, "k.weight") == rows
+
+
+class EinsumLinear(nn.Module):
+    """A weight applied with einsum (``bnc,dc->bnd``): the contracted channels pair with the weight's columns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, 8)
+        self.w = nn.Parameter(torch.randn(5, 8))
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.einsum("bnc,dc->bnd", torch.relu(self.inp(x)), self.w))
+
+
+def test_an_einsum_weight_loses_the_columns_of_the_channels_cut():
+    res = check(randomise(EinsumLinear()), torch.randn(2, 4, 6))
+    rows = kept(res, "inp.weight")
+    assert len(rows) == 4 and kept(res, "w", 1) == rows and kept(res, "w", 0) is None
