@@ -6,10 +6,11 @@
 * :mod:`.mixing`: pooling, interpolation, reductions, softmax (the positions they mix become one unit);
 * :mod:`.layers`: conv, linear, norms, PReLU, embedding (they bind atoms to weight slices);
 * :mod:`.attention`: matmul, scaled_dot_product_attention, nn.MultiheadAttention (whole heads);
+* :mod:`.einsum`: einsum of two operands (contractions over whole heads, as matmul otherwise);
 * :mod:`.factories`: tensors created in forward, attribute reads;
 * :mod:`.transformers`: Hugging Face's Conv1D, FalconLinear and RMSNorms (keyed by qualified name).
 """
 
-from . import attention, elementwise, factories, layers, mixing, movement, transformers
+from . import attention, einsum, elementwise, factories, layers, mixing, movement, transformers
 
-__all__ = ["attention", "elementwise", "factories", "layers", "mixing", "movement", "transformers"]
+__all__ = ["attention", "einsum", "elementwise", "factories", "layers", "mixing", "movement", "transformers"]
