@@ -119,8 +119,6 @@ def measure(model: str, repeats: int) -> list[tuple[str, str, dict]]:
 
 def section(model: str, repeats: int, rows: list[tuple[str, str, dict]]) -> str:
     lines = [
-        KEEP_MARKER,
-        "",
         "## Threads on a busy machine",
         "",
         f"Command: `python tools/bench_threads.py --model {model} --repeats {repeats}`",
@@ -170,9 +168,22 @@ def main() -> None:
     args = ap.parse_args()
     rows = measure(args.model, args.repeats)
     out = Path(args.out)
-    text = out.read_text() if out.is_file() else ""
-    head = text[: text.find(KEEP_MARKER)] if KEEP_MARKER in text else text
-    out.write_text(head.rstrip("\n") + "\n\n" + section(args.model, args.repeats, rows))
+    out.write_text(replace_section(out.read_text() if out.is_file() else "", section(args.model, args.repeats, rows)))
+
+
+def replace_section(text: str, new: str) -> str:
+    """``text`` with its threads section replaced by ``new`` (or ``new`` added below the marker line that
+    tools/bench_shrink.py keeps); the other sections below the marker (the idle-machine one) stay."""
+    if KEEP_MARKER not in text:
+        text = text.rstrip("\n") + "\n\n" + KEEP_MARKER + "\n"
+    start = text.find(TITLE)
+    if start < 0:
+        return text.rstrip("\n") + "\n\n" + new
+    end = text.find("\n## ", start + len(TITLE))
+    return text[:start] + new.rstrip("\n") + "\n" + (text[end:] if end >= 0 else "")
+
+
+TITLE = "## Threads on a busy machine"
 
 
 if __name__ == "__main__":
