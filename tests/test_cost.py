@@ -63,6 +63,14 @@ def test_every_kind_of_term_equals_fvcore_on_a_mixed_net():
     _agrees(model, torch.randn(2, 3, 8, 8), round_to=1)
 
 
+def test_attention_whose_heads_share_channel_positions_equals_fvcore_after_the_cut():
+    # the two heads of a literal-2 reshape lose the same positions: a column of v holds one atom per head, and
+    # those atoms are one unit, so attn @ v shrinks with it (it was counted as if nothing were cut)
+    from .test_rules_attention import MatmulAttention
+
+    _agrees(randomise(MatmulAttention()), torch.randn(2, 5, 6), round_to=1)
+
+
 def test_a_keep_vector_counts_only_what_it_keeps():
     model = randomise(Mixed())
     res = shrink(model, torch.randn(1, 3, 8, 8), ratio=0.5, measure=False, round_to=1)

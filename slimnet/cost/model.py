@@ -92,16 +92,35 @@ def resolve(
                 member = (alias.get(f.dim[0], f.dim[0]), f.dim[1])
                 units, counts = member_units.get(member, (np.zeros(0, np.int64), np.zeros(0)))
                 forms.append((f.const - float(counts.sum()), units, counts))
-            elif f.atoms is not None and len(f.atoms):
-                units = unit_of_atom(f.atoms)
+            elif (f.atoms is not None and len(f.atoms)) or f.mixed:
+                units, counts, const = _units_of(f, unit_of_atom)
                 inside = units >= 0
-                const = f.const + float(f.counts[~inside].sum())
-                idx, summed = _sum_by(units[inside], f.counts[inside])
+                const += float(counts[~inside].sum())
+                idx, summed = _sum_by(units[inside], counts[inside])
                 forms.append((const, idx, summed))
             else:
                 forms.append((f.const, np.zeros(0, np.int64), np.zeros(0)))
         out.append((term.scale, forms, term.module))
     return out
+
+
+def _units_of(f: Any, unit_of_atom: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """A form's atoms as units with their counts, and its constant; a mixed slice counts for its unit when all
+    of its atoms ended in that one unit, else it is constant (kept whatever is cut)."""
+    atoms = f.atoms if f.atoms is not None else np.zeros(0, np.int64)
+    units = [unit_of_atom(atoms)] if len(atoms) else []
+    counts = [np.asarray(f.counts, dtype=np.float64)] if len(atoms) else []
+    const = f.const
+    for group in f.mixed or []:
+        u = unit_of_atom(group)
+        if len(u) and (u >= 0).all() and (u == u[0]).all():
+            units.append(u[:1])
+            counts.append(np.array([f.mixed_count]))
+        else:
+            const += f.mixed_count
+    if not units:
+        return np.zeros(0, np.int64), np.zeros(0), const
+    return np.concatenate(units), np.concatenate(counts), const
 
 
 def _sum_by(idx: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,10 @@ class Form:
     atoms: np.ndarray | None = None
     counts: np.ndarray | None = None
     dim: Member | None = None
+    #: slices whose elements hold several atoms, each as its atoms: ``mixed_count`` each when all of its atoms
+    #: end in one unit (kept with it), else always kept; resolved once the units are known
+    mixed: list[np.ndarray] | None = None
+    mixed_count: float = 1.0
 
 
 @dataclass
@@ -93,15 +97,19 @@ def elements(ids: Any, value: Any = None) -> Form:
 
 def per_column(ids: Any, size: int) -> Form:
     """The columns (last dim) of a matmul's second operand that survive: a column whose elements all hold one
-    atom goes with that atom's unit; a column of mixed or no atoms always stays."""
+    atom goes with that atom's unit; one whose elements hold several atoms goes with their unit if the analysis
+    made them one (two heads' channel j, tied by a reshape), else stays; a column with no atom always stays."""
     if not isinstance(ids, torch.Tensor) or ids.dim() == 0:
         return Form(const=float(size))
     cols = ids.reshape(-1, ids.shape[-1]) if ids.dim() > 1 else ids.reshape(1, -1)
     lo, hi = cols.amin(0), cols.amax(0)
     single = (lo == hi) & (lo >= 0)
+    several = (lo != hi) & (lo >= 0)
     atoms = lo[single].to(torch.int64).numpy()
     grow = size / ids.shape[-1]  # reduced-size ids (see elements)
-    return Form(const=float((~single).sum()) * grow, atoms=atoms, counts=np.full(len(atoms), grow))
+    mixed = [torch.unique(cols[:, j]).to(torch.int64).numpy() for j in torch.nonzero(several).flatten().tolist()]
+    const = float((~single & ~several).sum()) * grow
+    return Form(const=const, atoms=atoms, counts=np.full(len(atoms), grow), mixed=mixed or None, mixed_count=grow)
 
 
 def kept(name: str | None, dim: int, size: int) -> Form:
