@@ -140,3 +140,16 @@ def like_model(example: Any, model: nn.Module) -> Any:
         example,
         lambda t: t.to(p.device, floating) if floating is not None and t.is_floating_point() else t.to(p.device),
     )
+
+
+def put_tensor(root: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set the tensor a state_dict ``name`` refers to, as a parameter or buffer where it is one (without
+    nn.Module's type checks, so a plain tensor can stand in for a parameter), else as an attribute."""
+    path, _, attr = name.rpartition(".")
+    owner = root.get_submodule(path) if path else root
+    if attr in owner._parameters:
+        owner._parameters[attr] = value  # type: ignore[assignment]
+    elif attr in owner._buffers:
+        owner._buffers[attr] = value
+    else:
+        setattr(owner, attr, value)

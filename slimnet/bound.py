@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._tensors import call, flat_tensors, map_tensors
+from ._tensors import call, flat_tensors, map_tensors, put_tensor
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
@@ -83,12 +83,7 @@ def _light_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
     root = visit(model)
     for name, t in state.items():
-        path, _, attr = name.rpartition(".")
-        owner = root.get_submodule(path) if path else root
-        if attr in owner._parameters:
-            owner._parameters[attr] = t
-        elif attr in owner._buffers:
-            owner._buffers[attr] = t
+        put_tensor(root, name, t)
     return root
 
 

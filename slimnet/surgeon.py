@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._tensors import put_tensor
 from ._util import lookup
 from .errors import SlimnetError
 from .modules import SlimMultiheadAttention
@@ -172,14 +173,7 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], *, keep_objects: bool = F
                 _assign(old, new, dims, name)
                 done.add(id(old))
             continue
-        mod_name, _, attr = name.rpartition(".")
-        mod = model.get_submodule(mod_name) if mod_name else model
-        if attr in mod._parameters:
-            mod._parameters[attr] = new
-        elif attr in mod._buffers:
-            mod._buffers[attr] = new
-        else:
-            setattr(mod, attr, new)
+        put_tensor(model, name, new)
     return _fix_modules(model, plan)
 
 

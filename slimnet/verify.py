@@ -174,10 +174,10 @@ def verify(
 
 def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, inputs: Inputs | None,
             precision: torch.dtype | None, pieces: list[str] | None) -> VerifyResult:  # fmt: skip
-    original, pruned = original.eval(), pruned.eval()
     constants = constant_tensors(original)
     if inputs is None:
-        main, recheck = variants(example), variants(example)[:1]
+        main = variants(example)
+        recheck = main[:1]  # the example itself
     elif constants:  # real values on the small input, the larger one (different batch and size) randomised
         main, recheck = inputs[:1], inputs[1:]
     else:
