@@ -114,6 +114,17 @@ sizes(
 )
 
 # ---------------------------------------------------------------------------------------------------------
+# torchvision
+# ---------------------------------------------------------------------------------------------------------
+# MViT: qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim), then reshape(B, -1, self.output_dim) before
+# project. Whole heads go (the pools' LayerNorm(head_dim) and the relative-position tables are per head size).
+sizes(
+    "torchvision.models.video.mvit.MultiscaleAttention",
+    num_heads=lambda get, m: get("qkv.weight").shape[0] // 3 // m.head_dim,
+    output_dim=lambda get, m: get("project.0.weight").shape[1],
+)
+
+# ---------------------------------------------------------------------------------------------------------
 # timm
 # ---------------------------------------------------------------------------------------------------------
 # ViT/DeiT/BEiT-style attention: reshape(B, N, 3, self.num_heads, self.head_dim), then reshape(B, N, attn_dim).

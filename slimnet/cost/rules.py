@@ -95,9 +95,21 @@ def upsample(call: CostCall) -> list[Term]:
 
 
 def _conv(call: CostCall, x: torch.Tensor, w: torch.Tensor, name: str | None, transposed: bool) -> list[Term]:
+    out = call.out
+    if not transposed and isinstance(out, torch.Tensor) and out.dim() > 2 and _channels_shared(out):
+        # one weight serving several units row by row (MViT's pools run every head through one depthwise conv,
+        # the heads folded into the batch dim): every kept output element reads a whole kernel
+        return term(call, math.prod(w.shape[1:]), elements(out, call.value))
     spatial = x.shape[2:] if transposed else call.value.shape[2:]
     scale = x.shape[0] * math.prod(spatial) * math.prod(w.shape[2:])
     return term(call, scale, kept(name, 0, w.shape[0]), kept(name, 1, w.shape[1]))
+
+
+def _channels_shared(out: torch.Tensor) -> bool:
+    """Whether a conv's output channels hold several atoms each (its channel rule found the weight shared by
+    several units, :func:`slimnet.groups.rules.layers.shared_by_units`); a plain conv's channel is one atom."""
+    flat = out.transpose(0, 1).reshape(out.shape[1], -1)
+    return bool(((flat.amin(1) != flat.amax(1)) & (flat.amin(1) >= 0)).any())
 
 
 @cost(nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)

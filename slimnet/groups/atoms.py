@@ -91,6 +91,18 @@ def one_atom_per_slice(ids: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch
     return torch.where(has, mn, torch.full_like(mn, -1)), has & (mn != mx)
 
 
+def canonical(ids: torch.Tensor, roots: Any) -> torch.Tensor:
+    """``ids`` with every atom replaced by its class's root (``roots``: the union-find's, one per atom): atoms
+    that the rules have already made one unit (MViT's class token and its pooled tokens, both a depthwise conv's
+    channel, a whole head's channels) no longer look different."""
+    if not ids.numel():
+        return ids
+    r = torch.as_tensor(roots, dtype=torch.float64)
+    flat = ids.reshape(-1)
+    out = torch.where(flat >= 0, r[flat.clamp_min(0).to(torch.int64)], flat)
+    return out.reshape(ids.shape)
+
+
 def constant_ids(value: Any, atom: float = NO_ATOM) -> Any:
     """An id structure for ``value`` whose every position holds ``atom`` (by default: no atom)."""
     return map_tensors(value, lambda t: torch.full(t.shape, atom, dtype=torch.float64), None)

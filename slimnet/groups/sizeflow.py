@@ -14,6 +14,8 @@ equal, which nothing else in the graph promises. :func:`tie_reshape_sizes` says 
 * a size read *exactly* (``C``, not ``C // heads``) from another tensor's dim: the reshaped dim and that dim must
   lose the same positions, so their atoms are unified position by position (an SE block's ``fc(y).view(b, c,
   1, 1)`` with ``c`` read from ``x``: the later ``x * y`` would unify them anyway);
+* an expression of such following sizes and of dims that never change (their atoms do not vary along them: a
+  batch dim, MViT's ``B * n_head * q_h * q_w`` with ``B`` and the pooled grid read off ``q``) follows pruning too;
 * anything else (an expression of another tensor's size, a dim that only one side can prune): both dims are
   tied, so neither changes size, with the node named as the reason.
 """
@@ -136,8 +138,10 @@ def tie_reshape_sizes(it: Any, out: torch.Tensor, sizes: list[Any], reshaped: fx
         sources = [size] if isinstance(size, SizeSource) else it.sizes.sources(size)
         exact = size if isinstance(size, SizeSource) else it.sizes.exact(size)
         foreign = [s for s in sources if _foreign(s, reshaped, own, it)]
-        if not foreign:
-            continue
+        if not foreign or (
+            exact is None and len(foreign) < len(sources) and not any(varies(s.ids, s.dim) for s in foreign)
+        ):
+            continue  # (in an expression, sizes that never change times one that follows: it follows)
         why = f"size read from another tensor ({foreign[0].node.name} dim {foreign[0].dim}) at node {it.where()}"
         if exact is not None and foreign == [exact] and _pair(it, exact.ids, exact.dim, out, e):
             continue

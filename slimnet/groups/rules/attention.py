@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..atoms import NO_ATOM, constant_ids, one_atom_per_slice, unique_atoms, unique_pairs
+from ..atoms import NO_ATOM, canonical, constant_ids, one_atom_per_slice, unique_atoms, unique_pairs
 from ..interpreter import AtomInterpreter
 from ..registry import arg, rule
+from .einsum import matmul_rows, owned_rows
 
 
 @rule(torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm", "__matmul__")
@@ -33,7 +34,8 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
     # compared by their class.
     _, a_row_multi = one_atom_per_slice(a, -1)  # [..., n]: A's atoms vary along k?
     _, b_col_multi = one_atom_per_slice(b, -2)  # [..., m]: B's atoms vary along k?
-    a, b = canonical(it, a), canonical(it, b)
+    raw_a, raw_b = a, b
+    a, b = canonical(a, it.roots()), canonical(b, it.roots())
     why = f"matmul at node {it.where()}"
     a_row, _ = one_atom_per_slice(a, -1)  # [..., n]: A's atom per row
     a_col, a_col_multi = one_atom_per_slice(a, -2)  # [..., k]: A's atom per contracted index, constant along n?
@@ -41,6 +43,10 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
     b_row, b_row_multi = one_atom_per_slice(b, -1)  # [..., k]
     a_contracts = bool(a_row_multi.any())
     b_contracts = bool(b_col_multi.any())
+    if (a_contracts and a_col_multi.any() and owned_rows(it, raw_a, -1)) or (
+        b_contracts and b_row_multi.any() and owned_rows(it, raw_b, -2)
+    ):  # rows owned by several units (heads) against a shared operand: einsum's rule keeps them apart
+        return matmul_rows(it, raw_a, raw_b, value)
     if a_contracts and a_col_multi.any():
         it.poison_ids(a, f"{why}: an operand's atoms vary along both of its last dims")
     if b_contracts and b_row_multi.any():
@@ -61,18 +67,6 @@ def matmul(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
             it.unify_pairs(unique_pairs(grid_r[both], grid_c[both]))
     out = torch.where(rows.unsqueeze(-1) >= 0, rows.unsqueeze(-1), cols.unsqueeze(-2))
     return out.expand(value.shape).clone() if out.shape != value.shape else out
-
-
-def canonical(it: AtomInterpreter, ids: torch.Tensor) -> torch.Tensor:
-    """``ids`` with every atom replaced by its class's root: atoms that the rules have already made one unit
-    (MViT's class token and its pooled tokens, both a depthwise conv's channel) no longer look different."""
-    if not ids.numel():
-        return ids
-    roots = torch.as_tensor(it.roots(), dtype=torch.float64)
-    flat = ids.reshape(-1)
-    has = flat >= 0
-    out = torch.where(has, roots[flat.clamp_min(0).to(torch.int64)], flat)
-    return out.reshape(ids.shape)
 
 
 def _pair_contracted(it: AtomInterpreter, a_col: torch.Tensor, b_row: torch.Tensor, why: str) -> None:

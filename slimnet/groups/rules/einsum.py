@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from ..atoms import NO_ATOM, one_atom_per_slice, unique_atoms, unique_pairs
+from ..atoms import NO_ATOM, canonical, one_atom_per_slice, unique_atoms, unique_pairs
 from ..interpreter import AtomInterpreter
 from ..registry import rule
-from .attention import canonical
 
 
 def parse(equation: Any, count: int) -> tuple[str, str, str] | None:
@@ -68,7 +67,7 @@ def _rows(it: AtomInterpreter, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """Per row: its atom when constant along the contraction (else -1), whether its atoms vary along it, and
     its unit (root; -1 none, -2 several)."""
     one, multi = one_atom_per_slice(x, -1)
-    unit, several = one_atom_per_slice(canonical(it, x), -1)
+    unit, several = one_atom_per_slice(canonical(x, it.roots()), -1)
     return torch.where(multi, torch.full_like(one, NO_ATOM), one), multi, torch.where(several, -2.0, unit)
 
 
@@ -111,10 +110,18 @@ def einsum(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
     (la, lb, out), (a, b) = letters, ids
     if a.dim() != len(la) or b.dim() != len(lb):
         return it.unknown(n, value, "einsum of this form")
+    return contract(it, (a, la), (b, lb), out, value)
+
+
+def contract(
+    it: AtomInterpreter, a_in: tuple, b_in: tuple, out: str, value: torch.Tensor, op: str = "einsum"
+) -> torch.Tensor:
+    """The ids of ``einsum(a letters, b letters -> out)`` of two id tensors given with their letters."""
+    (a, la), (b, lb) = a_in, b_in
     sizes = {c: max(t.shape[s.index(c)] for t, s in ((a, la), (b, lb)) if c in s) for c in la + lb}
     contracted = "".join(c for c in la if c in lb and c not in out)
     a, b = _align(a, la, out, contracted, sizes), _align(b, lb, out, contracted, sizes)
-    why = f"einsum at node {it.where()}"
+    why = f"{op} at node {it.where()}"
     a_free = [d for d in range(len(out)) if a.shape[d] > 1 and b.shape[d] == 1]
     b_free = [d for d in range(len(out)) if b.shape[d] > 1 and a.shape[d] == 1]
     (a_row, a_multi, a_unit), (b_row, b_multi, b_unit) = _rows(it, a), _rows(it, b)
@@ -133,6 +140,24 @@ def einsum(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
         lonely = (x >= 0) & hole & x_multi.unsqueeze(-1)
         it.poison(unique_atoms(x[lonely]), f"{why}: contracted channels the other operand cannot follow")
     return _output(it, (a, a_row, a_multi, a_owned), (b, b_row, b_multi, b_owned), value)
+
+
+def matmul_rows(it: AtomInterpreter, a: torch.Tensor, b: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` as the einsum ``...nk,...km->...nm`` (batch dims broadcast): for a matmul whose rows are owned by
+    several units (MViT's temporal relative-position term ``r_q @ Rt^T``, every head's rows against one table
+    shared by all heads), which matmul's own pairing would merge."""
+    nd = max(a.dim(), b.dim())
+    a = a.reshape((1,) * (nd - a.dim()) + tuple(a.shape))
+    b = b.reshape((1,) * (nd - b.dim()) + tuple(b.shape))
+    batch = "abcdefghij"[: nd - 2]
+    return contract(it, (a, batch + "nk"), (b, batch + "km"), batch + "nm", value, "matmul")
+
+
+def owned_rows(it: AtomInterpreter, x: torch.Tensor, dim: int) -> bool:
+    """Whether every slice of ``x`` along ``dim`` that holds atoms is owned: several atoms, all one unit."""
+    _, multi = one_atom_per_slice(x, dim)
+    _, several = one_atom_per_slice(canonical(x, it.roots()), dim)
+    return bool((~(x >= 0).any(dim) | (multi & ~several)).all())
 
 
 def _output(it: AtomInterpreter, a: tuple, b: tuple, value: torch.Tensor) -> torch.Tensor:

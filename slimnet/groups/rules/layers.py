@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..atoms import canonical, one_atom_per_slice
 from ..interpreter import AtomInterpreter
 from ..registry import arg, rule
 
@@ -24,6 +25,35 @@ def _producer(n: fx.Node, name: str | None) -> str:
     if name:
         return name.rsplit(".", 1)[0]
     return str(n.target) if n.op == "call_module" else n.name
+
+
+def shared_by_units(it: AtomInterpreter, x: torch.Tensor, cdim: int, dims: list[int]) -> bool:
+    """Whether a layer's per-channel weights serve several units one slice each: each slice of ``x`` over
+    ``dims`` (the channel dim and the positions the layer mixes) holds one unit's atoms, not all the same unit,
+    so that a channel's slices hold atoms of several units. MViT's pools fold the heads into the batch dim and
+    run one depthwise conv and one LayerNorm(head_dim) over every head: each head's rows go in whole and come
+    out whole, so the weights, shared by all heads, stay whole and the heads pass through. Binding the weights
+    per channel instead would merge the heads (a channel's weight slice would belong to all of them)."""
+    c = x.shape[cdim]
+    if c == 0 or not one_atom_per_slice(x.movedim(cdim, 0).reshape(c, -1), 1)[1].any():
+        return False  # a channel's slices hold one atom: the layer's weights follow the channels as usual
+    rest = [d for d in range(x.dim()) if d not in dims]
+    rows = canonical(x, it.roots()).permute(rest + dims).reshape(-1, int(np.prod([x.shape[d] for d in dims])))
+    unit, several = one_atom_per_slice(rows, 1)
+    partial = (rows >= 0).any(1) & (rows < 0).any(1)
+    return not several.any() and not partial.any() and len(torch.unique(unit[unit >= 0])) > 1
+
+
+def _shared_conv(x: torch.Tensor, value: torch.Tensor, cdim: int, groups: int) -> torch.Tensor:
+    """A shared conv's output ids (see :func:`shared_by_units`): channel for channel its input's, when it maps
+    each channel to itself (depthwise) and a channel holds one atom per row; else each row's unit."""
+    c = x.shape[cdim]
+    flat = x.reshape(list(x.shape[: cdim + 1]) + [-1])
+    atom, several = one_atom_per_slice(flat, -1)  # per row and channel
+    if groups == c == value.shape[cdim] and not several.any():
+        return atom.reshape(list(atom.shape) + [1] * (value.dim() - cdim - 1)).expand(value.shape).clone()
+    unit = one_atom_per_slice(flat.reshape(list(x.shape[:cdim]) + [-1]), -1)[0]
+    return unit.reshape(list(unit.shape) + [1] * (value.dim() - cdim)).expand(value.shape).clone()
 
 
 def conv_ids(
@@ -40,6 +70,8 @@ def conv_ids(
     """conv: output channels are new atoms; input channels bind weight dim 1 (dim 0 when transposed);
     a grouped conv ties each group's input and output channels into one unit (groups are kept whole)."""
     cdim = x.dim() - spatial - 1
+    if shared_by_units(it, x, cdim, list(range(cdim, x.dim()))):
+        return _shared_conv(x, value, cdim, groups)
     in_atoms = it.per_index(x, cdim, f"merged into one input channel at node {it.where()}")
     cout = value.shape[cdim]
     out_atoms = it.new_atoms(cout, _producer(n, w))
@@ -198,6 +230,8 @@ def layernorm_ids(
     only pruned on request (and then the verifier reports the difference instead of failing)."""
     if ndims != 1:
         return it.unknown(n, x, f"{kind} over {ndims} dims")
+    if shared_by_units(it, x, x.dim() - 1, [x.dim() - 1]):
+        return x  # each unit's rows normalised alone (MViT's per-head norms): the weights stay whole
     atoms = it.per_index(x, -1, f"merged into one channel at node {it.where()}")
     if all(nm is None for nm in names):
         it.poison(atoms, f"{kind} {n.name} has no affine weight to follow a pruned size")
