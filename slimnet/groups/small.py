@@ -3,10 +3,10 @@
 :func:`analyse_reduced` traces symbolically (a graph that holds for any input size), runs it once at the
 example's size with the convolutions reduced to their shapes (the cost model's shapes), then interprets it on
 the small input with :class:`ReducedInterpreter`, which checks node by node that the small run is the large one
-seen through a smaller window and prices every node at the example's size; there too, convolutions and linear layers only
-give zeros of their output's shape, since the channel rules read ids and shapes, not values. Whenever that is not so (the model
-rejects the small input, a dim that changes size carries channel ids, an op only fvcore can count), it gives up
-and the caller analyses at the example's size, as before.
+seen through a smaller window and prices every node at the example's size (there too, convolutions and linear
+layers only give zeros of their output's shape: the channel rules read ids and shapes, not values). Whenever
+that is not so (the model rejects the small input, a dim that changes size carries channel ids, an op only
+fvcore can count), it gives up and the caller analyses at the example's size, as before.
 """
 
 from __future__ import annotations
