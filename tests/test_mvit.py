@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 
+import slimnet
 from slimnet._tensors import count_params
 from slimnet.measure import count_macs
 
@@ -78,6 +79,11 @@ def test_mvit_v2_prunes_whole_heads_exactly():
         assert torch.equal(block.attn.rel_pos_h, rel) and torch.equal(block.attn.pool_q.pool.weight, pool)
     assert not any("rel_pos" in t or ".pool_" in t for t in res.plan["tensors"])
     assert res.model(torch.randn(2, 3, 4, 32, 32)).shape == (2, 10)
+    # the plan alone re-cuts a fresh instance: the surgeon recomputes num_heads and output_dim from the weights
+    again, verification = slimnet.apply(tiny_mvit(v2=True), res.plan, X)
+    assert verification.passed and _attention_matches_its_weights(again) == [1, 1, 2]
+    with torch.no_grad():
+        assert torch.equal(again(X), res.model(X))
 
 
 @pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])

@@ -9,7 +9,8 @@ operand's row is only coupled to it as a whole: made one unit with it when it fa
 whole when it faces several (a relative-position table shared by all heads would otherwise merge the heads).
 Rows that are not owned follow matmul: atoms at the same contracted index are one unit, atoms constant along
 the contraction carry to the output, contracted atoms facing no atom are left whole. Anything else (one
-operand or three, ``...``, a letter repeated in an operand or summed inside one operand) is refused.
+operand or three, ``...``, a letter repeated in an operand or summed inside one operand) is refused. A matmul
+whose rows are owned by several units (MViT's temporal term ``r_q @ Rt^T``) is handed here (:func:`matmul_rows`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Each binds the atoms it reads and makes to slices of its tensors: a conv's output channels are new atoms bound
 to weight dim 0 (and the bias), its input channels' atoms to weight dim 1; a norm's parameters follow the channel
 they scale. Functional forms (``F.conv2d(x, self.weight)``) work when every parameter is a plain ``get_attr``;
-a computed weight is refused (``it.unknown``), never guessed.
+a computed weight is refused (``it.unknown``), never guessed. A conv or LayerNorm whose weights serve several
+units one row each (heads folded into the batch dim, as MViT's pools do) keeps its weights whole and passes the
+units through (:func:`shared_by_units`).
 """
 
 from __future__ import annotations
