@@ -192,3 +192,16 @@ def test_a_piece_that_cannot_run_on_a_filled_batch_is_left_whole_with_the_reason
     assert not any(k.startswith("id_head") for k in res.plan["tensors"])
     assert len(kept(res, "backbone.0.weight")) == 8
     assert not any("failed verification" in w for w in why.values())
+
+
+def test_filled_rows_stand_in_only_for_empty_floating_batches() -> None:
+    from slimnet._tensors import filled_if_empty, only_empty
+
+    empty = ((torch.zeros(0, 4, 3, dtype=torch.float64),), {"rois": [torch.zeros(0, 5)]})
+    assert only_empty(empty) and not only_empty(((torch.zeros(0, 4), torch.zeros(1, 4)), {}))
+    assert not only_empty(((torch.zeros(()),), {})) and not only_empty(((), {}))
+    (x,), kw = filled_if_empty(empty)
+    assert x.shape == (2, 4, 3) and x.dtype == torch.float64 and kw["rois"][0].shape == (2, 5)
+    assert float(x.std()) > 0.5 and torch.equal(filled_if_empty(empty)[0][0], x)  # seeded: one input for both
+    assert filled_if_empty(((torch.zeros(0, dtype=torch.long),), {})) is None  # ids: random ones mean nothing
+    assert filled_if_empty(((torch.zeros(0, 0, 3),), {})) is None
