@@ -79,7 +79,7 @@ def _index_powers(t: torch.Tensor, dim: int, p: int, cache: dict) -> np.ndarray:
         rest = list(range(2, t.dim()))
         pair = torch.linalg.vector_norm(t.float(), ord=p, dim=rest) if rest else t.float().abs()
         cache[key] = (t, pair.pow_(p) if p != 1 else pair)  # t kept: its id stays unique while the cache lives
-    return cache[key][1].sum(1 - dim, dtype=torch.float64).numpy()
+    return cache[key][1].numpy().sum(1 - dim, dtype=np.float64)  # numpy: a third of torch's time for this
 
 
 def _fpgm(vectors: torch.Tensor | list[torch.Tensor]) -> np.ndarray:

@@ -130,14 +130,11 @@ class _ShapePass(fx.Interpreter):
 
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
         m = self.fetch_attr(target)
-        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-            if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros":
-                conv = _CONV[m.weight.dim()]
-                return _shaped(conv, args[0], m.weight, None, m.stride, m.padding, m.dilation, m.groups)
-            if type(m) is nn.Linear:
-                return _shaped(F.linear, args[0], m.weight)
-            if isinstance(m, _SAME_SHAPE):
-                return torch.empty_like(args[0])
+        out = shaped_layer(m, args, kwargs)
+        if out is not None:
+            return out
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor) and isinstance(m, _SAME_SHAPE):
+            return torch.empty_like(args[0])
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n: fx.Node) -> Any:
@@ -156,6 +153,19 @@ class _ShapePass(fx.Interpreter):
 def _bool_index(env: dict[fx.Node, Any], n: fx.Node) -> bool:
     index = fx.node.map_arg(n.args[1], lambda a: env.get(a)) if len(n.args) > 1 else None
     return any(t.dtype == torch.bool for t in flat_tensors(index))
+
+
+def shaped_layer(m: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Zeros shaped like the output of ``m`` (a plain convolution or linear layer called on one tensor), or None
+    for any other call: what a pass that needs shapes, not values, runs instead of the layer's arithmetic."""
+    if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros":
+        conv = _CONV[m.weight.dim()]
+        return _shaped(conv, args[0], m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+    if type(m) is nn.Linear:
+        return _shaped(F.linear, args[0], m.weight)
+    return None
 
 
 def _shaped(fn: Any, *args: Any) -> torch.Tensor:

@@ -3,9 +3,10 @@
 :func:`analyse_reduced` traces symbolically (a graph that holds for any input size), runs it once at the
 example's size with the convolutions reduced to their shapes (the cost model's shapes), then interprets it on
 the small input with :class:`ReducedInterpreter`, which checks node by node that the small run is the large one
-seen through a smaller window and prices every node at the example's size. Whenever that is not so (the model
-rejects the small input, a dim that changes size carries channel ids, an op only fvcore can count), it gives up
-and the caller analyses at the example's size, as before.
+seen through a smaller window and prices every node at the example's size (there too, convolutions and linear
+layers only give zeros of their output's shape: the channel rules read ids and shapes, not values). Whenever
+that is not so (the model rejects the small input, a dim that changes size carries channel ids, an op only
+fvcore can count), it gives up and the caller analyses at the example's size, as before.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ from torch import fx, nn
 
 from .. import cost
 from ..cost.dispatch import NeedsExampleSize
-from ..reduced import collapses, full_size_values, larger_inputs, reduced_examples, size_mismatch, verify_inputs
+from ..reduced import (
+    collapses,
+    full_size_values,
+    larger_inputs,
+    reduced_examples,
+    shaped_layer,
+    size_mismatch,
+    verify_inputs,
+)
 from ..stages import Stages
 from ..trace import placeholder_args, trace
 from .assemble import assemble_roots, shapes_of, tensor_aliases
@@ -37,6 +46,12 @@ class ReducedInterpreter(AtomInterpreter):
     def __init__(self, gm: fx.GraphModule, aliases: dict[str, str], full: dict[fx.Node, Any]) -> None:
         super().__init__(gm, aliases)
         self._full = full
+
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        """Convolutions and linear layers give zeros of their output's shape: the channel rules read ids and
+        shapes, never these values, and the small run's arithmetic is otherwise most of its cost."""
+        out = shaped_layer(self.fetch_attr(target), args, kwargs)
+        return out if out is not None else super().call_module(target, args, kwargs)
 
     def costs_of(self, n: fx.Node, value: Any) -> list[cost.Term]:
         full = self._full.get(n)
