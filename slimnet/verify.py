@@ -14,7 +14,9 @@ rounding error it has to absorb, float32 about two, and both are far below any r
 changes outputs at the scale of the outputs themselves).
 
 Inputs checked: the example input, the same at batch size 2, and (for image-like inputs) a larger image when
-the original accepts it; that catches forward code that hard-codes a size that pruning changed. When the
+the original accepts it; that catches forward code that hard-codes a size that pruning changed. The batch-2
+input's first sample is the example itself, so where the larger image is refused (ViT's fixed image size, token
+ids) one batch-2 pass checks both (:func:`variants`). When the
 analysis ran on a reduced input (:mod:`slimnet.reduced`: the model's graph holds for any size, and the small
 run was checked node by node against the example's shapes), the verifier runs that small input and a batch-2
 input a quarter larger instead: the same proof for a few percent of the arithmetic.
@@ -76,33 +78,50 @@ class VerifyResult:
     compared: str = "model outputs"
 
 
+#: The label of the batch-2 input whose first sample is the example: checking it checks the example too.
+HOLDS_EXAMPLE = "batch 2 (the example and one more sample)"
+
+
 def variants(example: Any) -> Inputs:
-    """The example, and a batch-2 version of it: for 4D/5D float inputs a larger one, for a list of images
-    (torchvision's detectors take ``model([image])``) two images, the first larger."""
-    out: Inputs = [("example", example)]
+    """The inputs to check, in the order to try them: for 4D/5D float inputs a larger batch-2 input first; the
+    example at batch size 2 (when every tensor has batch size 1, the example itself is its first sample:
+    :data:`HOLDS_EXAMPLE`, so one pass checks both where the larger input is refused); then the example alone.
+    For a list of images (torchvision's detectors take ``model([image])``): the example, and two images, the
+    first larger. :func:`_covered` says which of them a check already made redundant."""
     gen = torch.Generator().manual_seed(1234)
+    tensors = flat_tensors(example)
+    holds = all(t.dim() == 0 or t.shape[0] == 1 for t in tensors)
 
     def batch2(t: torch.Tensor) -> torch.Tensor:
         if t.dim() == 0:
             return t
+        if holds:  # the example, then a random sample (ids and masks: the example's again)
+            more = torch.randn(t.shape, generator=gen, dtype=t.dtype) if t.is_floating_point() else t
+            return torch.cat([t, more])
         if t.is_floating_point():
             return torch.randn((2,) + tuple(t.shape[1:]), generator=gen, dtype=t.dtype)
-        return torch.cat([t, t[:1]]) if t.shape[0] == 1 else t
+        return t
 
-    tensors = flat_tensors(example)
+    same_size = (HOLDS_EXAMPLE if holds else "batch 2", map_tensors(example, batch2))
     images = _more_images(example, gen)
     if images is not None:  # a list of images (torchvision's detectors): two, one larger, instead of one
         first = next(t for t in flat_tensors(images) if t.dim() >= 3)
-        out.append((f"2 images, the first {'x'.join(map(str, first.shape))}", images))
-    elif len(tensors) == 1 and tensors[0].is_floating_point() and tensors[0].dim() in (4, 5):
+        return [("example", example), (f"2 images, the first {'x'.join(map(str, first.shape))}", images)]
+    if len(tensors) == 1 and tensors[0].is_floating_point() and tensors[0].dim() in (4, 5):
         t = tensors[0]
         shape = (2, t.shape[1]) + tuple(s + 32 for s in t.shape[2:])
         bigger = torch.randn(shape, generator=gen, dtype=t.dtype)
-        out.append((f"batch 2, size {'x'.join(map(str, shape))}", map_tensors(example, lambda _: bigger)))
-        out.append(("batch 2", map_tensors(example, batch2)))  # only used if the larger size is rejected
-    else:
-        out.append(("batch 2", map_tensors(example, batch2)))
-    return out
+        larger = (f"batch 2, size {'x'.join(map(str, shape))}", map_tensors(example, lambda _: bigger))
+        return [larger, same_size, ("example", example)] if holds else [("example", example), larger, same_size]
+    return [same_size, ("example", example)] if holds else [("example", example), same_size]
+
+
+def _covered(label: str, checked: list[str]) -> bool:
+    """Whether checking ``label`` would add nothing to the inputs already ``checked``: a batch-2 input of the
+    example's size after a larger batch-2 one, the example after the batch-2 input holding it."""
+    if label in ("batch 2", HOLDS_EXAMPLE):
+        return any(c.startswith("batch 2, size") for c in checked)
+    return label == "example" and HOLDS_EXAMPLE in checked
 
 
 def _more_images(example: Any, gen: torch.Generator) -> Any:
@@ -180,13 +199,13 @@ def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], exampl
     constants = constant_tensors(original)
     if inputs is None:
         main = variants(example)
-        recheck = main[:1]  # the example itself
+        recheck = [("example", example)]  # the cheapest input, with the constants randomised
     elif constants:  # real values on the small input, the larger one (different batch and size) randomised
         main, recheck = inputs[:1], inputs[1:]
     else:
         main, recheck = inputs, []
-    reference, candidate, tol_scale, first = _bind(original, pruned, plan, main[0][1], precision)
-    result = _compare(reference, candidate, main, tol_scale, None if pieces else first, pieces)
+    reference, candidate, tol_scale, k, first = _bind(original, pruned, plan, main, precision)
+    result = _compare(reference, candidate, main[k:], tol_scale, None if pieces else first, pieces)
     if not result.passed or not constants:
         return result
     try:
@@ -210,23 +229,26 @@ def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], exampl
     return result
 
 
-def _bind(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], first_input: Any,
-          precision: torch.dtype | None) -> tuple[Bound, Bound, float, list[torch.Tensor]]:  # fmt: skip
+def _bind(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], inputs: Inputs,
+          precision: torch.dtype | None) -> tuple[Bound, Bound, float, int, list[torch.Tensor]]:  # fmt: skip
     """The masked reference and the candidate in ``precision`` (by default float64 up to F64_PARAMS parameters,
-    else float32; float32 too for models that cannot run in float64), the tolerance scale, and the reference's
-    outputs on the first input (running it is how a model shows that it cannot run in float64)."""
+    else float32; float32 too for models that cannot run in float64), the tolerance scale, the position of the
+    first input the reference accepts (a larger image may be refused) and the reference's outputs on it (running
+    it is how a model shows that it cannot run in float64). When the reference refuses every input in float32,
+    the last one's error (the example's) is raised."""
     if precision is None:
         precision = torch.float64 if count_params(original) <= F64_PARAMS else torch.float32
     precisions = ((torch.float64, TOL64),) if precision is torch.float64 else ()
     for dtype, tol_scale in precisions + ((torch.float32, TOL32),):
         reference = _reference(original, plan, dtype)
-        try:
-            first = reference(first_input)
-        except (RuntimeError, TypeError, NotImplementedError):
-            if dtype is torch.float64:
+        for k, (_, inp) in enumerate(inputs):
+            try:
+                first = reference(inp)
+            except Exception:  # noqa: BLE001 - refused: the next input, then float32, then the example's error
+                if dtype is torch.float32 and k == len(inputs) - 1:
+                    raise
                 continue
-            raise
-        return reference, _candidate(pruned, dtype), tol_scale, first
+            return reference, _candidate(pruned, dtype), tol_scale, k, first
     raise AssertionError("unreachable")
 
 
@@ -241,8 +263,8 @@ def _compare(reference: Bound, candidate: Bound, inputs: Inputs, tol_scale: floa
         return VerifyResult(diff, tol, False, dtype, list(checked), error=error, compared=compared)
 
     for k, (label, inp) in enumerate(inputs):
-        if label == "batch 2" and any(c.startswith("batch 2") for c in checked):
-            continue  # the larger batch-2 input already covered it
+        if _covered(label, checked):
+            continue
         try:
             pairs = _outputs(reference, candidate, inp, pieces, first if k == 0 else None)
         except _ReferenceFailed:  # the original itself rejects this input: nothing to compare

@@ -16,7 +16,7 @@ from slimnet.allocate import keep_count
 from slimnet.api import graph, shrink
 from slimnet.errors import SlimnetError
 from slimnet.surgeon import apply_plan
-from slimnet.verify import verify
+from slimnet.verify import HOLDS_EXAMPLE, verify
 
 from .helpers import check, kept, randomise, reasons
 from .test_rules_elementwise import Residual
@@ -95,6 +95,41 @@ def test_constant_tensors_cannot_hide_a_wrong_cut():
     assert not result.passed and "constant-initialised" in result.error and "differ" in result.error
     trained = randomise(ZeroHead())  # no constant tensors left: one check only
     assert verify(trained, copy.deepcopy(trained), {"tensors": {}}, x).randomised == 0
+
+
+class FixedSize(nn.Module):
+    """Takes only 8x8 images, as torchvision's ViT takes only its image size; ``batch_one``: only batch size 1."""
+
+    def __init__(self, batch_one: bool = False) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.batch_one = batch_one
+
+    def forward(self, x):
+        torch._assert(x.shape[-1] == 8 and x.shape[-2] == 8, "wrong image size")
+        if self.batch_one:
+            torch._assert(x.shape[0] == 1, "batch size 1 only")
+        return self.conv2(F.relu(self.conv1(x))).flatten(1)
+
+
+def test_one_pass_checks_the_example_and_batch_2_when_larger_inputs_are_refused():
+    """The batch-2 input's first sample is the example, so where the larger image is refused the example needs
+    no pass of its own; a model that takes batch size 1 only is still checked on the example."""
+    m, x = randomise(FixedSize()), torch.randn(1, 3, 8, 8)
+    res = shrink(m, x, ratio=0.5, round_to=1, measure=False)
+    assert res.verification.passed and res.verification.inputs == [HOLDS_EXAMPLE]
+    batches: list[int] = []  # the verifier runs light copies, which share the model's hooks
+    res.model.conv1.register_forward_hook(lambda _m, a, _out: batches.append(a[0].shape[0]))
+    assert verify(m, res.model, res.plan, x).passed and batches == [2]  # one pass of the pruned model
+    bad = copy.deepcopy(res.model)
+    with torch.no_grad():
+        bad.conv2.weight[:, [0, 1]] = bad.conv2.weight[:, [1, 0]].clone()
+    result = verify(m, bad, res.plan, x)
+    assert not result.passed and "differ" in result.error and result.inputs == [HOLDS_EXAMPLE]
+    one = randomise(FixedSize(batch_one=True))
+    res = shrink(one, x, ratio=0.5, round_to=1, measure=False)
+    assert res.verification.passed and res.verification.inputs == ["example"]
+    assert [len(kept(res, "conv1.weight")), res.model.conv1.out_channels] == [4, 4]
 
 
 def test_plan_that_does_not_fit_is_refused():
