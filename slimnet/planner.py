@@ -33,6 +33,7 @@ from .collect import Statistics
 from .errors import SlimnetError
 from .groups import Analysis, analyse, analyse_reduced
 from .plan import Decision, build_plan, choose, left_whole, rank
+from .reduced import RAN_EXAMPLE
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings, parse_latency
 from .stages import Stages
 from .trace_symbolic import untouched
@@ -97,8 +98,9 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: 
         analysis, gm, why = analyse_reduced(model, example, stages) if reduce else (None, None, "not asked")
     if analysis is not None:
         return analysis
-    with stages("trace"):
-        check_runs(model, example)
+    if gm is None or not gm.meta.get(RAN_EXAMPLE):  # else its graph already ran on the example
+        with stages("trace"):
+            check_runs(model, example)
     analysis = analyse(model, example, gm=gm, stages=stages)
     analysis.reduced_note = why
     return analysis

@@ -31,6 +31,12 @@ from torch import fx, nn
 
 from ._tensors import flat_tensors, map_tensors
 
+#: ``gm.meta`` key: the symbolic graph ran on the example with its layers as shapes (so the model accepts the
+#: example, and no op's output shape depends on values): the analysis at the example's size may skip running the
+#: model first and the layers' arithmetic.
+RAN_EXAMPLE = "slimnet_ran_example"
+
+
 #: Sizes tried, smallest first; one is used only when smaller than the example's.
 SIZES = (32, 64, 128)
 _CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
@@ -155,9 +161,12 @@ def _bool_index(env: dict[fx.Node, Any], n: fx.Node) -> bool:
     return any(t.dtype == torch.bool for t in flat_tensors(index))
 
 
-def shaped_layer(m: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """Zeros shaped like the output of ``m`` (a plain convolution or linear layer called on one tensor), or None
-    for any other call: what a pass that needs shapes, not values, runs instead of the layer's arithmetic."""
+def shaped_layer(m: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """Zeros shaped like the output of ``m`` (a plain convolution or linear layer called on one tensor, an
+    attention that returns no weights), or None for any other call: what a pass that needs shapes, not values,
+    runs instead of the layer's arithmetic."""
+    if type(m) is nn.MultiheadAttention:
+        return _shaped_attention(m, args, kwargs)
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
     if type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and m.padding_mode == "zeros":
@@ -166,6 +175,16 @@ def shaped_layer(m: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None
     if type(m) is nn.Linear:
         return _shaped(F.linear, args[0], m.weight)
     return None
+
+
+def _shaped_attention(m: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[torch.Tensor, None] | None:
+    """``(zeros shaped like the attention output, None)`` for a call that asks for no weights (ViT's
+    ``attn(x, x, x, need_weights=False)``): the output has the query's shape, with ``embed_dim`` features."""
+    need_weights = kwargs.get("need_weights", args[4] if len(args) > 4 else True)
+    query = args[0] if args else kwargs.get("query")
+    if need_weights is not False or not isinstance(query, torch.Tensor):
+        return None
+    return torch.zeros(tuple(query.shape[:-1]) + (m.embed_dim,), dtype=query.dtype), None
 
 
 def _shaped(fn: Any, *args: Any) -> torch.Tensor:

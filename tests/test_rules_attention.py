@@ -97,3 +97,39 @@ def test_a_fixed_head_size_makes_a_heads_group_of_whole_heads():
     heads = sorted({r // 4 for r in rows})
     assert rows == [h * 4 + j for h in heads for j in range(4)] and len(heads) == 2
     assert kept(res, "k.weight") == rows and kept(res, "v.weight") == rows and kept(res, "proj.weight", 1) == rows
+
+
+class TinyViT(nn.Module):
+    """A ViT in miniature: patches, a position embedding of fixed length (so no smaller image is accepted), an
+    attention asked for no weights, as torchvision's ViT calls it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 16, stride=16)
+        self.pos = nn.Parameter(torch.randn(1, 9, 16))
+        self.att = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc1, self.fc2, self.head = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        t = t + self.att(t, t, t, need_weights=False)[0]
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.mean(1))
+
+
+def test_an_analysis_without_layer_arithmetic_finds_what_the_full_one_finds(monkeypatch):
+    """Where the smaller image is refused but the graph ran on the example with its layers as shapes, the
+    analysis at the example's size skips the model's own run and the layers' arithmetic (zeros of their output
+    shapes): the same groups and MACs as computing them, and the cut verifies."""
+    from slimnet import planner
+    from slimnet.groups import analyse
+
+    model, x = randomise(TinyViT()).eval(), torch.randn(1, 3, 48, 48)
+    computed = analyse(model, x)
+    monkeypatch.setattr(planner, "check_runs", lambda *_: pytest.fail("the model ran again"))
+    shaped = planner.graph(model, x)
+    assert shaped.reduced is None and "rejects the reduced input" in shaped.reduced_note
+    assert [g.describe() for g in shaped.groups] == [g.describe() for g in computed.groups]
+    assert shaped.cost.macs() == computed.cost.macs() > 0
+    res = check(model, x, criterion="l2")
+    assert res.model.att.num_heads == 2 and len(kept(res, "fc1.weight")) == 16

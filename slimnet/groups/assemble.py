@@ -25,6 +25,7 @@ from torch import fx, nn
 
 from .. import cost
 from ..errors import SlimnetError
+from ..reduced import RAN_EXAMPLE
 from ..stages import Stages
 from ..trace import placeholder_args, trace, trace_pieces
 from ..trace_symbolic import untouched
@@ -81,7 +82,8 @@ def _analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None, stages: 
             if not any(g.prunable for g in analysis.groups):
                 raise why
             return analysis
-        groups, macs = _analyse_graph(gm, gm.meta.get("inputs") or placeholder_args(gm, example))
+        inputs = gm.meta.get("inputs") or placeholder_args(gm, example)
+        groups, macs = _analyse_graph(gm, inputs, shaped=bool(gm.meta.get(RAN_EXAMPLE)))
         alias, alias_groups = tensor_aliases(model)
         analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model))
         analysis.cost = cost.build(model, groups, alias, macs)
@@ -92,11 +94,11 @@ def shapes_of(model: nn.Module) -> Shapes:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _analyse_graph(gm: fx.GraphModule, inputs: list[Any], offset: int = 0,
-                   prefix: str = "") -> tuple[list[Group], list[cost.Resolved]]:  # fmt: skip
+def _analyse_graph(gm: fx.GraphModule, inputs: list[Any], offset: int = 0, prefix: str = "",
+                   shaped: bool = False) -> tuple[list[Group], list[cost.Resolved]]:  # fmt: skip
     """The groups of one graph, and its MAC terms over units numbered from ``offset``."""
     alias, _ = tensor_aliases(gm)
-    evidence = AtomInterpreter(gm, alias).collect(*inputs)
+    evidence = AtomInterpreter(gm, alias, shaped=shaped).collect(*inputs)
     groups, roots = assemble_roots(evidence, shapes_of(gm))
     return groups, cost.resolve_part(evidence.costs, groups, roots, alias, offset, prefix)
 

@@ -14,6 +14,7 @@ from torch import fx
 
 from .._tensors import flat_tensors
 from ..cost import Term, terms_of
+from ..reduced import shaped_layer
 from ..trace_symbolic import user_line
 from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
 from .model import Evidence
@@ -87,9 +88,13 @@ class AtomInterpreter(fx.Interpreter):
         2 2 model output 2.bias[0] 2.weight[0]
     """
 
-    def __init__(self, gm: fx.GraphModule, aliases: dict[str, str]) -> None:
+    def __init__(self, gm: fx.GraphModule, aliases: dict[str, str], shaped: bool = False) -> None:
         super().__init__(gm, garbage_collect_values=True)
         self._alias = aliases  # any state_dict name -> canonical name
+        #: convolutions and linear layers give zeros of their output's shape instead of computing: the rules read
+        #: ids and shapes, never these values. Only for a symbolic graph that has run on such zeros before (the
+        #: full-size shape pass of :mod:`slimnet.reduced`, which refuses ops whose output shape depends on values)
+        self._shaped = shaped
         self._uf = UnionFind()
         self._channel_ranges: list[tuple[int, int, str]] = []  # (start, n, producer name)
         self._param_ranges: dict[str, tuple[int, tuple[int, ...]]] = {}
@@ -283,6 +288,10 @@ class AtomInterpreter(fx.Interpreter):
         return constant_ids(value, float(self.poisoned_atom(reason)))
 
     # -- running (fx.Interpreter) -------------------------------------------------------------------------
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        out = shaped_layer(self.fetch_attr(target), args, kwargs) if self._shaped else None
+        return out if out is not None else super().call_module(target, args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         self._current = n
         value = super().run_node(n)

@@ -18,11 +18,11 @@ from torch import fx, nn
 from .. import cost
 from ..cost.dispatch import NeedsExampleSize
 from ..reduced import (
+    RAN_EXAMPLE,
     collapses,
     full_size_values,
     larger_inputs,
     reduced_examples,
-    shaped_layer,
     size_mismatch,
     verify_inputs,
 )
@@ -44,14 +44,8 @@ class ReducedInterpreter(AtomInterpreter):
     prices every node with its full-size value and arguments."""
 
     def __init__(self, gm: fx.GraphModule, aliases: dict[str, str], full: dict[fx.Node, Any]) -> None:
-        super().__init__(gm, aliases)
+        super().__init__(gm, aliases, shaped=True)
         self._full = full
-
-    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        """Convolutions and linear layers give zeros of their output's shape: the channel rules read ids and
-        shapes, never these values, and the small run's arithmetic is otherwise most of its cost."""
-        out = shaped_layer(self.fetch_attr(target), args, kwargs)
-        return out if out is not None else super().call_module(target, args, kwargs)
 
     def costs_of(self, n: fx.Node, value: Any) -> list[cost.Term]:
         full = self._full.get(n)
@@ -80,6 +74,7 @@ def analyse_reduced(
             full = full_size_values(gm, placeholder_args(gm, example))
         except Exception:  # noqa: BLE001 - the caller runs the model on the example and says what is wrong
             return None, gm, "the graph does not run on the example with its convolutions as shapes"
+        gm.meta[RAN_EXAMPLE] = True
     why = ""
     with stages("groups"):
         graph_alias, _ = tensor_aliases(gm)
