@@ -41,6 +41,31 @@ def replace_tensors(value: Any, tensors: Sequence[Any]) -> Any:
     return pytree.tree_unflatten([next(it) if isinstance(x, torch.Tensor) else x for x in leaves], spec)
 
 
+#: How many rows a call that only got empty batches is given instead (:func:`filled_if_empty`).
+FILL_ROWS = 2
+
+
+def only_empty(value: Any) -> bool:
+    """Whether every tensor of a call's arguments is empty along dim 0 (and there is one): a detector's per-box
+    head on an example where nothing was detected. Running it checks nothing and reading its channels finds
+    nothing, since no value flows through an empty tensor."""
+    tensors = flat_tensors(value)
+    return bool(tensors) and all(t.dim() > 0 and t.shape[0] == 0 for t in tensors)
+
+
+def filled_if_empty(value: Any, seed: int = 0) -> Any:
+    """``value`` with each tensor, empty along dim 0, given :data:`FILL_ROWS` rows of seeded standard normal
+    values (its dtype and device), or None when that cannot be done (a non-floating tensor: random indices or
+    ids would be meaningless; another dim of size 0). The same ``seed`` gives the same tensors, so the analysis
+    and the verifier (which cannot share state: ``slimnet apply`` verifies from the plan alone) use one input."""
+    tensors = flat_tensors(value)
+    if any(not t.is_floating_point() or 0 in t.shape[1:] for t in tensors):
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    filled = [torch.randn((FILL_ROWS, *t.shape[1:]), generator=gen).to(t.device, t.dtype) for t in tensors]
+    return replace_tensors(value, filled)
+
+
 # ------------------------------------------------------------------------------------------ calling models
 def call_args(example: Any) -> tuple[tuple, dict[str, Any]]:
     """How an example input calls a model: a tensor is the one argument, a tuple the positional arguments, a

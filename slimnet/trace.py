@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._tensors import call, call_args
+from ._tensors import call, call_args, filled_if_empty, only_empty
 from ._util import first_line
 from .errors import SlimnetError
 from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, concrete_args, eager_attention, untouched
@@ -105,7 +105,8 @@ def trace_pieces(
     """When the whole model cannot be traced, trace the largest submodules that can, each on the inputs it
     got when the model ran on the example. Their inputs and outputs are then fixed (never pruned), which is
     what keeps the pieces independent; a transformer's layers trace this way when its top-level forward
-    (mask building, output capturing) does not. ``is_leaf`` and ``keep_wrapped`` as for :func:`trace`."""
+    (mask building, output capturing) does not. A piece that only got empty batches is traced on a filled one
+    (:func:`_trace_piece`). ``is_leaf`` and ``keep_wrapped`` as for :func:`trace`."""
     calls: dict[str, tuple[tuple, dict]] = {}
     hooks = []
     for name, mod in model.named_modules():
@@ -124,17 +125,37 @@ def trace_pieces(
 
     def visit(name: str, mod: nn.Module) -> None:
         if name and name in calls and any(True for _ in mod.parameters()):
-            a, kw = calls[name]
-            try:
-                pieces.append((name, trace_call(mod, a, kw, is_leaf, keep_wrapped)))
+            gm = _trace_piece(mod, *calls[name], is_leaf, keep_wrapped)
+            if gm is not None:
+                pieces.append((name, gm))
                 return
-            except Exception:  # noqa: BLE001 - try its children instead
-                pass
         for child, sub in mod.named_children():
             visit(f"{name}.{child}" if name else child, sub)
 
     visit("", model)
     return pieces
+
+
+def _trace_piece(mod: nn.Module, args: tuple, kwargs: dict, is_leaf: LeafPolicy | None,
+                 keep_wrapped: FunctionPolicy | None) -> fx.GraphModule | None:  # fmt: skip
+    """One piece traced on the inputs it got, or None when it does not trace. A piece that only got empty
+    batches (a detector's mask head when the example found no boxes) is traced on a filled batch instead
+    (:func:`slimnet._tensors.filled_if_empty`), since no channel can be followed through an empty tensor; where
+    that cannot be done, it is traced as it was called and ``gm.meta["empty_inputs"]`` says so, which leaves
+    its groups whole."""
+    empty = only_empty((args, kwargs))
+    filled = filled_if_empty((args, kwargs)) if empty else None
+    if filled is not None:
+        try:
+            return trace_call(mod, *filled, is_leaf, keep_wrapped)
+        except Exception:  # noqa: BLE001 - the piece rejects the filled batch: traced as it was called
+            pass
+    try:
+        gm = trace_call(mod, args, kwargs, is_leaf, keep_wrapped)
+    except Exception:  # noqa: BLE001 - the caller tries its children instead
+        return None
+    gm.meta["empty_inputs"] = empty
+    return gm
 
 
 def placeholder_args(gm: fx.GraphModule, example: Any) -> list[Any]:

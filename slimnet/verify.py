@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._tensors import count_params, flat_tensors, map_tensors
+from ._tensors import FILL_ROWS, count_params, filled_if_empty, flat_tensors, map_tensors, only_empty
 from ._util import first_line
 from .bound import Bound, masked, state_of, tensors_of
 from .noise import _noise_for, constant_tensors, randomise
@@ -50,6 +50,9 @@ TOL32 = 1e-4
 #: Above this many parameters the check runs in float32: the float64 copies of the weights (12 bytes per
 #: parameter, fresh memory) cost more than the rest of the shrink (docs/shrink-time.md).
 F64_PARAMS = 10_000_000
+
+#: How a piece's outputs are named when it got only empty batches and was compared on a filled one instead.
+FILLED = f"(on {FILL_ROWS} seeded random rows: it got an empty batch) "
 
 __all__ = ["VerifyResult", "constant_tensors", "randomise", "variants", "verify"]
 Inputs = list[tuple[str, Any]]
@@ -253,7 +256,7 @@ def _compare(reference: Bound, candidate: Bound, inputs: Inputs, tol_scale: floa
              first: list[torch.Tensor] | None, pieces: list[str] | None = None) -> VerifyResult:  # fmt: skip
     """Both models on every input (``first``: the reference's outputs on the first, already computed), or each
     piece's outputs (:func:`verify`'s ``pieces``)."""
-    worst, tol, checked = 0.0, 0.0, []
+    worst, tol, checked, filled = 0.0, 0.0, [], []
     dtype, compared = str(reference.dtype), _compared(pieces)
 
     def failed(diff: float, error: str) -> VerifyResult:
@@ -278,6 +281,14 @@ def _compare(reference: Bound, candidate: Bound, inputs: Inputs, tol_scale: floa
                 tol = this_tol
                 return failed(diff, f"{where}outputs differ by {diff:.3g} on input {label} (tolerance {this_tol:.3g})")
             worst, tol = max(worst, diff), max(tol, this_tol)
+            if FILLED in where and where not in filled:
+                filled.append(where)
+    if filled:
+        names = ", ".join(w.split("'s ")[0].removeprefix("piece ") for w in filled)
+        compared += (
+            f"; a piece that got only empty batches ({names}: nothing detected) is compared on {FILL_ROWS} "
+            "seeded random rows instead, as the analysis read it"
+        )
     return VerifyResult(worst, tol, True, dtype, checked, compared=compared)
 
 
@@ -319,6 +330,23 @@ def _outputs(reference: Bound, candidate: Bound, inp: Any, pieces: list[str] | N
         raise _ReferenceFailed from exc
     if not pieces:
         return [("", ref, candidate(inp))]
-    pairs: Outputs = [(f"piece {path}'s ", ref, candidate.piece(path, a, kw)) for path, a, kw, ref in calls]
+    pairs: Outputs = [_piece_pair(reference, candidate, *c) for c in calls]
     candidate(inp)  # the whole pruned model still runs (its outputs may differ by ties)
     return pairs
+
+
+def _piece_pair(reference: Bound, candidate: Bound, path: str, args: tuple, kwargs: dict,
+                ref: list[torch.Tensor]) -> tuple[str, list[torch.Tensor], list[torch.Tensor]]:  # fmt: skip
+    """One call of one piece: the pruned piece on the reference piece's inputs. A call that only got empty
+    batches (a mask head when nothing was detected) would compare nothing, so both pieces run on the filled
+    batch the analysis read the piece on (:func:`slimnet._tensors.filled_if_empty`, the same seed) instead,
+    where the reference takes it."""
+    if only_empty((args, kwargs)):
+        filled = filled_if_empty((args, kwargs))
+        try:
+            ref_filled = reference.piece(path, *filled) if filled is not None else None
+        except Exception:  # noqa: BLE001 - the piece needs its empty batch (its groups were left whole)
+            ref_filled = None
+        if ref_filled is not None:
+            return f"piece {path}'s {FILLED}", ref_filled, candidate.piece(path, *filled)
+    return f"piece {path}'s ", ref, candidate.piece(path, args, kwargs)

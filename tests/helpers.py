@@ -45,7 +45,8 @@ def check(model: nn.Module, x: Any, ratio: float = 0.5, **kw: Any) -> ShrinkResu
         ref, got = flat_tensors(call(masked, xs)), flat_tensors(call(pruned, xs))
     for r, g in zip(ref, got):
         assert r.shape == g.shape
-        assert torch.allclose(r, g, atol=1e-9 * (1 + float(r.abs().max()))), float((r - g).abs().max())
+        if r.numel():  # an empty output (a detector's head with nothing detected) has nothing to compare
+            assert torch.allclose(r, g, atol=1e-9 * (1 + float(r.abs().max()))), float((r - g).abs().max())
     state = model.state_dict()
     new_state = res.model.state_dict()
     for name, dims in res.plan["tensors"].items():

@@ -17,7 +17,7 @@ from slimnet.api import shrink
 from slimnet.cli import app
 from slimnet.verify import verify
 
-from .helpers import check, kept, randomise, reasons
+from .helpers import check, kept, mask_plan, randomise, reasons
 from .refusals import runner
 
 #: A toy detector as a model file: a list of images in, a list of {"boxes", "scores"} out; its post-processing
@@ -121,3 +121,87 @@ def test_torchvision_detector_with_a_list_of_images() -> None:
     res = shrink(model, ([torch.rand(3, 224, 224)],), ratio=0.5)
     assert res.verification.passed and res.report["pruned_groups"] >= 30
     assert res.report["macs"][1] < 0.6 * res.report["macs"][0]
+
+
+class Masker(nn.Module):
+    """A detector's shape in miniature: a per-detection head run on the features of what scored above a
+    threshold, called (as torchvision's mask head is) even when nothing did, with an empty batch. ``ids``: the
+    head reads detection ids (an embedding) instead of features, so it cannot be run on made-up rows."""
+
+    def __init__(self, threshold: float, ids: bool = False) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.mask_head = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.mask_predictor = nn.Sequential(nn.Conv2d(16, 8, 1), nn.ReLU(), nn.Conv2d(8, 2, 1))
+        self.id_head = nn.Sequential(nn.Embedding(4, 16), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        self.threshold, self.ids = threshold, ids
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)
+        score = f[:, 0].amax((1, 2))
+        if float(score.max()) > 1e9:  # branches on values: the whole forward does not trace
+            score = score * 0
+        found = score > self.threshold
+        if self.ids:
+            return score, self.id_head(torch.nonzero(found)[:, 0])
+        return score, self.mask_predictor(torch.relu(self.mask_head(f[found])))
+
+
+def _groups(res: object) -> dict[str, tuple[int, bool]]:
+    return {g.name: (len(g.units), g.prunable) for g in res.analysis.groups}  # type: ignore[attr-defined]
+
+
+def test_a_piece_that_only_got_an_empty_batch_is_analysed_and_verified_on_a_filled_one() -> None:
+    """Nothing scores above the threshold, so the mask head gets [0, 16, 8, 8]: no channel can be followed
+    through an empty tensor (its convolutions' cuts used to be wrong, caught by the verifier and left whole as
+    a bug). It is read on 2 seeded random rows instead: the same groups as when something is detected, cut, and
+    verified on those rows, which a wrong mask head cut fails."""
+    x = torch.rand(1, 3, 8, 8)
+    empty = randomise(Masker(1e6))
+    full = copy.deepcopy(empty)
+    full.threshold = -1e6  # everything detected: the head gets the backbone's rows
+    res, ref = check(empty, x), check(full, x)
+    assert _groups(res) == _groups(ref) and res.plan["tensors"] == ref.plan["tensors"]
+    assert len(kept(res, "mask_head.0.weight")) == 8 and len(kept(res, "mask_predictor.0.weight")) == 4
+    assert kept(res, "mask_head.2.weight") is None  # the piece's output stays whole
+    assert not any("failed verification" in why for why in reasons(res).values())
+    assert "(mask_head, mask_predictor: nothing detected) is compared on 2 seeded" in res.report["verify_compared"]
+    rows = torch.randn(3, 16, 8, 8, dtype=torch.float64)  # the pruned head computes the masked original's
+    masked = mask_plan(copy.deepcopy(empty), res.plan).double()
+    pruned = copy.deepcopy(res.model).double()
+    with torch.no_grad():
+        want = masked.mask_predictor(torch.relu(masked.mask_head(rows)))
+        got = pruned.mask_predictor(torch.relu(pruned.mask_head(rows)))
+    assert float((want - got).abs().max()) < 1e-9 * (1 + float(want.abs().max()))
+    broken = copy.deepcopy(res.model)
+    with torch.no_grad():
+        broken.mask_head[2].weight[0].mul_(1.01)  # a change the empty batch could never show
+    result = verify(empty, broken, res.plan, x, pieces=res.plan["pieces"])
+    assert not result.passed and result.error.startswith("piece mask_head's (on 2 seeded random rows")
+
+
+def test_a_piece_that_cannot_run_on_a_filled_batch_is_left_whole_with_the_reason() -> None:
+    """The head reads detection ids (an embedding), which random rows cannot stand for: its groups stay whole,
+    saying why, instead of being cut wrongly and caught by the verifier."""
+    res = check(randomise(Masker(1e6, ids=True)), torch.rand(1, 3, 8, 8))
+    why = reasons(res)
+    assert why["id_head.1"] == (
+        "piece id_head only saw empty inputs (no detections on the example?) and does not run on a filled batch: "
+        "its channels cannot be analysed"
+    )
+    assert not any(k.startswith("id_head") for k in res.plan["tensors"])
+    assert len(kept(res, "backbone.0.weight")) == 8
+    assert not any("failed verification" in w for w in why.values())
+
+
+def test_filled_rows_stand_in_only_for_empty_floating_batches() -> None:
+    from slimnet._tensors import filled_if_empty, only_empty
+
+    empty = ((torch.zeros(0, 4, 3, dtype=torch.float64),), {"rois": [torch.zeros(0, 5)]})
+    assert only_empty(empty) and not only_empty(((torch.zeros(0, 4), torch.zeros(1, 4)), {}))
+    assert not only_empty(((torch.zeros(()),), {})) and not only_empty(((), {}))
+    (x,), kw = filled_if_empty(empty)
+    assert x.shape == (2, 4, 3) and x.dtype == torch.float64 and kw["rois"][0].shape == (2, 5)
+    assert float(x.std()) > 0.5 and torch.equal(filled_if_empty(empty)[0][0], x)  # seeded: one input for both
+    assert filled_if_empty(((torch.zeros(0, dtype=torch.long),), {})) is None  # ids: random ones mean nothing
+    assert filled_if_empty(((torch.zeros(0, 0, 3),), {})) is None

@@ -128,3 +128,32 @@ def test_a_size_taken_whole_from_another_tensor_couples_its_channels():
     assert conv.prunable and ("fc2.weight", 0) in conv.members  # the gate's rows go with conv's channels
     res = check(m, torch.randn(1, 3, 8, 8))
     assert kept(res, "fc2.weight") == kept(res, "conv.weight") and len(kept(res, "conv.weight")) == 8
+
+
+class ScaledByItsWidth(nn.Module):
+    """Reads a weight's shape twice: as a width to reshape by (a size attribute traced from the weight, as
+    slimnet.sizes does for BERT), and as a value (a 1/width scale)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.out = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.b(torch.relu(self.a(x))).reshape(x.shape[0], self.b.weight.shape[0])
+        return self.out(torch.relu(self.c(h)) / self.c.weight.shape[0])
+
+
+def test_a_weight_read_for_its_shape_gets_no_atom_per_element_unless_used_as_a_value():
+    """A weight's shape makes none of its per-element ids (BERT-base's analysis took a minute for them), whether
+    it reshapes or is used as a value; used as a value it ties the width it gives: the layer's own channels
+    (a per-element tie once bound that dim to classes of its own, and the next cut failed verification)."""
+    from slimnet.groups import AtomInterpreter, tensor_aliases
+
+    model, x = randomise(ScaledByItsWidth()), torch.randn(2, 6)
+    gm = torch.fx.symbolic_trace(model)
+    evidence = AtomInterpreter(gm, tensor_aliases(gm)[0]).collect(x)
+    assert evidence.param_ranges == {} and len(evidence.parents) < 60  # 64 elements per weight: none has its own
+    res = check(model, x)
+    assert "used as a value" in reasons(res)["c"]
+    assert len(kept(res, "a.weight")) == 4 and len(kept(res, "b.weight")) == 4
+    assert res.model.b.out_features == 4 and res.model.c.out_features == 8

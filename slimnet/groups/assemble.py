@@ -37,6 +37,11 @@ from .registry import has_rule, is_leaf_class
 Shapes = dict[str, tuple[int, ...]]
 ByMember = dict[Member, list[tuple[np.ndarray, str]]]  # every binding of one tensor dim: (atoms, role)
 SINGLE = "a single unit: nothing to choose from"
+#: Why a piece's groups stay whole when it only got empty batches and could not be run on a filled one.
+EMPTY = (
+    "piece {path} only saw empty inputs (no detections on the example?) and does not run on a filled batch: "
+    "its channels cannot be analysed"
+)
 
 
 def tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -117,7 +122,9 @@ def _analyse_pieces(model: nn.Module, pieces: list[tuple[str, fx.GraphModule]], 
         for g in piece_groups:
             renamed = {(full(t), d): g.member_index((t, d)) for t, d in g.members}
             reason = g.reason
-            if reason and reason.startswith("model input"):
+            if gm.meta.get("empty_inputs"):
+                reason = EMPTY.format(path=path)
+            elif reason and reason.startswith("model input"):
                 reason = f"input of {path}, traced as a separate piece: made by {whole}'s code that did not trace"
             elif reason == "model output":
                 reason = (

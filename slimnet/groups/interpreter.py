@@ -143,6 +143,24 @@ class AtomInterpreter(fx.Interpreter):
             self._ids[node] = v
         return v
 
+    def dim_ids_later(self, node: fx.Node, value: torch.Tensor, dim: int) -> Any:
+        """A function giving ids for dim ``dim`` of a parameter read for its shape: one new atom per index, bound
+        to that dim of the tensor (so they join the channels a layer binds there), the same along the other dims;
+        made only when a rule needs them (a size used as a value ties them). Per-element atoms would cost
+        millions of atoms, and would bind the dim to classes of their own instead of the layer's channels. A
+        tensor outside the state_dict gets its ids as :meth:`ids_of` gives them."""
+        name = self.param_name(node)
+        if name is None or self._alias.get(name) is None or not value.is_floating_point():
+            return lambda: self._node_ids(node) if node in self._ids else None
+
+        def make() -> torch.Tensor:
+            start = self._uf.add(value.shape[dim])
+            atoms = np.arange(start, start + value.shape[dim], dtype=np.int64)
+            self.bind(name, dim, atoms)
+            return self.fill(atoms, value.shape, dim)
+
+        return make
+
     def value_of(self, value: Any) -> Any:
         """Real values of an argument structure (after the node ran: for sizes, dims, indices)."""
         return fx.node.map_arg(value, lambda nd: self.env[nd] if nd in self.env else None)
@@ -350,7 +368,7 @@ class AtomInterpreter(fx.Interpreter):
                 self.unknown(n, value)
             return None
         if not flat_tensors(value):
-            self.sizes.track(n, self.ids_of)
+            self.sizes.track(n, self)
             return None
         fn = rule_for(n, self.module)
         out = None if fn is None else fn(self, n, n.args, n.kwargs, value)

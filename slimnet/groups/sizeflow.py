@@ -34,13 +34,20 @@ from torch import fx
 from .atoms import nodes_in, one_atom_per_slice, unique_atoms
 
 
-@dataclass(frozen=True)
+@dataclass
 class SizeSource:
-    """A size read from dim ``dim`` of the tensor that ``node`` computed (``ids``: its atom ids)."""
+    """A size read from dim ``dim`` of the tensor that ``node`` computed (``ids``: its atom ids, given as a
+    function for a parameter read for its shape: made only where a rule needs them, see :meth:`SizeFlow.track`)."""
 
     node: fx.Node
-    ids: torch.Tensor
+    ids_or_fn: torch.Tensor | Callable[[], torch.Tensor]
     dim: int
+
+    @property
+    def ids(self) -> torch.Tensor:
+        if not isinstance(self.ids_or_fn, torch.Tensor):
+            self.ids_or_fn = self.ids_or_fn()
+        return self.ids_or_fn
 
 
 class SizeFlow:
@@ -66,16 +73,23 @@ class SizeFlow:
         for table in (self._sources, self._exact, self._shapes):
             table.pop(node, None)
 
-    def track(self, n: fx.Node, ids_of: Callable[[Any], Any]) -> None:
-        """Record where the non-tensor value of node ``n`` was read from (``ids_of``: a node's atom ids)."""
+    def track(self, n: fx.Node, it: Any) -> None:
+        """Record where the non-tensor value of node ``n`` was read from (``it``: the
+        :class:`~slimnet.groups.interpreter.AtomInterpreter`, typed loosely: it imports this module). A
+        parameter's shape (a size attribute traced as ``self.query.weight.shape[0]``, :mod:`slimnet.sizes`) does
+        not make its ids: they are one atom per element, which for BERT-base's twelve 768x768 query weights is 7M
+        atoms that only a size used as a value would ever read. Its source is one atom per index of each dim,
+        bound to that dim and made only when needed (``AtomInterpreter.dim_ids_later``)."""
         is_size = n.op == "call_method" and n.target == "size"
         is_shape = n.op == "call_function" and n.target is builtins.getattr and len(n.args) > 1 and n.args[1] == "shape"
         if is_size or is_shape:
-            src = ids_of(n.args[0])
+            arg = n.args[0]
+            lazy = isinstance(arg, fx.Node) and arg.op == "get_attr"
+            src = it.env.get(arg) if lazy else it.ids_of(arg)
             if not isinstance(src, torch.Tensor) or src.dim() == 0:
                 return
             dim = (n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")) if is_size else None
-            every = [SizeSource(n.args[0], src, d) for d in range(src.dim())]
+            every = [SizeSource(arg, it.dim_ids_later(arg, src, d) if lazy else src, d) for d in range(src.dim())]
             if dim is None:
                 self._shapes[n] = every
                 self._sources[n] = every
