@@ -33,7 +33,6 @@ from .collect import Statistics
 from .errors import SlimnetError
 from .groups import Analysis, analyse, analyse_reduced
 from .plan import Decision, build_plan, choose, left_whole, rank
-from .reduced import RAN_EXAMPLE
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings, parse_latency
 from .stages import Stages
 from .trace_symbolic import untouched
@@ -98,10 +97,14 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: 
         analysis, gm, why = analyse_reduced(model, example, stages) if reduce else (None, None, "not asked")
     if analysis is not None:
         return analysis
-    if gm is None or not gm.meta.get(RAN_EXAMPLE):  # else its graph already ran on the example
+    try:
+        analysis = analyse(model, example, gm=gm, stages=stages)
+    except Exception:
+        # the analysis runs the model (or its graph) on the example, so a separate run first would only cost a
+        # forward pass; when it fails, that run says whether the example is what the model rejects
         with stages("trace"):
             check_runs(model, example)
-    analysis = analyse(model, example, gm=gm, stages=stages)
+        raise
     analysis.reduced_note = why
     return analysis
 

@@ -31,9 +31,8 @@ from torch import fx, nn
 
 from ._tensors import flat_tensors, map_tensors
 
-#: ``gm.meta`` key: the symbolic graph ran on the example with its layers as shapes (so the model accepts the
-#: example, and no op's output shape depends on values): the analysis at the example's size may skip running the
-#: model first and the layers' arithmetic.
+#: ``gm.meta`` key: the symbolic graph ran on the example with its layers as shapes (so no op's output shape
+#: depends on values): the analysis at the example's size may skip the layers' arithmetic too.
 RAN_EXAMPLE = "slimnet_ran_example"
 
 

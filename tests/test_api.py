@@ -52,3 +52,26 @@ def test_bench_takes_modules_and_labelled_pairs() -> None:
         api.bench([big], x, runs=0)
     with pytest.raises(SlimnetError, match=r"unknown backend tpu \(--backend\)"):
         api.bench([big], x, backends=["tpu"])
+
+
+class Tokens(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc1, self.fc2 = nn.Embedding(20, 8), nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, ids):
+        return self.fc2(torch.relu(self.fc1(self.emb(ids))))
+
+
+def test_the_model_runs_separately_only_when_its_analysis_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The analysis runs the model (or its graph) on the example anyway, so it is not run first; when the
+    analysis fails, that run says whether the example is what the model rejects."""
+    model, ids = randomise(Tokens()), torch.randint(0, 20, (1, 5))
+    runs: list[int] = []
+    real = planner.check_runs
+    monkeypatch.setattr(planner, "check_runs", lambda *a: runs.append(1) or real(*a))
+    analysis = api.graph(model, ids)
+    assert runs == [] and [g.n_units for g in analysis.groups if g.prunable] == [8, 16]
+    with pytest.raises(SlimnetError, match=r"rejects the example input 1x5x3: RuntimeError: Expected tensor"):
+        api.graph(model, torch.randint(0, 20, (1, 5, 3)).float())
+    assert runs == [1]
