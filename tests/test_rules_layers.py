@@ -157,3 +157,26 @@ def test_layernorm_groups_need_the_flag_and_then_are_reported_not_exact():
     res2 = shrink(m, torch.randn(2, 5, 4), ratio=0.5, round_to=1, prune_norm=True, measure=False)
     assert not res2.report["exact"] and res2.model.ln.normalized_shape == (4,)
     assert res2.report["max_abs_diff"] >= 0
+
+
+class TwoImagesOneEncoder(nn.Module):
+    """RAFT's way: both images through one encoder as a batch of 2, then compared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.norm, self.out = nn.GroupNorm(8, 8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, a, b):
+        f = self.conv2(torch.relu(self.norm(self.conv1(torch.cat([a, b], dim=0)))))
+        fa, fb = f.split(a.shape[0], dim=0)
+        return self.out(fa - fb)
+
+
+def test_images_stacked_in_the_batch_are_not_units_sharing_one_layer():
+    """Rows that are the model's inputs (not heads folded into the batch, as MViT's pools have) leave the layers'
+    channels their own: conv1 and conv2 are pruned as usual."""
+    x = (torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8))
+    res = check(randomise(TwoImagesOneEncoder()), x)
+    assert len(kept(res, "conv1.weight")) == 4 and len(kept(res, "conv2.weight")) == 4
+    assert res.model.norm.num_channels == 4 and res.model.out.in_channels == 4

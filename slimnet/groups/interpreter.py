@@ -193,6 +193,11 @@ class AtomInterpreter(fx.Interpreter):
         self._poison.append((a, reason))
         return a
 
+    def poisoned_roots(self) -> np.ndarray:
+        """The classes (root atoms) that hold a poisoned atom so far: a model input, a fixed-size tensor..."""
+        atoms = np.fromiter((a for a, _ in self._poison), dtype=np.int64, count=len(self._poison))
+        return np.unique(self.roots()[atoms]) if len(atoms) else atoms
+
     def poison(self, atoms: Any, reason: str) -> None:
         """The classes of ``atoms`` are left whole, for ``reason``."""
         self._poison.extend((int(a), reason) for a in atoms if a >= 0)

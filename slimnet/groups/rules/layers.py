@@ -43,7 +43,12 @@ def shared_by_units(it: AtomInterpreter, x: torch.Tensor, cdim: int, dims: list[
     rows = canonical(x, it.roots()).permute(rest + dims).reshape(-1, int(np.prod([x.shape[d] for d in dims])))
     unit, several = one_atom_per_slice(rows, 1)
     partial = (rows >= 0).any(1) & (rows < 0).any(1)
-    return not several.any() and not partial.any() and len(torch.unique(unit[unit >= 0])) > 1
+    if several.any() or partial.any():
+        return False
+    units = torch.unique(unit[unit >= 0]).to(torch.int64).numpy()
+    # rows that are the model's inputs (RAFT runs its two images through one encoder as a batch of 2) are not
+    # units of channels: the layer's channels are its own, as usual
+    return len(units) > 1 and not np.isin(units, it.poisoned_roots()).any()
 
 
 def _shared_conv(x: torch.Tensor, value: torch.Tensor, cdim: int, groups: int) -> torch.Tensor:
