@@ -245,7 +245,7 @@ def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: d
             pruned = pruned_copy(model, plan).eval()
         with stages("verify"):
             result = verify(model, pruned, plan, example, inputs=analysis.checks, precision=verify_dtype,
-                            pieces=analysis.pieces)  # fmt: skip
+                            pieces=analysis.pieces, taps=analysis.taps)  # fmt: skip
             approximate = any(d.pruned and d.group.normalised for d in decisions)
             if result.passed or approximate:
                 return Cut(pruned, plan, decisions, result, approximate, planned.target, left_whole, current)
@@ -294,7 +294,11 @@ def apply(
     if not isinstance(plan, dict):
         plan = load_plan(plan)
     pruned = pruned_copy(model.eval(), plan).eval()
-    result = verify(model, pruned, plan, example, pieces=plan.get("pieces")) if example is not None else None
+    result = (
+        verify(model, pruned, plan, example, pieces=plan.get("pieces"), taps=plan.get("taps"))
+        if example is not None
+        else None
+    )
     return pruned, result
 
 

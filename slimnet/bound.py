@@ -59,6 +59,24 @@ class Bound:
                 h.remove()
         return calls
 
+    def tap_calls(self, inp: Any, taps: list[str]) -> tuple[list[tuple[str, list[torch.Tensor]]], list[torch.Tensor]]:
+        """The outputs of every call of every tap (submodule path) while the model runs ``inp``, in call order,
+        and the model's own outputs."""
+        calls: list[tuple[str, list[torch.Tensor]]] = []
+        hooks = []
+        for path in taps:
+
+            def record(_m: nn.Module, _a: tuple, out: Any, path: str = path) -> None:
+                calls.append((path, [o.detach() for o in flat_tensors(out)]))
+
+            hooks.append(self.copy.get_submodule(path).register_forward_hook(record))
+        try:
+            out = self(inp)
+        finally:
+            for h in hooks:
+                h.remove()
+        return calls, out
+
     def piece(self, path: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         """One piece run on given (already cast) arguments."""
         with torch.no_grad():

@@ -33,7 +33,9 @@ def fails(model: nn.Module, example: Any, analysis: Analysis, decisions: list[De
     plan = build_plan(analysis, decisions, model_name="", criterion="", ratio=0.0, round_to=1, seed=0)
     try:
         pruned = pruned_copy(model, plan)
-        return not verify(model, pruned, plan, example, inputs=analysis.checks, pieces=analysis.pieces).passed
+        checks, pieces, taps = analysis.checks, analysis.pieces, analysis.taps
+        checked = verify(model, pruned, plan, example, inputs=checks, pieces=pieces, taps=taps)
+        return not checked.passed
     except Exception:  # noqa: BLE001 - a crash during the re-check blames the groups cut in it
         return True
 

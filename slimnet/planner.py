@@ -227,6 +227,8 @@ class Planner:
             plan["target"] = result.report()
         if self.analysis.pieces:
             plan["pieces"] = list(self.analysis.pieces)  # what `slimnet apply` verifies piece by piece
+        if self.analysis.taps:
+            plan["taps"] = list(self.analysis.taps)  # whose outputs `slimnet apply` compares
         return plan
 
     def _latency(self, settings: dict[str, Any], wanted: float | str | None, timing: dict[str, Any], cache: bool,

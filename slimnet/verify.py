@@ -176,6 +176,7 @@ def verify(
     inputs: Inputs | None = None,
     precision: torch.dtype | None = None,
     pieces: list[str] | None = None,
+    taps: list[str] | None = None,
 ) -> VerifyResult:
     """Compare ``pruned`` with the masked ``original`` on several inputs, then again with the original's
     constant tensors randomised (module docstring); neither argument is modified. ``inputs``: ``[(label,
@@ -188,14 +189,19 @@ def verify(
     them and their inputs and outputs keep their shapes, so the code between them (a detector's anchors,
     score thresholds, top-k, NMS) is the same function in both models; it is not compared through, since
     top-k and NMS break ties between equal scores either way. Each piece's outputs are compared instead, on
-    the inputs the masked original gave it (and the pruned model must still run whole)."""
+    the inputs the masked original gave it (and the pruned model must still run whole).
+
+    ``taps``: for a model that traced whole but ends in such tie-breaking code (RetinaNet, FCOS), the submodules
+    whose outputs are compared, both models run whole (:func:`_tapped`); the model's outputs where no tap keeps
+    its shape."""
     original, pruned = original.eval(), pruned.eval()  # left in eval mode, as before
     with untouched(original), untouched(pruned):  # the light copies share lists a forward may append to
-        return _verify(original, pruned, plan, example, inputs, precision, pieces)
+        return _verify(original, pruned, plan, example, inputs, precision, pieces or None, taps or None)
 
 
 def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], example: Any, inputs: Inputs | None,
-            precision: torch.dtype | None, pieces: list[str] | None) -> VerifyResult:  # fmt: skip
+            precision: torch.dtype | None, pieces: list[str] | None,
+            taps: list[str] | None) -> VerifyResult:  # fmt: skip
     constants = constant_tensors(original)
     if inputs is None:
         main = variants(example)
@@ -205,7 +211,7 @@ def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], exampl
     else:
         main, recheck = inputs, []
     reference, candidate, tol_scale, k, first = _bind(original, pruned, plan, main, precision)
-    result = _compare(reference, candidate, main[k:], tol_scale, None if pieces else first, pieces)
+    result = _compare(reference, candidate, main[k:], tol_scale, None if pieces or taps else first, pieces, taps)
     if not result.passed or not constants:
         return result
     try:
@@ -214,7 +220,7 @@ def _verify(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], exampl
         return VerifyResult(float("inf"), result.tolerance, False, result.dtype, result.inputs, error=str(exc))
     # the same tensors with the constants swapped for noise; float32's tolerance: a wrong cut moves outputs by
     # far more than that
-    second = _compare(reference.swap(noise_ref, plan), candidate.swap(noise_cand), recheck, TOL32, None, pieces)
+    second = _compare(reference.swap(noise_ref, plan), candidate.swap(noise_cand), recheck, TOL32, None, pieces, taps)
     second.randomised = len(constants)
     if not second.passed:
         second.error = (
@@ -253,11 +259,12 @@ def _bind(original: nn.Module, pruned: nn.Module, plan: dict[str, Any], inputs: 
 
 
 def _compare(reference: Bound, candidate: Bound, inputs: Inputs, tol_scale: float,
-             first: list[torch.Tensor] | None, pieces: list[str] | None = None) -> VerifyResult:  # fmt: skip
+             first: list[torch.Tensor] | None, pieces: list[str] | None = None,
+             taps: list[str] | None = None) -> VerifyResult:  # fmt: skip
     """Both models on every input (``first``: the reference's outputs on the first, already computed), or each
     piece's outputs (:func:`verify`'s ``pieces``)."""
     worst, tol, checked, filled = 0.0, 0.0, [], []
-    dtype, compared = str(reference.dtype), _compared(pieces)
+    dtype, compared = str(reference.dtype), _compared(pieces, taps)
 
     def failed(diff: float, error: str) -> VerifyResult:
         return VerifyResult(diff, tol, False, dtype, list(checked), error=error, compared=compared)
@@ -266,7 +273,7 @@ def _compare(reference: Bound, candidate: Bound, inputs: Inputs, tol_scale: floa
         if _covered(label, checked):
             continue
         try:
-            pairs = _outputs(reference, candidate, inp, pieces, first if k == 0 else None)
+            pairs = _outputs(reference, candidate, inp, pieces, first if k == 0 else None, taps)
         except _ReferenceFailed:  # the original itself rejects this input: nothing to compare
             continue
         except Exception as exc:  # noqa: BLE001 - the pruned model breaks where the original does not
@@ -303,7 +310,12 @@ class _ReferenceFailed(Exception):
     """The masked original rejected an input (a larger image it cannot take): that input is skipped."""
 
 
-def _compared(pieces: list[str] | None) -> str:
+def _compared(pieces: list[str] | None, taps: list[str] | None = None) -> str:
+    if taps:
+        return (
+            f"the outputs of {', '.join(taps)} (both models run whole), which the model's code turns into its "
+            "outputs by breaking ties (top-k, thresholds, NMS); the model's outputs where none keeps its shape"
+        )
     if not pieces:
         return "model outputs"
     names = ", ".join(pieces[:6]) + (f" and {len(pieces) - 6} more" if len(pieces) > 6 else "")
@@ -318,9 +330,12 @@ Outputs = list[tuple[str, list[torch.Tensor], list[torch.Tensor]]]  # (where, re
 
 
 def _outputs(reference: Bound, candidate: Bound, inp: Any, pieces: list[str] | None,
-             first: list[torch.Tensor] | None) -> Outputs:  # fmt: skip
-    """What to compare on one input: the two models' outputs, or every call of every piece (the pruned piece
-    run on the reference piece's inputs). Raises :class:`_ReferenceFailed` when the reference rejects it."""
+             first: list[torch.Tensor] | None, taps: list[str] | None = None) -> Outputs:  # fmt: skip
+    """What to compare on one input: the two models' outputs, every call of every piece (the pruned piece
+    run on the reference piece's inputs), or the taps' outputs. Raises :class:`_ReferenceFailed` when the
+    reference rejects it."""
+    if taps:
+        return _tapped(reference, candidate, inp, taps)
     try:
         if not pieces:
             ref = first if first is not None else reference(inp)
@@ -350,3 +365,23 @@ def _piece_pair(reference: Bound, candidate: Bound, path: str, args: tuple, kwar
         if ref_filled is not None:
             return f"piece {path}'s {FILLED}", ref_filled, candidate.piece(path, *filled)
     return f"piece {path}'s ", ref, candidate.piece(path, args, kwargs)
+
+
+def _tapped(reference: Bound, candidate: Bound, inp: Any, taps: list[str]) -> Outputs:
+    """Every call of every tap, both models run whole on ``inp``: the calls whose outputs keep their shapes in
+    the pruned model (a tap whose output channels were cut is not one), provided the last call is among them
+    (everything pruned lies upstream of it or inside it); else the model's outputs, as without taps."""
+    try:
+        ref_calls, ref_out = reference.tap_calls(inp, taps)
+    except Exception as exc:  # noqa: BLE001 - any failure of the original on this input
+        raise _ReferenceFailed from exc
+    cand_calls, cand_out = candidate.tap_calls(inp, taps)
+    same = [
+        (f"{path}'s ", ref, got)
+        for (path, ref), (_, got) in zip(ref_calls, cand_calls)
+        if len(ref) == len(got) and all(a.shape == b.shape for a, b in zip(ref, got))
+    ]
+    last_kept = bool(same) and same[-1][0] == f"{ref_calls[-1][0]}'s " and same[-1][1] is ref_calls[-1][1]
+    if len(ref_calls) != len(cand_calls) or not last_kept:
+        return [("", ref_out, cand_out)]
+    return same

@@ -205,3 +205,39 @@ def test_filled_rows_stand_in_only_for_empty_floating_batches() -> None:
     assert float(x.std()) > 0.5 and torch.equal(filled_if_empty(empty)[0][0], x)  # seeded: one input for both
     assert filled_if_empty(((torch.zeros(0, dtype=torch.long),), {})) is None  # ids: random ones mean nothing
     assert filled_if_empty(((torch.zeros(0, 0, 3),), {})) is None
+
+
+class TopKDetector(nn.Module):
+    """Traces whole (no branch on values) but selects its outputs with top-k, as RetinaNet and FCOS do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+        self.head = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 5, 1))
+        self.jitter = 0.0  # stands for tie-breaking that differs between two runs
+
+    def forward(self, x):
+        out = self.head(torch.relu(self.backbone(x)))
+        scores = out[:, 0].flatten(1) + self.jitter
+        keep = scores.topk(5).indices
+        return scores.gather(1, keep), out[:, 1:].flatten(2).gather(2, keep[:, None].expand(-1, 4, -1))
+
+
+def test_a_whole_traced_model_that_breaks_ties_is_compared_before_it_does():
+    """Its parts' outputs are compared (both models run whole), not the detections that top-k picked: another
+    tie-breaking passes, a change inside a part is still caught, and the cut verifies and names what it
+    compared."""
+    model, x = randomise(TopKDetector()).eval(), torch.randn(1, 3, 8, 8)
+    res = check(model, x)
+    assert res.analysis.taps == ["backbone", "head"] and res.plan["taps"] == ["backbone", "head"]
+    assert "the outputs of backbone, head (both models run whole)" in res.report["verify_compared"]
+    assert len(kept(res, "backbone.0.weight")) == 8 and len(kept(res, "head.0.weight")) == 8
+    other = copy.deepcopy(model)
+    other.jitter = 1e-3
+    assert verify(model, other, {"tensors": {}}, x, taps=["backbone", "head"]).passed
+    assert not verify(model, other, {"tensors": {}}, x).passed
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.head[2].weight[0].mul_(1.01)
+    result = verify(model, broken, {"tensors": {}}, x, taps=["backbone", "head"])
+    assert not result.passed and result.error.startswith("head's outputs differ")

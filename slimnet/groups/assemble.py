@@ -33,6 +33,7 @@ from .atoms import UnionFind
 from .interpreter import AtomInterpreter
 from .model import Analysis, Binding, Evidence, Group, Mark, Member, UnitList
 from .registry import has_rule, is_leaf_class
+from .taps import taps_of
 
 Shapes = dict[str, tuple[int, ...]]
 ByMember = dict[Member, list[tuple[np.ndarray, str]]]  # every binding of one tensor dim: (atoms, role)
@@ -85,7 +86,7 @@ def _analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None, stages: 
         inputs = gm.meta.get("inputs") or placeholder_args(gm, example)
         groups, macs = _analyse_graph(gm, inputs, shaped=bool(gm.meta.get(RAN_EXAMPLE)))
         alias, alias_groups = tensor_aliases(model)
-        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model))
+        analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model), taps=taps_of(model, gm))
         analysis.cost = cost.build(model, groups, alias, macs)
     return analysis
 

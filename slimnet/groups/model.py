@@ -152,6 +152,9 @@ class Analysis:
     #: the submodules a model that did not trace whole was traced as (empty when it traced whole): everything
     #: prunable lies inside them, so the verifier compares their outputs
     pieces: list[str] = field(default_factory=list)
+    #: for a model that traced whole but selects its outputs by breaking ties (top-k, NMS), the submodules whose
+    #: outputs the verifier compares instead (:mod:`slimnet.groups.taps`)
+    taps: list[str] = field(default_factory=list)
     #: MACs and parameters of any plan (:class:`slimnet.cost.CostModel`), from the same pass
     cost: Any = field(default=None, compare=False, repr=False)
     #: the smaller input the analysis ran on when the model's graph holds for any size (:mod:`slimnet.reduced`;
