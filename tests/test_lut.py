@@ -5,6 +5,7 @@ well targets land is measured by tools/allocation.py (docs/allocation.md)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -98,19 +99,23 @@ def test_tables_are_cached_per_machine_and_measured_again_on_request(monkeypatch
 
 
 def test_a_latency_target_is_measured_after_the_cut_and_verified():
+    """The target is taken halfway between the measured table's floor and the whole model (a fixed fraction
+    such as 0.7 lies below the floor of some tables on a busy machine: it failed in CI that way)."""
     model, x = wide_net(), torch.randn(1, 3, 16, 16)
-    res = api.shrink(model, x, target_latency=0.7, round_to=8)
+    with pytest.raises(SlimnetError, match="cannot be reached: the smallest predicted latency") as unreachable:
+        api.shrink(model, x, target_latency=0.01, round_to=8)
+    floor = float(re.search(r"allows is ([0-9.]+) of the original", str(unreachable.value)).group(1))
+    wanted = round(floor + 0.5 * (1.0 - floor), 4)  # the table is cached: the next shrink predicts the same floor
+    res = api.shrink(model, x, target_latency=wanted, round_to=8)
     t = res.report["target"]
     assert res.verification.passed and t["kind"] == "latency" and t["allocation"] == "latency"
     ratio, original = t["measured_ms"] / t["measured_original_ms"], t["measured_original_ms"]
     rounding = 5e-5 * (1 + ratio) / original  # both times are reported rounded to 1e-4 ms; this net runs in ~0.1 ms
-    assert t["wanted"] == 0.7 and t["reached"] == pytest.approx(ratio, rel=1e-3, abs=1.01 * rounding + 1e-6)
+    assert t["wanted"] == wanted and t["reached"] == pytest.approx(ratio, rel=1e-3, abs=1.01 * rounding + 1e-6)
     assert 1 <= t["rounds"] <= 3 and t["backend"] == "ort-cpu" and t["threads"] == 1
     assert set(t["table"]) >= {"cached", "path", "build_seconds", "saved_seconds", "method"}
     assert res.plan["target"] == t and res.plan["allocation"] == "latency"
     assert res.report["pruned_groups"] >= 1
-    with pytest.raises(SlimnetError, match="cannot be reached: the smallest predicted latency"):
-        api.shrink(model, x, target_latency=0.01, round_to=8)
 
 
 @pytest.mark.parametrize("bad", ["fast", "0", "1.5", "-3ms", "0ms"])
