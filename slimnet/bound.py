@@ -18,6 +18,10 @@ def _cast(value: Any, dtype: torch.dtype) -> Any:
     return map_tensors(value, lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
+#: One call of a submodule: its path, arguments, keyword arguments and outputs.
+Call = tuple[str, tuple, dict, list[torch.Tensor]]
+
+
 class Bound:
     """A model run with other tensors in place of some of its own: a copy of its module tree (:func:`_light_copy`)
     that shares every other tensor and attribute, so the masked reference and the float64 copies cost the
@@ -42,34 +46,17 @@ class Bound:
             out = call(self.copy, _cast(inp, self.dtype))
         return [o.detach() for o in flat_tensors(out)]
 
-    def piece_calls(self, inp: Any, pieces: list[str]) -> list[tuple[str, tuple, dict, list[torch.Tensor]]]:
-        """Every call of every piece (submodule path) while the model runs ``inp``: its arguments and outputs."""
-        calls: list[tuple[str, tuple, dict, list[torch.Tensor]]] = []
+    def calls(self, inp: Any, paths: list[str]) -> tuple[list[Call], list[torch.Tensor]]:
+        """Every call of every submodule in ``paths`` while the model runs ``inp``, in call order (its arguments
+        and outputs), and the model's own outputs."""
+        calls: list[Call] = []
         hooks = []
-        for path in pieces:
+        for path in paths:
 
             def record(_m: nn.Module, a: tuple, kw: dict, out: Any, path: str = path) -> None:
                 calls.append((path, a, kw, [o.detach() for o in flat_tensors(out)]))
 
             hooks.append(self.copy.get_submodule(path).register_forward_hook(record, with_kwargs=True))
-        try:
-            self(inp)
-        finally:
-            for h in hooks:
-                h.remove()
-        return calls
-
-    def tap_calls(self, inp: Any, taps: list[str]) -> tuple[list[tuple[str, list[torch.Tensor]]], list[torch.Tensor]]:
-        """The outputs of every call of every tap (submodule path) while the model runs ``inp``, in call order,
-        and the model's own outputs."""
-        calls: list[tuple[str, list[torch.Tensor]]] = []
-        hooks = []
-        for path in taps:
-
-            def record(_m: nn.Module, _a: tuple, out: Any, path: str = path) -> None:
-                calls.append((path, [o.detach() for o in flat_tensors(out)]))
-
-            hooks.append(self.copy.get_submodule(path).register_forward_hook(record))
         try:
             out = self(inp)
         finally:

@@ -340,7 +340,7 @@ def _outputs(reference: Bound, candidate: Bound, inp: Any, pieces: list[str] | N
         if not pieces:
             ref = first if first is not None else reference(inp)
         else:
-            calls = reference.piece_calls(inp, pieces)
+            calls, _ = reference.calls(inp, pieces)
     except Exception as exc:  # noqa: BLE001 - any failure of the original on this input
         raise _ReferenceFailed from exc
     if not pieces:
@@ -372,16 +372,15 @@ def _tapped(reference: Bound, candidate: Bound, inp: Any, taps: list[str]) -> Ou
     the pruned model (a tap whose output channels were cut is not one), provided the last call is among them
     (everything pruned lies upstream of it or inside it); else the model's outputs, as without taps."""
     try:
-        ref_calls, ref_out = reference.tap_calls(inp, taps)
+        ref_calls, ref_out = reference.calls(inp, taps)
     except Exception as exc:  # noqa: BLE001 - any failure of the original on this input
         raise _ReferenceFailed from exc
-    cand_calls, cand_out = candidate.tap_calls(inp, taps)
+    cand_calls, cand_out = candidate.calls(inp, taps)
     same = [
         (f"{path}'s ", ref, got)
-        for (path, ref), (_, got) in zip(ref_calls, cand_calls)
+        for (path, _, _, ref), (*_, got) in zip(ref_calls, cand_calls)
         if len(ref) == len(got) and all(a.shape == b.shape for a, b in zip(ref, got))
     ]
-    last_kept = bool(same) and same[-1][0] == f"{ref_calls[-1][0]}'s " and same[-1][1] is ref_calls[-1][1]
-    if len(ref_calls) != len(cand_calls) or not last_kept:
+    if len(ref_calls) != len(cand_calls) or not same or same[-1][1] is not ref_calls[-1][3]:
         return [("", ref_out, cand_out)]
     return same
