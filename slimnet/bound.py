@@ -7,10 +7,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from ._buffers import pooled
 from ._tensors import call, flat_tensors, map_tensors, put_tensor
 
 
@@ -33,11 +33,11 @@ class Bound:
 
     def swap(self, tensors: dict[str, torch.Tensor], plan: dict[str, Any] | None = None) -> Bound:
         """The same model and tensors but ``tensors`` (cast, and masked by ``plan`` where it plans them)."""
-        state, done = dict(self.state), {}
+        state, done, masks = dict(self.state), {}, {}
         for name, t in tensors.items():
             if id(t) not in done:  # tied names share one tensor
                 dims = plan["tensors"].get(name) if plan is not None else None
-                done[id(t)] = masked(t, dims, self.dtype) if dims else t.to(self.dtype)
+                done[id(t)] = masked(t, dims, self.dtype, masks=masks) if dims else t.to(self.dtype)
             state[name] = done[id(t)]
         return Bound(self.model, state, self.dtype)
 
@@ -98,28 +98,54 @@ def tensors_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(named)
 
 
-def state_of(tensors: dict[str, torch.Tensor], make: Any) -> dict[str, torch.Tensor]:
-    """``make(name, tensor)`` for every name, once per tensor (tied names get the same object), keeping only
-    the tensors ``make`` changed."""
-    done: dict[int, torch.Tensor] = {}
-    out = {}
+def cast_state(tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+               planned: dict[str, dict[str, list[int]]] | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The tensors that change for a run in ``dtype`` with ``planned`` masked (:func:`masked`): each planned
+    tensor (masked, and in ``dtype`` when floating) and every other floating tensor not in ``dtype``, once per
+    tensor (tied names get the same object); the others are left out (shared). The new floating tensors are
+    views of one buffer (:func:`slimnet._buffers.pooled`: the page faults of fresh memory were most of the
+    copy's cost)."""
+    planned, masks = planned or {}, {}
+    todo: dict[int, tuple[torch.Tensor, dict[str, list[int]] | None]] = {}
+    names: dict[int, list[str]] = {}
+    out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
-        if id(t) not in done:
-            done[id(t)] = make(name, t)
-        if done[id(t)] is not t:
-            out[name] = done[id(t)]
+        if id(t) not in names:
+            names[id(t)] = []
+            dims = planned.get(name)
+            if dims is not None and not t.is_floating_point():
+                out[name] = masked(t, dims, t.dtype, masks=masks)
+            elif dims is not None or (t.is_floating_point() and t.dtype != dtype):
+                todo[id(t)] = (t, dims)
+        names[id(t)].append(name)
+    buffers = pooled([t.shape for t, _ in todo.values()], dtype)
+    for (key, (t, dims)), buf in zip(todo.items(), buffers):
+        made = masked(t, dims, dtype, out=buf, masks=masks) if dims is not None else buf.copy_(t.detach())
+        for name in names[key]:
+            out[name] = made
+    for name, t in tensors.items():  # the other names of a tied integer tensor
+        first = names[id(t)][0]
+        if first in out and name not in out:
+            out[name] = out[first]
     return out
 
 
-def masked(t: torch.Tensor, dims: dict[str, list[int]], dtype: torch.dtype) -> torch.Tensor:
+def masked(t: torch.Tensor, dims: dict[str, list[int]], dtype: torch.dtype, out: torch.Tensor | None = None,
+           masks: dict | None = None) -> torch.Tensor:  # fmt: skip
     """``t`` in ``dtype``, zero outside the kept indices of each planned dim: one multiplication by a
-    broadcast 0/1 mask, so the copy, the cast and the masking are one pass over the tensor."""
-    mask = torch.ones((), dtype=dtype)
-    for dim_s, idx in dims.items():
-        dim = int(dim_s)
-        keep = np.zeros(t.shape[dim])
-        keep[np.asarray(idx, dtype=np.int64)] = 1.0
-        shape = [1] * t.dim()
-        shape[dim] = -1
-        mask = mask * torch.from_numpy(keep).to(dtype).reshape(shape)
-    return torch.mul(t, mask)
+    broadcast 0/1 mask, so the copy, the cast and the masking are one pass over the tensor (into ``out`` when
+    given). ``masks``: a dict kept by the caller across calls; tensors with the same kept indices (a norm's
+    weight, bias and statistics) then share one mask instead of building it again."""
+    key = (t.dim(), dtype, tuple((dim_s, t.shape[int(dim_s)], tuple(idx)) for dim_s, idx in dims.items()))
+    mask = masks.get(key) if masks is not None else None
+    if mask is None:
+        mask = torch.ones((), dtype=dtype)
+        for dim_s, size, idx in key[2]:
+            keep = torch.zeros(size, dtype=dtype)
+            keep[torch.as_tensor(idx, dtype=torch.long)] = 1
+            shape = [1] * t.dim()
+            shape[int(dim_s)] = -1
+            mask = mask * keep.reshape(shape)
+        if masks is not None:
+            masks[key] = mask
+    return torch.mul(t, mask) if out is None else torch.mul(t.detach(), mask, out=out)

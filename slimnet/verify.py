@@ -41,7 +41,7 @@ from torch import nn
 
 from ._tensors import FILL_ROWS, count_params, filled_if_empty, flat_tensors, map_tensors, only_empty
 from ._util import first_line
-from .bound import Bound, masked, state_of, tensors_of
+from .bound import Bound, cast_state, tensors_of
 from .noise import _noise_for, constant_tensors, randomise
 from .trace_symbolic import untouched
 
@@ -153,18 +153,12 @@ def _is_image(v: Any) -> bool:
 def _reference(original: nn.Module, plan: dict[str, Any], dtype: torch.dtype) -> Bound:
     """The original with the plan's dropped slices zeroed, in ``dtype``; tensors that need neither share the
     original's storage."""
-
-    def make(name: str, t: torch.Tensor) -> torch.Tensor:
-        if name in plan["tensors"]:
-            return masked(t, plan["tensors"][name], dtype if t.is_floating_point() else t.dtype)
-        return t.to(dtype) if t.is_floating_point() else t
-
-    return Bound(original, state_of(tensors_of(original), make), dtype)
+    return Bound(original, cast_state(tensors_of(original), dtype, plan["tensors"]), dtype)
 
 
 def _candidate(pruned: nn.Module, dtype: torch.dtype) -> Bound:
     """The pruned model in ``dtype``."""
-    return Bound(pruned, state_of(tensors_of(pruned), lambda _, t: t.to(dtype) if t.is_floating_point() else t), dtype)
+    return Bound(pruned, cast_state(tensors_of(pruned), dtype), dtype)
 
 
 @torch.no_grad()
