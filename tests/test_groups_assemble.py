@@ -99,3 +99,31 @@ def test_the_atom_interpreter_docstring_example_runs():
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_units_are_bucketed_by_their_exact_member_sets():
+    """unit_member_sets hashes each unit's member set; the buckets must be exactly those of comparing the sets
+    (checked against a dict of tuples on random slots, and on the loop it falls back to after a collision)."""
+    import importlib
+
+    assembly = importlib.import_module("slimnet.groups.assemble")
+    rng = np.random.default_rng(1)
+    sets = [tuple(sorted(rng.choice(6, size=rng.integers(1, 4), replace=False).tolist())) for _ in range(5)]
+    member, root, index = [], [], []
+    for unit in range(300):
+        for k in sets[int(rng.integers(len(sets)))]:
+            for i in range(int(rng.integers(1, 3))):  # a unit may own several indices of one member
+                member.append(k), root.append(3 * unit + 1), index.append(i)
+    order = np.lexsort((index, root, member))
+    slots = assembly.Slots([("t", 0)] * 6, *(np.asarray(a, dtype=np.int64)[order] for a in (member, root, index)), {})
+    expected: dict[bytes, list[int]] = {}
+    for unit in sorted(set(root)):
+        key = np.asarray(sorted({m for m, r in zip(member, root) if r == unit}), dtype=np.int64).tobytes()
+        expected.setdefault(key, []).append(unit)
+    assert assembly.unit_member_sets(slots) == expected
+    r = np.asarray(sorted(set(root)), dtype=np.int64)
+    pairs = sorted({(rt, m) for m, rt in zip(member, root)})
+    rr, mm = (np.asarray(x, dtype=np.int64) for x in zip(*pairs))
+    starts = np.flatnonzero(np.r_[True, rr[1:] != rr[:-1]])
+    assert dict(assembly._unit_member_sets_loop(rr, mm, starts)) == expected
+    assert len(r) == 300 and len(expected) <= len(sets)

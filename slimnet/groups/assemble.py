@@ -279,13 +279,39 @@ def unit_slots(by_member: ByMember, roots: np.ndarray, unit_roots: set[int], sha
 
 
 def unit_member_sets(slots: Slots) -> dict[bytes, list[int]]:
-    """Units by the set of members they own slices of (a group's key), each list in ascending root order."""
+    """Units by the set of members they own slices of (a group's key), each list in ascending root order.
+    Vectorised: each set is hashed to the sum of random 64-bit codes of its members, units are bucketed by hash,
+    and every unit's set is then compared, element by element, with its bucket's first (a collision, never
+    seen, falls back to the loop over units: a Python loop over every unit cost 17 ms on resnet50)."""
     order = np.lexsort((slots.member, slots.root))
     r, m = slots.root[order], slots.member[order]
     first = np.ones(len(r), dtype=bool)
     first[1:] = (r[1:] != r[:-1]) | (m[1:] != m[:-1])
     r, m = r[first], m[first]  # distinct (root, member) pairs, by root then member
-    bounds = np.flatnonzero(np.r_[True, r[1:] != r[:-1], True])
+    if not len(r):
+        return {}
+    starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+    lengths = np.diff(np.r_[starts, len(r)])
+    codes = np.random.default_rng(0).integers(1, 2**62, size=int(m.max()) + 1, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        hashes = np.add.reduceat(codes[m], starts)  # wraps around: still a sum of random codes
+    _, lead, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    rep = lead[inverse]  # each unit's bucket's first unit
+    offsets = np.arange(len(r)) - np.repeat(starts, lengths)
+    same = (lengths == lengths[rep]).all() and (m == m[np.repeat(starts[rep], lengths) + offsets]).all()
+    if not same:
+        return _unit_member_sets_loop(r, m, starts)
+    by_bucket = np.argsort(inverse, kind="stable")  # roots ascending within a bucket
+    cuts = np.flatnonzero(np.diff(inverse[by_bucket])) + 1
+    return {
+        m[starts[u] : starts[u] + lengths[u]].tobytes(): part.tolist()
+        for u, part in zip(lead.tolist(), np.split(r[starts][by_bucket], cuts))
+    }
+
+
+def _unit_member_sets_loop(r: np.ndarray, m: np.ndarray, starts: np.ndarray) -> dict[bytes, list[int]]:
+    bounds = np.r_[starts, len(r)]
     buckets: dict[bytes, list[int]] = defaultdict(list)
     for s, e in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         buckets[m[s:e].tobytes()].append(int(r[s]))
