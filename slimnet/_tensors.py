@@ -41,6 +41,19 @@ def replace_tensors(value: Any, tensors: Sequence[Any]) -> Any:
     return pytree.tree_unflatten([next(it) if isinstance(x, torch.Tensor) else x for x in leaves], spec)
 
 
+def index_tensor(idx: Sequence[int], cache: dict | None = None) -> torch.Tensor:
+    """A plan's index list as a long tensor; ``cache`` (a dict the caller keeps for one plan) returns the same
+    tensor for equal lists: a group's members keep the same indices, and converting a list of a thousand
+    Python ints costs more than hashing it."""
+    if cache is None:
+        return torch.as_tensor(idx, dtype=torch.long)
+    key = tuple(idx)
+    found = cache.get(key)
+    if found is None:
+        found = cache[key] = torch.as_tensor(key, dtype=torch.long)
+    return found
+
+
 #: How many rows a call that only got empty batches is given instead (:func:`filled_if_empty`).
 FILL_ROWS = 2
 

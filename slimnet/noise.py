@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._tensors import index_tensor
+
 
 def constant_tensors(model: nn.Module) -> list[str]:
     """State-dict names of floating parameters and norm running statistics of more than one element whose
@@ -79,11 +81,12 @@ def _noise_for(
         names_of.setdefault(id(t), []).append(alias)
     ref: dict[str, torch.Tensor] = {}
     cand: dict[str, torch.Tensor] = {}
+    indices: dict = {}
     for name in names:
         noise = _noise(name, source[name].detach()).to(source[name].dtype)
         sliced = noise
         for dim_s, idx in plan["tensors"].get(name, {}).items():
-            sliced = sliced.index_select(int(dim_s), torch.as_tensor(idx, dtype=torch.long))
+            sliced = sliced.index_select(int(dim_s), index_tensor(idx, indices))
         for alias in names_of[id(source[name])]:
             ref[alias] = noise
             if alias in cand_tensors:

@@ -9,13 +9,14 @@ with no entry just keeps its sliced tensors, which is right for modules that rea
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._tensors import put_tensor
+from ._tensors import index_tensor, put_tensor
 from ._util import lookup
 from .errors import SlimnetError
 from .modules import SlimMultiheadAttention
@@ -111,7 +112,7 @@ def _hf_conv1d(m: nn.Module) -> None:
     m.nx, m.nf = m.weight.shape
 
 
-def _slice(t: torch.Tensor, dims: dict[str, list[int]], name: str) -> torch.Tensor:
+def _slice(t: torch.Tensor, dims: dict[str, list[int]], name: str, cache: dict | None = None) -> torch.Tensor:
     out = t.detach()
     for dim_s, idx in sorted(dims.items(), key=lambda kv: int(kv[0])):
         dim = int(dim_s)
@@ -122,7 +123,7 @@ def _slice(t: torch.Tensor, dims: dict[str, list[int]], name: str) -> torch.Tens
                 f"plan does not fit the model: {name} dim {dim} has size {out.shape[dim]}, the plan keeps index "
                 f"{idx[-1]} (was the plan made for another model?)"
             )
-        out = out.index_select(dim, torch.as_tensor(idx, dtype=torch.long, device=out.device))
+        out = out.index_select(dim, index_tensor(idx, cache).to(out.device))
     # index_select made a new tensor (a clone would copy it again); with no dim cut it is still the original's
     return out if dims else out.clone()
 
@@ -136,10 +137,11 @@ def _sliced(model: nn.Module, plan: dict[str, Any]) -> dict[int, torch.Tensor]:
             f"plan does not fit the model: it has no tensor {missing[0]!r} (was the plan made for another model?)"
         )
     new_by_id: dict[int, torch.Tensor] = {}
+    cache: dict = {}
     for name, dims in plan["tensors"].items():
         old = state[name]
         if id(old) not in new_by_id:
-            new = _slice(old, dims, name)
+            new = _slice(old, dims, name, cache)
             if isinstance(old, nn.Parameter):
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             new_by_id[id(old)] = new
@@ -149,8 +151,12 @@ def _sliced(model: nn.Module, plan: dict[str, Any]) -> dict[int, torch.Tensor]:
 def pruned_copy(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
     """A pruned copy of ``model``; the full-size planned tensors are never copied (peak memory: original +
     pruned), and ``model`` is left as it was."""
-    new_by_id = _sliced(model, plan)
-    clone = copy.deepcopy(model, memo=dict(new_by_id))
+    memo: dict[int, Any] = dict(_sliced(model, plan))
+    for m in model.modules():  # a module's empty hook dicts and sets, copied here: deepcopy's generic path
+        for v in m.__dict__.values():  # for them (OrderedDict and set are C types whose slot names it cannot
+            if type(v) in (OrderedDict, dict, set) and not v:  # cache) was over half of efficientnet_b7's copy
+                memo[id(v)] = type(v)()
+    clone = copy.deepcopy(model, memo=memo)
     return _fix_modules(clone, plan)
 
 
