@@ -132,20 +132,28 @@ def cast_state(tensors: dict[str, torch.Tensor], dtype: torch.dtype,
 
 def masked(t: torch.Tensor, dims: dict[str, list[int]], dtype: torch.dtype, out: torch.Tensor | None = None,
            masks: dict | None = None) -> torch.Tensor:  # fmt: skip
-    """``t`` in ``dtype``, zero outside the kept indices of each planned dim: one multiplication by a
-    broadcast 0/1 mask, so the copy, the cast and the masking are one pass over the tensor (into ``out`` when
-    given). ``masks``: a dict kept by the caller across calls; tensors with the same kept indices (a norm's
-    weight, bias and statistics) then share one mask instead of building it again."""
-    key = (t.dim(), dtype, tuple((dim_s, t.shape[int(dim_s)], tuple(idx)) for dim_s, idx in dims.items()))
-    mask = masks.get(key) if masks is not None else None
-    if mask is None:
-        mask = torch.ones((), dtype=dtype)
-        for dim_s, size, idx in key[2]:
-            keep = torch.zeros(size, dtype=dtype)
-            keep[torch.as_tensor(idx, dtype=torch.long)] = 1
+    """``t`` in ``dtype``, zero outside the kept indices of each planned dim: multiplied by one broadcast 0/1
+    vector per dim (a product of the vectors would be as large as a 1x1 convolution's weight), so the copy,
+    the cast and the first dim's masking are one pass over the tensor (into ``out`` when given). ``masks``: a
+    dict kept by the caller across calls; tensors with the same kept indices (a norm's weight, bias and
+    statistics) then share the vectors instead of building them again."""
+    if not dims:
+        return t.to(dtype) if out is None else out.copy_(t.detach())
+    vectors = []
+    for dim_s, idx in dims.items():
+        dim = int(dim_s)
+        key = (t.dim(), dim, t.shape[dim], dtype, tuple(idx))
+        vector = masks.get(key) if masks is not None else None
+        if vector is None:
+            keep = torch.zeros(t.shape[dim], dtype=dtype)
+            keep[torch.as_tensor(key[-1], dtype=torch.long)] = 1
             shape = [1] * t.dim()
-            shape[int(dim_s)] = -1
-            mask = mask * keep.reshape(shape)
-        if masks is not None:
-            masks[key] = mask
-    return torch.mul(t, mask) if out is None else torch.mul(t.detach(), mask, out=out)
+            shape[dim] = -1
+            vector = keep.reshape(shape)
+            if masks is not None:
+                masks[key] = vector
+        vectors.append(vector)
+    result = torch.mul(t, vectors[0]) if out is None else torch.mul(t.detach(), vectors[0], out=out)
+    for vector in vectors[1:]:
+        result.mul_(vector)
+    return result
