@@ -102,6 +102,7 @@ def test_ctrl_c_during_shrink(tmp_path: Path, out_dir: Path, delay: float = 0.5)
     case = watch(out_dir)
     env = _env()
     env["SLIMNET_TEST_STARTED"] = str(started)
+    env["PYTHONFAULTHANDLER"] = "1"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -128,7 +129,12 @@ def test_ctrl_c_during_shrink(tmp_path: Path, out_dir: Path, delay: float = 0.5)
         time.sleep(delay)
         assert proc.poll() is None, "finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
+        try:
+            stdout, stderr = proc.communicate(timeout=300)  # a generous cap, not a race
+        except subprocess.TimeoutExpired:  # seen once, on a heavily loaded machine: show where the child is
+            proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's traceback on stderr
+            stdout, stderr = proc.communicate(timeout=60)
+            pytest.fail(f"still running 300 s after SIGINT; its threads:\n{stderr[-4000:]}")
     finally:
         if proc.poll() is None:
             proc.kill()
