@@ -16,10 +16,10 @@ changes outputs at the scale of the outputs themselves).
 Inputs checked: the example input, the same at batch size 2, and (for image-like inputs) a larger image when
 the original accepts it; that catches forward code that hard-codes a size that pruning changed. The batch-2
 input's first sample is the example itself, so where the larger image is refused (ViT's fixed image size, token
-ids) one batch-2 pass checks both (:func:`variants`). When the
-analysis ran on a reduced input (:mod:`slimnet.reduced`: the model's graph holds for any size, and the small
-run was checked node by node against the example's shapes), the verifier runs that small input and a batch-2
-input a quarter larger instead: the same proof for a few percent of the arithmetic.
+ids) one batch-2 pass checks both (:func:`variants`). When the analysis ran on a reduced input
+(:mod:`slimnet.reduced`: the model's graph holds for any size, and the small run was checked node by node
+against the example's shapes), the verifier runs that small input and a batch-2 input slightly larger instead
+(the smallest size that keeps every dim above 1): the same proof for a few percent of the arithmetic.
 
 Constant tensors. A tensor whose elements are all equal (a freshly initialised BatchNorm's weight, bias and
 running statistics, torchvision ViT's zero-initialised classifier) hides wrong cuts: keeping the wrong channels
