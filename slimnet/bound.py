@@ -12,6 +12,7 @@ from torch import nn
 
 from ._buffers import pooled
 from ._tensors import call, flat_tensors, map_tensors, put_tensor
+from .layer_masks import LayerMask, WithheldUsed, masked_forward, withheld
 
 
 def _cast(value: Any, dtype: torch.dtype) -> Any:
@@ -27,9 +28,15 @@ class Bound:
     that shares every other tensor and attribute, so the masked reference and the float64 copies cost the
     tensors they change, never a copy of the whole model."""
 
-    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype,
+                 layers: dict[str, LayerMask] | None = None,
+                 planned: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """``layers``: convolutions and linear layers masked through their activations instead of a masked copy
+        of their weight (:mod:`slimnet.layer_masks`), with ``planned`` (the plan's tensors) to mask those
+        weights after all should the model read one outside its layer."""
         self.model, self.state, self.dtype = model, state, dtype
-        self.copy = _light_copy(model, state)
+        self.layers, self.planned = dict(layers or {}), planned or {}
+        self.copy = _light_copy(model, state, self.layers)
 
     def swap(self, tensors: dict[str, torch.Tensor], plan: dict[str, Any] | None = None) -> Bound:
         """The same model and tensors but ``tensors`` (cast, and masked by ``plan`` where it plans them)."""
@@ -39,9 +46,27 @@ class Bound:
                 dims = plan["tensors"].get(name) if plan is not None else None
                 done[id(t)] = masked(t, dims, self.dtype, masks=masks) if dims else t.to(self.dtype)
             state[name] = done[id(t)]
-        return Bound(self.model, state, self.dtype)
+        layers = {path: lm for path, lm in self.layers.items() if lm.name not in tensors}  # a swapped weight: as given
+        return Bound(self.model, state, self.dtype, layers, self.planned)
+
+    def _run(self, fn: Any) -> Any:
+        """``fn()``; when the model computed with a weight its layer masks (read outside the layer), the layers'
+        weights are masked by copy after all and ``fn`` runs again."""
+        try:
+            return fn()
+        except WithheldUsed:
+            if not self.layers:
+                raise
+        for lm in self.layers.values():
+            self.state[lm.name] = masked(lm.weight, self.planned[lm.name], self.dtype)
+        self.layers = {}
+        self.copy = _light_copy(self.model, self.state, self.layers)
+        return fn()
 
     def __call__(self, inp: Any) -> list[torch.Tensor]:
+        return self._run(lambda: self._forward(inp))
+
+    def _forward(self, inp: Any) -> list[torch.Tensor]:
         with torch.no_grad():
             out = call(self.copy, _cast(inp, self.dtype))
         return [o.detach() for o in flat_tensors(out)]
@@ -49,6 +74,9 @@ class Bound:
     def calls(self, inp: Any, paths: list[str]) -> tuple[list[Call], list[torch.Tensor]]:
         """Every call of every submodule in ``paths`` while the model runs ``inp``, in call order (its arguments
         and outputs), and the model's own outputs."""
+        return self._run(lambda: self._calls(inp, paths))
+
+    def _calls(self, inp: Any, paths: list[str]) -> tuple[list[Call], list[torch.Tensor]]:
         calls: list[Call] = []
         hooks = []
         for path in paths:
@@ -58,7 +86,7 @@ class Bound:
 
             hooks.append(self.copy.get_submodule(path).register_forward_hook(record, with_kwargs=True))
         try:
-            out = self(inp)
+            out = self._forward(inp)
         finally:
             for h in hooks:
                 h.remove()
@@ -66,15 +94,21 @@ class Bound:
 
     def piece(self, path: str, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         """One piece run on given (already cast) arguments."""
-        with torch.no_grad():
-            out = self.copy.get_submodule(path)(*args, **kwargs)
-        return [o.detach() for o in flat_tensors(out)]
+
+        def run() -> list[torch.Tensor]:
+            with torch.no_grad():
+                out = self.copy.get_submodule(path)(*args, **kwargs)
+            return [o.detach() for o in flat_tensors(out)]
+
+        return self._run(run)
 
 
-def _light_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def _light_copy(model: nn.Module, state: dict[str, torch.Tensor],
+                layers: dict[str, LayerMask] | None = None) -> nn.Module:  # fmt: skip
     """The module tree of ``model`` with the tensors named in ``state`` replaced: each module a shallow copy
     (new parameter, buffer and child dicts; every other attribute shared), a module that appears twice copied
-    once. The model itself is not touched. Only for running the copy: nothing of it is returned to the user."""
+    once; each layer in ``layers`` runs :func:`slimnet.layer_masks.masked_forward` with a stand-in weight. The
+    model itself is not touched. Only for running the copy: nothing of it is returned to the user."""
     made: dict[int, nn.Module] = {}
 
     def visit(m: nn.Module) -> nn.Module:
@@ -89,6 +123,10 @@ def _light_copy(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     root = visit(model)
     for name, t in state.items():
         put_tensor(root, name, t)
+    for path, lm in (layers or {}).items():
+        layer = root.get_submodule(path)
+        layer._parameters["weight"] = withheld(lm.weight)  # type: ignore[assignment]
+        layer.forward = masked_forward(layer, lm)  # an instance attribute: the class's forward is untouched
     return root
 
 

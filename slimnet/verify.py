@@ -4,7 +4,9 @@ The reference is the original with its planned tensors zeroed outside their kept
 channels is then exact: a removed channel contributes exactly zero downstream in the reference and is absent in
 the pruned model. Both run in float64, so the only difference left is summation order. Neither model is copied:
 both run as light copies of their module trees holding other tensors (the masked and float64 copies of theirs)
-and sharing everything else, so a check costs the tensors it changes and its forward passes.
+and sharing everything else, so a check costs the tensors it changes and its forward passes (and where the
+reference needs no cast, a plain convolution or linear layer masks its activations instead of a copy of its
+weight: :mod:`slimnet.layer_masks`).
 
 Tolerance: ``1e-6 * (1 + max|reference|)`` in float64 (``1e-4 * (1 + max|reference|)`` in float32, used for
 models of more than 10M parameters, where the float64 copies of the weights cost more than everything else a
@@ -42,6 +44,7 @@ from torch import nn
 from ._tensors import FILL_ROWS, count_params, filled_if_empty, flat_tensors, map_tensors, only_empty
 from ._util import first_line
 from .bound import Bound, cast_state, tensors_of
+from .layer_masks import layer_masks
 from .noise import _noise_for, constant_tensors, randomise
 from .trace_symbolic import untouched
 
@@ -152,8 +155,12 @@ def _is_image(v: Any) -> bool:
 
 def _reference(original: nn.Module, plan: dict[str, Any], dtype: torch.dtype) -> Bound:
     """The original with the plan's dropped slices zeroed, in ``dtype``; tensors that need neither share the
-    original's storage."""
-    return Bound(original, cast_state(tensors_of(original), dtype, plan["tensors"]), dtype)
+    original's storage, and plain convolutions and linear layers whose weight needs no cast are masked through
+    their activations instead of a masked copy of the weight (:mod:`slimnet.layer_masks`)."""
+    tensors, planned = tensors_of(original), plan["tensors"]
+    layers = layer_masks(original, tensors, planned, dtype)  # masked through their activations: no copy
+    copied = {name: dims for name, dims in planned.items() if name not in {lm.name for lm in layers.values()}}
+    return Bound(original, cast_state(tensors, dtype, copied), dtype, layers, planned)
 
 
 def _candidate(pruned: nn.Module, dtype: torch.dtype) -> Bound:
