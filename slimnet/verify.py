@@ -159,7 +159,8 @@ def _reference(original: nn.Module, plan: dict[str, Any], dtype: torch.dtype) ->
     their activations instead of a masked copy of the weight (:mod:`slimnet.layer_masks`)."""
     tensors, planned = tensors_of(original), plan["tensors"]
     layers = layer_masks(original, tensors, planned, dtype)  # masked through their activations: no copy
-    copied = {name: dims for name, dims in planned.items() if name not in {lm.name for lm in layers.values()}}
+    withheld = {lm.name for lm in layers.values()}
+    copied = {name: dims for name, dims in planned.items() if name not in withheld}
     return Bound(original, cast_state(tensors, dtype, copied), dtype, layers, planned)
 
 

@@ -27,6 +27,10 @@ class UnionFind:
 
     def __init__(self, parents: list[int] | None = None) -> None:
         self.parent: list[int] = list(parents or [])
+        #: bumped by every union; :meth:`roots` is recomputed only after one (the analysis of a transformer
+        #: asks for the roots of ~10^5 atoms at every attention product, mostly with no union in between)
+        self._version = 0
+        self._roots: tuple[int, np.ndarray] | None = None
 
     def add(self, n: int) -> int:
         start = len(self.parent)
@@ -43,6 +47,7 @@ class UnionFind:
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
+            self._version += 1
             if ra < rb:
                 self.parent[rb] = ra
             else:
@@ -50,6 +55,7 @@ class UnionFind:
 
     def union_pairs(self, pairs: Any) -> None:
         """:meth:`union` of each ``(a, b)`` pair (inlined: residual adds unify thousands of pairs)."""
+        self._version += 1
         p = self.parent
         for a, b in pairs:
             while p[a] != a:
@@ -69,11 +75,21 @@ class UnionFind:
             self.union(atoms[0], a)
 
     def roots(self) -> np.ndarray:
-        """The root of every atom, vectorised."""
+        """The root of every atom, vectorised; the same array until the next union (atoms added since are their
+        own roots). Callers must not write to it."""
+        cached = self._roots
+        if cached is not None and cached[0] == self._version:
+            known = cached[1]
+            if len(known) == len(self.parent):
+                return known
+            grown = np.concatenate([known, np.arange(len(known), len(self.parent), dtype=np.int64)])
+            self._roots = (self._version, grown)
+            return grown
         p = np.asarray(self.parent, dtype=np.int64)
         while True:
             q = p[p]
             if np.array_equal(q, p):
+                self._roots = (self._version, p)
                 return p
             p = q
 

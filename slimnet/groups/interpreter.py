@@ -246,11 +246,14 @@ class AtomInterpreter(fx.Interpreter):
         if t.shape[1] == 0:
             return np.full(n, -1, dtype=np.int64)
         atoms, several = one_atom_per_slice(t, 1)
-        for i in several.nonzero().flatten().tolist():
-            merged = unique_atoms(t[i])
-            self.unify(merged)
+        rows = several.nonzero().flatten()
+        if len(rows):  # each such slice's atoms joined to its smallest (one unique over all of them)
+            sub = t[rows]
+            keep = sub >= 0
+            self.unify_pairs(unique_pairs(atoms[rows].unsqueeze(1).expand_as(sub)[keep], sub[keep]))
             if why:
-                self.note(merged[0], why)
+                for atom in atoms[rows].to(torch.int64).tolist():
+                    self.note(atom, why)
         return atoms.to(torch.int64).numpy()
 
     def fill(self, atoms: np.ndarray, shape: torch.Size, dim: int) -> torch.Tensor:
