@@ -34,6 +34,26 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], Any], others: Any = ...
     return pytree.tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else (x if keep else others), value)
 
 
+#: What :func:`shape_signature` gives an object it does not describe (never equal to anything but itself).
+OPAQUE = "<opaque>"
+
+
+def shape_signature(value: Any) -> Any:
+    """What a pass that computes shapes but not layer arithmetic must reproduce of a node's value: each tensor's
+    shape and dtype, and every plain number, string, flag, size and dtype as it is (a number read from a
+    tensor's values, ``.item()``, differs when the values do), nested as the value is; other objects
+    :data:`OPAQUE`."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype)
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(shape_signature(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, shape_signature(v)) for k, v in value.items()))
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device, slice)):
+        return value
+    return OPAQUE
+
+
 def replace_tensors(value: Any, tensors: Sequence[Any]) -> Any:
     """``value`` with its tensors (in :func:`flat_tensors` order) replaced by ``tensors``, one for one."""
     leaves, spec = pytree.tree_flatten(value)

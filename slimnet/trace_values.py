@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-from ._tensors import flat_tensors, replace_tensors
+from ._tensors import OPAQUE, flat_tensors, replace_tensors, shape_signature
 from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, WritableProxy, eager_attention, untouched
 
 _UNKNOWN = object()
@@ -60,6 +60,13 @@ class _ValueProxy(WritableProxy):
 
 class _ValueAttribute(fx.proxy.Attribute, _ValueProxy):
     pass
+
+
+#: Node (and ``gm.meta``) key: the :func:`slimnet._tensors.shape_signature` of the node's value while it was
+#: traced with example values. The analysis then runs the graph with layers reduced to their output's shape
+#: and checks every node against it (:class:`slimnet.groups.interpreter.AtomInterpreter`), instead of running
+#: the model's arithmetic a second time.
+TRACED = "slimnet_traced_shape"
 
 
 class _ValueTracer(SymbolicTracer):
@@ -264,6 +271,13 @@ def trace_call(
             graph.erase_node(node)
             last_input = [ph]
             leaves.append(value)
+    for node in graph.nodes:  # what a pass with layers reduced to their shapes must see again (see TRACED)
+        value = tracer.values.get(node, _UNKNOWN)
+        if value is not _UNKNOWN and node.op not in ("placeholder", "output"):
+            signature = shape_signature(value)
+            if signature != OPAQUE:
+                node.meta[TRACED] = signature
     gm = fx.GraphModule(module, graph, type(module).__name__)
     gm.meta["inputs"] = leaves
+    gm.meta[TRACED] = True
     return gm

@@ -29,8 +29,9 @@ from ..reduced import RAN_EXAMPLE
 from ..stages import Stages
 from ..trace import placeholder_args, trace, trace_pieces
 from ..trace_symbolic import untouched
+from ..trace_values import TRACED
 from .atoms import UnionFind
-from .interpreter import AtomInterpreter
+from .interpreter import AtomInterpreter, ShapesDiverged
 from .model import Analysis, Binding, Evidence, Group, Mark, Member, UnitList
 from .registry import has_rule, is_leaf_class
 from .taps import taps_of
@@ -84,7 +85,10 @@ def _analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None, stages: 
                 raise why
             return analysis
         inputs = gm.meta.get("inputs") or placeholder_args(gm, example)
-        groups, macs = _analyse_graph(gm, inputs, shaped=bool(gm.meta.get(RAN_EXAMPLE)))
+        try:  # a graph traced with example values runs with its layers as shapes, checked node by node
+            groups, macs = _analyse_graph(gm, inputs, shaped=bool(gm.meta.get(RAN_EXAMPLE) or gm.meta.get(TRACED)))
+        except ShapesDiverged:
+            groups, macs = _analyse_graph(gm, inputs, shaped=bool(gm.meta.get(RAN_EXAMPLE)))
         alias, alias_groups = tensor_aliases(model)
         analysis = Analysis(groups=groups, aliases=alias_groups, shapes=shapes_of(model), taps=taps_of(model, gm))
         analysis.cost = cost.build(model, groups, alias, macs)

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import fx
 
-from .._tensors import flat_tensors
+from .._tensors import flat_tensors, shape_signature
 from ..cost import Term, terms_of
 from ..reduced import shaped_layer
 from ..trace_symbolic import user_line
+from ..trace_values import TRACED
 from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
 from .model import Evidence
 from .registry import IN_PLACE, rule_for
@@ -34,6 +35,11 @@ def _op_name(node: fx.Node, gm: fx.GraphModule) -> str:
         return f"method .{node.target}()"
     t = node.target
     return f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__name__', str(t))}".lstrip(".")
+
+
+class ShapesDiverged(Exception):
+    """With layers reduced to their shapes, a node of a graph traced with example values got another shape (or
+    another number) than when traced: its shape depends on values. The caller runs the layers for real."""
 
 
 class AtomInterpreter(fx.Interpreter):
@@ -94,6 +100,7 @@ class AtomInterpreter(fx.Interpreter):
         #: convolutions and linear layers give zeros of their output's shape instead of computing: the rules read
         #: ids and shapes, never these values. Only for a symbolic graph that has run on such zeros before (the
         #: full-size shape pass of :mod:`slimnet.reduced`, which refuses ops whose output shape depends on values)
+        #: or a graph traced with example values, each node then checked against its traced value (ShapesDiverged)
         self._shaped = shaped
         self._uf = UnionFind()
         self._channel_ranges: list[tuple[int, int, str]] = []  # (start, n, producer name)
@@ -321,6 +328,8 @@ class AtomInterpreter(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         self._current = n
         value = super().run_node(n)
+        if self._shaped and TRACED in n.meta and shape_signature(value) != n.meta[TRACED]:
+            raise ShapesDiverged(f"node {n.name}: its value is not the one it had when traced")
         if n.op == "get_attr":
             self._ids[n] = self._lazy_param(n, value)
         elif n.op == "output":
