@@ -98,6 +98,10 @@ class UnionFind:
 def one_atom_per_slice(ids: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each slice along ``dim`` (reduced away): its smallest atom (-1 where it holds none), and whether it
     holds several. The one masked min/max behind ``per_index``, ``tie`` and matmul's row and column atoms."""
+    if ids.numel() and ids.shape[dim]:
+        mn, mx = torch.aminmax(ids, dim=dim)
+        if bool(mn.min() >= 0):  # no slice holds NO_ATOM (nearly always): one pass instead of five
+            return mn, mn != mx
     mask = ids >= 0
     top = float("inf") if ids.is_floating_point() else torch.iinfo(ids.dtype).max
     big = torch.tensor(top, dtype=ids.dtype)

@@ -6,6 +6,7 @@ small public API, and hands what it found to assembly as one :class:`~slimnet.gr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,8 @@ class AtomInterpreter(fx.Interpreter):
         #: read from one tensor and used to reshape another couples the two (sizeflow.tie_reshape_sizes)
         self.sizes = SizeFlow()
         self._current: fx.Node | None = None
+        #: per_index's recent answers: (id of the ids tensor, dim) -> (the tensor, its version, atoms)
+        self._known: dict[tuple[int, int], tuple[torch.Tensor, int, np.ndarray]] = {}
 
     def collect(self, *inputs: Any) -> Evidence:
         """Run the graph on ``inputs`` (graph placeholders in order) and return what the rules found."""
@@ -245,9 +248,16 @@ class AtomInterpreter(fx.Interpreter):
         self._notes.append((int(atom), reason))
 
     # -- id tensors ---------------------------------------------------------------------------------------
-    def per_index(self, ids: torch.Tensor, dim: int, why: str = "") -> np.ndarray:
-        """One atom per index along ``dim``; where a slice holds several atoms they become one unit."""
+    def per_index(self, ids: torch.Tensor, dim: int, why: str | Callable[[], str] = "") -> np.ndarray:
+        """One atom per index along ``dim``; where a slice holds several atoms they become one unit (``why``: the
+        note for them, or a function that makes it: a source line costs a lookup, and most slices hold one
+        atom). The answer for an id tensor that :meth:`fill` made, or that was asked about just before and has
+        not been written to since (a conv's output read by its norm, then by the next conv), is remembered."""
         dim = dim % ids.dim()
+        key = (id(ids), dim)
+        known = self._known.get(key)
+        if known is not None and known[0] is ids and known[1] == ids._version:
+            return known[2].copy()
         n = ids.shape[dim]
         t = ids.movedim(dim, 0).reshape(n, -1)
         if t.shape[1] == 0:
@@ -259,16 +269,28 @@ class AtomInterpreter(fx.Interpreter):
             keep = sub >= 0
             self.unify_pairs(unique_pairs(atoms[rows].unsqueeze(1).expand_as(sub)[keep], sub[keep]))
             if why:
+                reason = why() if callable(why) else why
                 for atom in atoms[rows].to(torch.int64).tolist():
-                    self.note(atom, why)
-        return atoms.to(torch.int64).numpy()
+                    self.note(atom, reason)
+        found = atoms.to(torch.int64).numpy()
+        self._remember(ids, dim, found)
+        return found.copy()
+
+    def _remember(self, ids: torch.Tensor, dim: int, atoms: np.ndarray) -> None:
+        """Keep :meth:`per_index`'s answer for ``ids`` (the last few only: they hold their tensors alive)."""
+        self._known[(id(ids), dim)] = (ids, ids._version, atoms)
+        while len(self._known) > 8:
+            del self._known[next(iter(self._known))]
 
     def fill(self, atoms: np.ndarray, shape: torch.Size, dim: int) -> torch.Tensor:
         """An id tensor of ``shape`` whose slice ``i`` along ``dim`` is ``atoms[i]``."""
         dim = dim % len(shape)
         view = [1] * len(shape)
         view[dim] = len(atoms)
-        return torch.as_tensor(atoms, dtype=torch.float64).reshape(view).expand(shape).clone()
+        out = torch.as_tensor(atoms, dtype=torch.float64).reshape(view).expand(shape).clone()
+        if out.numel():
+            self._remember(out, dim, np.where(np.asarray(atoms) >= 0, np.asarray(atoms), -1).astype(np.int64))
+        return out
 
     def tie(self, ids: torch.Tensor, dim: int, why: str) -> None:
         """The atoms along ``dim`` at each position must go together (the dim's size is fixed)."""
