@@ -110,21 +110,34 @@ def _light_copy(model: nn.Module, state: dict[str, torch.Tensor],
     once; each layer in ``layers`` runs :func:`slimnet.layer_masks.masked_forward` with a stand-in weight. The
     model itself is not touched. Only for running the copy: nothing of it is returned to the user."""
     made: dict[int, nn.Module] = {}
+    at: dict[str, nn.Module] = {}  # every path of the copy (a module that appears twice under each)
 
-    def visit(m: nn.Module) -> nn.Module:
+    def visit(m: nn.Module, path: str) -> nn.Module:
         if id(m) not in made:
             new = copy.copy(m)
             made[id(m)] = new
             new.__dict__["_parameters"] = dict(m._parameters)
             new.__dict__["_buffers"] = dict(m._buffers)
-            new.__dict__["_modules"] = {k: visit(c) if c is not None else None for k, c in m._modules.items()}
+            new.__dict__["_modules"] = {
+                k: visit(c, f"{path}.{k}" if path else k) if c is not None else None for k, c in m._modules.items()
+            }
+        at[path] = made[id(m)]
         return made[id(m)]
 
-    root = visit(model)
+    root = visit(model, "")
     for name, t in state.items():
-        put_tensor(root, name, t)
+        path, _, attr = name.rpartition(".")
+        owner = at.get(path)
+        if owner is None:  # not a module path (an attribute path fx made): the general lookup
+            put_tensor(root, name, t)
+        elif attr in owner._parameters:
+            owner._parameters[attr] = t  # type: ignore[assignment]
+        elif attr in owner._buffers:
+            owner._buffers[attr] = t
+        else:
+            setattr(owner, attr, t)
     for path, lm in (layers or {}).items():
-        layer = root.get_submodule(path)
+        layer = at.get(path) or root.get_submodule(path)
         layer._parameters["weight"] = withheld(lm.weight)  # type: ignore[assignment]
         layer.forward = masked_forward(layer, lm)  # an instance attribute: the class's forward is untouched
     return root
