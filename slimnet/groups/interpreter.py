@@ -23,6 +23,9 @@ from .model import Evidence
 from .registry import IN_PLACE, rule_for
 from .sizeflow import SizeFlow
 
+#: A reason, or a function that makes it when it is needed (:meth:`AtomInterpreter.at_node`).
+Why = str | Callable[[], str]
+
 
 def _where(node: fx.Node) -> str:
     line = user_line(node)
@@ -190,6 +193,12 @@ class AtomInterpreter(fx.Interpreter):
         n = self._current
         return f"{n.name}{_where(n)}" if n is not None else ""
 
+    def at_node(self, text: str) -> Callable[[], str]:
+        """``"{text} at node {where}"``, made only when a reason needs it: finding the user's source line costs
+        a traceback lookup, and most ties and merges turn out to merge nothing."""
+        n = self._current
+        return lambda: f"{text} at node {n.name}{_where(n)}" if n is not None else text
+
     # -- atoms and marks --------------------------------------------------------------------------------
     def new_atoms(self, count: int, producer: str) -> np.ndarray:
         """``count`` new channel atoms made by layer ``producer`` (their classes are units named after it)."""
@@ -248,7 +257,7 @@ class AtomInterpreter(fx.Interpreter):
         self._notes.append((int(atom), reason))
 
     # -- id tensors ---------------------------------------------------------------------------------------
-    def per_index(self, ids: torch.Tensor, dim: int, why: str | Callable[[], str] = "") -> np.ndarray:
+    def per_index(self, ids: torch.Tensor, dim: int, why: Why = "") -> np.ndarray:
         """One atom per index along ``dim``; where a slice holds several atoms they become one unit (``why``: the
         note for them, or a function that makes it: a source line costs a lookup, and most slices hold one
         atom). The answer for an id tensor that :meth:`fill` made, or that was asked about just before and has
@@ -292,7 +301,7 @@ class AtomInterpreter(fx.Interpreter):
             self._remember(out, dim, np.where(np.asarray(atoms) >= 0, np.asarray(atoms), -1).astype(np.int64))
         return out
 
-    def tie(self, ids: torch.Tensor, dim: int, why: str) -> None:
+    def tie(self, ids: torch.Tensor, dim: int, why: Why) -> None:
         """The atoms along ``dim`` at each position must go together (the dim's size is fixed)."""
         dim = dim % ids.dim()
         n = ids.shape[dim]
@@ -306,9 +315,9 @@ class AtomInterpreter(fx.Interpreter):
         sub = t[rows]
         keep = sub >= 0
         self.unify_pairs(unique_pairs(first[rows].unsqueeze(1).expand(-1, n)[keep], sub[keep]))
-        self.note(int(first[rows[0]]), why)
+        self.note(int(first[rows[0]]), why() if callable(why) else why)
 
-    def tie_pieces(self, ids: torch.Tensor, dim: int, pieces: int, why: str) -> None:
+    def tie_pieces(self, ids: torch.Tensor, dim: int, pieces: int, why: Why) -> None:
         """Piece ``p`` position ``j`` goes with position ``j`` of every other piece (chunk, channel shuffle)."""
         dim = dim % ids.dim()
         n = ids.shape[dim]
@@ -324,7 +333,7 @@ class AtomInterpreter(fx.Interpreter):
         tensor's dim, that dim's size must not change (pruning it would change the number), so it is tied."""
         for v in nodes_in(values):
             for src in self.sizes.sources(v):
-                self.tie(src.ids, src.dim, f"the size of dim {src.dim} is used as a value at node {self.where()}")
+                self.tie(src.ids, src.dim, self.at_node(f"the size of dim {src.dim} is used as a value"))
 
     def unknown(self, n: fx.Node, value: Any, what: str | None = None) -> Any:
         """The op has no rule (or its rule refused): everything it reads is poisoned, naming the op, and its

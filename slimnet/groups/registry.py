@@ -22,7 +22,8 @@ never guesses; where it cannot say where a tensor's channels come from, it refus
 
 A rule reaches the interpreter through these methods only (never its attributes):
 
-* reading: ``ids_of(arg)``, ``value_of(arg)``, ``param_name(arg)``, ``module_of(n)``, ``where()``;
+* reading: ``ids_of(arg)``, ``value_of(arg)``, ``param_name(arg)``, ``module_of(n)``, ``where()``,
+  ``at_node(text)`` (a reason made only when needed);
 * atoms: ``new_atoms(count, producer)``, ``poisoned_atom(why)``, ``bind(tensor, dim, atoms, role)``,
   ``unify(atoms)``, ``unify_pairs(pairs)``, ``roots()``;
 * marks: ``poison(atoms, why)``, ``poison_ids(ids, why)``, ``mark_heads(atoms)``, ``mark_normalised(atoms, why)``,

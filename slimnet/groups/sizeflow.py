@@ -156,7 +156,7 @@ def tie_reshape_sizes(it: Any, out: torch.Tensor, sizes: list[Any], reshaped: fx
             exact is None and len(foreign) < len(sources) and not any(varies(s.ids, s.dim) for s in foreign)
         ):
             continue  # (in an expression, sizes that never change times one that follows: it follows)
-        why = f"size read from another tensor ({foreign[0].node.name} dim {foreign[0].dim}) at node {it.where()}"
+        why = it.at_node(f"size read from another tensor ({foreign[0].node.name} dim {foreign[0].dim})")
         if exact is not None and foreign == [exact] and _pair(it, exact.ids, exact.dim, out, e):
             continue
         for s in foreign:

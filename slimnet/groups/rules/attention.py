@@ -133,7 +133,7 @@ def multihead_attention(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: di
     q, k, v = (it.ids_of(arg(args, kwargs, i, name)) for i, name in enumerate(("query", "key", "value")))
     w, b = f"{n.target}.in_proj_weight", f"{n.target}.in_proj_bias" if mod.in_proj_bias is not None else None
     for src in (q, k, v):
-        it.bind(w, 1, it.per_index(src, -1, lambda: f"merged into one feature at node {it.where()}"), "in")
+        it.bind(w, 1, it.per_index(src, -1, it.at_node("merged into one feature")), "in")
     e, heads = mod.embed_dim, mod.num_heads
     head_atoms = it.new_atoms(heads, str(n.target))
     it.mark_heads(head_atoms)

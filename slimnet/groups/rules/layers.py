@@ -79,7 +79,7 @@ def conv_ids(
     cdim = x.dim() - spatial - 1
     if shared_by_units(it, x, cdim, list(range(cdim, x.dim()))):
         return _shared_conv(x, value, cdim, groups)
-    in_atoms = it.per_index(x, cdim, lambda: f"merged into one input channel at node {it.where()}")
+    in_atoms = it.per_index(x, cdim, it.at_node("merged into one input channel"))
     cout = value.shape[cdim]
     out_atoms = it.new_atoms(cout, _producer(n, w))
     out_dim, in_dim = (1, 0) if transposed else (0, 1)
@@ -130,7 +130,7 @@ def conv_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, va
 
 
 def linear_ids(it: AtomInterpreter, n: fx.Node, x: torch.Tensor, value: torch.Tensor, w: str, b: str | None):
-    in_atoms = it.per_index(x, -1, lambda: f"merged into one input feature at node {it.where()}")
+    in_atoms = it.per_index(x, -1, it.at_node("merged into one input feature"))
     out_atoms = it.new_atoms(value.shape[-1], _producer(n, w))
     it.bind(w, 0, out_atoms, "out")
     it.bind(w, 1, in_atoms, "in")
@@ -157,7 +157,7 @@ def linear_function(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, 
 def _channel_params(
     it: AtomInterpreter, x: torch.Tensor, cdim: int, names: list[str | None], scale: str | None
 ) -> np.ndarray:
-    atoms = it.per_index(x, cdim, lambda: f"merged into one channel at node {it.where()}")
+    atoms = it.per_index(x, cdim, it.at_node("merged into one channel"))
     for name in names:
         it.bind(name, 0, atoms, "norm_scale" if name is not None and name == scale else "")
     return atoms
@@ -239,7 +239,7 @@ def layernorm_ids(
         return it.unknown(n, x, f"{kind} over {ndims} dims")
     if shared_by_units(it, x, x.dim() - 1, [x.dim() - 1]):
         return x  # each unit's rows normalised alone (MViT's per-head norms): the weights stay whole
-    atoms = it.per_index(x, -1, lambda: f"merged into one channel at node {it.where()}")
+    atoms = it.per_index(x, -1, it.at_node("merged into one channel"))
     if all(nm is None for nm in names):
         it.poison(atoms, f"{kind} {n.name} has no affine weight to follow a pruned size")
     for nm in names:

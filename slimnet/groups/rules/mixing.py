@@ -14,12 +14,12 @@ from torch import fx, nn
 
 from ..._tensors import map_tensors
 from ..atoms import constant_ids
-from ..interpreter import AtomInterpreter
+from ..interpreter import AtomInterpreter, Why
 from ..registry import Rule, arg, rule
 from .elementwise import elementwise
 
 
-def mix_positions(it: AtomInterpreter, src: torch.Tensor, dims: list[int], value: Any, why: str) -> Any:
+def mix_positions(it: AtomInterpreter, src: torch.Tensor, dims: list[int], value: Any, why: Why) -> Any:
     """Positions along ``dims`` are mixed: each slice's atoms become one unit, placed in the output."""
     nd = src.dim()
     dims = sorted({d % nd for d in dims})
@@ -51,7 +51,7 @@ def pooling(k: int) -> Rule:
 
     def pool(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: Any) -> Any:
         src = it.ids_of(args[0])
-        return mix_positions(it, src, list(range(src.dim() - k, src.dim())), value, f"pooled at node {it.where()}")
+        return mix_positions(it, src, list(range(src.dim() - k, src.dim())), value, it.at_node("pooled"))
 
     return pool
 
@@ -116,7 +116,7 @@ def interpolate(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, valu
         mode = it.value_of(arg(args, kwargs, 4, "mode", "nearest"))
     if mode in ("nearest", "nearest-exact"):
         return F.interpolate(src, size=tuple(value.shape[2:]), mode=mode)
-    return mix_positions(it, src, list(range(2, src.dim())), value, f"interpolated at node {it.where()}")
+    return mix_positions(it, src, list(range(2, src.dim())), value, it.at_node("interpolated"))
 
 
 def _reduce_dims(it: AtomInterpreter, args: tuple, kwargs: dict, src: torch.Tensor, default_all: bool) -> list[int]:
@@ -185,7 +185,7 @@ def reduction(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value:
     if isinstance(other, fx.Node) and isinstance(it.value_of(other), torch.Tensor):  # torch.max(a, b)
         return elementwise(it, n, args, kwargs, value)
     dims = _reduce_dims(it, args, kwargs, src, default_all=True)
-    return mix_positions(it, src, dims, value, f"reduced at node {it.where()}")
+    return mix_positions(it, src, dims, value, it.at_node("reduced"))
 
 
 _ALONG_A_DIM = [
@@ -223,4 +223,4 @@ def softmax(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: A
         dim = it.value_of(arg(args, kwargs, 1, "dim", None))
     if dim is None:
         dim = 0 if src.dim() in (0, 1, 3) else 1
-    return mix_positions(it, src, [dim], value, f"normalised along a dim at node {it.where()}")
+    return mix_positions(it, src, [dim], value, it.at_node("normalised along a dim"))

@@ -116,7 +116,7 @@ def movement(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: 
     # call_module target is always a str; tying them would change behaviour, so it waits for its own change)
     if isinstance(out, torch.Tensor):
         for d in literal:
-            it.tie(out, d, f"size fixed in forward at node {it.where()}")
+            it.tie(out, d, it.at_node("size fixed in forward"))
         _sizes_from_tensors(it, n, args, kwargs, out)
     return out
 
@@ -220,7 +220,7 @@ def _tie_partial_index(it: AtomInterpreter, src: torch.Tensor, idx: Any) -> None
             break
         whole = isinstance(item, slice) and item == slice(None)
         if not whole:
-            it.tie(src, dim, f"indexed with fixed positions at node {it.where()}")
+            it.tie(src, dim, it.at_node("indexed with fixed positions"))
         dim += 1
 
 
@@ -232,7 +232,7 @@ def split(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: Any
     name = n.target if isinstance(n.target, str) else n.target.__name__
     dim = it.value_of(arg(args, kwargs, 1 if name == "unbind" else 2, "dim", 0)) % src.dim()
     pieces = len(value)
-    why = f"split at node {it.where()}"
+    why = it.at_node("split")
     size = arg(args, kwargs, 1, "split_size_or_sections", kwargs.get("split_size"))
     follows = name == "chunk" or (name == "split" and isinstance(size, fx.Node))  # piece size from the tensor
     if follows and src.shape[dim] % pieces == 0:
@@ -260,7 +260,7 @@ def select(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: An
     src = it.ids_of(args[0])
     dim = it.value_of(arg(args, kwargs, 1, "dim"))
     if isinstance(dim, int):
-        it.tie(src, dim, f"selected by position at node {it.where()}")
+        it.tie(src, dim, it.at_node("selected by position"))
     return _apply_on_ids(it, n, args, kwargs)
 
 
@@ -271,5 +271,5 @@ def channel_shuffle(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, 
         groups = it.module_of(n).groups
     else:
         groups = it.value_of(arg(args, kwargs, 1, "groups"))
-    it.tie_pieces(src, 1, groups, f"channel shuffle at node {it.where()}")
+    it.tie_pieces(src, 1, groups, it.at_node("channel shuffle"))
     return torch.channel_shuffle(src, groups)

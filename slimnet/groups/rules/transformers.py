@@ -24,7 +24,7 @@ def hf_conv1d(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value:
     """Hugging Face's Conv1D (GPT-2) is a Linear whose weight is stored transposed: [in, out]."""
     x = it.ids_of(args[0])
     w, b = f"{n.target}.weight", f"{n.target}.bias"
-    in_atoms = it.per_index(x, -1, lambda: f"merged into one input feature at node {it.where()}")
+    in_atoms = it.per_index(x, -1, it.at_node("merged into one input feature"))
     out_atoms = it.new_atoms(value.shape[-1], str(n.target))
     it.bind(w, 1, out_atoms, "out")
     it.bind(w, 0, in_atoms, "in")
