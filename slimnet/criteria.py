@@ -69,24 +69,47 @@ def _norms(t: torch.Tensor, dim: int, group: Group, member: tuple[str, int], p: 
 
 
 def _index_powers(t: torch.Tensor, dim: int, p: int, cache: dict) -> np.ndarray:
+    """Per index along ``dim``: the sum of ``|x|^p`` over the tensor's other dims, in float64. A weight's
+    ``|x|^p``, summed over its kernel dims into an [out, in] matrix, is written into one scratch buffer reused
+    for every weight (fresh memory for each was most of the cost: its page faults), and summed at once along
+    each dim that a group will ask for (``cache["wanted"]``: (id of tensor, dim) pairs; without it, the dim
+    asked); the sums are kept in ``cache`` for the group that asks for the other dim."""
     key = (id(t), p)
-    t = t.detach()
+    name_id, t = id(t), t.detach()
     if t.dim() < 2 or dim > 1:
         other = [d for d in range(t.dim()) if d != dim]
         per_index = torch.linalg.vector_norm(t.float(), ord=p, dim=other) if other else t.float().abs()
         return per_index.double().numpy() ** p
-    if key not in cache:
-        rest = [d for d in range(2, t.dim()) if t.shape[d] != 1]
-        flat = t.float().reshape(t.shape[0], t.shape[1], -1) if rest else t.float().reshape(t.shape[0], t.shape[1])
-        # |x|^p directly where each [out, in] entry is one element (linear layers, 1x1 convs: most of a
-        # ResNet's weights): the same values as the norm's, without its square root
-        if rest:
-            pair = torch.linalg.vector_norm(flat, ord=p, dim=2)
-            pair = pair.pow_(p) if p != 1 else pair
-        else:
-            pair = flat.square() if p == 2 else flat.abs().pow_(p) if p != 1 else flat.abs()
-        cache[key] = (t, pair)  # t kept: its id stays unique while the cache lives
-    return cache[key][1].numpy().sum(1 - dim, dtype=np.float64)  # numpy: a third of torch's time for this
+    known = cache.get(key)
+    if known is None or dim not in known[1]:
+        wanted = cache.get("wanted")
+        dims = [d for d in (0, 1) if d == dim or (wanted is not None and (name_id, d) in wanted)]
+        pair = _pair_powers(t, p, cache).numpy()
+        sums = {d: pair.sum(1 - d, dtype=np.float64) for d in dims}
+        known = (t, {**(known[1] if known else {}), **sums})  # t kept: its id stays unique while the cache lives
+        cache[key] = known
+    return known[1][dim]
+
+
+def _pair_powers(t: torch.Tensor, p: int, cache: dict) -> torch.Tensor:
+    """``|x|^p`` of a weight summed over its kernel dims: an [out, in] matrix in the cache's scratch buffer
+    (valid until the next call)."""
+    rest = [d for d in range(2, t.dim()) if t.shape[d] != 1]
+    flat = t.float().reshape(t.shape[0], t.shape[1], -1) if rest else t.float().reshape(t.shape[0], t.shape[1])
+    n = t.shape[0] * t.shape[1]
+    scratch = cache.get("scratch")
+    if scratch is None or scratch.numel() < n:
+        scratch = cache["scratch"] = torch.empty(n, dtype=torch.float32)
+    out = scratch[:n].view(t.shape[0], t.shape[1])
+    # |x|^p directly where each [out, in] entry is one element (linear layers, 1x1 convs: most of a
+    # ResNet's weights): the same values as the norm's, without its square root
+    if rest:
+        torch.linalg.vector_norm(flat, ord=p, dim=2, out=out)
+        return out.pow_(p) if p != 1 else out
+    if p == 2:
+        return torch.square(flat, out=out)
+    torch.abs(flat, out=out)
+    return out.pow_(p) if p != 1 else out
 
 
 def _fpgm(vectors: torch.Tensor | list[torch.Tensor]) -> np.ndarray:

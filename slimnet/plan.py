@@ -166,7 +166,9 @@ def rank(
     normalised across groups and the criterion used per group (:class:`slimnet.allocate.Ranking`)."""
     tensors = model.state_dict()
     params = {n for n, _ in model.named_parameters(remove_duplicate=False)}
-    raw, used, cache = {}, {}, {}
+    raw, used = {}, {}
+    # every weight dim a group will read: a weight's sums along both dims are then made in one visit
+    cache: dict = {"wanted": {(id(tensors[n]), d) for g in groups for n, d in g.members if n in tensors}}
     for g in groups:
         raw[g.id], used[g.id] = score(g, tensors, params, criterion, seed, stats, cache=cache)
     return Ranking.from_scores(raw, used)
