@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import calibrate, measure, reduced
-from ._tensors import count_params
+from ._tensors import count_params, in_eval
 from .benchmark import bench
 from .collect import Statistics
 from .culprits import find_culprits, leave_whole
@@ -181,8 +181,8 @@ def shrink(
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
     check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
-    calibration = calibrate.prepare(model.eval(), example, data, criterion, recalibrate_bn, compensate_bias)
-    planner = planner if planner is not None else Planner(model.eval(), example, analysis, stages, reduce=reduce)
+    calibration = calibrate.prepare(in_eval(model), example, data, criterion, recalibrate_bn, compensate_bias)
+    planner = planner if planner is not None else Planner(model, example, analysis, stages, reduce=reduce)
     with stages("rank"):
         stats = calibrate.statistics(model, planner.analysis, criterion, calibration, loss, seed)
     settings = dict(
@@ -192,7 +192,7 @@ def shrink(
         backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
         model_name=model_name, stats=stats, sensitivity=sensitivity,
     )  # fmt: skip
-    cut = cut_and_verify(model.eval(), example, planner, settings, stages, verify_dtype)
+    cut = cut_and_verify(model, example, planner, settings, stages, verify_dtype)
     pruned, plan, analysis, decisions = cut.pruned, cut.plan, cut.planner.analysis, cut.decisions
     with stages("measure"):
         report = make_report(model, pruned, example, analysis, decisions, plan, cut.result, cut.approximate,
@@ -242,7 +242,7 @@ def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: d
             planned = current.plan(**settings)
         analysis, plan, decisions = current.analysis, planned.plan, planned.decisions
         with stages("cut"):
-            pruned = pruned_copy(model, plan).eval()
+            pruned = in_eval(pruned_copy(model, plan))
         with stages("verify"):
             result = verify(model, pruned, plan, example, inputs=analysis.checks, precision=verify_dtype,
                             pieces=analysis.pieces, taps=analysis.taps)  # fmt: skip

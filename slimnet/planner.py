@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import lut
-from ._tensors import call
+from ._tensors import call, in_eval
 from ._util import first_line
 from .allocate import LATENCY_TOLERANCE, Ranking, TargetResult
 from .collect import Statistics
@@ -45,7 +45,7 @@ def check_runs(model: nn.Module, example: Any) -> None:
     """Run the original once: an input the model rejects is the user's error, said in one line. The model's
     modules keep their ``__dict__`` (a forward that stores state on itself is left as it was)."""
     try:
-        model.eval()  # before untouched(): the model stays in eval mode, as graph() and shrink() promise
+        in_eval(model)  # before untouched(): the model stays in eval mode, as graph() and shrink() promise
         with torch.no_grad(), untouched(model):
             call(model, example)
     except Exception as exc:  # noqa: BLE001 - any failure here is about the input/model pairing
@@ -92,7 +92,7 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: 
         SlimnetError: the model rejects the example, or cannot be traced at all (the message names the line).
     """
     stages = stages or Stages()
-    model.eval()  # left in eval mode, as the analysis always did
+    in_eval(model)  # left in eval mode, as the analysis always did
     with untouched(model):  # nothing a forward stores on itself while traced or run stays behind
         analysis, gm, why = analyse_reduced(model, example, stages) if reduce else (None, None, "not asked")
     if analysis is not None:
@@ -123,7 +123,7 @@ class Planner:
 
     def __init__(self, model: nn.Module, example: Any, analysis: Analysis | None = None,
                  stages: Stages | None = None, reduce: bool = True) -> None:  # fmt: skip
-        self.model, self.example = model.eval(), example
+        self.model, self.example = in_eval(model), example
         self.stages = stages or Stages()
         self.analysis = analysis if analysis is not None else graph(model, example, self.stages, reduce)
         self._rankings: dict[tuple[str, int, int], tuple[Statistics | None, Ranking]] = {}

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ._tensors import call, call_args, filled_if_empty, only_empty
+from ._tensors import call, call_args, filled_if_empty, in_eval, only_empty
 from ._util import first_line
 from .errors import SlimnetError
 from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, concrete_args, eager_attention, untouched
@@ -69,7 +69,7 @@ def trace(
     ``with_values=False``: symbolic tracing only (a graph that holds for inputs of any size: :mod:`slimnet.reduced`).
     """
     was_training = model.training
-    model.eval()
+    in_eval(model)
     tracer = SymbolicTracer(is_leaf, keep_wrapped)
     try:
         with eager_attention(model), untouched(model):  # constants the tracer puts on the root: read before
@@ -84,7 +84,8 @@ def trace(
         except Exception:  # noqa: BLE001 - the plain tracer's error names the user's line best
             raise first from None
     finally:
-        model.train(was_training)
+        if was_training:  # else every module is in eval mode already (in_eval)
+            model.train()
     if keep_wrapped is None or example is None or not _opaque_calls(gm, keep_wrapped):
         return gm
     try:

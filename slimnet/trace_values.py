@@ -21,7 +21,7 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-from ._tensors import OPAQUE, flat_tensors, replace_tensors, shape_signature
+from ._tensors import OPAQUE, flat_tensors, in_eval, replace_tensors, shape_signature
 from .trace_symbolic import FunctionPolicy, LeafPolicy, SymbolicTracer, WritableProxy, eager_attention, untouched
 
 _UNKNOWN = object()
@@ -249,12 +249,13 @@ def trace_call(
     root = type("_Call", (_Call,), {"forward": ns["forward"]})(module, args, kwargs)  # fx reads the class's forward
     tracer = _ValueTracer(dict(zip(names, leaves)), is_leaf, keep_wrapped)
     was_training = module.training
-    module.eval()
+    in_eval(module)
     try:
         with eager_attention(module), _traced_factories(tracer), untouched(module):
             graph = tracer.trace(root)
     finally:
-        module.train(was_training)
+        if was_training:  # else every module is in eval mode already (in_eval)
+            module.train()
     leaves = list(leaves)
     last_input = [n for n in graph.nodes if n.op == "placeholder"][-1:] or None
     for node in list(graph.nodes):

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._tensors import FILL_ROWS, count_params, filled_if_empty, flat_tensors, map_tensors, only_empty
+from ._tensors import FILL_ROWS, count_params, filled_if_empty, flat_tensors, in_eval, map_tensors, only_empty
 from ._util import first_line
 from .bound import Bound, cast_state, tensors_of
 from .layer_masks import layer_masks
@@ -196,7 +196,7 @@ def verify(
     ``taps``: for a model that traced whole but ends in such tie-breaking code (RetinaNet, FCOS), the submodules
     whose outputs are compared, both models run whole (:func:`_tapped`); the model's outputs where no tap keeps
     its shape."""
-    original, pruned = original.eval(), pruned.eval()  # left in eval mode, as before
+    original, pruned = in_eval(original), in_eval(pruned)  # left in eval mode, as before
     with untouched(original), untouched(pruned):  # the light copies share lists a forward may append to
         return _verify(original, pruned, plan, example, inputs, precision, pieces or None, taps or None)
 

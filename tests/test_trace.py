@@ -159,3 +159,25 @@ def test_fx_wrapped_tensor_helpers_are_traced_through():
     kept1 = res.plan["tensors"]["conv1.weight"]["0"]
     assert len(kept1) == 4 and kept1[2:] == [k + 4 for k in kept1[:2]]  # the helper's 2 heads lose the same channels
     assert len(res.plan["tensors"]["conv2.weight"]["0"]) == 4
+
+
+def test_eval_mode_is_set_once_and_restored(monkeypatch):
+    """``in_eval`` walks the tree only when some module is training; tracing gives a training model back in
+    training mode, and leaves an eval model (even one with a submodule left training) all in eval mode."""
+    from slimnet._tensors import in_eval
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Conv2d(4, 2, 1))
+    x = torch.randn(1, 3, 8, 8)
+    net.train()
+    trace(net, x)
+    assert all(m.training for m in net.modules())
+    net.eval()
+    net[1].train()
+    trace(net, x)
+    assert not any(m.training for m in net.modules())
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("walked the tree although every module was in eval mode")
+
+    monkeypatch.setattr(nn.Module, "train", refuse)
+    assert in_eval(net) is net
