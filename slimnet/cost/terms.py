@@ -78,21 +78,29 @@ def cost(*keys: Any) -> Callable[[CostFn], CostFn]:
 
 
 # ------------------------------------------------------------------------------------------------ forms
+#: elements()'s counts for the last few id tensors, by id: (the tensor, its version, const, atoms, counts). A
+#: layer's output ids are read by the layer, its norm and its activation (one tensor: the rules pass it on).
+_COUNTED: dict[int, tuple[torch.Tensor, int, float, np.ndarray, np.ndarray]] = {}
+
+
 def elements(ids: Any, value: Any = None) -> Form:
     """The elements of an activation that survive: one count per atom (elements with no atom always stay)."""
     if not isinstance(ids, torch.Tensor):
         return Form(const=float(value.numel()) if isinstance(value, torch.Tensor) else 0.0)
-    flat = ids.reshape(-1).to(torch.int64)
-    if flat.numel() == 0:
+    if ids.numel() == 0:
         return Form()
-    counts = torch.bincount(flat + 1)
-    nonzero = torch.nonzero(counts[1:]).flatten()
+    known = _COUNTED.get(id(ids))
+    if known is None or known[0] is not ids or known[1] != ids._version:
+        counts = torch.bincount(ids.reshape(-1).to(torch.int64) + 1)
+        nonzero = torch.nonzero(counts[1:]).flatten()
+        known = (ids, ids._version, float(counts[0]), nonzero.numpy(), counts[1:][nonzero].double().numpy())
+        _COUNTED[id(ids)] = known
+        while len(_COUNTED) > 8:
+            del _COUNTED[next(iter(_COUNTED))]
     # ids from a reduced-size run (slimnet.reduced) stand for the value's larger size: they do not vary along
     # the dims that grew, so every count grows by the same factor
-    grow = value.numel() / flat.numel() if isinstance(value, torch.Tensor) else 1.0
-    return Form(
-        const=float(counts[0]) * grow, atoms=nonzero.numpy(), counts=counts[1:][nonzero].double().numpy() * grow
-    )
+    grow = value.numel() / ids.numel() if isinstance(value, torch.Tensor) else 1.0
+    return Form(const=known[2] * grow, atoms=known[3], counts=known[4] * grow)
 
 
 def per_column(ids: Any, size: int) -> Form:

@@ -237,8 +237,11 @@ def _constant_slices(cls: np.ndarray, d: int) -> bool:
 def channel_units(channel_ranges: list[tuple[int, int, str]], roots: np.ndarray) -> tuple[set[int], dict[int, str]]:
     """The classes that hold a produced channel (the units), and the first producer of each class."""
     first_range = np.full(len(roots), len(channel_ranges), dtype=np.int64)
-    for k, (start, n, _) in enumerate(channel_ranges):
-        np.minimum.at(first_range, roots[start : start + n], k)  # ranges in order: the first one wins
+    if channel_ranges:  # ranges in order: a class's first range wins (one unique over every range's atoms)
+        atoms = np.concatenate([np.arange(start, start + n, dtype=np.int64) for start, n, _ in channel_ranges])
+        ranges = np.repeat(np.arange(len(channel_ranges)), [n for _, n, _ in channel_ranges])
+        classes, first = np.unique(roots[atoms], return_index=True)
+        first_range[classes] = ranges[first]
     unit_roots = np.flatnonzero(first_range < len(channel_ranges))
     producer_of = dict(zip(unit_roots.tolist(), (channel_ranges[k][2] for k in first_range[unit_roots].tolist())))
     return set(unit_roots.tolist()), producer_of
