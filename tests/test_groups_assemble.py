@@ -106,7 +106,7 @@ def test_units_are_bucketed_by_their_exact_member_sets():
     (checked against a dict of tuples on random slots, and on the loop it falls back to after a collision)."""
     import importlib
 
-    assembly = importlib.import_module("slimnet.groups.assemble")
+    assembly = importlib.import_module("slimnet.groups.slots")
     rng = np.random.default_rng(1)
     sets = [tuple(sorted(rng.choice(6, size=rng.integers(1, 4), replace=False).tolist())) for _ in range(5)]
     member, root, index = [], [], []

@@ -22,7 +22,8 @@ form a *group*, the thing a ratio applies to. Supporting a new op is one entry i
 The package, one concept per module: :mod:`.model` (the results, and the :class:`Evidence` between the two
 passes), :mod:`.registry` (:data:`RULES`, :func:`rule` and the rule contract), :mod:`.atoms` (atoms, id tensors,
 union-find), :mod:`.interpreter` (:class:`AtomInterpreter`), :mod:`.assemble` (:func:`analyse`,
-:func:`assemble`) and :mod:`.rules` (one module per family of ops; imported here so that every rule registers).
+:func:`assemble`), :mod:`.slots` (the indices each unit owns) and :mod:`.rules` (one module per family of ops;
+imported here so that every rule registers).
 """
 
 from . import rules

@@ -18,13 +18,11 @@ from ..cost import Term, terms_of
 from ..reduced import shaped_layer
 from ..trace_symbolic import user_line
 from ..trace_values import TRACED
-from .atoms import UnionFind, constant_ids, nodes_in, one_atom_per_slice, unique_atoms, unique_pairs
+from .atoms import UnionFind, constant_ids, nodes_in, unique_atoms
+from .idtensors import IdTensorOps
 from .model import Evidence
 from .registry import IN_PLACE, rule_for
 from .sizeflow import SizeFlow
-
-#: A reason, or a function that makes it when it is needed (:meth:`AtomInterpreter.at_node`).
-Why = str | Callable[[], str]
 
 
 def _where(node: fx.Node) -> str:
@@ -46,7 +44,7 @@ class ShapesDiverged(Exception):
     another number) than when traced: its shape depends on values. The caller runs the layers for real."""
 
 
-class AtomInterpreter(fx.Interpreter):
+class AtomInterpreter(IdTensorOps, fx.Interpreter):
     """Runs the graph on real values and, beside them, on atom-id tensors; the rules fill a union-find.
 
     Every placeholder gets one poisoned atom (inputs are never pruned), every layer output new atoms (one per
@@ -255,78 +253,6 @@ class AtomInterpreter(fx.Interpreter):
     def note(self, atom: int, reason: str) -> None:
         """Why ``atom``'s class became one unit, should it end up the only unit of its group."""
         self._notes.append((int(atom), reason))
-
-    # -- id tensors ---------------------------------------------------------------------------------------
-    def per_index(self, ids: torch.Tensor, dim: int, why: Why = "") -> np.ndarray:
-        """One atom per index along ``dim``; where a slice holds several atoms they become one unit (``why``: the
-        note for them, or a function that makes it: a source line costs a lookup, and most slices hold one
-        atom). The answer for an id tensor that :meth:`fill` made, or that was asked about just before and has
-        not been written to since (a conv's output read by its norm, then by the next conv), is remembered."""
-        dim = dim % ids.dim()
-        key = (id(ids), dim)
-        known = self._known.get(key)
-        if known is not None and known[0] is ids and known[1] == ids._version:
-            return known[2].copy()
-        n = ids.shape[dim]
-        t = ids.movedim(dim, 0).reshape(n, -1)
-        if t.shape[1] == 0:
-            return np.full(n, -1, dtype=np.int64)
-        atoms, several = one_atom_per_slice(t, 1)
-        rows = several.nonzero().flatten()
-        if len(rows):  # each such slice's atoms joined to its smallest (one unique over all of them)
-            sub = t[rows]
-            keep = sub >= 0
-            self.unify_pairs(unique_pairs(atoms[rows].unsqueeze(1).expand_as(sub)[keep], sub[keep]))
-            if why:
-                reason = why() if callable(why) else why
-                for atom in atoms[rows].to(torch.int64).tolist():
-                    self.note(atom, reason)
-        found = atoms.to(torch.int64).numpy()
-        self._remember(ids, dim, found)
-        return found.copy()
-
-    def _remember(self, ids: torch.Tensor, dim: int, atoms: np.ndarray) -> None:
-        """Keep :meth:`per_index`'s answer for ``ids`` (the last few only: they hold their tensors alive)."""
-        self._known[(id(ids), dim)] = (ids, ids._version, atoms)
-        while len(self._known) > 8:
-            del self._known[next(iter(self._known))]
-
-    def fill(self, atoms: np.ndarray, shape: torch.Size, dim: int) -> torch.Tensor:
-        """An id tensor of ``shape`` whose slice ``i`` along ``dim`` is ``atoms[i]``."""
-        dim = dim % len(shape)
-        view = [1] * len(shape)
-        view[dim] = len(atoms)
-        out = torch.as_tensor(atoms, dtype=torch.float64).reshape(view).expand(shape).clone()
-        if out.numel():
-            self._remember(out, dim, np.where(np.asarray(atoms) >= 0, np.asarray(atoms), -1).astype(np.int64))
-        return out
-
-    def tie(self, ids: torch.Tensor, dim: int, why: Why) -> None:
-        """The atoms along ``dim`` at each position must go together (the dim's size is fixed)."""
-        dim = dim % ids.dim()
-        n = ids.shape[dim]
-        if n <= 1:
-            return
-        t = ids.movedim(dim, -1).reshape(-1, n)
-        first, several = one_atom_per_slice(t, 1)
-        rows = several.nonzero().flatten()
-        if len(rows) == 0:
-            return
-        sub = t[rows]
-        keep = sub >= 0
-        self.unify_pairs(unique_pairs(first[rows].unsqueeze(1).expand(-1, n)[keep], sub[keep]))
-        self.note(int(first[rows[0]]), why() if callable(why) else why)
-
-    def tie_pieces(self, ids: torch.Tensor, dim: int, pieces: int, why: Why) -> None:
-        """Piece ``p`` position ``j`` goes with position ``j`` of every other piece (chunk, channel shuffle)."""
-        dim = dim % ids.dim()
-        n = ids.shape[dim]
-        if pieces <= 1 or n % pieces:
-            self.tie(ids, dim, why)
-            return
-        shape = list(ids.shape)
-        split = ids.reshape(shape[:dim] + [pieces, n // pieces] + shape[dim + 1 :])
-        self.tie(split, dim, why)
 
     def value_use(self, values: Any) -> None:
         """``values`` (fx nodes) enter a computation as numbers, not as sizes: where one was read from a

@@ -14,7 +14,8 @@ from torch import fx, nn
 
 from ..._tensors import map_tensors
 from ..atoms import constant_ids
-from ..interpreter import AtomInterpreter, Why
+from ..idtensors import Why
+from ..interpreter import AtomInterpreter
 from ..registry import Rule, arg, rule
 from .elementwise import elementwise
 
