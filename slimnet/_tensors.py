@@ -34,8 +34,37 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], Any], others: Any = ...
     return pytree.tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else (x if keep else others), value)
 
 
-#: What :func:`shape_signature` gives an object it does not describe (never equal to anything but itself).
+#: What :func:`shape_signature` gives an object it does not describe: two such objects compare equal, so only
+#: the tensors and plain values around them are checked (a node whose whole value is opaque is not checked).
 OPAQUE = "<opaque>"
+
+
+class RecentByTensor:
+    """Values computed from a tensor, kept for the last few tensors asked about and found again only for the
+    same tensor object not written to since (its version counter): the analysis reads one id tensor in several
+    rules (a layer's output by its norm, its activation and the next layer). It holds those few tensors alive,
+    so their ids cannot be reused while they are kept."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._size = size
+        self._items: dict[tuple[int, Any], tuple[torch.Tensor, int, Any]] = {}
+
+    def get(self, t: torch.Tensor, key: Any = None) -> Any:
+        """The value kept for ``t`` (and ``key``), or None."""
+        hit = self._items.get((id(t), key))
+        return hit[2] if hit is not None and hit[0] is t and hit[1] == t._version else None
+
+    def put(self, t: torch.Tensor, value: Any, key: Any = None) -> None:
+        self._items[(id(t), key)] = (t, t._version, value)
+        while len(self._items) > self._size:
+            del self._items[next(iter(self._items))]
+
+
+def keep_vector(size: int, kept: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A 0/1 vector of ``size``: 1 at the kept indices (a plan's, for one dim)."""
+    keep = torch.zeros(size, dtype=dtype)
+    keep[torch.as_tensor(kept, dtype=torch.long)] = 1
+    return keep
 
 
 def shape_signature(value: Any) -> Any:
@@ -213,7 +242,11 @@ def put_tensor(root: nn.Module, name: str, value: torch.Tensor) -> None:
     """Set the tensor a state_dict ``name`` refers to, as a parameter or buffer where it is one (without
     nn.Module's type checks, so a plain tensor can stand in for a parameter), else as an attribute."""
     path, _, attr = name.rpartition(".")
-    owner = root.get_submodule(path) if path else root
+    put_attr(root.get_submodule(path) if path else root, attr, value)
+
+
+def put_attr(owner: nn.Module, attr: str, value: torch.Tensor) -> None:
+    """Set ``owner``'s tensor ``attr`` (:func:`put_tensor` once the owner is found)."""
     if attr in owner._parameters:
         owner._parameters[attr] = value  # type: ignore[assignment]
     elif attr in owner._buffers:

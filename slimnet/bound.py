@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ._buffers import pooled
-from ._tensors import call, flat_tensors, map_tensors, put_tensor
+from ._tensors import call, flat_tensors, keep_vector, map_tensors, put_attr, put_tensor
 from .layer_masks import LayerMask, WithheldUsed, masked_forward, withheld
 
 
@@ -130,12 +130,8 @@ def _light_copy(model: nn.Module, state: dict[str, torch.Tensor],
         owner = at.get(path)
         if owner is None:  # not a module path (an attribute path fx made): the general lookup
             put_tensor(root, name, t)
-        elif attr in owner._parameters:
-            owner._parameters[attr] = t  # type: ignore[assignment]
-        elif attr in owner._buffers:
-            owner._buffers[attr] = t
         else:
-            setattr(owner, attr, t)
+            put_attr(owner, attr, t)
     for path, lm in (layers or {}).items():
         layer = at.get(path) or root.get_submodule(path)
         layer._parameters["weight"] = withheld(lm.weight)  # type: ignore[assignment]
@@ -196,11 +192,9 @@ def masked(t: torch.Tensor, dims: dict[str, list[int]], dtype: torch.dtype, out:
         key = (t.dim(), dim, t.shape[dim], dtype, tuple(idx))
         vector = masks.get(key) if masks is not None else None
         if vector is None:
-            keep = torch.zeros(t.shape[dim], dtype=dtype)
-            keep[torch.as_tensor(key[-1], dtype=torch.long)] = 1
             shape = [1] * t.dim()
             shape[dim] = -1
-            vector = keep.reshape(shape)
+            vector = keep_vector(t.shape[dim], key[-1], dtype).reshape(shape)
             if masks is not None:
                 masks[key] = vector
         vectors.append(vector)

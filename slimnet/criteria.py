@@ -75,7 +75,7 @@ def _index_powers(t: torch.Tensor, dim: int, p: int, cache: dict) -> np.ndarray:
     each dim that a group will ask for (``cache["wanted"]``: (id of tensor, dim) pairs; without it, the dim
     asked); the sums are kept in ``cache`` for the group that asks for the other dim."""
     key = (id(t), p)
-    name_id, t = id(t), t.detach()
+    t = t.detach()
     if t.dim() < 2 or dim > 1:
         other = [d for d in range(t.dim()) if d != dim]
         per_index = torch.linalg.vector_norm(t.float(), ord=p, dim=other) if other else t.float().abs()
@@ -83,7 +83,7 @@ def _index_powers(t: torch.Tensor, dim: int, p: int, cache: dict) -> np.ndarray:
     known = cache.get(key)
     if known is None or dim not in known[1]:
         wanted = cache.get("wanted")
-        dims = [d for d in (0, 1) if d == dim or (wanted is not None and (name_id, d) in wanted)]
+        dims = [d for d in (0, 1) if d == dim or (wanted is not None and (key[0], d) in wanted)]
         pair = _pair_powers(t, p, cache).numpy()
         sums = {d: pair.sum(1 - d, dtype=np.float64) for d in dims}
         known = (t, {**(known[1] if known else {}), **sums})  # t kept: its id stays unique while the cache lives

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._tensors import keep_vector
+
 #: The layer classes masked through their activations (exact classes: a subclass may compute otherwise).
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -74,18 +76,12 @@ def layer_masks(model: nn.Module, tensors: dict[str, torch.Tensor], planned: dic
             continue
         if set(dims) - {"0", "1"} or w.dim() < 2:
             continue
-        out = _vector(w.shape[0], dims["0"], dtype) if "0" in dims else None
-        inp = _vector(w.shape[1], dims["1"], dtype) if "1" in dims else None
+        out = keep_vector(w.shape[0], dims["0"], dtype) if "0" in dims else None
+        inp = keep_vector(w.shape[1], dims["1"], dtype) if "1" in dims else None
         if inp is not None and type(m) is not nn.Linear and m.groups > 1:
             inp = inp.repeat(m.groups)  # input channel g * (in / groups) + i is read by weight column i
         found[path] = LayerMask(name, w, out, inp)
     return found
-
-
-def _vector(size: int, kept: list[int], dtype: torch.dtype) -> torch.Tensor:
-    keep = torch.zeros(size, dtype=dtype)
-    keep[torch.as_tensor(kept, dtype=torch.long)] = 1
-    return keep
 
 
 def withheld(weight: torch.Tensor) -> torch.Tensor:

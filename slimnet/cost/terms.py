@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from .._tensors import RecentByTensor
 from .._util import bind_once
 
 Member = tuple[str, int]
@@ -78,9 +79,9 @@ def cost(*keys: Any) -> Callable[[CostFn], CostFn]:
 
 
 # ------------------------------------------------------------------------------------------------ forms
-#: elements()'s counts for the last few id tensors, by id: (the tensor, its version, const, atoms, counts). A
-#: layer's output ids are read by the layer, its norm and its activation (one tensor: the rules pass it on).
-_COUNTED: dict[int, tuple[torch.Tensor, int, float, np.ndarray, np.ndarray]] = {}
+#: elements()'s counts (const, atoms, counts) for the last few id tensors: a layer's output ids are read by the
+#: layer, its norm and its activation (one tensor: the rules pass it on).
+_COUNTED = RecentByTensor()
 
 
 def elements(ids: Any, value: Any = None) -> Form:
@@ -89,18 +90,16 @@ def elements(ids: Any, value: Any = None) -> Form:
         return Form(const=float(value.numel()) if isinstance(value, torch.Tensor) else 0.0)
     if ids.numel() == 0:
         return Form()
-    known = _COUNTED.get(id(ids))
-    if known is None or known[0] is not ids or known[1] != ids._version:
+    known = _COUNTED.get(ids)
+    if known is None:
         counts = torch.bincount(ids.reshape(-1).to(torch.int64) + 1)
         nonzero = torch.nonzero(counts[1:]).flatten()
-        known = (ids, ids._version, float(counts[0]), nonzero.numpy(), counts[1:][nonzero].double().numpy())
-        _COUNTED[id(ids)] = known
-        while len(_COUNTED) > 8:
-            del _COUNTED[next(iter(_COUNTED))]
+        known = (float(counts[0]), nonzero.numpy(), counts[1:][nonzero].double().numpy())
+        _COUNTED.put(ids, known)
     # ids from a reduced-size run (slimnet.reduced) stand for the value's larger size: they do not vary along
     # the dims that grew, so every count grows by the same factor
     grow = value.numel() / ids.numel() if isinstance(value, torch.Tensor) else 1.0
-    return Form(const=known[2] * grow, atoms=known[3], counts=known[4] * grow)
+    return Form(const=known[0] * grow, atoms=known[1], counts=known[2] * grow)
 
 
 def per_column(ids: Any, size: int) -> Form:

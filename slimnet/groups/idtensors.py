@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._tensors import RecentByTensor
 from .atoms import one_atom_per_slice, unique_pairs
 
 #: A reason, or a function that makes it when it is needed (:meth:`AtomInterpreter.at_node`).
@@ -21,7 +22,7 @@ class IdTensorOps:
     """Id-tensor operations over the interpreter's union-find. ``per_index`` remembers its recent answers in
     ``self._known`` (set up by the interpreter)."""
 
-    _known: dict[tuple[int, int], tuple[torch.Tensor, int, np.ndarray]]
+    _known: RecentByTensor
 
     def unify_pairs(self, pairs: Any) -> None:  # pragma: no cover - the interpreter's
         raise NotImplementedError
@@ -35,10 +36,9 @@ class IdTensorOps:
         atom). The answer for an id tensor that :meth:`fill` made, or that was asked about just before and has
         not been written to since (a conv's output read by its norm, then by the next conv), is remembered."""
         dim = dim % ids.dim()
-        key = (id(ids), dim)
-        known = self._known.get(key)
-        if known is not None and known[0] is ids and known[1] == ids._version:
-            return known[2].copy()
+        known = self._known.get(ids, dim)
+        if known is not None:
+            return known.copy()
         n = ids.shape[dim]
         t = ids.movedim(dim, 0).reshape(n, -1)
         if t.shape[1] == 0:
@@ -54,14 +54,8 @@ class IdTensorOps:
                 for atom in atoms[rows].to(torch.int64).tolist():
                     self.note(atom, reason)
         found = atoms.to(torch.int64).numpy()
-        self._remember(ids, dim, found)
+        self._known.put(ids, found, dim)
         return found.copy()
-
-    def _remember(self, ids: torch.Tensor, dim: int, atoms: np.ndarray) -> None:
-        """Keep :meth:`per_index`'s answer for ``ids`` (the last few only: they hold their tensors alive)."""
-        self._known[(id(ids), dim)] = (ids, ids._version, atoms)
-        while len(self._known) > 8:
-            del self._known[next(iter(self._known))]
 
     def fill(self, atoms: np.ndarray, shape: torch.Size, dim: int) -> torch.Tensor:
         """An id tensor of ``shape`` whose slice ``i`` along ``dim`` is ``atoms[i]``."""
@@ -70,7 +64,7 @@ class IdTensorOps:
         view[dim] = len(atoms)
         out = torch.as_tensor(atoms, dtype=torch.float64).reshape(view).expand(shape).clone()
         if out.numel():
-            self._remember(out, dim, np.where(np.asarray(atoms) >= 0, np.asarray(atoms), -1).astype(np.int64))
+            self._known.put(out, np.where(np.asarray(atoms) >= 0, np.asarray(atoms), -1).astype(np.int64), dim)
         return out
 
     def tie(self, ids: torch.Tensor, dim: int, why: Why) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import fx
 
-from .._tensors import flat_tensors, shape_signature
+from .._tensors import RecentByTensor, flat_tensors, shape_signature
 from ..cost import Term, terms_of
 from ..reduced import shaped_layer
 from ..trace_symbolic import user_line
@@ -121,7 +121,7 @@ class AtomInterpreter(IdTensorOps, fx.Interpreter):
         self.sizes = SizeFlow()
         self._current: fx.Node | None = None
         #: per_index's recent answers: (id of the ids tensor, dim) -> (the tensor, its version, atoms)
-        self._known: dict[tuple[int, int], tuple[torch.Tensor, int, np.ndarray]] = {}
+        self._known = RecentByTensor()
 
     def collect(self, *inputs: Any) -> Evidence:
         """Run the graph on ``inputs`` (graph placeholders in order) and return what the rules found."""
