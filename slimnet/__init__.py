@@ -29,20 +29,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__
 from .errors import SlimnetError, VerificationError
-
-__version__ = "0.1.0"
 
 #: name -> (module, attribute): what ``slimnet.NAME`` imports on first use.
 _LAZY = {
     "shrink": ("slimnet.api", "shrink"),
     "apply": ("slimnet.api", "apply"),
     "graph": ("slimnet.api", "graph"),
-    "bench": ("slimnet.benchmark", "bench"),
-    "export": ("slimnet.exporter", "export_onnx"),
+    "bench": ("slimnet.measure.bench", "bench"),
+    "export": ("slimnet.exporting.onnx", "export_onnx"),
     "ShrinkResult": ("slimnet.api", "ShrinkResult"),
     "Stages": ("slimnet.stages", "Stages"),
-    "Pruner": ("slimnet.pruner", "Pruner"),  # gradual pruning inside a training loop
+    "Pruner": ("slimnet.train.pruner", "Pruner"),  # gradual pruning inside a training loop
     "Planner": ("slimnet.planner", "Planner"),  # plans for any ratio or target from one analysis
 }
 
@@ -63,11 +62,11 @@ __all__ = [
 
 if TYPE_CHECKING:  # what the names are, for type checkers and documentation tools
     from .api import ShrinkResult, apply, graph, shrink
-    from .benchmark import bench
-    from .exporter import export_onnx as export
+    from .exporting.onnx import export_onnx as export
+    from .measure.bench import bench
     from .planner import Planner
-    from .pruner import Pruner
     from .stages import Stages
+    from .train.pruner import Pruner
 
 
 def __getattr__(name: str) -> Any:

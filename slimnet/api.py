@@ -1,5 +1,5 @@
 """The Python API: every CLI command is a thin shell over these functions (also at the top level: ``slimnet.shrink``,
-``slimnet.apply``, ``slimnet.graph``, ``slimnet.bench``, and ``slimnet.export`` from :mod:`slimnet.exporter`)::
+``slimnet.apply``, ``slimnet.graph``, ``slimnet.bench``, and ``slimnet.export`` from :mod:`slimnet.exporting.onnx`)::
 
     import slimnet
     result = slimnet.shrink(model, torch.randn(1, 3, 224, 224), ratio=0.5, criterion="fpgm")
@@ -10,7 +10,7 @@
 ``graph(model, example)`` is ``slimnet graph``; ``Planner(model, example)`` makes plans for any ratio, target or
 allocation from one analysis (``Planner.plan(target_macs=0.5, use_global=True)``), and ``shrink(..., planner=)``
 cuts them; ``apply(model, plan, example)`` is ``slimnet apply``, and ``bench(["a.pt", "b.pt"])`` or
-``bench([model, pruned], example)`` ``slimnet bench --json`` (:mod:`slimnet.benchmark`).
+``bench([model, pruned], example)`` ``slimnet bench --json`` (:mod:`slimnet.measure.bench`).
 """
 
 from __future__ import annotations
@@ -24,20 +24,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import calibrate, measure, reduced
 from ._tensors import count_params, in_eval
-from .benchmark import bench
-from .collect import Statistics
-from .culprits import find_culprits, leave_whole
+from .allocate.decide import Decision
+from .cost import macs as fvcore_macs
+from .cut.surgeon import pruned_copy
 from .errors import SlimnetError, VerificationError
 from .groups import Analysis
-from .plan import Decision
+from .measure.bench import bench
 from .plan import load as load_plan
 from .planner import Planned, Planner, check_runs, describe, graph
+from .rank.statistics import Statistics
+from .repair import calibrate
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings
 from .stages import Stages
-from .surgeon import pruned_copy
-from .verify import VerifyResult, verify
+from .trace import reduced
+from .verify.culprits import find_culprits, leave_whole
+from .verify.verifier import VerifyResult, verify
 
 __all__ = ["Planned", "Planner", "ShrinkResult", "apply", "bench", "check_runs", "describe", "graph", "shrink"]
 
@@ -71,7 +73,7 @@ class ShrinkResult:
 def count_macs(model: nn.Module, example: Any) -> int:
     """Multiply-accumulates, counted by fvcore (which calls one multiply-add one "flop")."""
     warnings.filterwarnings("ignore", message=".*torch.jit.*", category=FutureWarning)
-    return int(measure.count_macs(model, example)["macs"])
+    return int(fvcore_macs.count_macs(model, example)["macs"])
 
 
 def shrink(
@@ -151,18 +153,18 @@ def shrink(
         stages: timings and progress (``slimnet.stages.Stages``); ``report["timings"]`` holds them either way.
         progress: show progress while a latency table is measured.
         data: calibration data, for the data-driven criteria (``"taylor"``, ``"activation"``, ``"apoz"``,
-            ``"wanda"``) and the repairs: a tensor, a list of batches, a DataLoader or a ``slimnet.data`` spec
-            (:func:`slimnet.data.as_calibration`).
+            ``"wanda"``) and the repairs: a tensor, a list of batches, a DataLoader or a ``slimnet.load.data`` spec
+            (:func:`slimnet.load.data.as_calibration`).
         loss: taylor's loss, ``loss(model, batch) -> scalar`` (default: the model's own output as the teacher).
         recalibrate_bn: after the verified cut, re-estimate BatchNorm statistics on ``data``.
         compensate_bias: after the verified cut, fold the mean contribution of the dropped channels into the next
             layer's bias (or BatchNorm running mean), measured on ``data``.
-        sensitivity: a ``slimnet.sensitivity/1`` result (``slimnet.sensitivity.sensitivity``); with
+        sensitivity: a ``slimnet.sensitivity/1`` result (``slimnet.sensitivity.analysis.sensitivity``); with
             ``target_macs`` or ``target_params``, per-group ratios that reach it with the least measured loss.
         reduce: analyse and verify on a small image when the model's graph holds for any size (the same groups
-            and MACs for a fraction of the work: :mod:`slimnet.reduced`); False: at the example's size.
+            and MACs for a fraction of the work: :mod:`slimnet.trace.reduced`); False: at the example's size.
         verify_dtype: the verifier's precision (default: float64 up to 10M parameters, float32 above:
-            :mod:`slimnet.verify`).
+            :mod:`slimnet.verify.verifier`).
 
     Returns:
         A ``ShrinkResult``: ``.model`` (the pruned module), ``.plan`` (plain data, for ``apply``),
@@ -233,7 +235,7 @@ class Cut:
 def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: dict[str, Any], stages: Stages,
                    verify_dtype: torch.dtype | None = None) -> Cut:  # fmt: skip
     """Plan, cut and verify; when the verifier rejects the cut, leave the groups it blames whole
-    (:mod:`slimnet.culprits`), plan again and verify again. Raises VerificationError when no group can be
+    (:mod:`slimnet.verify.culprits`), plan again and verify again. Raises VerificationError when no group can be
     blamed or the rounds run out: a wrong cut is never returned. Approximate cuts (normalised groups pruned on
     request) are returned with the verifier's difference."""
     current, left_whole = planner, []
@@ -261,7 +263,7 @@ def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: d
 
 def importance_kept(planner: Planner, criterion: str, seed: int, decisions: list[Decision],
                     stats: Statistics | None = None) -> dict[str, float]:  # fmt: skip
-    """The sum of the normalised scores of the kept units (:mod:`slimnet.allocate.ranking`), of all, and its
+    """The sum of the normalised scores of the kept units (:mod:`slimnet.rank.ranking`), of all, and its
     share, over the groups that were pruned or could have been."""
     ranking = planner.ranking(criterion, seed, stats)
     ranked = [d for d in decisions if d.reason is None and d.group.id in ranking.orders]
@@ -284,7 +286,7 @@ def apply(
             (as ``shrink`` does) and the check is returned.
 
     Returns:
-        ``(pruned, verification)``: the pruned copy (eval mode), and the ``slimnet.verify.VerifyResult``
+        ``(pruned, verification)``: the pruned copy (eval mode), and the ``slimnet.verify.verifier.VerifyResult``
         (None without ``example``; check ``verification.passed``).
 
     Raises:

@@ -25,17 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import lut
 from ._tensors import call, in_eval
 from ._util import first_line
 from .allocate import LATENCY_TOLERANCE, Ranking, TargetResult
-from .collect import Statistics
+from .allocate.decide import Decision, choose, left_whole, rank
 from .errors import SlimnetError
 from .groups import Analysis, analyse, analyse_reduced
-from .plan import Decision, build_plan, choose, left_whole, rank
+from .measure import lut
+from .plan import build_plan
+from .rank.statistics import Statistics
 from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings, parse_latency
 from .stages import Stages
-from .trace_symbolic import untouched
+from .trace.symbolic import untouched
 
 #: How many times a latency target may be re-aimed after measuring.
 LATENCY_ROUNDS = 3
@@ -80,7 +81,7 @@ def graph(model: nn.Module, example: Any, stages: Stages | None = None, reduce: 
         example: an input it accepts: a tensor, a tuple (positional arguments), a dict (keyword arguments) or a
             list (one argument that is a list: ``model([image])``), nested as the model takes them.
         stages: timings and progress (``slimnet.stages.Stages``): ``trace`` and ``groups``.
-        reduce: analyse on a small image when the model's graph holds for any size (:mod:`slimnet.reduced`;
+        reduce: analyse on a small image when the model's graph holds for any size (:mod:`slimnet.trace.reduced`;
             ``analysis.reduced`` is then that input: the same groups and MACs for a fraction of the work); the
             model is otherwise run on the example first, so that an input it rejects is reported as such.
 
@@ -132,7 +133,7 @@ class Planner:
 
     def ranking(self, criterion: str = "l1", seed: int = 0, stats: Statistics | None = None) -> Ranking:
         """Every group that can be pruned, ranked by ``criterion`` (computed once per criterion, seed and
-        statistics: ``stats`` is what a data-driven criterion reads, :func:`slimnet.calibrate.statistics`)."""
+        statistics: ``stats`` is what a data-driven criterion reads, :func:`slimnet.repair.calibrate.statistics`)."""
         key = (criterion, seed, id(stats))
         if key not in self._rankings:
             groups = [g for g in self.analysis.groups if g.reason is None]
@@ -188,7 +189,7 @@ class Planner:
         sensitivity: dict[str, Any] | None = None,
     ) -> Planned:
         """A plan for these settings (see :func:`slimnet.api.shrink` for each of them; ``stats``: what a
-        data-driven criterion reads, from :func:`slimnet.calibrate.statistics`)."""
+        data-driven criterion reads, from :func:`slimnet.repair.calibrate.statistics`)."""
         check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
         targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
         kind = check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from slimnet import verify
 from slimnet._tensors import call, flat_tensors
 from slimnet.api import ShrinkResult, shrink
-from slimnet.surgeon import mask_plan
+from slimnet.cut.surgeon import mask_plan
+from slimnet.verify import verifier as verify
 
 
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -25,8 +25,8 @@ from slimnet.allocate import (
     uniform_counts,
     widths_to_time,
 )
+from slimnet.cost.macs import count_macs
 from slimnet.errors import SlimnetError
-from slimnet.measure import count_macs
 
 from .helpers import check
 

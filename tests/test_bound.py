@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from slimnet import _buffers
-from slimnet.bound import cast_state, masked, tensors_of
+from slimnet.verify.bound import cast_state, masked, tensors_of
 
 
 def _reference_mask(t: torch.Tensor, dims: dict[str, list[int]]) -> torch.Tensor:

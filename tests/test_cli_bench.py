@@ -123,7 +123,7 @@ def test_bench_times_an_onnx_file_with_or_without_its_torch_twin(tmp_path: Path)
 
 def test_bench_says_when_timings_are_noisy(tmp_path: Path, monkeypatch) -> None:
     """A backend whose rounds swing is named, with what was seen and how many rounds ran."""
-    from slimnet import latency
+    from slimnet.measure import latency
 
     big, small = _two_nets(tmp_path)
     real = latency._torch_cpu

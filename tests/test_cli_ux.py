@@ -222,7 +222,9 @@ def test_top_level_api_is_light_and_documented() -> None:
         import sys
         import slimnet
         assert "torch" not in sys.modules, "import slimnet imported torch"
-        from slimnet import api, benchmark, exporter
+        from slimnet import api
+        from slimnet.exporting import onnx as exporter
+        from slimnet.measure import bench as benchmark
         assert slimnet.shrink is api.shrink and slimnet.apply is api.apply and slimnet.graph is api.graph
         assert slimnet.bench is benchmark.bench and slimnet.export is exporter.export_onnx
         for name in ("shrink", "apply", "graph", "bench", "export"):

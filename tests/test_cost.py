@@ -10,8 +10,8 @@ from torch import nn
 
 from slimnet._tensors import count_params
 from slimnet.api import shrink
-from slimnet.load import load_model
-from slimnet.measure import count_macs
+from slimnet.cost.macs import count_macs
+from slimnet.load.loader import load_model
 
 from .helpers import randomise
 

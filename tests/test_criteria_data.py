@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from slimnet import calibrate
 from slimnet.api import graph, shrink
-from slimnet.criteria import CRITERIA, score
-from slimnet.criteria_data import NEEDS
 from slimnet.errors import SlimnetError
+from slimnet.rank.criteria import CRITERIA, score
+from slimnet.rank.data_criteria import NEEDS
+from slimnet.repair import calibrate
 from slimnet.settings import DATA_CRITERIA
 
 from .helpers import check

@@ -1,5 +1,5 @@
-"""When the verifier rejects a cut (slimnet/culprits.py), the groups to blame are left whole, the model is planned
-and verified again, and the report names them: a wrong rule costs those groups, not the whole model, and never
+"""When the verifier rejects a cut (slimnet/verify/culprits.py), the groups to blame are left whole, the model is
+planned and verified again, and the report names them: a wrong rule costs those groups, not the whole model, and never
 lets a wrong cut through. The wrong rules here are injected on purpose."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimnet.culprits import BUG
 from slimnet.errors import VerificationError
 from slimnet.groups import RULES
 from slimnet.groups.rules import elementwise, movement
+from slimnet.verify.culprits import BUG
 
 from .helpers import check, kept, randomise, reasons
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from slimnet.data import IMAGENET_MEAN, IMAGENET_STD, as_calibration, check_data, load_data
 from slimnet.errors import SlimnetError
+from slimnet.load.data import IMAGENET_MEAN, IMAGENET_STD, as_calibration, check_data, load_data
 
 X = torch.zeros(1, 3, 8, 8)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from slimnet.api import shrink
 from slimnet.cli import app
-from slimnet.verify import verify
+from slimnet.verify.verifier import verify
 
 from .helpers import check, kept, mask_plan, randomise, reasons
 from .refusals import runner
@@ -115,7 +115,7 @@ def test_a_list_example_that_the_model_rejects_says_it_was_one_list_argument() -
 
 @pytest.mark.slow
 def test_torchvision_detector_with_a_list_of_images() -> None:
-    from slimnet.load import load_model
+    from slimnet.load.loader import load_model
 
     model = load_model("torchvision:fasterrcnn_mobilenet_v3_large_320_fpn").model
     res = shrink(model, ([torch.rand(3, 224, 224)],), ratio=0.5)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from slimnet.api import shrink
-from slimnet.distill import distill, distill_loss
 from slimnet.errors import SlimnetError
+from slimnet.repair.distill import distill, distill_loss
 
 from .helpers import cli_runner, run_group
 

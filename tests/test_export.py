@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from slimnet import exporter as export_mod
 from slimnet.errors import SlimnetError
-from slimnet.exporter import export_onnx
+from slimnet.exporting import onnx as export_mod
+from slimnet.exporting.onnx import export_onnx
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,7 +138,7 @@ def _zoo_model(name: str) -> nn.Module:
 
         torch.manual_seed(0)
         return VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=128)
-    from slimnet.load import load_model
+    from slimnet.load.loader import load_model
 
     return load_model(f"torchvision:{name}").model
 

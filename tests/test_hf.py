@@ -13,7 +13,7 @@ import torch
 from slimnet import plan as plan_mod
 from slimnet.api import apply
 from slimnet.cli import app
-from slimnet.hf import from_pretrained, save_pretrained
+from slimnet.load.hf import from_pretrained, save_pretrained
 
 from .helpers import check, cli_runner, kept, randomise
 
@@ -324,7 +324,7 @@ def test_prune_embed_cuts_the_residual_stream_and_reports_the_difference():
 
 def test_pruned_bert_exports_to_onnx_with_parity(tmp_path: Path):
     pytest.importorskip("onnxruntime")
-    from slimnet.exporter import export_onnx
+    from slimnet.exporting.onnx import export_onnx
 
     x = tokens(12)
     res = check(bert(), x)

@@ -25,7 +25,7 @@ def assert_state_follows_parameters(optimizer: torch.optim.Optimizer) -> None:
 
 def test_lightning_callback_cuts_on_schedule_and_resumes(tmp_path: Path) -> None:
     pl = pytest.importorskip("lightning.pytorch", reason="lightning is an optional extra")
-    from slimnet.integrations.lightning import SlimnetPruning
+    from slimnet.train.integrations.lightning import SlimnetPruning
 
     class Module(pl.LightningModule):
         def __init__(self) -> None:
@@ -79,7 +79,7 @@ class HFNet(nn.Module):
 def test_hf_trainer_callback_cuts_on_schedule_and_saves_its_state(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers", reason="transformers is an optional extra")
     pytest.importorskip("accelerate", reason="Hugging Face's Trainer needs accelerate (the hf-trainer extra)")
-    from slimnet.integrations.hf_trainer import STATE_FILE, SlimnetCallback
+    from slimnet.train.integrations.hf_trainer import STATE_FILE, SlimnetCallback
 
     rows = [{"x": x[j], "labels": y[j]} for x, y in (batch(i, torch.float32) for i in range(4)) for j in range(8)]
     args = transformers.TrainingArguments(

@@ -1,4 +1,4 @@
-"""Layers masked through their activations (:mod:`slimnet.layer_masks`) give the reference that masked copies of
+"""Layers masked through their activations (:mod:`slimnet.verify.layer_masks`) give the reference that masked copies of
 their weights give; a weight read outside its layer makes the reference fall back to the copies; and the
 float32 verifier, which uses them, still catches wrong cuts."""
 
@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimnet.api import shrink
-from slimnet.bound import Bound, cast_state, tensors_of
-from slimnet.layer_masks import layer_masks
-from slimnet.surgeon import apply_plan
-from slimnet.verify import _reference, verify
+from slimnet.cut.surgeon import apply_plan
+from slimnet.verify.bound import Bound, cast_state, tensors_of
+from slimnet.verify.layer_masks import layer_masks
+from slimnet.verify.verifier import _reference, verify
 
 from .helpers import randomise
 from .randnet import RandomNet

@@ -13,10 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
-from slimnet import api, lut
+from slimnet import api
 from slimnet.errors import SlimnetError
-from slimnet.exporter import ort_session
-from slimnet.lut import onnx_graph, table
+from slimnet.exporting.onnx import ort_session
+from slimnet.measure import lut
+from slimnet.measure.lut import onnx_graph, table
 
 from .helpers import randomise
 

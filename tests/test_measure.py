@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimnet import latency
 from slimnet._tensors import batch_input
+from slimnet.cost.macs import compare, count_macs, device_info, own_macs
 from slimnet.errors import SlimnetError
-from slimnet.latency import time_models
-from slimnet.measure import compare, count_macs, device_info, own_macs
+from slimnet.measure import latency
+from slimnet.measure.latency import time_models
 
 
 def conv_net(width: int = 8) -> nn.Module:

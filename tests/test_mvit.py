@@ -10,7 +10,7 @@ from torchvision.models.video.mvit import MSBlockConfig, MViT
 
 import slimnet
 from slimnet._tensors import count_params
-from slimnet.measure import count_macs
+from slimnet.cost.macs import count_macs
 
 from .helpers import check, kept, randomise, reasons
 

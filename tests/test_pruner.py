@@ -14,11 +14,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import slimnet
-from slimnet import verify as verify_module
 from slimnet.allocate import keep_count
+from slimnet.cut.surgeon import apply_plan, mask_plan, pruned_copy
 from slimnet.errors import SlimnetError, VerificationError
-from slimnet.pruner import Pruner
-from slimnet.surgeon import apply_plan, mask_plan, pruned_copy
+from slimnet.train.pruner import Pruner
+from slimnet.verify import verifier as verify_module
 
 from .helpers import randomise
 
@@ -278,7 +278,7 @@ def test_a_refused_cut_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     train_step(model, opt, 0)
     before = copy.deepcopy((model.state_dict(), opt.state_dict()))
     failed = verify_module.VerifyResult(1.0, 1e-6, False, "torch.float64", ["example"], error="outputs differ")
-    monkeypatch.setattr("slimnet.pruner.verify", lambda *_a, **_k: failed)
+    monkeypatch.setattr("slimnet.train.pruner.verify", lambda *_a, **_k: failed)
     pruner = Pruner(model, EXAMPLE, ratio=0.5, schedule="one-shot", start=0, round_to=1)
     with pytest.raises(VerificationError, match="outputs differ; the model was left as it was"):
         pruner.step(0, optimizer=opt)

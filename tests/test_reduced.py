@@ -1,4 +1,4 @@
-"""The full-size shape pass (:mod:`slimnet.reduced`) gives every node the shape a real run gives it, and the
+"""The full-size shape pass (:mod:`slimnet.trace.reduced`) gives every node the shape a real run gives it, and the
 verifier's larger input is the smallest size that keeps every dim above 1."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from slimnet.groups.registry import has_rule, is_leaf_class
-from slimnet.reduced import collapses, conv_shape, full_size_values, larger_inputs
-from slimnet.trace import placeholder_args, trace
+from slimnet.trace.reduced import collapses, conv_shape, full_size_values, larger_inputs
+from slimnet.trace.tracer import placeholder_args, trace
 
 _CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 

@@ -13,7 +13,7 @@ from slimnet.groups import analyse, registry
 from slimnet.groups.registry import is_leaf_class, rule, rule_for
 from slimnet.groups.rules.elementwise import passthrough
 from slimnet.groups.rules.layers import conv_module
-from slimnet.trace import trace
+from slimnet.trace.tracer import trace
 
 from .helpers import randomise
 

@@ -12,10 +12,10 @@ from torch import nn
 
 from slimnet import api
 from slimnet.errors import VerificationError
-from slimnet.fidelity import fidelity as agreement
-from slimnet.fidelity import reference
-from slimnet.repair import recalibrate_bn
-from slimnet.verify import VerifyResult
+from slimnet.repair.fidelity import fidelity as agreement
+from slimnet.repair.fidelity import reference
+from slimnet.repair.steps import recalibrate_bn
+from slimnet.verify.verifier import VerifyResult
 
 
 def bn_net() -> nn.Module:

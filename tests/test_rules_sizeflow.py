@@ -132,7 +132,7 @@ def test_a_size_taken_whole_from_another_tensor_couples_its_channels():
 
 class ScaledByItsWidth(nn.Module):
     """Reads a weight's shape twice: as a width to reshape by (a size attribute traced from the weight, as
-    slimnet.sizes does for BERT), and as a value (a 1/width scale)."""
+    slimnet.cut.sizes does for BERT), and as a value (a 1/width scale)."""
 
     def __init__(self) -> None:
         super().__init__()

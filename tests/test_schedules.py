@@ -7,7 +7,7 @@ import math
 import pytest
 
 from slimnet.errors import SlimnetError
-from slimnet.schedules import Schedule, agp
+from slimnet.train.schedules import Schedule, agp
 
 
 def test_agp_levels_match_zhu_and_gupta_formula() -> None:

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from slimnet import sensitivity_report
 from slimnet.api import shrink
 from slimnet.errors import SlimnetError
-from slimnet.fidelity import fidelity, reference
-from slimnet.sensitivity import parse_ratios, sensitivity
+from slimnet.repair.fidelity import fidelity, reference
+from slimnet.sensitivity import report as sensitivity_report
+from slimnet.sensitivity.analysis import parse_ratios, sensitivity
 
 from .helpers import NET, cli_runner, run_group
 

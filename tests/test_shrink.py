@@ -14,9 +14,9 @@ from torch import nn
 
 from slimnet.allocate import keep_count
 from slimnet.api import graph, shrink
+from slimnet.cut.surgeon import apply_plan
 from slimnet.errors import SlimnetError
-from slimnet.surgeon import apply_plan
-from slimnet.verify import HOLDS_EXAMPLE, verify
+from slimnet.verify.verifier import HOLDS_EXAMPLE, verify
 
 from .helpers import check, kept, randomise, reasons
 from .test_rules_elementwise import Residual

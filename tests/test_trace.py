@@ -1,4 +1,4 @@
-"""Tracing (slimnet/trace.py, trace_symbolic.py, trace_values.py): which module classes stay leaves is passed
+"""Tracing (slimnet/trace/: tracer.py, symbolic.py, values.py): which module classes stay leaves is passed
 in by the caller, on every path (plain, with values, piece by piece), and the tracer modules import nothing of
 the channel rules."""
 
@@ -11,8 +11,8 @@ import torch
 from torch import fx, nn
 
 import slimnet
-from slimnet.trace import trace, trace_pieces
-from slimnet.trace_values import trace_call
+from slimnet.trace.tracer import trace, trace_pieces
+from slimnet.trace.values import trace_call
 
 
 class Inner(nn.Module):
@@ -60,8 +60,8 @@ def test_the_value_tracer_and_the_pieces_follow_the_policy_too():
 
 
 def test_the_tracer_imports_nothing_of_the_channel_rules():
-    for name in ("trace", "trace_symbolic", "trace_values"):
-        tree = ast.parse(Path(slimnet.__file__).with_name(f"{name}.py").read_text())
+    for name in ("tracer", "symbolic", "values", "reduced"):
+        tree = ast.parse((Path(slimnet.__file__).parent / "trace" / f"{name}.py").read_text())
         imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in imported if "groups" in m], name

@@ -1,4 +1,4 @@
-"""Ultralytics YOLO through slimnet and back (slimnet/yolo.py): built from ultralytics' YAML (nothing downloaded),
+"""Ultralytics YOLO through slimnet and back (slimnet/load/yolo.py): built from ultralytics' YAML (nothing downloaded),
 shrunk and verified, written in ultralytics' checkpoint format, loaded by ``YOLO("pruned.pt")``, validated on a
 tiny synthetic dataset and exported with ultralytics' own tools. Skipped without ultralytics."""
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from slimnet.yolo import OFFLINE_ENV
+from slimnet.load.yolo import OFFLINE_ENV
 
 for _key, _value in OFFLINE_ENV.items():  # before ultralytics is first imported: no network, no pip installs
     os.environ.setdefault(_key, _value)
@@ -29,9 +29,9 @@ ultralytics = pytest.importorskip("ultralytics", reason="the ultralytics extra i
 
 from slimnet._tensors import flat_tensors  # noqa: E402
 from slimnet.api import shrink  # noqa: E402
-from slimnet.load import load_model  # noqa: E402
-from slimnet.verify import randomise  # noqa: E402
-from slimnet.yolo import checkpoint  # noqa: E402
+from slimnet.load.loader import load_model  # noqa: E402
+from slimnet.load.yolo import checkpoint  # noqa: E402
+from slimnet.verify.verifier import randomise  # noqa: E402
 
 from .helpers import check  # noqa: E402
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slimnet import verify
 from slimnet._tensors import count_params
 from slimnet.api import shrink
-from slimnet.load import load_model
+from slimnet.load.loader import load_model
+from slimnet.verify import verifier as verify
 
 FAMILIES = {
     "resnet18": ("l1", 64),

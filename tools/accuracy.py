@@ -161,7 +161,7 @@ def plot(results: dict[str, dict[str, Any]], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slimnet import sensitivity_report
+    from slimnet.sensitivity import report as sensitivity_report
 
     names = []
     for name, result in results.items():

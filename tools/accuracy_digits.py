@@ -89,8 +89,8 @@ def task(log: Any, distill_steps: int = 600) -> tuple[Any, dict[str, Any]]:
     """The study's Task for digits (a CNN trained here, seeded) and facts for the doc."""
     from accuracy_study import Task
 
-    from slimnet.data import as_calibration
-    from slimnet.distill import distill
+    from slimnet.load.data import as_calibration
+    from slimnet.repair.distill import distill
 
     data = load()
     model, seconds = train(data)

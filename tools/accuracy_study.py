@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from slimnet.api import graph, shrink
-from slimnet.sensitivity import sensitivity
+from slimnet.sensitivity.analysis import sensitivity
 from slimnet.settings import DATA_CRITERIA
 
 

@@ -16,7 +16,7 @@ variant (one trace, one ranking, one latency table):
 
 Every variant is cut and verified by slimnet, exported with :func:`slimnet.export` (the file checked against
 torch), and all files of a model are timed in one process, interleaved, at batch 1: on 1 thread by the
-thread's CPU time (what an idle core would take; see :mod:`slimnet.lut.runners`) and by the wall clock, and on 2
+thread's CPU time (what an idle core would take; see :mod:`slimnet.measure.lut.runners`) and by the wall clock, and on 2
 threads by the wall clock. The latency table is measured once with ``cache=False`` and read back from the cache to
 show what the cache saves.
 """
@@ -38,11 +38,12 @@ import torch
 import torchvision
 
 from slimnet import api
+from slimnet.allocate.decide import choose
+from slimnet.cost.macs import count_macs, device_info
 from slimnet.errors import SlimnetError
-from slimnet.exporter import export_onnx
-from slimnet.lut import runners
-from slimnet.measure import count_macs, device_info
-from slimnet.plan import build_plan, choose
+from slimnet.exporting.onnx import export_onnx
+from slimnet.measure.lut import runners
+from slimnet.plan import build_plan
 from slimnet.settings import DEFAULT_MAX_LAYER_RATIO
 
 NOTES = "<!-- notes: kept when the tables above are regenerated -->"

@@ -3,7 +3,7 @@ float16 (the models cast with ``.half()``), beside the original: a markdown tabl
 
     python tools/bench_cuda_batches.py resnet50,vit_b_16,mobilenet_v2
 
-Random weights (nothing downloaded); each pair is timed interleaved by :func:`slimnet.latency.time_models`
+Random weights (nothing downloaded); each pair is timed interleaved by :func:`slimnet.measure.latency.time_models`
 (CUDA events, 10 warm-up and 50 timed runs). Needs a CUDA GPU.
 """
 
@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 from slimnet.api import shrink
-from slimnet.latency import time_models
+from slimnet.measure.latency import time_models
 
 rows = []
 for name in sys.argv[1].split(","):

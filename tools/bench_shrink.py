@@ -38,7 +38,7 @@ import torch
 
 import slimnet
 from slimnet.api import shrink
-from slimnet.load import load_model
+from slimnet.load.loader import load_model
 
 STAGES = ["trace", "groups", "rank", "cut", "verify"]
 
@@ -117,7 +117,7 @@ def forward_seconds(name: str, repeats: int) -> float:
 TP_SCRIPT = textwrap.dedent(
     """
     import sys, torch, torch_pruning as tp
-    from slimnet.load import load_model
+    from slimnet.load.loader import load_model
     name, criterion = sys.argv[1], sys.argv[2]
     model = load_model(f"torchvision:{name}").model.eval()
     x = torch.randn(1, 3, 224, 224)

@@ -6,7 +6,7 @@ Each model (randomly initialised; nothing downloaded) is shrunk by slimnet at ``
 ``--round-to`` value, and (unless ``--no-torch-pruning``) by Torch-Pruning's MagnitudePruner with the same ratio
 and rounding. The original and all pruned variants are then timed *in one process, interleaved* (A B C A B C ...)
 on each backend and thread count, so that drift of the machine hits every variant alike. MACs come from
-:func:`slimnet.measure.count_macs`; theoretical speedup = MACs(original) / MACs(variant), real speedup =
+:func:`slimnet.cost.macs.count_macs`; theoretical speedup = MACs(original) / MACs(variant), real speedup =
 p50(original) / p50(variant), efficiency = real / theoretical. Only ratios are comparable across machines.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimnet.latency import time_models
-from slimnet.load import load_model
-from slimnet.measure import count_macs, device_info
+from slimnet.cost.macs import count_macs, device_info
+from slimnet.load.loader import load_model
+from slimnet.measure.latency import time_models
 
 
 @dataclass

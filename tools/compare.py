@@ -13,7 +13,8 @@ document (the scope run, the machine's load). The pieces live beside this driver
 models, both tools, reading a cut back, the three parts) and ``compare_doc.py`` (the document and the plot).
 
 Setup, the same for both tools: a randomly initialised model (nothing downloaded) whose tensors are then all
-randomised (:func:`slimnet.verify.randomise`: every channel distinguishable, so that a wrong cut shows and Torch-
+randomised (:func:`slimnet.verify.verifier.randomise`: every channel distinguishable, so that a wrong cut shows and
+Torch-
 Pruning's kept indices can be read back from its tensors), ratio 0.5, round-to 8, the L2 norm as the criterion
 (slimnet ``l2``, Torch-Pruning ``MagnitudeImportance(p=2)``), the classifier kept (``ignored_layers``). Torch-
 Pruning runs as its documentation shows (``MetaPruner``; attention modules with their head counts, whole heads

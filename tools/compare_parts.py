@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from slimnet.api import bench, shrink
-from slimnet.exporter import export_onnx
-from slimnet.trace import trace
-from slimnet.verify import randomise, verify
+from slimnet.exporting.onnx import export_onnx
+from slimnet.trace.tracer import trace
+from slimnet.verify.verifier import randomise, verify
 
 TIME_MODELS = ["resnet50", "densenet201", "efficientnet_b7", "regnet_y_16gf", "vit_b_16", "hf:bert-base"]
 TRANSFORMERS = ("vit_", "swin_", "maxvit_")

@@ -107,11 +107,11 @@ def perturb(model: Any, seed: int = 0) -> dict[str, int]:
     classifier head is all zeros (every output exactly 0). A cut that keeps the wrong indices of a constant
     tensor computes the same numbers, and a branch scaled by 1e-6 hides any error below the tolerance: the
     verification would pass without checking. So norm tensors and near-zero parameters get seeded noise
-    (:func:`slimnet.verify.randomise`: vectors ~0.1 around their mean, kernels at 1/sqrt(fan-in)), which keeps
+    (:func:`slimnet.verify.verifier.randomise`: vectors ~0.1 around their mean, kernels at 1/sqrt(fan-in)), which keeps
     deep models' activations finite and well scaled."""
     import torch
 
-    from slimnet.verify import randomise
+    from slimnet.verify.verifier import randomise
 
     state = model.state_dict(keep_vars=True)
     params = {n for n, _ in model.named_parameters()}
@@ -190,7 +190,7 @@ def load(name: str, size: int | None, plain_init: bool, rec: dict[str, Any]) -> 
     import torch
 
     from slimnet._tensors import count_params
-    from slimnet.load import default_input_shape, load_model
+    from slimnet.load.loader import default_input_shape, load_model
 
     model = load_model(f"torchvision:{name}").model
     shape = default_input_shape(f"torchvision:{name}")
@@ -394,7 +394,7 @@ def doc_header(args: argparse.Namespace, command: str, started: str, done: bool)
         f"Setup: every model randomly initialised (`torchvision:NAME`, seeded; nothing downloaded), input "
         f"{'1x3x' + str(args.size) + 'x' + str(args.size) if args.size else '1x3x224x224 (299 for inception_v3)'}, "
         f"ratio {args.ratio}, round-to {args.round_to}. The first criterion runs `slimnet.api.shrink` as is "
-        "(MACs from its report: `api.count_macs`, i.e. fvcore with slimnet.measure's extra op handles where that "
+        "(MACs from its report: `api.count_macs`, i.e. fvcore with slimnet.cost.macs's extra op handles where that "
         "module is present; one multiply-add = one MAC); "
         + (
             "every other criterion too."

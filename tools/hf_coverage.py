@@ -5,7 +5,7 @@
 
 Every architecture is built from a small config (2 layers, hidden 64, random weights, nothing downloaded) and
 shrunk with :func:`slimnet.api.shrink` at ``--ratio`` 0.5 (heads follow the ratio), then saved with
-:func:`slimnet.hf.save_pretrained` and reloaded twice: with :func:`slimnet.hf.from_pretrained` and with
+:func:`slimnet.load.hf.save_pretrained` and reloaded twice: with :func:`slimnet.load.hf.from_pretrained` and with
 transformers' own ``AutoModel*.from_pretrained(..., trust_remote_code=True)``; both reloads must compute what
 the pruned model computes. A row records what was pruned (heads, MLP units, parameters), the verify diff, and
 for what could not be pruned the reasons slimnet gave. One architecture failing costs one row: every exception is
@@ -32,8 +32,9 @@ from typing import Any
 import torch
 import transformers as tf
 
-from slimnet import hf, verify
 from slimnet.api import shrink
+from slimnet.load import hf
+from slimnet.verify import verifier as verify
 
 ROOT = Path(__file__).resolve().parent.parent
 

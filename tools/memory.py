@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from slimnet.api import shrink
-from slimnet.load import load_model
+from slimnet.load.loader import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

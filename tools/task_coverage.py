@@ -110,7 +110,7 @@ def torchvision_cases() -> dict[str, Case]:
 
 
 def _yolo(cfg: str) -> Any:
-    from slimnet.load import load_model
+    from slimnet.load.loader import load_model
 
     return load_model(f"ultralytics:{cfg}").model
 

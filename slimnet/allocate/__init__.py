@@ -1,6 +1,6 @@
 """Allocation: how many units each group keeps. Numbers in, numbers out: it reads the groups, the ranking of
 their units, the cost model (:mod:`slimnet.cost`) and, for latency targets, a table of measured latencies
-(:class:`LatencyTable`, built by :mod:`slimnet.lut`); never a module. The plan is made from its answer.
+(:class:`LatencyTable`, built by :mod:`slimnet.measure.lut`); never a module. The plan is made from its answer.
 
 * :mod:`.counts`: the rounding rule (:func:`keep_count`), each group's floor, the uniform share
   (:func:`uniform_counts`) and ``--ratios`` files resolved to groups (:func:`resolve_ratios`).
@@ -10,7 +10,7 @@ their units, the cost model (:mod:`slimnet.cost`) and, for latency targets, a ta
 * :mod:`.latency`: latency targets: the table, the prediction and the knapsack (:func:`for_latency`).
 * :mod:`.sensitivity`: MACs and parameter targets from measured per-group loss curves (``slimnet sensitivity``):
   per-group ratios with the least summed loss (:func:`from_sensitivity`).
-* :func:`allocate`: all of it behind one call, as :func:`slimnet.plan.choose` uses it.
+* :func:`allocate`: all of it behind one call, as :func:`slimnet.allocate.decide.choose` uses it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 
 from ..errors import SlimnetError
 from ..groups import Analysis, Group
+from ..rank.ranking import Ranking, normalised
 from .counts import floor_of, keep_count, resolve_ratios, round_count, step_of, uniform_counts, unit_channels
 from .latency import LATENCY_TOLERANCE, GroupTiming, LatencyModel, LatencyTable, for_latency, knapsack, widths_to_time
-from .ranking import Ranking, normalised
 from .sensitivity import SensitivityTarget, from_sensitivity
 from .targets import TARGET_KINDS, TOLERANCE, TargetResult, check_target, for_target, global_for_ratio
 
@@ -95,7 +95,7 @@ def allocate(
         result = global_for_ratio(free, ranking, ratio, round_to, None, max_layer_ratio)
     elif target[0] == "latency":
         if table is None:
-            raise SlimnetError("a latency target needs a latency table (slimnet.lut.table_for)")
+            raise SlimnetError("a latency target needs a latency table (slimnet.measure.lut.table_for)")
         result = for_latency(analysis, free, ranking, table, target[1], round_to, max_layer_ratio, pinned)
     else:
         result = for_target(

@@ -1,6 +1,6 @@
 """Widths chosen by what runs fast: a latency budget met with the most importance kept.
 
-The table (:class:`LatencyTable`, measured by :mod:`slimnet.lut` on this machine and backend) says, for every
+The table (:class:`LatencyTable`, measured by :mod:`slimnet.measure.lut` on this machine and backend) says, for every
 prunable group and a handful of its widths, how much latency the model saves when that group alone is cut to that
 width: a staircase, since kernels work in blocks of channels. Predicting a plan where many groups are cut at once
 needs one correction: a conv between two cut groups does not save both savings (halving its inputs and its
@@ -27,8 +27,8 @@ import numpy as np
 
 from ..errors import SlimnetError
 from ..groups import Analysis, Group
+from ..rank.ranking import Ranking
 from .counts import floor_of, step_of
-from .ranking import Ranking
 from .targets import TargetResult
 
 #: Widths timed per group (the whole width included).

@@ -1,6 +1,7 @@
 """Sensitivity-driven allocation: per-group ratios that meet a MAC (or parameter) target with the least loss.
 
-Numbers in, numbers out, like :mod:`slimnet.allocate`: it reads a ``slimnet.sensitivity/1`` result (each group's
+Numbers in, numbers out, like :mod:`slimnet.allocate`: it reads a ``slimnet.sensitivity/1`` result (each
+group's
 loss and MACs when cut alone at a few ratios), the groups' rankings and the cost model, never a module.
 
 Each group's loss is interpolated linearly between its measured ratios (0 at ratio 0, made non-decreasing: a

@@ -24,10 +24,10 @@ import numpy as np
 
 from ..errors import SlimnetError
 from ..groups import Analysis, Group
+from ..rank.ranking import Ranking
 from ..settings import TARGET_KINDS as TARGET_KINDS  # re-exported
 from ..settings import check_ratio, check_target
 from .counts import floor_of, round_count, uniform_counts
-from .ranking import Ranking
 
 __all__ = ["TOLERANCE", "TargetResult", "check_target", "for_target", "global_for_ratio"]
 

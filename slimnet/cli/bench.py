@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from ..errors import SlimnetError
+from ..load.spec import check_model
 from ..settings import check_counts, parse_backends
-from ..spec import check_model
 from .common import (
     MODEL_HELP,
     AsJson,
@@ -109,7 +109,7 @@ def export_command(
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
-                from ..exporter import export_onnx  # lazy: CLI start-up
+                from ..exporting.onnx import export_onnx  # lazy: CLI start-up
 
                 loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
             with stages("export"):
@@ -163,7 +163,7 @@ def bench_command(
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
-                from ..benchmark import bench  # lazy: CLI start-up
+                from ..measure.bench import bench  # lazy: CLI start-up
 
             report = bench(
                 models,
@@ -285,7 +285,7 @@ def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
 
 def _layer_table(models: list[dict[str, Any]]) -> Table:
     """Each module's own MACs (leaves: all of theirs; containers: e.g. their residual adds), model by model."""
-    from ..measure import own_macs  # lazy: CLI start-up
+    from ..cost.macs import own_macs  # lazy: CLI start-up
 
     owns = [own_macs(m["per_layer"]) for m in models]
     names: dict[str, None] = {}

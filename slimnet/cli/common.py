@@ -21,10 +21,10 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
-from .. import __version__
 from .._util import first_line
+from .._version import __version__
 from ..errors import SlimnetError
-from ..spec import parse_spec
+from ..load.spec import parse_spec
 
 out = Console()
 err = Console(stderr=True)
@@ -166,8 +166,8 @@ def check_output(output: str, inputs: list[str], folder: bool = False) -> Path:
 def model_inputs(
     model: str, weights: Optional[str], input_file: Optional[str], input_shape: Optional[str], trust_pickle: bool
 ) -> tuple[Any, Any]:
-    """MODEL and its example input (:func:`slimnet.load.model_and_input`): the input's cheap checks first."""
-    from ..load import model_and_input  # lazy: CLI start-up
+    """MODEL and its example input (:func:`slimnet.load.loader.model_and_input`): the input's cheap checks first."""
+    from ..load.loader import model_and_input  # lazy: CLI start-up
 
     return model_and_input(model, weights, input_file, input_shape, trust_pickle)
 

@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from ..errors import SlimnetError, VerificationError
+from ..load.spec import check_model
 from ..settings import (
     DEFAULT_MAX_LAYER_RATIO,
     DEFAULT_ROUND_TO,
@@ -23,7 +24,6 @@ from ..settings import (
     check_settings,
     data_needs,
 )
-from ..spec import check_model
 from . import allocation as alloc
 from . import recipe as recipes
 from .common import (
@@ -173,7 +173,7 @@ def shrink(
         with shown:
             with stages("load"):
                 from .. import api  # lazy: CLI start-up (torch is imported here, inside the "load" stage)
-                from ..sensitivity import load as load_sensitivity  # lazy: CLI start-up
+                from ..sensitivity.analysis import load as load_sensitivity  # lazy: CLI start-up
 
                 sens = load_sensitivity(ratios_from) if ratios_from is not None else None
                 loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)

@@ -1,5 +1,6 @@
 """The data side of the command line: calibration options shared by ``shrink``, ``sensitivity`` and
-``distill``, and those two commands. Thin shells over :mod:`slimnet.sensitivity` and :mod:`slimnet.distill`;
+``distill``, and those two commands. Thin shells over :mod:`slimnet.sensitivity.analysis` and
+:mod:`slimnet.repair.distill`;
 under ``torchrun`` rank 0 alone prints and writes.
 """
 
@@ -13,8 +14,8 @@ from rich.table import Table
 
 from .._util import save_atomic
 from ..errors import SlimnetError
+from ..load.spec import parse_spec
 from ..settings import DEFAULT_ROUND_TO, check_data_settings, check_settings
-from ..spec import parse_spec
 from .common import (
     AsJson,
     Debug,
@@ -88,7 +89,7 @@ def load_calibration(
     spec: str, model: Any, example: Any, batch_size: int, calib_batches: int, normalize: bool, specs: list[str]
 ) -> Any:
     """``--data`` read and checked against the loaded model (one line on any mismatch, before any work)."""
-    from ..data import check_data, load_data  # lazy: CLI start-up
+    from ..load.data import check_data, load_data  # lazy: CLI start-up
 
     calibration = load_data(
         spec,
@@ -134,9 +135,10 @@ def sensitivity(
         source = parse_spec(model).file
         out_path = check_output(output, [source, data or ""])
         plot_path = check_output(plot, [source, output]) if plot else None
-        from .. import distributed, sensitivity_report  # lazy: CLI start-up
-        from ..sensitivity import parse_ratios, save  # lazy: CLI start-up
-        from ..sensitivity import sensitivity as sweep  # lazy: CLI start-up
+        from .. import distributed
+        from ..sensitivity import report as sensitivity_report  # lazy: CLI start-up
+        from ..sensitivity.analysis import parse_ratios, save  # lazy: CLI start-up
+        from ..sensitivity.analysis import sensitivity as sweep  # lazy: CLI start-up
 
         steps = parse_ratios(ratios)
         world = distributed.start("cpu")
@@ -200,14 +202,14 @@ def distill(
         check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["distill"])
         if device not in (None, "cpu", "cuda"):
             raise SlimnetError(f"--device {device}: give cpu or cuda")
-        from ..distill import check_steps  # lazy: CLI start-up
+        from ..repair.distill import check_steps  # lazy: CLI start-up
 
         check_steps(steps, lr, temperature)
         folder = parse_spec(pruned).kind == "hf" and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
         out_path = check_output(output, [parse_spec(pruned).file, parse_spec(teacher).file, data or ""], folder)
         from .. import distributed  # lazy: CLI start-up
-        from ..distill import distill as run  # lazy: CLI start-up
-        from ..load import load_model  # lazy: CLI start-up
+        from ..load.loader import load_model  # lazy: CLI start-up
+        from ..repair.distill import distill as run  # lazy: CLI start-up
 
         world = distributed.start(device)
         original, example = model_inputs(teacher, None, input_file, input_shape, trust_pickle)
@@ -232,7 +234,7 @@ def distill(
 
 def _save_tuned(model: Any, out_path: Path, folder: bool) -> None:
     if folder:
-        from ..hf import PLAN_KEY, save_pretrained  # lazy: optional dependency (transformers)
+        from ..load.hf import PLAN_KEY, save_pretrained  # lazy: optional dependency (transformers)
 
         save_pretrained(model, getattr(model.config, PLAN_KEY, None) or {"tensors": {}}, out_path)
         return

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .._util import save_atomic
+from ..load.spec import check_model, parse_spec
 from ..settings import plan_path_for
-from ..spec import check_model, parse_spec
 from .common import check_output, default_output
 
 
@@ -20,7 +20,7 @@ def write_outputs(
     report = result.report
     if onnx_path is not None:
         with stages("export"):
-            from ..exporter import export_onnx  # lazy: CLI start-up
+            from ..exporting.onnx import export_onnx  # lazy: CLI start-up
 
             report["onnx"] = export_onnx(result.model, example, onnx_path)
     with stages("write"):
@@ -64,11 +64,11 @@ def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Pat
     plan_mod.save(plan, plan_path)
     try:
         if folder:
-            from ..hf import save_pretrained  # lazy: CLI start-up
+            from ..load.hf import save_pretrained  # lazy: CLI start-up
 
             save_pretrained(model, plan, out_path)
         elif type(model).__module__.startswith("ultralytics."):  # ultralytics' checkpoint: YOLO(path) loads it
-            from ..yolo import checkpoint  # lazy: CLI start-up
+            from ..load.yolo import checkpoint  # lazy: CLI start-up
 
             save_model_atomic(checkpoint(model, plan), out_path)
         else:

@@ -12,7 +12,7 @@ dimension: the elements of an activation (each element carries the atom of its c
 exactly the elements whose unit goes), or the indices of a weight's dim (a conv's output and input channels).
 A conv is ``positions x kernel x kept(W, 0) x kept(W, 1)``; an elementwise op is ``kept(output elements)``.
 
-The conventions are fvcore's plus slimnet's extra handles (:mod:`slimnet.measure`), so that this count and
+The conventions are fvcore's plus slimnet's extra handles (:mod:`slimnet.cost.macs`), so that this count and
 fvcore's agree on the original and on the pruned model (``tests/test_cost.py`` checks it; fvcore stays the
 reference in ``slimnet bench``): one multiply-add is one MAC; conv and linear count multiplications only;
 batch norm 2 per element (1 without affine), layer/group/instance norm 5 (4), elementwise ops and activations 1

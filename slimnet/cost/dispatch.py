@@ -32,7 +32,7 @@ def counted_by_fvcore(call: CostCall) -> list[Term]:
     """Ops without an entry of their own that fvcore can count (``torch.einsum``, a library's fx-wrapped function
     such as torchvision's ``shifted_window_attention``, a leaf module from outside torch): fvcore counts that one
     call, and the count follows the output's kept elements (exact when pruning only thins the output)."""
-    from ..measure import count_macs  # lazy: fvcore's import is slow and only these rare ops need it
+    from .macs import count_macs  # lazy: fvcore's import is slow and only these rare ops need it
 
     fn = call.module if call.module is not None else call.node.target
     tensors = flat_tensors((call.args, call.kwargs))
@@ -63,7 +63,7 @@ class NeedsExampleSize(Exception):
 def terms_of(it: Any, n: fx.Node, value: Any, full: tuple[tuple, dict] | None = None) -> list[Term]:
     """The terms of node ``n`` as the atom interpreter ``it`` just ran it (its inputs' ids are still live); none
     for ops that cost nothing or that fvcore would not count. ``full``: the node's arguments at the example's
-    size when ``it`` ran a reduced input (``value`` is then the full-size value: :mod:`slimnet.reduced`)."""
+    size when ``it`` ran a reduced input (``value`` is then the full-size value: :mod:`slimnet.trace.reduced`)."""
     module = it.module_of(n) if n.op == "call_module" else None
     fn = lookup(COSTS, type(module)) if module is not None else COSTS.get(n.target)
     args, kwargs = full if full is not None else (it.value_of(n.args), it.value_of(n.kwargs))

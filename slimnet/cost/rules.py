@@ -209,7 +209,7 @@ def rms_norm(call: CostCall) -> list[Term]:
 
 @cost(nn.MultiheadAttention)
 def multihead_attention(call: CostCall) -> list[Term]:
-    """``nn.MultiheadAttention``'s fused path (as :func:`slimnet.measure.native_mha` counts it): the q/k/v
+    """``nn.MultiheadAttention``'s fused path (as :func:`slimnet.cost.macs.native_mha` counts it): the q/k/v
     projections, both attention products, the scaling and the softmax, and the output projection."""
     m = call.module
     q, k = call.arg(0, "query"), call.arg(1, "key")

@@ -96,7 +96,7 @@ def elements(ids: Any, value: Any = None) -> Form:
         nonzero = torch.nonzero(counts[1:]).flatten()
         known = (float(counts[0]), nonzero.numpy(), counts[1:][nonzero].double().numpy())
         _COUNTED.put(ids, known)
-    # ids from a reduced-size run (slimnet.reduced) stand for the value's larger size: they do not vary along
+    # ids from a reduced-size run (slimnet.trace.reduced) stand for the value's larger size: they do not vary along
     # the dims that grew, so every count grows by the same factor
     grow = value.numel() / ids.numel() if isinstance(value, torch.Tensor) else 1.0
     return Form(const=known[0] * grow, atoms=known[1], counts=known[2] * grow)

@@ -25,11 +25,11 @@ from torch import fx, nn
 
 from .. import cost
 from ..errors import SlimnetError
-from ..reduced import RAN_EXAMPLE
 from ..stages import Stages
-from ..trace import placeholder_args, trace, trace_pieces
-from ..trace_symbolic import untouched
-from ..trace_values import TRACED
+from ..trace.reduced import RAN_EXAMPLE
+from ..trace.symbolic import untouched
+from ..trace.tracer import placeholder_args, trace, trace_pieces
+from ..trace.values import TRACED
 from .atoms import UnionFind
 from .interpreter import AtomInterpreter, ShapesDiverged
 from .model import Analysis, Binding, Evidence, Group, Mark, UnitList
@@ -61,7 +61,7 @@ def tensor_aliases(model: nn.Module) -> tuple[dict[str, str], dict[str, list[str
 def analyse(model: nn.Module, example: Any, gm: fx.GraphModule | None = None, stages: Stages | None = None) -> Analysis:
     """Trace (unless given) and interpret the model on atom ids; return its coupled channel groups.
 
-    A model that cannot be traced whole is analysed piece by piece (:func:`slimnet.trace.trace_pieces`):
+    A model that cannot be traced whole is analysed piece by piece (:func:`slimnet.trace.tracer.trace_pieces`):
     the pieces' inputs and outputs stay whole, and the reason the whole model did not trace is kept in
     ``Analysis.notes``. With no prunable piece the tracing error is raised as it was. ``stages`` times the
     ``trace`` and ``groups`` stages."""

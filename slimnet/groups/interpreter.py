@@ -15,9 +15,9 @@ from torch import fx
 
 from .._tensors import RecentByTensor, flat_tensors, shape_signature
 from ..cost import Term, terms_of
-from ..reduced import shaped_layer
-from ..trace_symbolic import user_line
-from ..trace_values import TRACED
+from ..trace.reduced import shaped_layer
+from ..trace.symbolic import user_line
+from ..trace.values import TRACED
 from .atoms import UnionFind, constant_ids, nodes_in, unique_atoms
 from .idtensors import IdTensorOps
 from .model import Evidence
@@ -101,7 +101,7 @@ class AtomInterpreter(IdTensorOps, fx.Interpreter):
         self._alias = aliases  # any state_dict name -> canonical name
         #: convolutions and linear layers give zeros of their output's shape instead of computing: the rules read
         #: ids and shapes, never these values. Only for a symbolic graph that has run on such zeros before (the
-        #: full-size shape pass of :mod:`slimnet.reduced`, which refuses ops whose output shape depends on values)
+        #: full-size shape pass of :mod:`slimnet.trace.reduced`, which refuses ops whose output shape depends on values)
         #: or a graph traced with example values, each node then checked against its traced value (ShapesDiverged)
         self._shaped = shaped
         self._uf = UnionFind()

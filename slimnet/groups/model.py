@@ -157,7 +157,7 @@ class Analysis:
     taps: list[str] = field(default_factory=list)
     #: MACs and parameters of any plan (:class:`slimnet.cost.CostModel`), from the same pass
     cost: Any = field(default=None, compare=False, repr=False)
-    #: the smaller input the analysis ran on when the model's graph holds for any size (:mod:`slimnet.reduced`;
+    #: the smaller input the analysis ran on when the model's graph holds for any size (:mod:`slimnet.trace.reduced`;
     #: the verifier then runs it too), None when it ran on the example
     reduced: Any = field(default=None, compare=False, repr=False)
     reduced_note: str = ""  # why the analysis (or the verifier) runs on the example instead, when it does

@@ -10,7 +10,7 @@ equal, which nothing else in the graph promises. :func:`tie_reshape_sizes` says 
 
 * a size read from the reshaped tensor itself, from a tensor whose atoms along that dim are the reshaped
   tensor's own (the same channels before a norm or an activation), or from a parameter (a size attribute traced
-  by :mod:`slimnet.sizes`, which the surgeon recomputes) follows pruning: nothing to do;
+  by :mod:`slimnet.cut.sizes`, which the surgeon recomputes) follows pruning: nothing to do;
 * a size read *exactly* (``C``, not ``C // heads``) from another tensor's dim: the reshaped dim and that dim must
   lose the same positions, so their atoms are unified position by position (an SE block's ``fc(y).view(b, c,
   1, 1)`` with ``c`` read from ``x``: the later ``x * y`` would unify them anyway);
@@ -76,7 +76,7 @@ class SizeFlow:
     def track(self, n: fx.Node, it: Any) -> None:
         """Record where the non-tensor value of node ``n`` was read from (``it``: the
         :class:`~slimnet.groups.interpreter.AtomInterpreter`, typed loosely: it imports this module). A
-        parameter's shape (a size attribute traced as ``self.query.weight.shape[0]``, :mod:`slimnet.sizes`) does
+        parameter's shape (a size attribute traced as ``self.query.weight.shape[0]``, :mod:`slimnet.cut.sizes`) does
         not make its ids: they are one atom per element, which for BERT-base's twelve 768x768 query weights is 7M
         atoms that only a size used as a value would ever read. Its source is one atom per index of each dim,
         bound to that dim and made only when needed (``AtomInterpreter.dim_ids_later``)."""

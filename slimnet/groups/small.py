@@ -1,4 +1,4 @@
-"""The analysis at a reduced spatial size (:mod:`slimnet.reduced`): the same groups for a few percent of the work.
+"""The analysis at a reduced spatial size (:mod:`slimnet.trace.reduced`): the same groups for a few percent of the work.
 
 :func:`analyse_reduced` traces symbolically (a graph that holds for any input size), runs it once at the
 example's size with the convolutions reduced to their shapes (the cost model's shapes), then interprets it on
@@ -17,7 +17,8 @@ from torch import fx, nn
 
 from .. import cost
 from ..cost.dispatch import NeedsExampleSize
-from ..reduced import (
+from ..stages import Stages
+from ..trace.reduced import (
     RAN_EXAMPLE,
     collapses,
     full_size_values,
@@ -26,8 +27,7 @@ from ..reduced import (
     size_mismatch,
     verify_inputs,
 )
-from ..stages import Stages
-from ..trace import placeholder_args, trace
+from ..trace.tracer import placeholder_args, trace
 from .assemble import assemble_roots, shapes_of, tensor_aliases
 from .interpreter import AtomInterpreter
 from .model import Analysis
@@ -102,7 +102,7 @@ def analyse_reduced(
 
 
 def _open_input(gm: fx.GraphModule, small: Any, example: Any, full: dict[fx.Node, Any]) -> Any:
-    """The verifier's larger input: the first of :func:`slimnet.reduced.larger_inputs` in which no dimension
+    """The verifier's larger input: the first of :func:`slimnet.trace.reduced.larger_inputs` in which no dimension
     shrinks to 1 (one shape pass each), or None."""
     for candidate in larger_inputs(small, example):
         try:

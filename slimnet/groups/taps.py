@@ -4,7 +4,8 @@ detections with top-k and NMS), the verifier compares the outputs of the model's
 Two equal scores may come out in either order, and a score a rounding error away from a threshold may fall on
 either side: a correct cut can change such a model's detections, and a check on them would blame it. The parts
 (the root's children that hold parameters: a detector's backbone and head) keep everything that can be pruned, and
-the head's outputs are computed from all of it; :func:`slimnet.verify.verify` compares those (``taps``), with both
+the head's outputs are computed from all of it; :func:`slimnet.verify.verifier.verify` compares those (``taps``), with
+both
 models run whole.
 """
 

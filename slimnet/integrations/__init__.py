@@ -1,7 +1,2 @@
-"""Callbacks that drop :class:`slimnet.pruner.Pruner` into other people's training loops, each a thin shell over
-it and each importing its framework only when imported itself (optional extras):
-
-* :mod:`slimnet.integrations.lightning`: ``SlimnetPruning``, a PyTorch Lightning ``Callback`` (extra ``lightning``);
-* :mod:`slimnet.integrations.hf_trainer`: ``SlimnetCallback``, a Hugging Face ``TrainerCallback`` (extra
-  ``transformers``).
-"""
+"""``slimnet.integrations``, kept importable: the callbacks live in :mod:`slimnet.train.integrations`
+(``slimnet.integrations.lightning`` and ``slimnet.integrations.hf_trainer`` name the same classes)."""
