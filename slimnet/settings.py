@@ -1,8 +1,8 @@
 """What the user asks for, checked once and without importing torch.
 
 The command line calls these checks first, before it loads anything, so that a wrong flag is answered at once;
-the API functions call the same checks (:func:`slimnet.plan.decide`, :func:`slimnet.api.shrink`,
-:func:`slimnet.api.bench`, :func:`slimnet.latency.time_models`), so that a Python caller gets the same message.
+the API functions call the same checks (:func:`slimnet.allocate.decide.decide`, :func:`slimnet.api.shrink`,
+:func:`slimnet.api.bench`, :func:`slimnet.measure.latency.time_models`), so that a Python caller gets the same message.
 
 * Pruning: :func:`check_settings` (ratio, head ratio, criterion, round-to).
 * Allocation: :func:`check_target`, :func:`parse_latency`, :func:`check_allocation` (targets, ``--global``,
@@ -10,6 +10,10 @@ the API functions call the same checks (:func:`slimnet.plan.decide`, :func:`slim
 * Calibration data: :func:`check_data_settings` (counts, the spec, what needs data) and :func:`data_needs`.
 * Timing: :func:`check_counts` (batch size, warm-up and timed runs, threads) and :func:`parse_backends`.
 * Outputs: :func:`plan_path_for`, where the plan of a pruned model is written.
+* All of a shrink's choices at once: :class:`ShrinkSettings`, one frozen value checked when it is made, which
+  the command line builds (from its flags over a recipe), :func:`slimnet.api.shrink` takes and
+  :meth:`slimnet.Planner.plan` plans from; its :meth:`~ShrinkSettings.to_dict` is the recipe YAML's schema and
+  what a plan records under ``"settings"``.
 
 A message names a setting both ways, ``ratio=1.5 (--ratio)``, so that it reads right from Python and from the
 command line alike.
@@ -19,14 +23,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from .errors import SlimnetError
 
-#: The criteria that read calibration data (:mod:`slimnet.criteria_data`): they need ``--data``.
+#: The criteria that read calibration data (:mod:`slimnet.rank.data_criteria`): they need ``--data``.
 DATA_CRITERIA = ("taylor", "activation", "apoz", "wanda")
-#: The importance criteria of :mod:`slimnet.criteria`.
+#: The importance criteria of :mod:`slimnet.rank.criteria`.
 CRITERIA = ("l1", "l2", "fpgm", "random", "bn-scale", *DATA_CRITERIA)
 #: Kept channel counts are rounded to a multiple of this by default (see :mod:`slimnet.plan`).
 DEFAULT_ROUND_TO = 8
@@ -36,7 +42,7 @@ DEFAULT_ROUND_TO = 8
 DEFAULT_MAX_LAYER_RATIO = 0.8
 #: What a target can be a fraction of.
 TARGET_KINDS = ("macs", "params", "latency")
-#: What :mod:`slimnet.latency` can time on: eager torch and onnxruntime, on the CPU and on CUDA.
+#: What :mod:`slimnet.measure.latency` can time on: eager torch and onnxruntime, on the CPU and on CUDA.
 BACKENDS = ("torch-cpu", "ort-cpu", "torch-cuda", "ort-cuda")
 
 
@@ -141,7 +147,7 @@ def check_data_settings(
 ) -> None:
     """Calibration data (``--data``, ``--calib-batch-size``, ``--calib-batches``): the counts, that the spec names
     something that exists, and that whatever needs data (``needs``: "criterion taylor", "--recalibrate-bn", ...)
-    has it. The data itself is checked against the model once both are loaded (:mod:`slimnet.data`)."""
+    has it. The data itself is checked against the model once both are loaded (:mod:`slimnet.load.data`)."""
     if batch_size < 1:
         raise SlimnetError(f"{given('--calib-batch-size', batch_size)} must be at least 1")
     if calib_batches < 1:
@@ -170,7 +176,7 @@ def data_needs(criterion: str, recalibrate_bn: bool = False, compensate_bias: bo
 
 # ------------------------------------------------------------------------------------------ timing
 def check_counts(*, batch_size: int | None = 1, warmup: int = 10, runs: int = 50, threads: int | None = None) -> None:
-    """The counts of ``bench`` and :func:`slimnet.latency.time_models` (``batch_size=None``: the example's)."""
+    """The counts of ``bench`` and :func:`slimnet.measure.latency.time_models` (``batch_size=None``: the example's)."""
     if batch_size is not None and batch_size < 1:
         raise SlimnetError(f"{given('--batch-size', batch_size)} must be at least 1")
     if runs < 1:
@@ -195,3 +201,124 @@ def plan_path_for(output: str | os.PathLike[str]) -> Path:
     """``pruned.pt`` -> ``pruned.plan.json`` beside it."""
     p = Path(output)
     return p.with_name(p.stem + ".plan.json") if p.suffix else p.with_name(p.name + ".plan.json")
+
+
+# ------------------------------------------------------------------------------------------ one settings object
+#: The recipe YAML's keys (``slimnet shrink --recipe``) and the types each accepts: :class:`ShrinkSettings`'s fields,
+#: by their command-line names (``global`` is the ``use_global`` field; ``ratios`` may name a file on the way in).
+NUMBER = (int, float)
+SCHEMA: dict[str, tuple[type, ...]] = {
+    "ratio": NUMBER,
+    "criterion": (str,),
+    "round_to": (int,),
+    "ignore": (list, tuple),
+    "seed": (int,),
+    "prune_norm": (bool,),
+    "head_ratio": NUMBER,
+    "target_macs": NUMBER,
+    "target_params": NUMBER,
+    "target_latency": (str, *NUMBER),
+    "backend": (str,),
+    "threads": (int,),
+    "batch_size": (int,),
+    "global": (bool,),
+    "max_layer_ratio": NUMBER,
+    "ratios": (dict, str),
+}
+#: schema key -> field name, where they differ
+FIELD_OF = {"global": "use_global"}
+
+
+@dataclass(frozen=True)
+class ShrinkSettings:
+    """What a shrink is asked to do, checked once, when it is made (a wrong value raises :class:`SlimnetError`
+    here, before any model is loaded or traced), and passed as one value from the command line to
+    :func:`slimnet.api.shrink` and :meth:`slimnet.Planner.plan` instead of twenty keywords at each step.
+
+    Frozen, so that a planner or a repair cannot change what the caller asked for; :meth:`to_dict` gives the plain
+    data (the recipe YAML's keys; what a plan records under ``"settings"``) and :meth:`from_dict` reads it back,
+    refusing unknown keys and wrong types. Each field is described at :func:`slimnet.api.shrink`::
+
+        >>> s = ShrinkSettings(ratio=0.3, criterion="fpgm")
+        >>> s.to_dict()["ratio"], ShrinkSettings.from_dict(s.to_dict()) == s
+        (0.3, True)
+    """
+
+    ratio: float = 0.5
+    criterion: str = "l1"
+    round_to: int = DEFAULT_ROUND_TO
+    ignore: tuple[str, ...] = ()
+    seed: int = 0
+    prune_norm: bool = False
+    head_ratio: float | None = None
+    target_macs: float | None = None
+    target_params: float | None = None
+    target_latency: float | str | None = None
+    use_global: bool = False
+    max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO
+    ratios: Mapping[str, float] | None = field(default=None, hash=False)
+    backend: str = "ort-cpu"
+    threads: int = 1
+    batch_size: int = 1
+    cache: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ignore", tuple(self.ignore or ()))
+        if self.ratios is not None:
+            object.__setattr__(self, "ratios", dict(self.ratios))
+        check_settings(ratio=self.ratio, criterion=self.criterion, round_to=self.round_to, head_ratio=self.head_ratio)
+        check_allocation(targets=self.targets, max_layer_ratio=self.max_layer_ratio, backend=self.backend)
+
+    @property
+    def targets(self) -> dict[str, float | str | None]:
+        """``{"macs": F or None, "params": ..., "latency": ...}``: at most one is set."""
+        return {"macs": self.target_macs, "params": self.target_params, "latency": self.target_latency}
+
+    @property
+    def target_kind(self) -> str | None:
+        """``"macs"``, ``"params"``, ``"latency"`` or None (a ratio)."""
+        return next((k for k, v in self.targets.items() if v is not None), None)
+
+    def replace(self, **changes: Any) -> ShrinkSettings:
+        """A copy with some fields changed (checked again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON- and YAML-ready data under the schema's keys (``global`` for ``use_global``)."""
+        data = asdict(self)
+        data["ignore"] = list(self.ignore)
+        data["global"] = data.pop("use_global")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "settings") -> ShrinkSettings:
+        """Settings from plain data: :meth:`to_dict`'s output or a recipe's mapping (``where`` names it in
+        errors). Unknown keys and wrong types are refused, so that a typo cannot pass silently."""
+        check_schema(data, where, extra=("cache",))
+        names = {f.name for f in fields(cls)}
+        kwargs = {FIELD_OF.get(k, k): v for k, v in data.items()}
+        return cls(**{k: v for k, v in kwargs.items() if k in names})
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The field names, in order (what :func:`slimnet.api.shrink` also takes as keywords)."""
+        return tuple(f.name for f in fields(cls))
+
+
+#: the schema's keys that may be left empty (None)
+OPTIONAL = ("head_ratio", "target_macs", "target_params", "target_latency", "ratios")
+
+
+def check_schema(data: Mapping[str, Any], where: str, extra: Iterable[str] = ()) -> None:
+    """Every key of ``data`` is one of :data:`SCHEMA`'s (or ``extra``, which take a bool), with a value of a type it
+    accepts (None where the key is optional)."""
+    extra = tuple(extra)
+    unknown = sorted(set(data) - set(SCHEMA) - set(extra))
+    if unknown:
+        raise SlimnetError(f"{where} has unknown keys {unknown}: allowed are {sorted([*SCHEMA, *extra])}")
+    for key, value in data.items():
+        kinds = SCHEMA.get(key, (bool,))
+        if value is None and key in OPTIONAL:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise SlimnetError(f"{where}: {key} must be a {' or '.join(k.__name__ for k in kinds)}")
