@@ -5,6 +5,7 @@ under ``torchrun`` rank 0 alone prints and writes.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -12,7 +13,7 @@ import typer
 from rich.table import Table
 
 from .._util import save_atomic
-from ..errors import SlimnetError
+from ..errors import RepairWarning, SlimnetError
 from ..settings import DEFAULT_ROUND_TO, check_data_settings, check_settings
 from ..spec import parse_spec
 from .common import (
@@ -31,6 +32,9 @@ from .common import (
     out,
     output_option,
 )
+
+#: the text output says it once, in :func:`repair_lines` (``--json``: ``repair_warnings``)
+warnings.filterwarnings("ignore", category=RepairWarning)
 
 # ------------------------------------------------------------------------------------------ options
 Data = Annotated[
@@ -62,6 +66,14 @@ CompensateBias = Annotated[
         "--compensate-bias", help="After the verified cut, fold removed channels' mean into the next layer's bias."
     ),
 ]
+Reconstruct = Annotated[
+    bool,
+    typer.Option(
+        "--reconstruct",
+        help="After the verified cut, refit the layers that read pruned channels by least squares on --data "
+        "(their outputs match the original's; the weights are then not what apply rebuilds from the plan).",
+    ),
+]
 RatiosFrom = Annotated[
     Optional[str],
     typer.Option("--ratios-from", help="A sensitivity JSON: per-group ratios meeting --target-macs/--target-params."),
@@ -71,6 +83,35 @@ RoundTo = Annotated[int, typer.Option("--round-to", help="Kept channel counts ar
 
 DEFAULT_BATCHES = 8
 DEFAULT_BATCH_SIZE = 32
+
+
+def repair_lines(report: dict[str, Any]) -> list[str]:
+    """What shrink's text output says about the repairs: fidelity after each step on held-out calibration data,
+    the steps taken back, and that repaired weights are not what ``apply`` rebuilds from the plan."""
+    steps = report.get("fidelity")
+    if not steps:
+        return []
+    where = report.get("fidelity_data") or {}
+    data = (
+        f"{where['held_out_batches']} held-out calibration batch{'es' * (where['held_out_batches'] != 1)}"
+        if where.get("held_out")
+        else "the calibration data (one batch: nothing held out)"
+    )
+    reverted = set(report.get("repairs_reverted") or [])
+    chain = " -> ".join(f"{k} {v:.4f}" + (" (reverted)" if k in reverted else "") for k, v in steps.items())
+    metric = report.get("fidelity_metric", "")
+    best = "1.0" if metric == "top1-agreement" else "0.0"
+    lines = [f"fidelity ({metric} with the original on {data}; {best} = identical): {chain}"]
+    lines += [f"warning: {w}" for w in report.get("repair_warnings") or []]
+    kept = report.get("weights_refit") or []
+    if kept:
+        rec = (report.get("repairs") or {}).get("reconstruct") if "reconstruct" in kept else None
+        detail = f" ({len(rec['refit'])} layers refit by least squares)" if rec else ""
+        lines.append(
+            f"repaired after the verified cut: {', '.join(kept)}{detail}; the verifier checked the cut before "
+            "repair, and the saved weights are not what `slimnet apply` rebuilds from the plan"
+        )
+    return lines
 
 
 def tokenizer_folder(*specs: str) -> str | None:
