@@ -109,6 +109,7 @@ def shrink(
     compensate_bias: bool = False,
     sensitivity: dict[str, Any] | None = None,
     reduce: bool = True,
+    reconstruct: bool = False,
     verify_dtype: torch.dtype | None = None,
 ) -> ShrinkResult:
     """Prune ``model``: trace, group coupled channels, rank, cut, verify (``slimnet shrink``).
@@ -159,6 +160,11 @@ def shrink(
         recalibrate_bn: after the verified cut, re-estimate BatchNorm statistics on ``data``.
         compensate_bias: after the verified cut, fold the mean contribution of the dropped channels into the next
             layer's bias (or BatchNorm running mean), measured on ``data``.
+        reconstruct: after the verified cut, refit the weights and bias of every layer that reads pruned channels by
+            ridge least squares on ``data``, so that its output matches the original's
+            (:mod:`slimnet.repair.reconstruct`).
+            Each repair is judged on held-out calibration batches and taken back when it makes agreement worse
+            (``report["fidelity"]``, ``report["repairs_reverted"]``).
         sensitivity: a ``slimnet.sensitivity/1`` result (``slimnet.sensitivity.analysis.sensitivity``); with
             ``target_macs`` or ``target_params``, per-group ratios that reach it with the least measured loss.
         reduce: analyse and verify on a small image when the model's graph holds for any size (the same groups
@@ -183,7 +189,9 @@ def shrink(
     check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
     check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
-    calibration = calibrate.prepare(in_eval(model), example, data, criterion, recalibrate_bn, compensate_bias)
+    calibration = calibrate.prepare(
+        in_eval(model), example, data, criterion, recalibrate_bn, compensate_bias, reconstruct
+    )
     planner = planner if planner is not None else Planner(model, example, analysis, stages, reduce=reduce)
     with stages("rank"):
         stats = calibrate.statistics(model, planner.analysis, criterion, calibration, loss, seed)
@@ -206,7 +214,8 @@ def shrink(
     report["importance_kept"] = importance_kept(cut.planner, criterion, seed, decisions, stats)
     if calibration is not None:  # repairs run on the verified cut; agreement before and after each one
         with stages("repair"):
-            report.update(calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias))
+            report.update(calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias,
+                                           reconstruct=reconstruct))  # fmt: skip
     return ShrinkResult(pruned, plan, analysis, decisions, cut.result, {**report, **_timing(t0, stages)})
 
 

@@ -18,3 +18,7 @@ class VerificationError(SlimnetError):
     """The pruned model does not compute what the masked original computes."""
 
     exit_code = 3
+
+
+class RepairWarning(UserWarning):
+    """A repair step made the model agree less with the original on held-out data and was taken back."""

@@ -168,10 +168,13 @@ def check_data_settings(
         )
 
 
-def data_needs(criterion: str, recalibrate_bn: bool = False, compensate_bias: bool = False) -> list[str]:
+def data_needs(
+    criterion: str, recalibrate_bn: bool = False, compensate_bias: bool = False, reconstruct: bool = False
+) -> list[str]:
     """What in a shrink command needs calibration data."""
     needs = [f"criterion {criterion}"] if criterion in DATA_CRITERIA else []
-    return needs + ["--recalibrate-bn"] * recalibrate_bn + ["--compensate-bias"] * compensate_bias
+    needs += ["--recalibrate-bn"] * recalibrate_bn + ["--compensate-bias"] * compensate_bias
+    return needs + ["--reconstruct"] * reconstruct
 
 
 # ------------------------------------------------------------------------------------------ timing

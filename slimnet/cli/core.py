@@ -56,7 +56,9 @@ from .data import (
     NoImagenetNorm,
     RatiosFrom,
     RecalibrateBn,
+    Reconstruct,
     load_calibration,
+    repair_lines,
 )
 from .outputs import save_model_atomic, shrink_outputs, write_outputs
 from .progress import stages_for
@@ -149,6 +151,7 @@ def shrink(
     no_imagenet_norm: NoImagenetNorm = False,
     recalibrate_bn: RecalibrateBn = False,
     compensate_bias: CompensateBias = False,
+    reconstruct: Reconstruct = False,
     ratios_from: RatiosFrom = None,
     trust_pickle: TrustPickle = False,
     progress: ShowProgress = None,
@@ -165,7 +168,7 @@ def shrink(
         s, explicit_ratio = recipes.merged_settings(ctx, recipe, given)
         check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=s["head_ratio"])
         allocation = alloc.allocation_settings(s, explicit_ratio)
-        needs = data_needs(s["criterion"], recalibrate_bn, compensate_bias)
+        needs = data_needs(s["criterion"], recalibrate_bn, compensate_bias, reconstruct)
         check_data_settings(data=data, batch_size=calib_batch_size, calib_batches=calib_batches, needs=needs)
         inputs = [weights, input_file, data, ratios_from]
         out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
@@ -197,6 +200,7 @@ def shrink(
                 data=calibration,
                 recalibrate_bn=recalibrate_bn,
                 compensate_bias=compensate_bias,
+                reconstruct=reconstruct,
                 sensitivity=sens,
                 **allocation,
             )
@@ -245,6 +249,8 @@ def print_report(report: dict[str, Any]) -> None:
             skipped.add_row(s["group"], s["reason"])
         out.print(skipped)
     alloc.print_target(report)
+    for line in repair_lines(report):
+        say(line)
     say(took(report.get("timings") or {}))
     if report.get("output"):
         say(f"wrote {report['output']} and {report['plan']}")

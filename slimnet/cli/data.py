@@ -6,6 +6,7 @@ under ``torchrun`` rank 0 alone prints and writes.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,7 +14,7 @@ import typer
 from rich.table import Table
 
 from .._util import save_atomic
-from ..errors import SlimnetError
+from ..errors import RepairWarning, SlimnetError
 from ..load.spec import parse_spec
 from ..settings import DEFAULT_ROUND_TO, check_data_settings, check_settings
 from .common import (
@@ -31,7 +32,11 @@ from .common import (
     model_inputs,
     out,
     output_option,
+    say,
 )
+
+#: the text output says it once, in :func:`repair_lines` (``--json``: ``repair_warnings``)
+warnings.filterwarnings("ignore", category=RepairWarning)
 
 # ------------------------------------------------------------------------------------------ options
 Data = Annotated[
@@ -63,6 +68,14 @@ CompensateBias = Annotated[
         "--compensate-bias", help="After the verified cut, fold removed channels' mean into the next layer's bias."
     ),
 ]
+Reconstruct = Annotated[
+    bool,
+    typer.Option(
+        "--reconstruct",
+        help="After the verified cut, refit the layers that read pruned channels by least squares on --data "
+        "(their outputs match the original's; the weights are then not what apply rebuilds from the plan).",
+    ),
+]
 RatiosFrom = Annotated[
     Optional[str],
     typer.Option("--ratios-from", help="A sensitivity JSON: per-group ratios meeting --target-macs/--target-params."),
@@ -72,6 +85,35 @@ RoundTo = Annotated[int, typer.Option("--round-to", help="Kept channel counts ar
 
 DEFAULT_BATCHES = 8
 DEFAULT_BATCH_SIZE = 32
+
+
+def repair_lines(report: dict[str, Any]) -> list[str]:
+    """What shrink's text output says about the repairs: fidelity after each step on held-out calibration data,
+    the steps taken back, and that repaired weights are not what ``apply`` rebuilds from the plan."""
+    steps = report.get("fidelity")
+    if not steps:
+        return []
+    where = report.get("fidelity_data") or {}
+    data = (
+        f"{where['held_out_batches']} held-out calibration batch{'es' * (where['held_out_batches'] != 1)}"
+        if where.get("held_out")
+        else "the calibration data (one batch: nothing held out)"
+    )
+    reverted = set(report.get("repairs_reverted") or [])
+    chain = " -> ".join(f"{k} {v:.4f}" + (" (reverted)" if k in reverted else "") for k, v in steps.items())
+    metric = report.get("fidelity_metric", "")
+    best = "1.0" if metric == "top1-agreement" else "0.0"
+    lines = [f"fidelity ({metric} with the original on {data}; {best} = identical): {chain}"]
+    lines += [f"warning: {w}" for w in report.get("repair_warnings") or []]
+    kept = report.get("weights_refit") or []
+    if kept:
+        rec = (report.get("repairs") or {}).get("reconstruct") if "reconstruct" in kept else None
+        detail = f" ({len(rec['refit'])} layers refit by least squares)" if rec else ""
+        lines.append(
+            f"repaired after the verified cut: {', '.join(kept)}{detail}; the verifier checked the cut before "
+            "repair, and the saved weights are not what `slimnet apply` rebuilds from the plan"
+        )
+    return lines
 
 
 def tokenizer_folder(*specs: str) -> str | None:
@@ -184,9 +226,19 @@ def distill(
     teacher: Annotated[str, typer.Option("--teacher", help="The original model, as given to shrink.")],
     output: Annotated[str, output_option("Where to write the tuned model (a name without .pt: hf folder).")],
     data: Data = None,
-    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps (one calibration batch each).")] = 200,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 1e-4,
+    steps: Annotated[int, typer.Option("--steps", help="Most optimiser steps (one calibration batch each).")] = 200,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW peak learning rate (warm-up, then cosine).")] = 1e-3,
     temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature for logits.")] = 2.0,
+    loss: Annotated[
+        str,
+        typer.Option("--loss", help="auto (by output kind), kl (softmax), bce (sigmoid outputs), mse (raw outputs)."),
+    ] = "auto",
+    patience: Annotated[
+        int, typer.Option("--patience", help="Stop after this many held-out evaluations with no gain (0: never).")
+    ] = 6,
+    eval_every: Annotated[
+        Optional[int], typer.Option("--eval-every", help="Steps between held-out evaluations (default: steps/20).")
+    ] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if any).")] = None,
     calib_batches: CalibBatches = DEFAULT_BATCHES,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
@@ -197,28 +249,39 @@ def distill(
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
-    """Train PRUNED to match the original's outputs on unlabelled --data (KL on logits, MSE otherwise)."""
+    """Train PRUNED to match the original's outputs on unlabelled --data; the best student on held-out batches
+    (the start included) is written: KL on logits, BCE on sigmoid outputs, MSE otherwise."""
     with guarded(debug):
         check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["distill"])
         if device not in (None, "cpu", "cuda"):
             raise SlimnetError(f"--device {device}: give cpu or cuda")
+        if eval_every is not None and eval_every < 1:
+            raise SlimnetError(f"--eval-every {eval_every} must be at least 1")
         from ..repair.distill import check_steps  # lazy: CLI start-up
 
-        check_steps(steps, lr, temperature)
+        check_steps(steps, lr, temperature, patience, loss)
         folder = parse_spec(pruned).kind == "hf" and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
         out_path = check_output(output, [parse_spec(pruned).file, parse_spec(teacher).file, data or ""], folder)
         from .. import distributed  # lazy: CLI start-up
+        from ..load.data import example_from  # lazy: CLI start-up
         from ..load.loader import load_model  # lazy: CLI start-up
         from ..repair.distill import distill as run  # lazy: CLI start-up
 
         world = distributed.start(device)
-        original, example = model_inputs(teacher, None, input_file, input_shape, trust_pickle)
+        given = input_file is not None or input_shape is not None or parse_spec(teacher).kind == "hf"
+        from_data = None if given or data is None else example_from(data)
+        if from_data is not None:  # no --input: the data's first row is the example
+            original = load_model(teacher, trust_pickle=trust_pickle)
+            example = from_data
+        else:
+            original, example = model_inputs(teacher, None, input_file, input_shape, trust_pickle)
         student = load_model(pruned, trust_pickle=trust_pickle).model
         calibration = load_calibration(
             data, original.model, example, batch_size, calib_batches, not no_imagenet_norm, [pruned, teacher]
         )
         result = run(student, original.model, calibration, steps=steps, lr=lr, temperature=temperature,
-                     world=world, progress=not as_json)  # fmt: skip
+                     loss=loss, patience=patience, log_every=eval_every, world=world,
+                     progress=not as_json)  # fmt: skip
         distributed.stop(world)
         if world.main:
             _save_tuned(result.model.cpu(), out_path, folder)
@@ -226,10 +289,27 @@ def distill(
             if as_json:
                 emit_json(report)
             else:
-                out.print(
-                    f"distilled {steps} steps in {result.seconds:.1f} s: {result.metric} {result.before:.4f} -> "
-                    f"{result.after:.4f}; wrote {out_path}"
-                )
+                for line in distill_lines(report):
+                    say(line)
+
+
+def distill_lines(report: dict[str, Any]) -> list[str]:
+    """distill's text output: the loss and why, the held-out fidelity before and after, where it stopped."""
+    held = report["held_out"]
+    where = f"{held['batches']} held-out batch{'es' * (held['batches'] != 1)}" if held["disjoint"] else (
+        "the one calibration batch (nothing held out)"
+    )  # fmt: skip
+    stop = f", stopped early at step {report['steps_run']}" if report["stopped_early"] else ""
+    lines = [
+        f"distilled {report['steps_run']}/{report['steps']} steps in {report['seconds']:.1f} s{stop}; loss "
+        f"{report['loss']} ({report['loss_why']}), lr {report['lr']:g} with {report['schedule']}",
+        f"{report['metric']} on {where}: {report['before']:.4f} at the start -> {report['after']:.4f} at step "
+        f"{report['best_step']} (the best evaluation, kept)",
+    ]
+    if report["kept_start"]:
+        lines.append("warning: no step beat the starting student on held-out data: it is written unchanged")
+    lines.append(f"wrote {report['output']}")
+    return lines
 
 
 def _save_tuned(model: Any, out_path: Path, folder: bool) -> None:

@@ -199,6 +199,29 @@ def check_data(model: nn.Module, calibration: Calibration) -> None:
 
 
 # ------------------------------------------------------------------------------------------ sources
+def example_from(spec: str) -> Any | None:
+    """The first row of ``--data SPEC`` as an example input, for a command given no ``--input``: a tensor file's
+    first row (each tensor's, for a dict or tuple), a factory's first batch's first row; None for images and
+    text, whose shape comes from the model."""
+    path, sep, factory = spec.rpartition(":")
+    if sep and path.endswith(".py") and factory.isidentifier():
+        first = next(iter(_from_factory(path, factory)), None)
+        if isinstance(first, list | tuple) and len(first) == 2 and isinstance(first[1], torch.Tensor):
+            first = first[0]  # (inputs, labels)
+    else:
+        p = Path(spec)
+        if not p.is_file() or p.suffix.lower() == ".txt":
+            return None
+        first = _tensor_file(p)
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return first[:1]
+    if isinstance(first, Mapping):
+        return {k: v[:1] for k, v in first.items()}
+    return tuple(v[:1] for v in first)
+
+
 def _from_factory(path: str, factory: str) -> Any:
     module = import_file(path, "data file")
     fn = getattr(module, factory, None)

@@ -43,6 +43,22 @@ class Reference:
         return 1.0 if self.metric == AGREEMENT else 0.0
 
 
+def split_held_out(batches: list[Any]) -> tuple[list[Any], list[Any], bool]:
+    """Calibration batches as (fit, held out, disjoint): the last quarter (at least one batch) is held out, so that
+    a repair or a distillation is judged on data it did not fit; a single batch is both (``disjoint`` False)."""
+    batches = list(batches)
+    if len(batches) < 2:
+        return batches, batches, False
+    k = max(1, len(batches) // 4)
+    return batches[:-k], batches[-k:], True
+
+
+def worse(value: float, than: float, higher_is_better: bool) -> bool:
+    """Whether ``value`` is strictly worse than ``than`` (beyond float noise)."""
+    slack = 1e-9 * max(1.0, abs(than))
+    return value < than - slack if higher_is_better else value > than + slack
+
+
 def run_all(model: nn.Module, batches: Iterable[Any]) -> list[Any]:
     """Outputs of ``model`` (eval mode, no gradients) on every batch, on the model's device."""
     device = _device(model)
