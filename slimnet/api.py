@@ -35,7 +35,7 @@ from .plan import load as load_plan
 from .planner import Planned, Planner, check_runs, describe, graph
 from .rank.statistics import Statistics
 from .repair import calibrate
-from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings
+from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, ShrinkSettings
 from .stages import Stages
 from .trace import reduced
 from .verify.culprits import find_culprits, leave_whole
@@ -111,6 +111,7 @@ def shrink(
     reduce: bool = True,
     reconstruct: bool = False,
     verify_dtype: torch.dtype | None = None,
+    settings: ShrinkSettings | None = None,
 ) -> ShrinkResult:
     """Prune ``model``: trace, group coupled channels, rank, cut, verify (``slimnet shrink``).
 
@@ -171,6 +172,9 @@ def shrink(
             and MACs for a fraction of the work: :mod:`slimnet.trace.reduced`); False: at the example's size.
         verify_dtype: the verifier's precision (default: float64 up to 10M parameters, float32 above:
             :mod:`slimnet.verify.verifier`).
+        settings: every planning setting above (``ratio`` ... ``cache``) as one checked, frozen
+            :class:`slimnet.settings.ShrinkSettings` (what the command line builds once from its flags and a
+            recipe), instead of the keywords; recorded in the plan under ``"settings"``.
 
     Returns:
         A ``ShrinkResult``: ``.model`` (the pruned module), ``.plan`` (plain data, for ``apply``),
@@ -186,23 +190,22 @@ def shrink(
     """
     t0 = time.perf_counter()
     stages = stages or Stages()
-    check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
-    targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
-    check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)  # before any analysis
+    asked = dict(
+        ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
+        head_ratio=head_ratio, target_macs=target_macs, target_params=target_params,
+        target_latency=target_latency, use_global=use_global, max_layer_ratio=max_layer_ratio, ratios=ratios,
+        backend=backend, threads=threads, batch_size=batch_size, cache=cache,
+    )  # fmt: skip
+    settings = one_settings(settings, asked)  # checked here, once, before any analysis
+    criterion, seed = settings.criterion, settings.seed
     calibration = calibrate.prepare(
         in_eval(model), example, data, criterion, recalibrate_bn, compensate_bias, reconstruct
     )
     planner = planner if planner is not None else Planner(model, example, analysis, stages, reduce=reduce)
     with stages("rank"):
         stats = calibrate.statistics(model, planner.analysis, criterion, calibration, loss, seed)
-    settings = dict(
-        ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed, prune_norm=prune_norm,
-        head_ratio=head_ratio, target_macs=target_macs, target_params=target_params,
-        target_latency=target_latency, use_global=use_global, max_layer_ratio=max_layer_ratio, ratios=ratios,
-        backend=backend, threads=threads, batch_size=batch_size, cache=cache, progress=progress,
-        model_name=model_name, stats=stats, sensitivity=sensitivity,
-    )  # fmt: skip
-    cut = cut_and_verify(model, example, planner, settings, stages, verify_dtype)
+    asks = dict(settings=settings, progress=progress, model_name=model_name, stats=stats, sensitivity=sensitivity)
+    cut = cut_and_verify(model, example, planner, asks, stages, verify_dtype)
     pruned, plan, analysis, decisions = cut.pruned, cut.plan, cut.planner.analysis, cut.decisions
     with stages("measure"):
         report = make_report(model, pruned, example, analysis, decisions, plan, cut.result, cut.approximate,
@@ -217,6 +220,22 @@ def shrink(
             report.update(calibrate.repair(model, pruned, plan, analysis, calibration, recalibrate_bn, compensate_bias,
                                            reconstruct=reconstruct))  # fmt: skip
     return ShrinkResult(pruned, plan, analysis, decisions, cut.result, {**report, **_timing(t0, stages)})
+
+
+def one_settings(settings: ShrinkSettings | None, asked: dict[str, Any]) -> ShrinkSettings:
+    """``settings`` when given (then every keyword of its fields must be left at its default: one source, so a
+    keyword cannot silently lose to it), else the keywords made into settings, which checks them."""
+    made = ShrinkSettings(**asked)
+    if settings is None:
+        return made
+    if made != DEFAULT_SETTINGS:
+        changed = sorted(k for k, v in made.to_dict().items() if DEFAULT_SETTINGS.to_dict()[k] != v)
+        raise SlimnetError(f"give either settings= or the keywords {changed}, not both")
+    return settings
+
+
+#: every setting at its default (what ``one_settings`` compares the keywords with)
+DEFAULT_SETTINGS = ShrinkSettings()
 
 
 def _timing(t0: float, stages: Stages) -> dict[str, Any]:
@@ -241,7 +260,7 @@ class Cut:
     planner: Planner  # the one that made the plan (a new one when groups were left whole after verification)
 
 
-def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: dict[str, Any], stages: Stages,
+def cut_and_verify(model: nn.Module, example: Any, planner: Planner, asks: dict[str, Any], stages: Stages,
                    verify_dtype: torch.dtype | None = None) -> Cut:  # fmt: skip
     """Plan, cut and verify; when the verifier rejects the cut, leave the groups it blames whole
     (:mod:`slimnet.verify.culprits`), plan again and verify again. Raises VerificationError when no group can be
@@ -250,7 +269,7 @@ def cut_and_verify(model: nn.Module, example: Any, planner: Planner, settings: d
     current, left_whole = planner, []
     for attempt in range(REPLANS + 1):
         with stages("rank"):
-            planned = current.plan(**settings)
+            planned = current.plan(**asks)
         analysis, plan, decisions = current.analysis, planned.plan, planned.decisions
         with stages("cut"):
             pruned = in_eval(pruned_copy(model, plan))

@@ -34,7 +34,7 @@ from .groups import Analysis, analyse, analyse_reduced
 from .measure import lut
 from .plan import build_plan
 from .rank.statistics import Statistics
-from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, check_allocation, check_settings, parse_latency
+from .settings import DEFAULT_MAX_LAYER_RATIO, DEFAULT_ROUND_TO, ShrinkSettings, parse_latency, settings_of
 from .stages import Stages
 from .trace.symbolic import untouched
 
@@ -165,79 +165,69 @@ class Planner:
 
     def plan(
         self,
+        settings: ShrinkSettings | None = None,
         *,
-        ratio: float = 0.5,
-        criterion: str = "l1",
-        round_to: int = DEFAULT_ROUND_TO,
-        ignore: list[str] | None = None,
-        seed: int = 0,
-        prune_norm: bool = False,
-        head_ratio: float | None = None,
-        target_macs: float | None = None,
-        target_params: float | None = None,
-        target_latency: float | str | None = None,
-        use_global: bool = False,
-        max_layer_ratio: float = DEFAULT_MAX_LAYER_RATIO,
-        ratios: dict[str, float] | None = None,
-        backend: str = "ort-cpu",
-        threads: int = 1,
-        batch_size: int = 1,
-        cache: bool = True,
         progress: bool = False,
         model_name: str = "",
         stats: Statistics | None = None,
         sensitivity: dict[str, Any] | None = None,
+        **keywords: Any,
     ) -> Planned:
-        """A plan for these settings (see :func:`slimnet.api.shrink` for each of them; ``stats``: what a
-        data-driven criterion reads, from :func:`slimnet.repair.calibrate.statistics`)."""
-        check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
-        targets = {"macs": target_macs, "params": target_params, "latency": target_latency}
-        kind = check_allocation(targets=targets, max_layer_ratio=max_layer_ratio, backend=backend)
-        settings: dict[str, Any] = dict(ratio=ratio, criterion=criterion, round_to=round_to, ignore=ignore, seed=seed)
-        settings.update(prune_norm=prune_norm, head_ratio=head_ratio, use_global=use_global, ratios=ratios)
-        settings.update(max_layer_ratio=max_layer_ratio, ranking=self.ranking(criterion, seed, stats))
+        """A plan for these settings: a :class:`slimnet.settings.ShrinkSettings`, or its fields as keywords
+        (``planner.plan(ratio=0.3)``; see :func:`slimnet.api.shrink` for each of them), not both. ``stats``: what a
+        data-driven criterion reads, from :func:`slimnet.repair.calibrate.statistics`. The settings were checked
+        when they were made, so nothing here checks them again."""
+        settings = settings_of(settings, keywords)
+        kind = settings.target_kind
+        choice: dict[str, Any] = dict(ratio=settings.ratio, criterion=settings.criterion, round_to=settings.round_to)
+        choice.update(ignore=list(settings.ignore), seed=settings.seed, prune_norm=settings.prune_norm)
+        choice.update(head_ratio=settings.head_ratio, use_global=settings.use_global, ratios=settings.ratios)
+        choice.update(max_layer_ratio=settings.max_layer_ratio, check=False)
+        choice["ranking"] = self.ranking(settings.criterion, settings.seed, stats)
         name = model_name or type(self.model).__name__
         if sensitivity is not None and kind not in ("macs", "params"):
             raise SlimnetError("a sensitivity file allocates towards a target: give --target-macs or --target-params")
         if kind == "latency":
-            timing = dict(backend=backend, threads=threads, batch_size=batch_size)
-            return self._latency(settings, target_latency, timing, cache, progress, name)
-        target = (kind, float(targets[kind])) if kind else None  # type: ignore[arg-type]
-        decisions, result = choose(self.analysis, self.model, target=target, sensitivity=sensitivity, **settings)
-        return Planned(self._plan_of(decisions, result, settings, name), decisions, result)
+            timing = dict(backend=settings.backend, threads=settings.threads, batch_size=settings.batch_size)
+            return self._latency(choice, settings, timing, progress, name)
+        target = (kind, float(settings.targets[kind])) if kind else None  # type: ignore[arg-type]
+        decisions, result = choose(self.analysis, self.model, target=target, sensitivity=sensitivity, **choice)
+        return Planned(self._plan_of(decisions, result, choice, settings, name), decisions, result)
 
-    def _plan_of(self, decisions: list[Decision], result: TargetResult | None, settings: dict[str, Any],
-                 name: str) -> dict[str, Any]:  # fmt: skip
+    def _plan_of(self, decisions: list[Decision], result: TargetResult | None, choice: dict[str, Any],
+                 settings: ShrinkSettings, name: str) -> dict[str, Any]:  # fmt: skip
         plan = build_plan(
             self.analysis,
             decisions,
             model_name=name,
-            criterion=settings["criterion"],
-            ratio=round(result.ratio, 6) if result else settings["ratio"],
-            round_to=settings["round_to"],
-            seed=settings["seed"],
-            head_ratio=settings["head_ratio"],
+            criterion=choice["criterion"],
+            ratio=round(result.ratio, 6) if result else choice["ratio"],
+            round_to=choice["round_to"],
+            seed=choice["seed"],
+            head_ratio=choice["head_ratio"],
         )
         mode = result.mode if result else "uniform"
         plan["allocation"] = mode
         if mode != "uniform":
-            plan["max_layer_ratio"] = settings["max_layer_ratio"]
-        if settings["ratios"]:
-            plan["ratios"] = dict(settings["ratios"])
+            plan["max_layer_ratio"] = choice["max_layer_ratio"]
+        if choice["ratios"]:
+            plan["ratios"] = dict(choice["ratios"])
         if result is not None and result.kind != "units":
             plan["target"] = result.report()
         if self.analysis.pieces:
             plan["pieces"] = list(self.analysis.pieces)  # what `slimnet apply` verifies piece by piece
         if self.analysis.taps:
             plan["taps"] = list(self.analysis.taps)  # whose outputs `slimnet apply` compares
+        plan["settings"] = settings.recorded()  # everything asked for, under the recipe schema's names
         return plan
 
-    def _latency(self, settings: dict[str, Any], wanted: float | str | None, timing: dict[str, Any], cache: bool,
-                 progress: bool, name: str) -> Planned:  # fmt: skip
+    def _latency(self, choice: dict[str, Any], settings: ShrinkSettings, timing: dict[str, Any], progress: bool,
+                 name: str) -> Planned:  # fmt: skip
         """Choose from the table, cut, measure, re-aim (see the module docstring)."""
+        wanted = settings.target_latency
         fraction, ms = parse_latency(wanted)  # type: ignore[arg-type]
-        built = self.latency_table(**timing, round_to=settings["round_to"], max_layer_ratio=settings["max_layer_ratio"],
-                                   ignore=settings["ignore"], prune_norm=settings["prune_norm"], cache=cache,
+        built = self.latency_table(**timing, round_to=settings.round_to, max_layer_ratio=settings.max_layer_ratio,
+                                   ignore=list(settings.ignore), prune_norm=settings.prune_norm, cache=settings.cache,
                                    progress=progress)  # fmt: skip
         template = self.template(timing["batch_size"]) if timing["backend"].startswith("ort") else None
         if fraction is None:
@@ -249,12 +239,12 @@ class Planner:
         for _ in range(LATENCY_ROUNDS):
             try:
                 decisions, result = choose(self.analysis, self.model, target=("latency", aim), table=built.table,
-                                           **settings)  # fmt: skip
+                                           **choice)  # fmt: skip
             except SlimnetError:
                 if not tried:
                     raise
                 break  # the re-aimed budget is out of reach: keep what was measured
-            plan = self._plan_of(decisions, result, settings, name)
+            plan = self._plan_of(decisions, result, choice, settings, name)
             original, cut = lut.measure(self.model, self.example, [plan], template=template, **timing)
             tried.append((abs(cut / original - fraction), plan, decisions, result, original, cut))
             if abs(cut / original - fraction) <= 0.5 * LATENCY_TOLERANCE * fraction:

@@ -302,10 +302,30 @@ class ShrinkSettings:
         kwargs = {FIELD_OF.get(k, k): v for k, v in data.items()}
         return cls(**{k: v for k, v in kwargs.items() if k in names})
 
+    def recorded(self) -> dict[str, Any]:
+        """What a plan records under ``"settings"``: :meth:`to_dict` without ``cache``, which says how the
+        latency table was found, not what was asked for."""
+        data = self.to_dict()
+        del data["cache"]
+        return data
+
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The field names, in order (what :func:`slimnet.api.shrink` also takes as keywords)."""
         return tuple(f.name for f in fields(cls))
+
+
+def settings_of(settings: ShrinkSettings | None, keywords: Mapping[str, Any]) -> ShrinkSettings:
+    """``settings``, or settings made from ``keywords`` (the fields by name): one or the other, so that a keyword
+    cannot silently lose to (or override) a settings object."""
+    if settings is not None:
+        if keywords:
+            raise SlimnetError(f"give either settings or its fields as keywords, not both (got {sorted(keywords)})")
+        return settings
+    unknown = sorted(set(keywords) - set(ShrinkSettings.names()))
+    if unknown:
+        raise TypeError(f"unknown shrink settings {unknown}: known are {list(ShrinkSettings.names())}")
+    return ShrinkSettings(**keywords)
 
 
 #: the schema's keys that may be left empty (None)

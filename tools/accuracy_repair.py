@@ -143,8 +143,8 @@ def render(results: dict[str, Any], seconds: float, steps: int) -> str:
         lines.append("")
     lines += [
         "Notes: `reconstruct` refits every layer that reads pruned channels by ridge least squares on the "
-        "calibration data so that its output matches the original's (slimnet/repair/reconstruct.py); the verifier proves "
-        "the cut before it, and the refit weights are not what `slimnet apply` rebuilds from the plan. "
+        "calibration data so that its output matches the original's (slimnet/repair/reconstruct.py); the verifier "
+        "proves the cut before it, and the refit weights are not what `slimnet apply` rebuilds from the plan. "
         "`old loss and lr` keeps the new warm-up + cosine schedule and best-kept selection (only the loss and the "
         "learning rate of the old defaults), so it isolates what those two change. A repair step that made "
         "held-out agreement worse is reverted (the `reverted` column).",

@@ -79,6 +79,7 @@ def choose(
     ranking: Ranking | None = None,
     stats: Statistics | None = None,
     sensitivity: Mapping[str, Any] | None = None,
+    check: bool = True,
 ) -> tuple[list[Decision], TargetResult | None]:
     """Rank every prunable group's units and choose which ones stay. Groups of whole attention heads drop
     ``head_ratio`` of their heads when it is given, else ``ratio`` like every other group; ``ratios`` (group name
@@ -88,8 +89,10 @@ def choose(
     ``ranking``: the ranking of this model's groups by this criterion, when the caller has it already;
     ``stats``: what the data-driven criteria read (:mod:`slimnet.rank.statistics`); ``sensitivity``: a
     :mod:`slimnet.sensitivity.analysis` result, whose loss curves allocate a MACs or parameters target
-    (:mod:`slimnet.allocate.sensitivity`)."""
-    check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
+    (:mod:`slimnet.allocate.sensitivity`). ``check=False`` where the settings are a checked
+    :class:`slimnet.settings.ShrinkSettings` already (the planner's case)."""
+    if check:
+        check_settings(ratio=ratio, criterion=criterion, round_to=round_to, head_ratio=head_ratio)
     decisions = left_whole(analysis, model, ignore, prune_norm)
     prunable = [d.group for d in decisions if d.reason is None]
     left = {d.group.name: d.reason for d in decisions if d.reason is not None}

@@ -11,7 +11,7 @@ import typer
 
 from .._util import first_line
 from ..errors import SlimnetError
-from ..settings import BACKENDS, check_allocation, check_counts, check_ratio
+from ..settings import BACKENDS, check_counts, check_ratio
 from .common import out
 
 TargetMacs = Annotated[
@@ -82,10 +82,11 @@ def check_ratios(data: Any, where: str) -> dict[str, float]:
 
 
 def allocation_settings(s: dict[str, Any], explicit_ratio: bool) -> dict[str, Any]:
-    """Check the allocation settings (merged flags and recipe) and turn them into :func:`slimnet.api.shrink`'s
-    keywords. ``explicit_ratio``: --ratio was given (on the command line or in the recipe)."""
+    """Turn the allocation settings (merged flags and recipe) into :class:`slimnet.settings.ShrinkSettings`'s
+    fields, refusing what only the command line can get wrong (--ratio beside a target; the values themselves are
+    checked once, by ShrinkSettings). ``explicit_ratio``: --ratio was given (on the command line or in the recipe)."""
     targets = {"macs": s.get("target_macs"), "params": s.get("target_params"), "latency": s.get("target_latency")}
-    kind = check_allocation(targets=targets, max_layer_ratio=s["max_layer_ratio"], backend=s["backend"])
+    kind = next((k for k, v in targets.items() if v is not None), None)  # checked with the rest in ShrinkSettings
     check_counts(batch_size=s["batch_size"], threads=s["threads"])
     if kind is not None and explicit_ratio:
         raise SlimnetError(f"--ratio and --target-{kind} both say how much to drop: give one of them")

@@ -20,8 +20,8 @@ from ..load.spec import check_model
 from ..settings import (
     DEFAULT_MAX_LAYER_RATIO,
     DEFAULT_ROUND_TO,
+    ShrinkSettings,
     check_data_settings,
-    check_settings,
     data_needs,
 )
 from . import allocation as alloc
@@ -166,8 +166,11 @@ def shrink(
         given.update({"backend": backend, "threads": threads, "batch_size": batch_size, "global": use_global})
         given["max_layer_ratio"] = max_layer_ratio
         s, explicit_ratio = recipes.merged_settings(ctx, recipe, given)
-        check_settings(ratio=s["ratio"], criterion=s["criterion"], round_to=s["round_to"], head_ratio=s["head_ratio"])
         allocation = alloc.allocation_settings(s, explicit_ratio)
+        settings = ShrinkSettings(  # checked here, once, before anything is loaded
+            criterion=s["criterion"], round_to=s["round_to"], ignore=s["ignore"], seed=s["seed"],
+            prune_norm=s["prune_norm"] or prune_embed, head_ratio=s["head_ratio"], **allocation,
+        )  # fmt: skip
         needs = data_needs(s["criterion"], recalibrate_bn, compensate_bias, reconstruct)
         check_data_settings(data=data, batch_size=calib_batch_size, calib_batches=calib_batches, needs=needs)
         inputs = [weights, input_file, data, ratios_from]
@@ -189,20 +192,14 @@ def shrink(
             result = api.shrink(
                 loaded.model,
                 example,
-                criterion=s["criterion"],
-                round_to=s["round_to"],
-                ignore=s["ignore"],
-                seed=s["seed"],
-                prune_norm=s["prune_norm"] or prune_embed,
+                settings=settings,
                 model_name=model,
-                head_ratio=s["head_ratio"],
                 stages=stages,
                 data=calibration,
                 recalibrate_bn=recalibrate_bn,
                 compensate_bias=compensate_bias,
                 reconstruct=reconstruct,
                 sensitivity=sens,
-                **allocation,
             )
             report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
         report["timings"] = stages.rounded()

@@ -10,28 +10,12 @@ import typer
 
 from .._util import first_line
 from ..errors import SlimnetError
+from ..settings import FIELD_OF, SCHEMA, check_schema
 
-NUMBER = (int, float)
-RECIPE_KEYS: dict[str, tuple[type, ...]] = {
-    "ratio": NUMBER,
-    "criterion": (str,),
-    "round_to": (int,),
-    "ignore": (list,),
-    "seed": (int,),
-    "prune_norm": (bool,),
-    "head_ratio": NUMBER,
-    "target_macs": NUMBER,
-    "target_params": NUMBER,
-    "target_latency": (str, *NUMBER),
-    "backend": (str,),
-    "threads": (int,),
-    "batch_size": (int,),
-    "global": (bool,),
-    "max_layer_ratio": NUMBER,
-    "ratios": (dict, str),
-}
+#: the recipe's keys and the types each takes: the settings schema, one definition (:mod:`slimnet.settings`)
+RECIPE_KEYS = SCHEMA
 #: recipe key -> the shrink command's parameter, where they differ
-PARAMS = {"global": "use_global"}
+PARAMS = FIELD_OF
 
 
 def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> dict[str, Any]:
@@ -48,16 +32,9 @@ def recipe_settings(ctx: typer.Context, path: str, current: dict[str, Any]) -> d
         raise SlimnetError(f"recipe {path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise SlimnetError(f"recipe {path} must be a mapping of settings such as 'ratio: 0.5'")
-    unknown = sorted(set(data) - set(RECIPE_KEYS))
-    if unknown:
-        raise SlimnetError(f"recipe {path} has unknown keys {unknown}: allowed are {sorted(RECIPE_KEYS)}")
+    check_schema(data, f"recipe {path}")
     merged = dict(current)
-    for key, kinds in RECIPE_KEYS.items():
-        if key not in data:
-            continue
-        value = data[key]
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise SlimnetError(f"recipe {path}: {key} must be a {' or '.join(k.__name__ for k in kinds)}")
+    for key, value in data.items():
         if key == "ratios" and isinstance(value, str):
             value = str((p.parent / value).resolve()) if not Path(value).is_absolute() else value
         if not _explicit(ctx, key):
