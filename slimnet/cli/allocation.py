@@ -12,7 +12,7 @@ import typer
 from .._util import first_line
 from ..errors import SlimnetError
 from ..settings import BACKENDS, check_counts, check_ratio
-from .common import out
+from .common import say
 
 TargetMacs = Annotated[
     Optional[float],
@@ -118,21 +118,21 @@ def print_target(report: dict[str, Any]) -> None:
     t = report.get("target")
     imp = report.get("importance_kept") or {}
     if imp and (t is not None or report.get("global")):
-        out.print(f"importance kept: {imp['share']:.3f} of the prunable groups' (scores of the kept units)")
+        say(f"importance kept: {imp['share']:.3f} of the prunable groups' (scores of the kept units)")
     if t is None:
         g = report.get("global")
         if g:
-            out.print(f"global ranking: {g['note']}")
+            say(f"global ranking: {g['note']}")
         return
     mark = "within tolerance" if t["within_tolerance"] else "outside tolerance"
     if t["kind"] != "latency":
-        out.print(
+        say(
             f"target ({t['allocation']}): {t['kind']} {t['wanted']} of the original wanted, {t['reached']:.4f} "
             f"reached ({mark}: {t['note']})"
         )
         return
     table = t["table"]
-    out.print(
+    say(
         f"target (latency, {t['backend']}, {t['threads']} thread(s), batch {t['batch_size']}): {t['wanted']:.3f} "
         f"of the original wanted; predicted {t['predicted_fraction']:.3f}, measured {t['reached']:.3f} "
         f"({t['measured_ms']:.3g} ms of {t['measured_original_ms']:.3g} ms; {mark}; {t['rounds']} round(s))"
@@ -142,4 +142,4 @@ def print_target(report: dict[str, Any]) -> None:
         if table["cached"]
         else f"measured in {table['build_seconds']:.1f} s" + (f", cached at {table['path']}" if table["path"] else "")
     )
-    out.print(f"latency table of {table['groups']} groups {cached}")
+    say(f"latency table of {table['groups']} groups {cached}")

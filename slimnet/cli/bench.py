@@ -32,6 +32,7 @@ from .common import (
     out,
     output_option,
     say,
+    show,
 )
 from .progress import stages_for
 
@@ -196,7 +197,7 @@ def print_bench(report: dict[str, Any], per_layer: bool) -> None:
         f"onnxruntime {d['onnxruntime']}; batch {report['batch_size']}, {report['warmup']} warm-up + "
         f"{report['runs']} timed runs, models interleaved"
     )
-    console.print(_cost_table(models))
+    show(_cost_table(models))
     for m in models:
         if m["skipped_ops"]:
             ops = ", ".join(f"{op} x{n}" for op, n in m["skipped_ops"].items())
@@ -207,15 +208,15 @@ def print_bench(report: dict[str, Any], per_layer: bool) -> None:
             say(f"{m['path']}: not timed on {b}: {why}")
     timed = [b for b in report["backends"] if b not in report["skipped_backends"]]
     if timed:
-        console.print(_latency_table(models, timed))
+        show(_latency_table(models, timed))
     for b, why in report["skipped_backends"].items():
         say(f"{b} skipped: {why}")
     for line in noise_lines(report):
         say(line)
     if len(models) > 1:
-        console.print(_speedup_table(models, timed))
+        show(_speedup_table(models, timed))
     if per_layer:
-        console.print(_layer_table(models))
+        show(_layer_table(models))
     console.print(report["macs_note"], style="dim", highlight=False, soft_wrap=True)
 
 

@@ -42,9 +42,9 @@ from .common import (
     fmt,
     guarded,
     model_inputs,
-    out,
     output_option,
     say,
+    show,
 )
 from .data import (
     DEFAULT_BATCH_SIZE,
@@ -222,7 +222,7 @@ def print_report(report: dict[str, Any]) -> None:
     p, m = report["params"], report["macs"]
     table.add_row("params", fmt(p[0]), fmt(p[1]), _ratio(p[0], p[1]))
     table.add_row("MACs", fmt(m[0]), fmt(m[1]), _ratio(m[0], m[1]))
-    out.print(table)
+    show(table)
     say(
         f"groups: {report['groups']} found, {report['pruned_groups']} pruned, {len(report['skipped'])} left whole; "
         f"criterion {report['criterion']}, ratio {report['ratio']}, round-to {report['round_to']}"
@@ -244,7 +244,7 @@ def print_report(report: dict[str, Any]) -> None:
         skipped.add_column("reason")
         for s in report["skipped"]:
             skipped.add_row(s["group"], s["reason"])
-        out.print(skipped)
+        show(skipped)
     alloc.print_target(report)
     for line in repair_lines(report):
         say(line)
@@ -366,6 +366,6 @@ def graph(
             if g["prunable"] and g["normalised"]:
                 why = f"only with --prune-norm ({g['normalised']})"
             table.add_row(str(g["id"]), g["name"], str(g["units"]), mem, why)
-        out.print(table)
+        show(table)
         hint = "" if members else " (member dims: the tensor dimensions each group slices; --members lists them)"
         say(f"{len(groups)} groups, {prunable} prunable{hint}")

@@ -23,17 +23,19 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    ShowProgress,
     TrustPickle,
     Weights,
     check_output,
     emit_json,
-    err,
     guarded,
     model_inputs,
-    out,
     output_option,
     say,
+    show,
+    tell,
 )
+from .progress import wanted as progress_wanted
 
 #: the text output says it once, in :func:`repair_lines` (``--json``: ``repair_warnings``)
 warnings.filterwarnings("ignore", category=RepairWarning)
@@ -165,6 +167,7 @@ def sensitivity(
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -182,15 +185,17 @@ def sensitivity(
         from ..sensitivity.analysis import parse_ratios, save  # lazy: CLI start-up
         from ..sensitivity.analysis import sensitivity as sweep  # lazy: CLI start-up
 
+        if plot_path is not None:
+            sensitivity_report.pyplot()  # a missing matplotlib is said now, not after the sweep
         steps = parse_ratios(ratios)
         world = distributed.start("cpu")
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         calibration = load_calibration(
             data, loaded.model, example, batch_size, calib_batches, not no_imagenet_norm, [model]
         )
-        progress = _progress if world.main and not as_json else None
+        listener = _progress if world.main and progress_wanted(progress) else None
         result = sweep(loaded.model, example, calibration, ratios=steps, criterion=criterion, round_to=round_to,
-                       model_name=model, world=world, progress=progress, recalibrate_bn=recalibrate_bn,
+                       model_name=model, world=world, progress=listener, recalibrate_bn=recalibrate_bn,
                        compensate_bias=compensate_bias)  # fmt: skip
         distributed.stop(world)
         if result is None:
@@ -202,11 +207,11 @@ def sensitivity(
             emit_json({**result, "output": str(out_path), "plot": str(plot_path) if plot_path else None})
             return
         _print_sensitivity(result, sensitivity_report)
-        out.print(f"wrote {out_path}" + (f" and {plot_path}" if plot_path else ""))
+        say(f"wrote {out_path}" + (f" and {plot_path}" if plot_path else ""))
 
 
 def _progress(done: int, total: int, group: str) -> None:
-    err.print(f"sensitivity: {done}/{total} groups ({group})", highlight=False)
+    tell(f"sensitivity: {done}/{total} groups ({group})")
 
 
 def _print_sensitivity(result: dict[str, Any], report: Any) -> None:
@@ -215,9 +220,9 @@ def _print_sensitivity(result: dict[str, Any], report: Any) -> None:
         table.add_column(col)
     for row in report.rows(result):
         table.add_row(*row)
-    out.print(table)
+    show(table)
     worst = ", ".join(r["group"] for r in report.worst(result))
-    out.print(f"most sensitive at ratio {result['ratios'][-1]:g}: {worst}")
+    say(f"most sensitive at ratio {result['ratios'][-1]:g}: {worst}")
 
 
 # ------------------------------------------------------------------------------------------ distill
@@ -246,6 +251,7 @@ def distill(
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -281,7 +287,7 @@ def distill(
         )
         result = run(student, original.model, calibration, steps=steps, lr=lr, temperature=temperature,
                      loss=loss, patience=patience, log_every=eval_every, world=world,
-                     progress=not as_json)  # fmt: skip
+                     progress=progress_wanted(progress))  # fmt: skip
         distributed.stop(world)
         if world.main:
             _save_tuned(result.model.cpu(), out_path, folder)
