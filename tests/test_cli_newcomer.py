@@ -5,6 +5,8 @@ say its input size, could not leave height and width free, and printed 41 KB as 
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +31,10 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "hfmodel").mkdir()
     (tmp_path / "hfmodel" / "config.json").write_text('{"model_type": "bert"}')
     return tmp_path
+
+
+def NET_ARGS(command: str) -> list[str]:  # noqa: N802 - reads as the constant prefix it is
+    return [command, "net.py:make", "--input-shape", SHAPE]
 
 
 def _shrink(*args: str):
@@ -96,22 +102,80 @@ def test_every_long_command_takes_progress_and_quiet(command: str) -> None:
     assert r.exit_code == 0 and "--progress" in r.stdout and "--quiet" in r.stdout, r.stdout
 
 
-def test_sensitivity_and_distill_progress_follows_shrinks_rule(here: Path) -> None:
+@pytest.mark.usefixtures("here")
+def test_sensitivity_and_distill_progress_follows_shrinks_rule() -> None:
     """Not a terminal (CliRunner): no progress unless --progress; --quiet: none. As shrink's stages."""
-    sens = ["sensitivity", "net.py:make", "--input-shape", SHAPE, "--data", "data.pt", "-o", "s.json"]
-    sens += ["--ratios", "0.5", "--batch-size", "8"]
-    for extra, shown in (([], False), (["--quiet"], False), (["--progress"], True)):
-        r = runner.invoke(app, [*sens, *extra])
+    sens = ["sensitivity", "net.py:make", "--input-shape", SHAPE, "--data", "data.pt", "--ratios", "0.5"]
+    sens += ["--batch-size", "8"]
+    for i, (extra, shown) in enumerate((([], False), (["--quiet"], False), (["--progress"], True))):
+        r = runner.invoke(app, [*sens, "-o", f"s{i}.json", *extra])
         assert r.exit_code == 0, r.output
         lines = r.stderr.strip().splitlines()
         assert lines == (["sensitivity: 1/2 groups (conv1)", "sensitivity: 2/2 groups (conv2)"] if shown else [])
     assert _shrink("-o", "p.pt").exit_code == 0
-    dist = ["distill", "p.pt", "--teacher", "net.py:make", "--data", "data.pt", "-o", "t.pt", "--trust-pickle"]
+    dist = ["distill", "p.pt", "--teacher", "net.py:make", "--data", "data.pt", "--trust-pickle"]
     dist += ["--steps", "4", "--batch-size", "8", "--calib-batches", "2", "--input-shape", SHAPE]
-    for extra, shown in (([], False), (["--quiet"], False), (["--progress"], True)):
-        r = runner.invoke(app, [*dist, *extra])
+    for i, (extra, shown) in enumerate((([], False), (["--quiet"], False), (["--progress"], True))):
+        r = runner.invoke(app, [*dist, "-o", f"t{i}.pt", *extra])
         assert r.exit_code == 0, r.output
         bar = [ln for ln in r.stderr.splitlines() if ln.startswith("distill [")]
         assert bool(bar) == shown and (not shown or "4/4" in bar[-1]), r.stderr
         if not shown:
-            assert "distill [" not in r.stderr
+            assert r.stderr == ""
+
+
+# ------------------------------------------------------------------------------------------ 5. replacing outputs
+def test_rerunning_shrink_replaces_and_says_so(here: Path) -> None:
+    """The quick start run twice: the second run works, and says in one stderr line what it replaced."""
+    assert _shrink("--ratio", "0.5").exit_code == 0
+    first = (here / "net-slim.pt").read_bytes()
+    r = _shrink("--ratio", "0.25")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == "note: replaced the existing net-slim.pt and net-slim.plan.json"
+    assert (here / "net-slim.pt").read_bytes() != first  # really replaced (another ratio, other shapes)
+    assert json.loads((here / "net-slim.plan.json").read_text())["ratio"] == 0.25
+    r = _shrink("--ratio", "0.25", "--quiet", "--json")
+    assert r.exit_code == 0 and r.stderr == ""  # --quiet: no note; the JSON lists what was replaced
+    report = json.loads(r.stdout)
+    assert report["replaced"] == ["net-slim.pt", "net-slim.plan.json"] and report["stale"] == []
+
+
+def test_an_onnx_file_of_a_replaced_model_is_called_stale(here: Path) -> None:
+    assert _shrink().exit_code == 0
+    r = runner.invoke(app, ["export", "net-slim.pt", "--input-shape", SHAPE, "--trust-pickle"])
+    assert r.exit_code == 0 and (here / "net-slim.onnx").is_file(), r.output
+    old = (here / "net-slim.onnx").stat().st_mtime - 10
+    os.utime(here / "net-slim.onnx", (old, old))  # an earlier run's file, whatever the clock's resolution
+    r = _shrink("--ratio", "0.25", "--quiet", "--json")
+    assert r.exit_code == 0, r.output
+    assert r.stderr.strip() == (
+        "warning: net-slim.onnx was exported from an earlier net-slim.pt and is now stale: run "
+        "`slimnet export net-slim.pt` to refresh it"
+    )  # a warning: printed even with --quiet
+    assert json.loads(r.stdout)["stale"] == ["net-slim.onnx"]
+    r = _shrink("--onnx", "net-slim.onnx", "--json")  # written again by this run: fresh, nothing stale
+    assert r.exit_code == 0 and json.loads(r.stdout)["stale"] == [], r.output
+    assert r.stderr.strip() == "note: replaced the existing net-slim.pt, net-slim.plan.json and net-slim.onnx"
+    r = runner.invoke(app, ["export", "net-slim.pt", "--input-shape", SHAPE, "--trust-pickle"])
+    assert r.exit_code == 0 and r.stderr.strip() == "note: replaced the existing net-slim.onnx", r.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [*NET_ARGS("shrink"), "--criterion", "taylor", "--data", "data.pt", "-o", "data.pt"],
+        [*NET_ARGS("shrink"), "--recipe", "r.yaml", "--onnx", "r.yaml"],
+        [*NET_ARGS("shrink"), "--ratios", "r.yaml", "-o", "r.yaml"],
+        [*NET_ARGS("shrink"), "-o", "x.pt", "--onnx", "x.plan.json"],
+        [*NET_ARGS("sensitivity"), "--data", "data.pt", "-o", "s.json", "--plot", "data.pt"],
+        ["distill", "net.py", "--teacher", "net.py:make", "--data", "data.pt", "-o", "data.pt"],
+    ],
+    ids=["shrink-data", "shrink-recipe", "shrink-ratios", "onnx-over-plan", "sensitivity-plot", "distill-data"],
+)
+def test_an_input_is_never_an_output(here: Path, args: list[str]) -> None:
+    (here / "r.yaml").write_text("ratio: 0.5\n")
+    before, data = listing(here), (here / "data.pt").read_bytes()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and r.stderr.startswith("error: output "), r.output
+    assert "is the input" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert listing(here) == before and (here / "data.pt").read_bytes() == data

@@ -34,6 +34,7 @@ from .common import (
     say,
     show,
 )
+from .outputs import Replacing
 from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
@@ -107,6 +108,7 @@ def export_command(
         source = check_model(model).file
         output = output or default_output(model, ".onnx")
         out_path = check_output(output, [source, weights or "", input_file or ""])
+        replacing = Replacing([out_path])
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
@@ -119,6 +121,7 @@ def export_command(
                 )
         info["model"] = model
         info["timings"] = stages.rounded()
+        info.update(replacing.done(quiet=progress is False))
         if as_json:
             emit_json(info)
             return

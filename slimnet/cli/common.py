@@ -62,7 +62,8 @@ WEIGHTS_HELP = "state_dict to load into FILE.py:FACTORY."
 JSON_HELP = "Print one JSON object on stdout instead of text."
 PROGRESS_HELP = (
     "Progress per stage on stderr, with each stage's time: shown by default when stderr is a terminal; "
-    "--progress shows it in logs too, --quiet never."
+    "--progress shows it in logs too; --quiet never, nor the note that an existing output was replaced "
+    "(warnings and errors still print)."
 )
 
 

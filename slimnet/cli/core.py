@@ -60,7 +60,7 @@ from .data import (
     load_calibration,
     repair_lines,
 )
-from .outputs import save_model_atomic, shrink_outputs, write_outputs
+from .outputs import Replacing, save_model_atomic, shrink_outputs, write_outputs
 from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
@@ -173,8 +173,9 @@ def shrink(
         )  # fmt: skip
         needs = data_needs(s["criterion"], recalibrate_bn, compensate_bias, reconstruct)
         check_data_settings(data=data, batch_size=calib_batch_size, calib_batches=calib_batches, needs=needs)
-        inputs = [weights, input_file, data, ratios_from]
+        inputs = [weights, input_file, data, ratios_from, recipe, ratios]
         out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
+        replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
@@ -203,6 +204,7 @@ def shrink(
             )
             report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
         report["timings"] = stages.rounded()
+        report.update(replacing.done(quiet=progress is False))
         if as_json:
             emit_json(report)
         else:
@@ -281,7 +283,8 @@ def apply(
         if not Path(plan).is_file():
             raise SlimnetError(f"plan {plan} does not exist")
         output = output or default_output(model, "-slim.pt")
-        out_path = check_output(output, [source, plan, weights or ""])
+        out_path = check_output(output, [source, plan, weights or "", input_file or ""])
+        replacing = Replacing([out_path], models=[out_path])
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
@@ -306,6 +309,7 @@ def apply(
             verified=bool(result and result.passed),
             timings=stages.rounded(),
         )
+        report.update(replacing.done(quiet=progress is False))
         if as_json:
             emit_json(report)
         else:

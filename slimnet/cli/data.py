@@ -35,6 +35,7 @@ from .common import (
     show,
     tell,
 )
+from .outputs import Replacing
 from .progress import wanted as progress_wanted
 
 #: the text output says it once, in :func:`repair_lines` (``--json``: ``repair_warnings``)
@@ -178,8 +179,10 @@ def sensitivity(
         check_settings(ratio=0.0, criterion=criterion, round_to=round_to)
         check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["sensitivity"])
         source = parse_spec(model).file
-        out_path = check_output(output, [source, data or ""])
-        plot_path = check_output(plot, [source, output]) if plot else None
+        inputs = [source, data or "", weights or "", input_file or ""]
+        out_path = check_output(output, inputs)
+        plot_path = check_output(plot, [*inputs, output]) if plot else None
+        replacing = Replacing([out_path, *([plot_path] if plot_path else [])])
         from .. import distributed
         from ..sensitivity import report as sensitivity_report  # lazy: CLI start-up
         from ..sensitivity.analysis import parse_ratios, save  # lazy: CLI start-up
@@ -200,11 +203,12 @@ def sensitivity(
         distributed.stop(world)
         if result is None:
             return
-        save(result, out_path)
-        if plot_path is not None:
+        if plot_path is not None:  # the plot first: a failed plot leaves no sensitivity file behind
             sensitivity_report.plot(result, plot_path)
+        save(result, out_path)
+        replaced = replacing.done(quiet=progress is False)
         if as_json:
-            emit_json({**result, "output": str(out_path), "plot": str(plot_path) if plot_path else None})
+            emit_json({**result, "output": str(out_path), "plot": str(plot_path) if plot_path else None, **replaced})
             return
         _print_sensitivity(result, sensitivity_report)
         say(f"wrote {out_path}" + (f" and {plot_path}" if plot_path else ""))
@@ -267,7 +271,9 @@ def distill(
 
         check_steps(steps, lr, temperature, patience, loss)
         folder = parse_spec(pruned).kind == "hf" and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
-        out_path = check_output(output, [parse_spec(pruned).file, parse_spec(teacher).file, data or ""], folder)
+        inputs = [parse_spec(pruned).file, parse_spec(teacher).file, data or "", input_file or ""]
+        out_path = check_output(output, inputs, folder)
+        replacing = Replacing([out_path], models=[out_path])
         from .. import distributed  # lazy: CLI start-up
         from ..load.data import example_from  # lazy: CLI start-up
         from ..load.loader import load_model  # lazy: CLI start-up
@@ -292,6 +298,7 @@ def distill(
         if world.main:
             _save_tuned(result.model.cpu(), out_path, folder)
             report = {**result.report(), "output": str(out_path), "calibration": calibration.describe()}
+            report.update(replacing.done(quiet=progress is False))
             if as_json:
                 emit_json(report)
             else:
