@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def NET_ARGS(command: str) -> list[str]:  # noqa: N802 - reads as the constant prefix it is
+def _net(command: str) -> list[str]:
     return [command, "net.py:make", "--input-shape", SHAPE]
 
 
@@ -163,11 +164,11 @@ def test_an_onnx_file_of_a_replaced_model_is_called_stale(here: Path) -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        [*NET_ARGS("shrink"), "--criterion", "taylor", "--data", "data.pt", "-o", "data.pt"],
-        [*NET_ARGS("shrink"), "--recipe", "r.yaml", "--onnx", "r.yaml"],
-        [*NET_ARGS("shrink"), "--ratios", "r.yaml", "-o", "r.yaml"],
-        [*NET_ARGS("shrink"), "-o", "x.pt", "--onnx", "x.plan.json"],
-        [*NET_ARGS("sensitivity"), "--data", "data.pt", "-o", "s.json", "--plot", "data.pt"],
+        [*_net("shrink"), "--criterion", "taylor", "--data", "data.pt", "-o", "data.pt"],
+        [*_net("shrink"), "--recipe", "r.yaml", "--onnx", "r.yaml"],
+        [*_net("shrink"), "--ratios", "r.yaml", "-o", "r.yaml"],
+        [*_net("shrink"), "-o", "x.pt", "--onnx", "x.plan.json"],
+        [*_net("sensitivity"), "--data", "data.pt", "-o", "s.json", "--plot", "data.pt"],
         ["distill", "net.py", "--teacher", "net.py:make", "--data", "data.pt", "-o", "data.pt"],
     ],
     ids=["shrink-data", "shrink-recipe", "shrink-ratios", "onnx-over-plan", "sensitivity-plot", "distill-data"],
@@ -179,3 +180,33 @@ def test_an_input_is_never_an_output(here: Path, args: list[str]) -> None:
     assert r.exit_code == 2 and r.stderr.startswith("error: output "), r.output
     assert "is the input" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert listing(here) == before and (here / "data.pt").read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------------ 8. one meaning of "ratio"
+@pytest.mark.usefixtures("here")
+def test_ratio_means_the_share_dropped_and_nothing_else() -> None:
+    """In the text, "ratio" is only ever the share of prunable channels dropped; the size factor is "x smaller",
+    a target's number a kept share. The JSON keeps its keys and adds kept_share / times_smaller."""
+    r = _shrink("--ratio", "0.5", "-o", "a.pt")
+    assert r.exit_code == 0, r.output
+    uses = re.findall(r"\bratio\b.*", r.stdout)
+    assert uses == ["ratio 0.5 (share of the prunable channels dropped), round-to 4"], r.stdout
+    header = next(ln for ln in r.stdout.splitlines() if "before" in ln)
+    assert re.search(r"before\W+after\W+smaller", header) and "3.40x" in r.stdout, r.stdout  # 2.87M -> 844K MACs
+    r = _shrink("--target-macs", "0.5", "--round-to", "1", "-o", "b.pt", "--json")
+    report = json.loads(r.stdout)
+    (pb, pa), (mb, ma) = report["params"], report["macs"]
+    assert report["kept_share"] == {"params": round(pa / pb, 6), "macs": round(ma / mb, 6)}
+    assert report["times_smaller"] == {"params": round(pb / pa, 6), "macs": round(mb / ma, 6)}
+    assert 0 < report["ratio"] < 1 and report["target"]["wanted"] == 0.5  # the old keys, unchanged
+    r = _shrink("--target-macs", "0.5", "--round-to", "1", "-o", "b.pt")
+    target = next(ln for ln in r.stdout.splitlines() if ln.startswith("target "))
+    assert target.startswith("target (uniform): kept share of MACs 0.5 wanted, "), target
+    for command in ("shrink", "sensitivity"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"}).stdout
+        # option names and recipe keys only; no "ratio" as a factor ("calibration" is another word)
+        words = re.findall(r"[\w-]*ratio[\w-]*", text.replace("alibration", ""))
+        assert set(words) <= {"ratio", "--ratio", "--ratios", "--head-ratio", "head_ratio", "--max-layer-ratio",
+                              "max_layer_ratio", "ratios", "--ratios-from"}, words  # fmt: skip
+        if command == "shrink":
+            assert "Share of each prunable group's channels to drop" in text

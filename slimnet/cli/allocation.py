@@ -16,11 +16,11 @@ from .common import say
 
 TargetMacs = Annotated[
     Optional[float],
-    typer.Option("--target-macs", help="Keep this fraction of the original's MACs (0 < F < 1), instead of --ratio."),
+    typer.Option("--target-macs", help="Kept share of the original's MACs to reach (0 < F < 1), instead of --ratio."),
 ]
 TargetParams = Annotated[
     Optional[float],
-    typer.Option("--target-params", help="Keep this fraction of the original's parameters, instead of --ratio."),
+    typer.Option("--target-params", help="Kept share of the original's parameters to reach, instead of --ratio."),
 ]
 TargetLatency = Annotated[
     Optional[str],
@@ -38,7 +38,10 @@ Global = Annotated[
 ]
 MaxLayerRatio = Annotated[
     float,
-    typer.Option("--max-layer-ratio", help="With --global or --target-latency: the most one group may lose."),
+    typer.Option(
+        "--max-layer-ratio",
+        help="With --global or --target-latency: the largest share of one group's channels dropped.",
+    ),
 ]
 RatiosFile = Annotated[
     Optional[str],
@@ -113,6 +116,10 @@ def allocation_settings(s: dict[str, Any], explicit_ratio: bool) -> dict[str, An
     }
 
 
+#: what a target's kind keeps a share of, in the text output
+KEPT = {"macs": "MACs", "params": "parameters", "units": "prunable channels"}
+
+
 def print_target(report: dict[str, Any]) -> None:
     """What a target or global ranking reached, after the main table."""
     t = report.get("target")
@@ -127,8 +134,8 @@ def print_target(report: dict[str, Any]) -> None:
     mark = "within tolerance" if t["within_tolerance"] else "outside tolerance"
     if t["kind"] != "latency":
         say(
-            f"target ({t['allocation']}): {t['kind']} {t['wanted']} of the original wanted, {t['reached']:.4f} "
-            f"reached ({mark}: {t['note']})"
+            f"target ({t['allocation']}): kept share of {KEPT.get(t['kind'], t['kind'])} {t['wanted']} wanted, "
+            f"{t['reached']:.4f} reached ({mark}: {t['note']})"
         )
         return
     table = t["table"]

@@ -81,7 +81,9 @@ Reconstruct = Annotated[
 ]
 RatiosFrom = Annotated[
     Optional[str],
-    typer.Option("--ratios-from", help="A sensitivity JSON: per-group ratios meeting --target-macs/--target-params."),
+    typer.Option(
+        "--ratios-from", help="A sensitivity JSON: a share to drop per group, meeting --target-macs/--target-params."
+    ),
 ]
 Criterion = Annotated[str, typer.Option("--criterion", "-c", help="How each group's units are ranked.")]
 RoundTo = Annotated[int, typer.Option("--round-to", help="Kept channel counts are rounded to a multiple of this.")]
@@ -153,9 +155,9 @@ def sensitivity(
     model: Model,
     output: Annotated[str, output_option("Where to write the sensitivity JSON.")],
     data: Data = None,
-    ratios: Annotated[str, typer.Option("--ratios", help="Ratios to cut each group at, e.g. 0.1,0.3,0.5,0.7.")] = (
-        "0.1,0.3,0.5,0.7"
-    ),
+    ratios: Annotated[
+        str, typer.Option("--ratios", help="Shares of each group's channels to drop, e.g. 0.1,0.3,0.5,0.7.")
+    ] = "0.1,0.3,0.5,0.7",
     criterion: Criterion = "l1",
     round_to: RoundTo = DEFAULT_ROUND_TO,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw the curves to this PNG.")] = None,
