@@ -5,6 +5,7 @@ say its input size, could not leave height and width free, and printed 41 KB as 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from slimnet.cli import app
+from slimnet.cli.common import human_bytes
 
 from .helpers import NET
 from .refusals import SHAPE, listing, runner
@@ -210,3 +212,57 @@ def test_ratio_means_the_share_dropped_and_nothing_else() -> None:
                               "max_layer_ratio", "ratios", "--ratios-from"}, words  # fmt: skip
         if command == "shrink":
             assert "Share of each prunable group's channels to drop" in text
+
+
+# ------------------------------------------------------------------------------------------ 9. export
+def _ort(path: Path, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+
+
+def test_export_states_its_input_and_frees_height_and_width_on_request(here: Path) -> None:
+    r = runner.invoke(app, ["export", "--help"], env={"COLUMNS": "250"})
+    assert "default 1,3,224,224" in r.stdout and "--dynamic-hw" in r.stdout
+    r = runner.invoke(app, ["export", "net.py:make", "--input-shape", SHAPE, "--dynamic-hw", "-o", "hw.onnx"])
+    assert r.exit_code == 0, r.output
+    size = (here / "hw.onnx").stat().st_size
+    first = r.stdout.splitlines()[0]
+    assert first.startswith(f"{size / 1e3:.3g} KB, opset 17, ") and "MB" not in first, first  # 4.7 KB, not 0.0 MB
+    assert "traced at input 1x3x32x32 (batch, height and width free)" in first, first
+    assert "onnxruntime matches torch at batch 1 and 3, and at 32x32 and 64x64" in first, first
+    spec = importlib.util.spec_from_file_location("newcomer_net", here / "net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # the same factory the CLI loaded: seeded, the same weights
+    model = module.make().eval()
+    x = torch.randn(2, 3, 48, 40)  # a size the export never saw, batch included
+    with torch.no_grad():
+        ref = model(x)
+    got = _ort(here / "hw.onnx", x)
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5), float((got - ref).abs().max())
+    r = runner.invoke(app, ["export", "net.py:make", "--input-shape", SHAPE, "-o", "b.onnx", "--json"])
+    info = json.loads(r.stdout)
+    assert info["input_shapes"] == [[1, 3, 32, 32]] and not info["dynamic_hw"] and info["checked_sizes"] == ["32x32"]
+    with pytest.raises(Exception, match="(?i)dimension|shape|index"):  # without --dynamic-hw the size is fixed
+        _ort(here / "b.onnx", x)
+
+
+def test_dynamic_hw_refuses_what_cannot_change_size(here: Path) -> None:
+    """A model whose Linear reads a flattened map runs at one size only; a flat input has no height or width."""
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 2)),
+               here / "fixed.pt")  # fmt: skip
+    torch.save(torch.nn.Sequential(torch.nn.Linear(8, 2)), here / "flat.pt")
+    for args, says in (
+        (["fixed.pt", "--input-shape", SHAPE], "--dynamic-hw: the model itself does not run at 64x64"),
+        (["flat.pt", "--input-shape", "1,8"], "--dynamic-hw frees the height and width of an N x C x H x W input"),
+    ):
+        before = listing(here)
+        r = runner.invoke(app, ["export", *args, "--dynamic-hw", "-o", "z.onnx"])
+        assert r.exit_code == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+        assert listing(here) == before
+
+
+def test_human_bytes() -> None:
+    assert [human_bytes(n) for n in (512, 41_234, 4_690, 3_200_000, 102_400_000, 1_450_000_000)] == [
+        "512 B", "41.2 KB", "4.69 KB", "3.2 MB", "102 MB", "1.45 GB"]  # fmt: skip

@@ -28,6 +28,7 @@ from .common import (
     emit_json,
     fmt,
     guarded,
+    human_bytes,
     model_inputs,
     out,
     output_option,
@@ -43,6 +44,21 @@ OnnxOutput = Annotated[
 ]
 Opset = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 17; 18 if dynamo is needed).")]
 NoDynamicBatch = Annotated[bool, typer.Option("--no-dynamic-batch", help="Fix the batch size to the example's.")]
+DynamicHw = Annotated[
+    bool,
+    typer.Option(
+        "--dynamic-hw",
+        help="Leave height and width free too (image inputs N x C x H x W; checked at twice the example's size).",
+    ),
+]
+ExportShape = Annotated[
+    Optional[str],
+    typer.Option(
+        "--input-shape",
+        help="Shape of the example the file is traced at, e.g. 1,3,320,320 (default 1,3,224,224; 299 for inception, "
+        "640 for ultralytics; hf: from the config). Only the batch stays free, unless --dynamic-hw.",
+    ),
+]
 Simplify = Annotated[bool, typer.Option("--simplify", help="Fold constants and drop dead nodes (onnxscript).")]
 Models = Annotated[
     list[str],
@@ -91,9 +107,10 @@ def export_command(
     model: Model,
     output: OnnxOutput = None,
     input_file: InputFile = None,
-    input_shape: InputShape = None,
+    input_shape: ExportShape = None,
     opset: Opset = None,
     no_dynamic_batch: NoDynamicBatch = False,
+    dynamic_hw: DynamicHw = False,
     simplify: Simplify = False,
     weights: Weights = None,
     trust_pickle: TrustPickle = False,
@@ -116,22 +133,31 @@ def export_command(
 
                 loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
             with stages("export"):
-                info = export_onnx(
-                    loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch, simplify=simplify
-                )
+                info = export_onnx(loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch,
+                                   simplify=simplify, dynamic_hw=dynamic_hw)  # fmt: skip
         info["model"] = model
         info["timings"] = stages.rounded()
         info.update(replacing.done(quiet=progress is False))
         if as_json:
             emit_json(info)
             return
-        batches = ", ".join(str(b) for b in info["checked_batches"])
-        say(
-            f"{info['bytes'] / 1e6:.1f} MB, opset {info['opset']}, {info['exporter']} exporter"
-            f"{', dynamic batch' if info['dynamic_batch'] else ''}: onnx.checker ok; onnxruntime matches torch at "
-            f"batch {batches}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}"
-        )
-        say(f"wrote {info['path']}")
+        for line in export_lines(info):
+            say(line)
+
+
+def export_lines(info: dict[str, Any]) -> list[str]:
+    """export's text: the size, the input the file was traced at and which of its axes are free, the checks."""
+    shapes = " and ".join("x".join(map(str, s)) for s in info.get("input_shapes") or [])
+    free = [axis for axis, on in (("batch", info["dynamic_batch"]), ("height and width", info.get("dynamic_hw"))) if on]
+    at = f"batch {' and '.join(str(b) for b in info['checked_batches'])}"
+    if info.get("dynamic_hw"):
+        at += f", and at {' and '.join(info['checked_sizes'])}"
+    return [
+        f"{human_bytes(info['bytes'])}, opset {info['opset']}, {info['exporter']} exporter; traced at input {shapes} "
+        f"({', '.join(free) + ' free' if free else 'every axis fixed'}): onnx.checker ok; onnxruntime matches torch "
+        f"at {at}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}",
+        f"wrote {info['path']}",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ bench

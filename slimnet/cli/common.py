@@ -57,7 +57,10 @@ TRUST_HELP = (
 )
 DEBUG_HELP = "Show the full traceback on errors."
 INPUT_HELP = "Example input saved with torch.save (tensor, tuple or dict of tensors)."
-SHAPE_HELP = "Example input shape, e.g. 1,3,224,224 (default: the model's usual size)."
+SHAPE_HELP = (
+    "Example input shape, e.g. 1,3,320,320 (default 1,3,224,224; 299 for inception, 640 for ultralytics; hf: from "
+    "the config)."
+)
 WEIGHTS_HELP = "state_dict to load into FILE.py:FACTORY."
 JSON_HELP = "Print one JSON object on stdout instead of text."
 PROGRESS_HELP = (
