@@ -68,6 +68,20 @@ def test_install_hints_keep_the_extra(here: Path, monkeypatch: pytest.MonkeyPatc
     assert listing(here) == before  # nothing written
 
 
+def test_brackets_in_names_are_text_not_markup(here: Path) -> None:
+    """A folder named ``exp[best]``: the table title, the table cells and the prose show it whole."""
+    (here / "exp[best]").mkdir()
+    (here / "exp[best]" / "net.py").write_text(NET)
+    r = runner.invoke(app, ["shrink", "exp[best]/net.py:make", "--input-shape", SHAPE])
+    assert r.exit_code == 0, r.output
+    assert "slimnet shrink: exp[best]/net.py:make" in r.stdout.splitlines()
+    assert r.stdout.strip().splitlines()[-1] == "wrote exp[best]/net-slim.pt and exp[best]/net-slim.plan.json"
+    bench = ["bench", "exp[best]/net.py:make", "--input-shape", SHAPE, "--backend", "torch-cpu", "--runs", "2"]
+    r = runner.invoke(app, [*bench, "--warmup", "0", "--budget", "0"])
+    assert r.exit_code == 0, r.output
+    assert any(ln.startswith("│ exp[best]/net.py:make ") for ln in r.stdout.splitlines()), r.stdout  # a table cell
+
+
 # ------------------------------------------------------------------------------------------ 7. no wrapping in logs
 def test_a_long_path_stays_on_one_line_outside_a_terminal(here: Path) -> None:
     """CliRunner's streams are not terminals: every line is printed whole however long (rich assumed 80 columns

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import SlimnetError
 from ..load.spec import check_model
@@ -20,6 +19,7 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    PlainTable,
     ShowProgress,
     TrustPickle,
     Weights,
@@ -275,8 +275,8 @@ def noise_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _cost_table(models: list[dict[str, Any]]) -> Table:
-    table = Table(title="theoretical cost")
+def _cost_table(models: list[dict[str, Any]]) -> PlainTable:
+    table = PlainTable(title="theoretical cost")
     for col in ("model", "params", "MACs", "FLOPs", "skipped ops"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in models:
@@ -284,8 +284,8 @@ def _cost_table(models: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _latency_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
-    table = Table(title="latency, ms (p50 / p90 / min)")
+def _latency_table(models: list[dict[str, Any]], backends: list[str]) -> PlainTable:
+    table = PlainTable(title="latency, ms (p50 / p90 / min)")
     table.add_column("model")
     for b in backends:
         table.add_column(b, justify="right")
@@ -298,8 +298,8 @@ def _latency_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
     return table
 
 
-def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
-    table = Table(title=f"speedup over {models[0]['path']} (efficiency = real / theoretical)")
+def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> PlainTable:
+    table = PlainTable(title=f"speedup over {models[0]['path']} (efficiency = real / theoretical)")
     table.add_column("model")
     table.add_column("theoretical", justify="right")
     for b in backends:
@@ -313,7 +313,7 @@ def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
     return table
 
 
-def _layer_table(models: list[dict[str, Any]]) -> Table:
+def _layer_table(models: list[dict[str, Any]]) -> PlainTable:
     """Each module's own MACs (leaves: all of theirs; containers: e.g. their residual adds), model by model."""
     from ..cost.macs import own_macs  # lazy: CLI start-up
 
@@ -321,7 +321,7 @@ def _layer_table(models: list[dict[str, Any]]) -> Table:
     names: dict[str, None] = {}
     for own in owns:
         names.update(dict.fromkeys(n for n, v in own.items() if v))
-    table = Table(title="MACs per layer (own ops)")
+    table = PlainTable(title="MACs per layer (own ops)")
     table.add_column("layer")
     for i, m in enumerate(models):
         table.add_column(m["path"] if i == 0 else f"{m['path']}", justify="right")

@@ -203,6 +203,14 @@ def tell(text: str) -> None:
     err.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
+class PlainTable(Table):
+    """A rich table whose cells are shown as they are: a group name, a file path or a reason with brackets in it
+    is text, never markup."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(Text(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+
 def show(table: Table, console: Console = out) -> None:
     """A rich table, its title printed as a line of its own: rich wraps a title to the table's width, which cut a
     long model path into a column of five-letter pieces."""

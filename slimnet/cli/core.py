@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import SlimnetError, VerificationError
 from ..load.spec import check_model
@@ -33,6 +32,7 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    PlainTable,
     ShowProgress,
     TrustPickle,
     Weights,
@@ -229,7 +229,7 @@ def size_fields(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    table = Table(title=f"slimnet shrink: {report.get('model')}", show_header=True)
+    table = PlainTable(title=f"slimnet shrink: {report.get('model')}", show_header=True)
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -255,7 +255,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"{report['verify_randomised_diff']:.3g} (float32)"
         )
     if report["skipped"]:
-        skipped = Table(title="left whole", show_header=True)
+        skipped = PlainTable(title="left whole", show_header=True)
         skipped.add_column("group")
         skipped.add_column("reason")
         for s in report["skipped"]:
@@ -375,7 +375,7 @@ def graph(
         if as_json:
             emit_json({"model": model, "groups": groups, "prunable": prunable, "timings": stages.rounded()})
             return
-        table = Table(title=f"channel groups of {model}")
+        table = PlainTable(title=f"channel groups of {model}")
         for col in ("id", "group", "units", "members" if members else "member dims", "prunable / why not"):
             table.add_column(col)
         for g in groups:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from .._util import save_atomic
 from ..errors import RepairWarning, SlimnetError
@@ -23,6 +22,7 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    PlainTable,
     ShowProgress,
     TrustPickle,
     Weights,
@@ -221,7 +221,7 @@ def _progress(done: int, total: int, group: str) -> None:
 
 
 def _print_sensitivity(result: dict[str, Any], report: Any) -> None:
-    table = Table(title=f"sensitivity of {result['model']} ({result['criterion']}, {result['metric']})")
+    table = PlainTable(title=f"sensitivity of {result['model']} ({result['criterion']}, {result['metric']})")
     for col in report.header(result):
         table.add_column(col)
     for row in report.rows(result):
