@@ -35,7 +35,7 @@ class Replacing:
 
     outputs: list[Path]
     models: list[Path] = field(default_factory=list)  # outputs that are models: their ONNX sibling goes stale
-    existed: list[Path] = field(default_factory=list)
+    existed: list[Path] = field(init=False, default_factory=list)
     since: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
