@@ -153,8 +153,9 @@ def test_cli_shrink_then_distill(tmp_path, monkeypatch):
     tuned = torch.load(tmp_path / "t.pt", weights_only=False)
     assert isinstance(tuned, nn.Sequential)
     # no --input-shape: the data's first row is the example; the text says the loss, held-out fidelity, the ETA
+    # --progress: CliRunner's stderr is no terminal, where the bar is off by default
     res = runner.invoke(app, ["distill", "p.pt", "--teacher", "mlp.py:make", "-o", "v.pt", "--steps", "40",
-                              "--data", "data.pt", "--trust-pickle"])  # fmt: skip
+                              "--data", "data.pt", "--trust-pickle", "--progress"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "loss kl (class scores (softmax logits)), lr 0.001 with warm-up 2 steps + cosine" in res.stdout
     assert "top1-agreement on 2 held-out batches:" in res.stdout and "ETA" in res.stderr

@@ -12,15 +12,15 @@ import typer
 from .._util import first_line
 from ..errors import SlimnetError
 from ..settings import BACKENDS, check_counts, check_ratio
-from .common import out
+from .common import say
 
 TargetMacs = Annotated[
     Optional[float],
-    typer.Option("--target-macs", help="Keep this fraction of the original's MACs (0 < F < 1), instead of --ratio."),
+    typer.Option("--target-macs", help="Kept share of the original's MACs to reach (0 < F < 1), instead of --ratio."),
 ]
 TargetParams = Annotated[
     Optional[float],
-    typer.Option("--target-params", help="Keep this fraction of the original's parameters, instead of --ratio."),
+    typer.Option("--target-params", help="Kept share of the original's parameters to reach, instead of --ratio."),
 ]
 TargetLatency = Annotated[
     Optional[str],
@@ -38,7 +38,10 @@ Global = Annotated[
 ]
 MaxLayerRatio = Annotated[
     float,
-    typer.Option("--max-layer-ratio", help="With --global or --target-latency: the most one group may lose."),
+    typer.Option(
+        "--max-layer-ratio",
+        help="With --global or --target-latency: the largest share of one group's channels dropped.",
+    ),
 ]
 RatiosFile = Annotated[
     Optional[str],
@@ -113,26 +116,30 @@ def allocation_settings(s: dict[str, Any], explicit_ratio: bool) -> dict[str, An
     }
 
 
+#: what a target's kind keeps a share of, in the text output
+KEPT = {"macs": "MACs", "params": "parameters", "units": "prunable channels"}
+
+
 def print_target(report: dict[str, Any]) -> None:
     """What a target or global ranking reached, after the main table."""
     t = report.get("target")
     imp = report.get("importance_kept") or {}
     if imp and (t is not None or report.get("global")):
-        out.print(f"importance kept: {imp['share']:.3f} of the prunable groups' (scores of the kept units)")
+        say(f"importance kept: {imp['share']:.3f} of the prunable groups' (scores of the kept units)")
     if t is None:
         g = report.get("global")
         if g:
-            out.print(f"global ranking: {g['note']}")
+            say(f"global ranking: {g['note']}")
         return
     mark = "within tolerance" if t["within_tolerance"] else "outside tolerance"
     if t["kind"] != "latency":
-        out.print(
-            f"target ({t['allocation']}): {t['kind']} {t['wanted']} of the original wanted, {t['reached']:.4f} "
-            f"reached ({mark}: {t['note']})"
+        say(
+            f"target ({t['allocation']}): kept share of {KEPT.get(t['kind'], t['kind'])} {t['wanted']} wanted, "
+            f"{t['reached']:.4f} reached ({mark}: {t['note']})"
         )
         return
     table = t["table"]
-    out.print(
+    say(
         f"target (latency, {t['backend']}, {t['threads']} thread(s), batch {t['batch_size']}): {t['wanted']:.3f} "
         f"of the original wanted; predicted {t['predicted_fraction']:.3f}, measured {t['reached']:.3f} "
         f"({t['measured_ms']:.3g} ms of {t['measured_original_ms']:.3g} ms; {mark}; {t['rounds']} round(s))"
@@ -142,4 +149,4 @@ def print_target(report: dict[str, Any]) -> None:
         if table["cached"]
         else f"measured in {table['build_seconds']:.1f} s" + (f", cached at {table['path']}" if table["path"] else "")
     )
-    out.print(f"latency table of {table['groups']} groups {cached}")
+    say(f"latency table of {table['groups']} groups {cached}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import SlimnetError
 from ..load.spec import check_model
@@ -20,6 +19,7 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    PlainTable,
     ShowProgress,
     TrustPickle,
     Weights,
@@ -28,11 +28,14 @@ from .common import (
     emit_json,
     fmt,
     guarded,
+    human_bytes,
     model_inputs,
     out,
     output_option,
     say,
+    show,
 )
+from .outputs import Replacing
 from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
@@ -41,6 +44,21 @@ OnnxOutput = Annotated[
 ]
 Opset = Annotated[Optional[int], typer.Option("--opset", help="ONNX opset (default 17; 18 if dynamo is needed).")]
 NoDynamicBatch = Annotated[bool, typer.Option("--no-dynamic-batch", help="Fix the batch size to the example's.")]
+DynamicHw = Annotated[
+    bool,
+    typer.Option(
+        "--dynamic-hw",
+        help="Leave height and width free too (image inputs N x C x H x W; checked at twice the example's size).",
+    ),
+]
+ExportShape = Annotated[
+    Optional[str],
+    typer.Option(
+        "--input-shape",
+        help="Shape of the example the file is traced at, e.g. 1,3,320,320 (default 1,3,224,224; 299 for inception, "
+        "640 for ultralytics; hf: from the config). Only the batch stays free, unless --dynamic-hw.",
+    ),
+]
 Simplify = Annotated[bool, typer.Option("--simplify", help="Fold constants and drop dead nodes (onnxscript).")]
 Models = Annotated[
     list[str],
@@ -89,9 +107,10 @@ def export_command(
     model: Model,
     output: OnnxOutput = None,
     input_file: InputFile = None,
-    input_shape: InputShape = None,
+    input_shape: ExportShape = None,
     opset: Opset = None,
     no_dynamic_batch: NoDynamicBatch = False,
+    dynamic_hw: DynamicHw = False,
     simplify: Simplify = False,
     weights: Weights = None,
     trust_pickle: TrustPickle = False,
@@ -106,6 +125,7 @@ def export_command(
         source = check_model(model).file
         output = output or default_output(model, ".onnx")
         out_path = check_output(output, [source, weights or "", input_file or ""])
+        replacing = Replacing([out_path])
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
@@ -113,21 +133,31 @@ def export_command(
 
                 loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
             with stages("export"):
-                info = export_onnx(
-                    loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch, simplify=simplify
-                )
+                info = export_onnx(loaded.model, example, out_path, opset=opset, dynamic_batch=not no_dynamic_batch,
+                                   simplify=simplify, dynamic_hw=dynamic_hw)  # fmt: skip
         info["model"] = model
         info["timings"] = stages.rounded()
+        info.update(replacing.done(quiet=progress is False))
         if as_json:
             emit_json(info)
             return
-        batches = ", ".join(str(b) for b in info["checked_batches"])
-        say(
-            f"{info['bytes'] / 1e6:.1f} MB, opset {info['opset']}, {info['exporter']} exporter"
-            f"{', dynamic batch' if info['dynamic_batch'] else ''}: onnx.checker ok; onnxruntime matches torch at "
-            f"batch {batches}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}"
-        )
-        say(f"wrote {info['path']}")
+        for line in export_lines(info):
+            say(line)
+
+
+def export_lines(info: dict[str, Any]) -> list[str]:
+    """export's text: the size, the input the file was traced at and which of its axes are free, the checks."""
+    shapes = " and ".join("x".join(map(str, s)) for s in info.get("input_shapes") or [])
+    free = [axis for axis, on in (("batch", info["dynamic_batch"]), ("height and width", info.get("dynamic_hw"))) if on]
+    at = f"batch {' and '.join(str(b) for b in info['checked_batches'])}"
+    if info.get("dynamic_hw"):
+        at += f", and at {' and '.join(info['checked_sizes'])}"
+    return [
+        f"{human_bytes(info['bytes'])}, opset {info['opset']}, {info['exporter']} exporter; traced at input {shapes} "
+        f"({', '.join(free) + ' free' if free else 'every axis fixed'}): onnx.checker ok; onnxruntime matches torch "
+        f"at {at}, max abs diff {info['max_abs_diff']:.3g} <= {info['tolerance']:.3g}",
+        f"wrote {info['path']}",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -196,7 +226,7 @@ def print_bench(report: dict[str, Any], per_layer: bool) -> None:
         f"onnxruntime {d['onnxruntime']}; batch {report['batch_size']}, {report['warmup']} warm-up + "
         f"{report['runs']} timed runs, models interleaved"
     )
-    console.print(_cost_table(models))
+    show(_cost_table(models))
     for m in models:
         if m["skipped_ops"]:
             ops = ", ".join(f"{op} x{n}" for op, n in m["skipped_ops"].items())
@@ -207,15 +237,15 @@ def print_bench(report: dict[str, Any], per_layer: bool) -> None:
             say(f"{m['path']}: not timed on {b}: {why}")
     timed = [b for b in report["backends"] if b not in report["skipped_backends"]]
     if timed:
-        console.print(_latency_table(models, timed))
+        show(_latency_table(models, timed))
     for b, why in report["skipped_backends"].items():
         say(f"{b} skipped: {why}")
     for line in noise_lines(report):
         say(line)
     if len(models) > 1:
-        console.print(_speedup_table(models, timed))
+        show(_speedup_table(models, timed))
     if per_layer:
-        console.print(_layer_table(models))
+        show(_layer_table(models))
     console.print(report["macs_note"], style="dim", highlight=False, soft_wrap=True)
 
 
@@ -245,8 +275,8 @@ def noise_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _cost_table(models: list[dict[str, Any]]) -> Table:
-    table = Table(title="theoretical cost")
+def _cost_table(models: list[dict[str, Any]]) -> PlainTable:
+    table = PlainTable(title="theoretical cost")
     for col in ("model", "params", "MACs", "FLOPs", "skipped ops"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in models:
@@ -254,8 +284,8 @@ def _cost_table(models: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _latency_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
-    table = Table(title="latency, ms (p50 / p90 / min)")
+def _latency_table(models: list[dict[str, Any]], backends: list[str]) -> PlainTable:
+    table = PlainTable(title="latency, ms (p50 / p90 / min)")
     table.add_column("model")
     for b in backends:
         table.add_column(b, justify="right")
@@ -268,8 +298,8 @@ def _latency_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
     return table
 
 
-def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
-    table = Table(title=f"speedup over {models[0]['path']} (efficiency = real / theoretical)")
+def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> PlainTable:
+    table = PlainTable(title=f"speedup over {models[0]['path']} (efficiency = real / theoretical)")
     table.add_column("model")
     table.add_column("theoretical", justify="right")
     for b in backends:
@@ -283,7 +313,7 @@ def _speedup_table(models: list[dict[str, Any]], backends: list[str]) -> Table:
     return table
 
 
-def _layer_table(models: list[dict[str, Any]]) -> Table:
+def _layer_table(models: list[dict[str, Any]]) -> PlainTable:
     """Each module's own MACs (leaves: all of theirs; containers: e.g. their residual adds), model by model."""
     from ..cost.macs import own_macs  # lazy: CLI start-up
 
@@ -291,7 +321,7 @@ def _layer_table(models: list[dict[str, Any]]) -> Table:
     names: dict[str, None] = {}
     for own in owns:
         names.update(dict.fromkeys(n for n, v in own.items() if v))
-    table = Table(title="MACs per layer (own ops)")
+    table = PlainTable(title="MACs per layer (own ops)")
     table.add_column("layer")
     for i, m in enumerate(models):
         table.add_column(m["path"] if i == 0 else f"{m['path']}", justify="right")

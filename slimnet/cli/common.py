@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from .._util import first_line
@@ -26,8 +28,25 @@ from .._version import __version__
 from ..errors import SlimnetError
 from ..load.spec import parse_spec
 
-out = Console()
-err = Console(stderr=True)
+#: The width rich lays text out at when the stream is not a terminal (a log, a pipe, CI): wide enough that no
+#: line is ever wrapped, so that a file name stays whole and ``grep`` finds it.
+NO_WRAP_WIDTH = 100_000
+
+
+class NoWrapConsole(Console):
+    """A rich Console that wraps only on a terminal: elsewhere rich would assume 80 columns and cut lines (file
+    names split in two) where nobody sees a screen's edge. An explicit ``width`` is kept."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self._width is None and not self.is_terminal:
+            return ConsoleDimensions(NO_WRAP_WIDTH, size.height)
+        return size
+
+
+out = NoWrapConsole()
+err = NoWrapConsole(stderr=True)
 
 # ------------------------------------------------------------------------------------------ help texts
 APP_HELP = "slimnet: shrink PyTorch models into physically smaller dense ones, with every cut verified."
@@ -38,12 +57,16 @@ TRUST_HELP = (
 )
 DEBUG_HELP = "Show the full traceback on errors."
 INPUT_HELP = "Example input saved with torch.save (tensor, tuple or dict of tensors)."
-SHAPE_HELP = "Example input shape, e.g. 1,3,224,224 (default: the model's usual size)."
+SHAPE_HELP = (
+    "Example input shape, e.g. 1,3,320,320 (default 1,3,224,224; 299 for inception, 640 for ultralytics; hf: from "
+    "the config)."
+)
 WEIGHTS_HELP = "state_dict to load into FILE.py:FACTORY."
 JSON_HELP = "Print one JSON object on stdout instead of text."
 PROGRESS_HELP = (
     "Progress per stage on stderr, with each stage's time: shown by default when stderr is a terminal; "
-    "--progress shows it in logs too, --quiet never."
+    "--progress shows it in logs too; --quiet never, nor the note that an existing output was replaced "
+    "(warnings and errors still print)."
 )
 
 
@@ -106,7 +129,7 @@ def guarded(debug: bool) -> Iterator[None]:
     except SlimnetError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted: nothing was written", highlight=False)
@@ -118,12 +141,8 @@ def guarded(debug: bool) -> Iterator[None]:
         if debug:
             raise
         first = first_line(exc, "")
-        err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {first} (run again with --debug for the "
-            "traceback, and please report it)",
-            highlight=False,
-            soft_wrap=True,
-        )
+        text = f" {type(exc).__name__}: {first} (run again with --debug for the traceback, and please report it)"
+        err.print(Text.assemble(("internal error:", "bold red"), text), highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -174,8 +193,31 @@ def model_inputs(
 
 # ------------------------------------------------------------------------------------------ printing
 def say(text: str) -> None:
-    """A line of prose on stdout, never wrapped by rich (logs are 80 columns wide to rich: it would cut phrases)."""
-    out.print(text, highlight=False, soft_wrap=True)
+    """A line of prose on stdout as it is: never wrapped by rich, and no markup read into it (a ``[timm]`` or a
+    file name with brackets would vanish as a style tag)."""
+    out.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+def tell(text: str) -> None:
+    """A line on stderr as it is (no markup, no wrapping): notes and warnings beside the result."""
+    err.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+class PlainTable(Table):
+    """A rich table whose cells are shown as they are: a group name, a file path or a reason with brackets in it
+    is text, never markup."""
+
+    def add_row(self, *renderables: Any, **kwargs: Any) -> None:
+        super().add_row(*(Text(r) if isinstance(r, str) else r for r in renderables), **kwargs)
+
+
+def show(table: Table, console: Console = out) -> None:
+    """A rich table, its title printed as a line of its own: rich wraps a title to the table's width, which cut a
+    long model path into a column of five-letter pieces."""
+    title, table.title = table.title, None
+    if title:
+        console.print(Text(str(title), style="table.title"), highlight=False, soft_wrap=True)
+    console.print(table)
 
 
 def emit_json(obj: dict[str, Any]) -> None:
@@ -192,3 +234,13 @@ def fmt(n: Optional[float]) -> str:
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return f"{n:g}"
+
+
+def human_bytes(n: float) -> str:
+    """A file size a person reads at a glance: 512 B, 41 KB, 3.2 MB, 1.45 GB (powers of 1000, as file managers and
+    ``ls -h --si`` print them; "0.0 MB" for a 41 KB file said nothing)."""
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= div:
+            value = n / div
+            return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
+    return f"{int(n)} B"

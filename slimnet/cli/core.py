@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import SlimnetError, VerificationError
 from ..load.spec import check_model
@@ -33,6 +32,7 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    PlainTable,
     ShowProgress,
     TrustPickle,
     Weights,
@@ -42,9 +42,9 @@ from .common import (
     fmt,
     guarded,
     model_inputs,
-    out,
     output_option,
     say,
+    show,
 )
 from .data import (
     DEFAULT_BATCH_SIZE,
@@ -60,7 +60,7 @@ from .data import (
     load_calibration,
     repair_lines,
 )
-from .outputs import save_model_atomic, shrink_outputs, write_outputs
+from .outputs import Replacing, save_model_atomic, shrink_outputs, write_outputs
 from .progress import stages_for
 
 # ------------------------------------------------------------------------------------------ options
@@ -71,7 +71,10 @@ PrunedOutput = Annotated[
         "for a built-in, NAME-slim.pt here); for hf: models a name without .pt is a save_pretrained folder."
     ),
 ]
-Ratio = Annotated[float, typer.Option("--ratio", "-r", help="Fraction of each group's channels to drop, 0 <= R < 1.")]
+Ratio = Annotated[
+    float,
+    typer.Option("--ratio", "-r", help="Share of each prunable group's channels to drop, 0 <= R < 1 (0.5: half)."),
+]
 Criterion = Annotated[
     str,
     typer.Option(
@@ -98,7 +101,7 @@ PruneEmbed = Annotated[
     ),
 ]
 HeadRatio = Annotated[
-    Optional[float], typer.Option("--head-ratio", help="Fraction of attention heads to drop (default: --ratio).")
+    Optional[float], typer.Option("--head-ratio", help="Share of attention heads to drop (default: --ratio).")
 ]
 Onnx = Annotated[Optional[str], typer.Option("--onnx", help="Also export the pruned model to this ONNX file.")]
 Recipe = Annotated[
@@ -173,8 +176,9 @@ def shrink(
         )  # fmt: skip
         needs = data_needs(s["criterion"], recalibrate_bn, compensate_bias, reconstruct)
         check_data_settings(data=data, batch_size=calib_batch_size, calib_batches=calib_batches, needs=needs)
-        inputs = [weights, input_file, data, ratios_from]
+        inputs = [weights, input_file, data, ratios_from, recipe, ratios]
         out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
+        replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
@@ -203,29 +207,41 @@ def shrink(
             )
             report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
         report["timings"] = stages.rounded()
+        report.update(replacing.done(quiet=progress is False), **size_fields(report))
         if as_json:
             emit_json(report)
         else:
             print_report(report)
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> str:
+def _times(a: Optional[float], b: Optional[float]) -> str:
+    """How many times smaller: 2.87M MACs -> 844K is ``3.40x`` (the word "ratio" is kept for the share dropped)."""
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def size_fields(report: dict[str, Any]) -> dict[str, Any]:
+    """Fields added to shrink's ``--json`` (the old ones stay): the kept share of the original's params and MACs
+    (0.29: 29% kept) and how many times smaller the model is (3.40), each named for what it is."""
+    p, m = report["params"], report["macs"]
+    kept = {k: round(v[1] / v[0], 6) if v[0] and v[1] is not None else None for k, v in (("params", p), ("macs", m))}
+    times = {k: round(v[0] / v[1], 6) if v[0] and v[1] else None for k, v in (("params", p), ("macs", m))}
+    return {"kept_share": kept, "times_smaller": times}
+
+
 def print_report(report: dict[str, Any]) -> None:
-    table = Table(title=f"slimnet shrink: {report.get('model')}", show_header=True)
+    table = PlainTable(title=f"slimnet shrink: {report.get('model')}", show_header=True)
     table.add_column("")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_column("ratio", justify="right")
+    table.add_column("smaller", justify="right")
     p, m = report["params"], report["macs"]
-    table.add_row("params", fmt(p[0]), fmt(p[1]), _ratio(p[0], p[1]))
-    table.add_row("MACs", fmt(m[0]), fmt(m[1]), _ratio(m[0], m[1]))
-    out.print(table)
+    table.add_row("params", fmt(p[0]), fmt(p[1]), _times(p[0], p[1]))
+    table.add_row("MACs", fmt(m[0]), fmt(m[1]), _times(m[0], m[1]))
+    show(table)
     say(
         f"groups: {report['groups']} found, {report['pruned_groups']} pruned, {len(report['skipped'])} left whole; "
-        f"criterion {report['criterion']}, ratio {report['ratio']}, round-to {report['round_to']}"
+        f"criterion {report['criterion']}, ratio {report['ratio']} (share of the prunable channels dropped), "
+        f"round-to {report['round_to']}"
     )
     verdict = "exact" if report.get("exact") else "approximate (normalised groups pruned on request)"
     say(
@@ -239,12 +255,12 @@ def print_report(report: dict[str, Any]) -> None:
             f"{report['verify_randomised_diff']:.3g} (float32)"
         )
     if report["skipped"]:
-        skipped = Table(title="left whole", show_header=True)
+        skipped = PlainTable(title="left whole", show_header=True)
         skipped.add_column("group")
         skipped.add_column("reason")
         for s in report["skipped"]:
             skipped.add_row(s["group"], s["reason"])
-        out.print(skipped)
+        show(skipped)
     alloc.print_target(report)
     for line in repair_lines(report):
         say(line)
@@ -281,7 +297,8 @@ def apply(
         if not Path(plan).is_file():
             raise SlimnetError(f"plan {plan} does not exist")
         output = output or default_output(model, "-slim.pt")
-        out_path = check_output(output, [source, plan, weights or ""])
+        out_path = check_output(output, [source, plan, weights or "", input_file or ""])
+        replacing = Replacing([out_path], models=[out_path])
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):
@@ -306,6 +323,7 @@ def apply(
             verified=bool(result and result.passed),
             timings=stages.rounded(),
         )
+        report.update(replacing.done(quiet=progress is False))
         if as_json:
             emit_json(report)
         else:
@@ -357,7 +375,7 @@ def graph(
         if as_json:
             emit_json({"model": model, "groups": groups, "prunable": prunable, "timings": stages.rounded()})
             return
-        table = Table(title=f"channel groups of {model}")
+        table = PlainTable(title=f"channel groups of {model}")
         for col in ("id", "group", "units", "members" if members else "member dims", "prunable / why not"):
             table.add_column(col)
         for g in groups:
@@ -366,6 +384,6 @@ def graph(
             if g["prunable"] and g["normalised"]:
                 why = f"only with --prune-norm ({g['normalised']})"
             table.add_row(str(g["id"]), g["name"], str(g["units"]), mem, why)
-        out.print(table)
+        show(table)
         hint = "" if members else " (member dims: the tensor dimensions each group slices; --members lists them)"
         say(f"{len(groups)} groups, {prunable} prunable{hint}")

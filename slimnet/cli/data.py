@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from .._util import save_atomic
 from ..errors import RepairWarning, SlimnetError
@@ -23,17 +22,21 @@ from .common import (
     InputFile,
     InputShape,
     Model,
+    PlainTable,
+    ShowProgress,
     TrustPickle,
     Weights,
     check_output,
     emit_json,
-    err,
     guarded,
     model_inputs,
-    out,
     output_option,
     say,
+    show,
+    tell,
 )
+from .outputs import Replacing
+from .progress import wanted as progress_wanted
 
 #: the text output says it once, in :func:`repair_lines` (``--json``: ``repair_warnings``)
 warnings.filterwarnings("ignore", category=RepairWarning)
@@ -78,7 +81,9 @@ Reconstruct = Annotated[
 ]
 RatiosFrom = Annotated[
     Optional[str],
-    typer.Option("--ratios-from", help="A sensitivity JSON: per-group ratios meeting --target-macs/--target-params."),
+    typer.Option(
+        "--ratios-from", help="A sensitivity JSON: a share to drop per group, meeting --target-macs/--target-params."
+    ),
 ]
 Criterion = Annotated[str, typer.Option("--criterion", "-c", help="How each group's units are ranked.")]
 RoundTo = Annotated[int, typer.Option("--round-to", help="Kept channel counts are rounded to a multiple of this.")]
@@ -150,9 +155,9 @@ def sensitivity(
     model: Model,
     output: Annotated[str, output_option("Where to write the sensitivity JSON.")],
     data: Data = None,
-    ratios: Annotated[str, typer.Option("--ratios", help="Ratios to cut each group at, e.g. 0.1,0.3,0.5,0.7.")] = (
-        "0.1,0.3,0.5,0.7"
-    ),
+    ratios: Annotated[
+        str, typer.Option("--ratios", help="Shares of each group's channels to drop, e.g. 0.1,0.3,0.5,0.7.")
+    ] = "0.1,0.3,0.5,0.7",
     criterion: Criterion = "l1",
     round_to: RoundTo = DEFAULT_ROUND_TO,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw the curves to this PNG.")] = None,
@@ -165,6 +170,7 @@ def sensitivity(
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -175,49 +181,54 @@ def sensitivity(
         check_settings(ratio=0.0, criterion=criterion, round_to=round_to)
         check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["sensitivity"])
         source = parse_spec(model).file
-        out_path = check_output(output, [source, data or ""])
-        plot_path = check_output(plot, [source, output]) if plot else None
+        inputs = [source, data or "", weights or "", input_file or ""]
+        out_path = check_output(output, inputs)
+        plot_path = check_output(plot, [*inputs, output]) if plot else None
+        replacing = Replacing([out_path, *([plot_path] if plot_path else [])])
         from .. import distributed
         from ..sensitivity import report as sensitivity_report  # lazy: CLI start-up
         from ..sensitivity.analysis import parse_ratios, save  # lazy: CLI start-up
         from ..sensitivity.analysis import sensitivity as sweep  # lazy: CLI start-up
 
+        if plot_path is not None:
+            sensitivity_report.pyplot()  # a missing matplotlib is said now, not after the sweep
         steps = parse_ratios(ratios)
         world = distributed.start("cpu")
         loaded, example = model_inputs(model, weights, input_file, input_shape, trust_pickle)
         calibration = load_calibration(
             data, loaded.model, example, batch_size, calib_batches, not no_imagenet_norm, [model]
         )
-        progress = _progress if world.main and not as_json else None
+        listener = _progress if world.main and progress_wanted(progress) else None
         result = sweep(loaded.model, example, calibration, ratios=steps, criterion=criterion, round_to=round_to,
-                       model_name=model, world=world, progress=progress, recalibrate_bn=recalibrate_bn,
+                       model_name=model, world=world, progress=listener, recalibrate_bn=recalibrate_bn,
                        compensate_bias=compensate_bias)  # fmt: skip
         distributed.stop(world)
         if result is None:
             return
-        save(result, out_path)
-        if plot_path is not None:
+        if plot_path is not None:  # the plot first: a failed plot leaves no sensitivity file behind
             sensitivity_report.plot(result, plot_path)
+        save(result, out_path)
+        replaced = replacing.done(quiet=progress is False)
         if as_json:
-            emit_json({**result, "output": str(out_path), "plot": str(plot_path) if plot_path else None})
+            emit_json({**result, "output": str(out_path), "plot": str(plot_path) if plot_path else None, **replaced})
             return
         _print_sensitivity(result, sensitivity_report)
-        out.print(f"wrote {out_path}" + (f" and {plot_path}" if plot_path else ""))
+        say(f"wrote {out_path}" + (f" and {plot_path}" if plot_path else ""))
 
 
 def _progress(done: int, total: int, group: str) -> None:
-    err.print(f"sensitivity: {done}/{total} groups ({group})", highlight=False)
+    tell(f"sensitivity: {done}/{total} groups ({group})")
 
 
 def _print_sensitivity(result: dict[str, Any], report: Any) -> None:
-    table = Table(title=f"sensitivity of {result['model']} ({result['criterion']}, {result['metric']})")
+    table = PlainTable(title=f"sensitivity of {result['model']} ({result['criterion']}, {result['metric']})")
     for col in report.header(result):
         table.add_column(col)
     for row in report.rows(result):
         table.add_row(*row)
-    out.print(table)
+    show(table)
     worst = ", ".join(r["group"] for r in report.worst(result))
-    out.print(f"most sensitive at ratio {result['ratios'][-1]:g}: {worst}")
+    say(f"most sensitive at ratio {result['ratios'][-1]:g}: {worst}")
 
 
 # ------------------------------------------------------------------------------------------ distill
@@ -246,6 +257,7 @@ def distill(
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
+    progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
@@ -261,7 +273,9 @@ def distill(
 
         check_steps(steps, lr, temperature, patience, loss)
         folder = parse_spec(pruned).kind == "hf" and Path(output).suffix.lower() not in (".pt", ".pth", ".bin")
-        out_path = check_output(output, [parse_spec(pruned).file, parse_spec(teacher).file, data or ""], folder)
+        inputs = [parse_spec(pruned).file, parse_spec(teacher).file, data or "", input_file or ""]
+        out_path = check_output(output, inputs, folder)
+        replacing = Replacing([out_path], models=[out_path])
         from .. import distributed  # lazy: CLI start-up
         from ..load.data import example_from  # lazy: CLI start-up
         from ..load.loader import load_model  # lazy: CLI start-up
@@ -281,11 +295,12 @@ def distill(
         )
         result = run(student, original.model, calibration, steps=steps, lr=lr, temperature=temperature,
                      loss=loss, patience=patience, log_every=eval_every, world=world,
-                     progress=not as_json)  # fmt: skip
+                     progress=progress_wanted(progress))  # fmt: skip
         distributed.stop(world)
         if world.main:
             _save_tuned(result.model.cpu(), out_path, folder)
             report = {**result.report(), "output": str(out_path), "calibration": calibration.describe()}
+            report.update(replacing.done(quiet=progress is False))
             if as_json:
                 emit_json(report)
             else:

@@ -20,6 +20,12 @@ from ..stages import Stages
 from .common import err
 
 
+def wanted(show: Optional[bool], console: Console = err) -> bool:
+    """Whether progress shows: ``--progress`` yes, ``--quiet`` no, neither: only when stderr is a terminal. The
+    one rule for every command (shrink's stages, the sensitivity sweep, distill's bar)."""
+    return console.is_terminal if show is None else show
+
+
 def stages_for(show: Optional[bool]) -> tuple[Stages, StageProgress]:
     """The stages of one command and their progress display (``show``: ``--progress/--quiet``, None: auto)."""
     progress = StageProgress(show)
@@ -33,7 +39,7 @@ class StageProgress:
 
     def __init__(self, show: Optional[bool], console: Console = err) -> None:
         self.console = console
-        self.enabled = console.is_terminal if show is None else show
+        self.enabled = wanted(show, console)
         self.live: Optional[Progress] = None  # the status line: spinner, stage, seconds so far
         self.task: Optional[TaskID] = None
         self.pending: Optional[tuple[str, float]] = None  # the last stage that ended, not printed yet

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._tensors import PositionalCall, as_args, batch_input, eval_mode, flat_tensors
+from .._tensors import PositionalCall, as_args, batch_input, eval_mode, flat_tensors, map_tensors
 from .._util import first_line, scratch_dir
 from ..errors import SlimnetError
 
@@ -56,6 +56,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     simplify: bool = False,
     tolerance: float | None = None,
+    dynamic_hw: bool = False,
 ) -> dict[str, Any]:
     """Write ``model`` to ``path`` as ONNX, check it, and compare it with torch in onnxruntime (``slimnet export``;
     ``slimnet.export`` at the top level).
@@ -70,11 +71,14 @@ def export_onnx(
             False fixes it to the example's.
         simplify: fold constants and drop dead nodes (onnxscript's optimizer).
         tolerance: the file must match torch within ``tolerance x (1 + max|torch output|)`` (default 1e-4).
+        dynamic_hw: also leave height and width free in every N x C x H x W input (checked by running the file
+            at twice the example's height and width, where torch must run too).
 
     Returns:
         ``{"path", "opset", "exporter", "bytes", "max_abs_diff", "tolerance", "inputs", "outputs", "checker",
-        "dynamic_batch", "checked_batches", "external_data", "simplified"}``: what was written, and how closely
-        onnxruntime's outputs matched torch's.
+        "dynamic_batch", "checked_batches", "external_data", "simplified", "input_shapes", "dynamic_hw",
+        "checked_sizes"}``: what was written (``input_shapes``: the example's, the size the file was traced at;
+        ``checked_sizes``: the H x W it was run at), and how closely onnxruntime's outputs matched torch's.
 
     Raises:
         SlimnetError: the folder does not exist, the export fails, or the file disagrees with torch; no file is
@@ -90,13 +94,19 @@ def export_onnx(
         n_outputs = _count_outputs(wrapped, args)
         input_names = list(keys) if keys else _names("input", len(args))
         output_names = _names("output", n_outputs)
+        free = _free_dims(wrapped, example_input, input_names, output_names, dynamic_hw)
         with scratch_dir(out) as work:
             tmp = work / out.name
-            exporter, used_opset = _export(wrapped, args, tmp, input_names, output_names, opset, dynamic_batch)
+            exporter, used_opset = _export(wrapped, args, tmp, input_names, output_names, opset, dynamic_batch, free)
             external = _consolidate(tmp, out.name, _weight_bytes(model))
             simplified = _simplify(tmp) if simplify and not external else False
             _check(tmp)
             diff, bound, batches = _parity(wrapped, example_input, tmp, input_names, rel, dynamic_batch)
+            sizes = [_hw(args)]
+            if dynamic_hw:
+                d2, b2 = _parity_once(wrapped, _doubled_hw(example_input), tmp, input_names, rel)
+                diff, bound = max(diff, d2), max(bound, b2)
+                sizes.append(_hw(as_args(_doubled_hw(example_input))[0]))
             _move_into_place(work, out, external)
     return {
         "path": str(out),
@@ -112,7 +122,62 @@ def export_onnx(
         "checked_batches": batches,
         "external_data": external,
         "simplified": simplified,
+        "input_shapes": [list(t.shape) for t in args],
+        "dynamic_hw": dynamic_hw,
+        "checked_sizes": sizes,
     }
+
+
+def _images(args: tuple[torch.Tensor, ...]) -> list[bool]:
+    """Which inputs are images (floating N x C x H x W): those whose height and width ``dynamic_hw`` frees."""
+    return [t.dim() == 4 and t.is_floating_point() for t in args]
+
+
+def _hw(args: tuple[torch.Tensor, ...]) -> str:
+    """The first image input's ``HxW`` ("" without one)."""
+    return next((f"{t.shape[2]}x{t.shape[3]}" for t, im in zip(args, _images(args)) if im), "")
+
+
+def _doubled_hw(example: Any) -> Any:
+    """The example with every image input resized (bilinear) to twice its height and width: a size that keeps
+    whatever the original was a multiple of (a stride-32 network's 224 -> 448)."""
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() != 4 or not t.is_floating_point():
+            return t
+        size = (2 * t.shape[2], 2 * t.shape[3])
+        return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    return map_tensors(example, grow)
+
+
+def _free_dims(
+    wrapped: nn.Module, example: Any, input_names: list[str], output_names: list[str], hw: bool
+) -> dict[str, dict[int, str]]:
+    """The ONNX axes left free besides the batch: with ``hw``, each image input's dims 2 and 3, and each output
+    dim that changes when torch runs at twice the height and width (a segmentation map's, not a classifier's)."""
+    if not hw:
+        return {}
+    args, _ = as_args(example)
+    images = _images(args)
+    if not any(images):
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in args)
+        raise SlimnetError(f"--dynamic-hw frees the height and width of an N x C x H x W input; the input is {shapes}")
+    free = {n: {2: "height", 3: "width"} for n, im in zip(input_names, images) if im}
+    bigger = _doubled_hw(example)
+    try:
+        with torch.no_grad():
+            small, large = flat_tensors(wrapped(*args)), flat_tensors(wrapped(*as_args(bigger)[0]))
+    except Exception as exc:  # noqa: BLE001 - the model's own error at another size
+        raise SlimnetError(
+            f"--dynamic-hw: the model itself does not run at {_hw(as_args(bigger)[0])} ({type(exc).__name__}: "
+            f"{first_line(exc)}): it takes one size; export without --dynamic-hw"
+        ) from None
+    for name, a, b in zip(output_names, small, large):
+        dims = {d: f"{name}_dim{d}" for d in range(1, a.dim()) if a.dim() == b.dim() and a.shape[d] != b.shape[d]}
+        if dims:
+            free[name] = dims
+    return free
 
 
 def _count_outputs(wrapped: nn.Module, args: tuple[torch.Tensor, ...]) -> int:
@@ -157,8 +222,10 @@ def _export(
     output_names: list[str],
     opset: int | None,
     dynamic: bool,
+    free: dict[str, dict[int, str]] | None = None,
 ) -> tuple[str, int]:
-    """TorchScript exporter first, dynamo second; returns (exporter, opset) or raises one SlimnetError."""
+    """TorchScript exporter first, dynamo second; returns (exporter, opset) or raises one SlimnetError. ``free``:
+    more free axes by input/output name (:func:`_free_dims`)."""
     errors = []
     for exporter in ("torchscript", "dynamo"):
         try:
@@ -166,10 +233,10 @@ def _export(
                 warnings.simplefilter("ignore")
                 if exporter == "torchscript":
                     used = opset or DEFAULT_OPSET
-                    _export_torchscript(wrapped, args, tmp, input_names, output_names, used, dynamic)
+                    _export_torchscript(wrapped, args, tmp, input_names, output_names, used, dynamic, free or {})
                 else:
                     used = max(opset or DYNAMO_OPSET, DYNAMO_OPSET)
-                    _export_dynamo(wrapped, args, tmp, input_names, output_names, used, dynamic)
+                    _export_dynamo(wrapped, args, tmp, input_names, output_names, used, dynamic, free or {})
             return exporter, _file_opset(tmp, used)
         except Exception as exc:  # noqa: BLE001 - exporters raise anything; we try the next, then report both
             first = first_line(exc, "")
@@ -187,6 +254,7 @@ def _export_torchscript(
     output_names: list[str],
     opset: int,
     dynamic: bool,
+    free: dict[str, dict[int, str]],
 ) -> None:
     axes: dict[str, dict[int, str]] = {}
     flags = _batch_dims(args, dynamic)
@@ -198,6 +266,8 @@ def _export_torchscript(
             outs = wrapped(*args)
         batch = args[0].shape[0]
         axes.update({n: {0: "batch"} for n, t in zip(output_names, outs) if t.dim() > 0 and t.shape[0] == batch})
+    for name, dims in free.items():
+        axes[name] = {**axes.get(name, {}), **dims}
     torch.onnx.export(
         wrapped,
         args,
@@ -219,14 +289,19 @@ def _export_dynamo(
     output_names: list[str],
     opset: int,
     dynamic: bool,
+    free: dict[str, dict[int, str]],
 ) -> None:
     """From a batch of at least 2: with batch 1, torch.export specialises the batch of attention models."""
     flags = _batch_dims(args, dynamic)
     shapes = None
-    if any(flags):
+    hw = [free.get(n, {}) for n in input_names]
+    if any(flags) or any(hw):
         batch = torch.export.Dim("batch")
-        shapes = tuple({0: batch} if f else None for f in flags)
-        if args[0].shape[0] == 1:
+        shapes = tuple(
+            {**({0: batch} if f else {}), **{d: torch.export.Dim.AUTO for d in dims}} or None
+            for f, dims in zip(flags, hw)
+        )
+        if any(flags) and args[0].shape[0] == 1:
             args = tuple(batch_input(t, 2) if f else t for t, f in zip(args, flags))
     # The wrapper's forward(*args) takes one varargs tuple, so its shapes nest one level down.
     program = torch.onnx.export(
@@ -321,6 +396,19 @@ def _parity(
                 f"tolerance {rel * (1.0 + scale):.3g}; nothing was written"
             )
     return worst, bound, checked
+
+
+def _parity_once(wrapped: nn.Module, inputs: Any, tmp: Path, input_names: list[str], rel: float) -> tuple[float, float]:
+    """One more run of torch and onnxruntime on ``inputs`` (another height and width); (max diff, bound)."""
+    session = ort_session(tmp, "CPUExecutionProvider", torch.get_num_threads())
+    diff, scale, _ = _compare_once(wrapped, session, input_names, inputs)
+    bound = rel * (1.0 + scale)
+    if diff > bound:
+        raise SlimnetError(
+            f"the ONNX file disagrees with torch at {_hw(as_args(inputs)[0])}: max abs diff {diff:.3g} > "
+            f"tolerance {bound:.3g}; nothing was written"
+        )
+    return diff, bound
 
 
 def _compare_once(wrapped: nn.Module, session: Any, input_names: list[str], inputs: Any) -> tuple[float, float, int]:

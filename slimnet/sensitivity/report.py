@@ -31,8 +31,9 @@ def header(sens: dict[str, Any]) -> list[str]:
     return ["group", "kind", "units", *(f"{sens['metric']} @ {r:g}" for r in sens["ratios"])]
 
 
-def plot(sens: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """One line per group (metric against ratio), the :data:`LABELLED` worst labelled; written atomically."""
+def pyplot() -> Any:
+    """matplotlib's pyplot (headless), or the one-line error with the install hint: the command line calls it
+    before the sweep, so that a missing matplotlib is said at once, not after minutes of work."""
     try:
         import matplotlib  # lazy: optional dependency (the plot extra)
 
@@ -40,6 +41,12 @@ def plot(sens: dict[str, Any], path: str | os.PathLike[str]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SlimnetError("--plot needs matplotlib: pip install 'slimnet[plot]'") from None
+    return plt
+
+
+def plot(sens: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """One line per group (metric against ratio), the :data:`LABELLED` worst labelled; written atomically."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     labelled = {row["id"] for row in worst(sens)}
     for row in sens["groups"]:
