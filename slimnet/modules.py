@@ -89,7 +89,9 @@ class SlimMultiheadAttention(nn.Module):
         b = self.in_proj_bias
         bsz = query.shape[0]
         if same and self._qkv_same_embed_dim:  # one [B, T, 3 * inner] matmul instead of three
-            qkv = F.linear(query, self.in_proj_weight, b).reshape(bsz, query.shape[1], 3, self.num_heads, -1)
+            # the head count follows the tensor and the head size is fixed: what slimnet's analysis reads as whole
+            # heads, so that a pruned model can be shrunk again
+            qkv = F.linear(query, self.in_proj_weight, b).reshape(bsz, query.shape[1], 3, -1, self.head_dim)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             return q, k, v
         bq, bk, bv = (None, None, None) if b is None else b.split(inner)
@@ -98,7 +100,7 @@ class SlimMultiheadAttention(nn.Module):
         else:
             wq, wk, wv = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
         q, k, v = F.linear(query, wq, bq), F.linear(key, wk, bk), F.linear(value, wv, bv)
-        q, k, v = (t.reshape(bsz, -1, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.reshape(bsz, t.shape[1], -1, self.head_dim).transpose(1, 2) for t in (q, k, v))
         return q, k, v
 
     def forward(
@@ -117,7 +119,6 @@ class SlimMultiheadAttention(nn.Module):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         q, k, v = self._project(query, key, value, same)
         bsz, tq, tk = q.shape[0], q.shape[2], k.shape[2]
-        inner = self.num_heads * self.head_dim
         mask = _merge_masks(attn_mask, key_padding_mask, bsz, self.num_heads, tq, tk, q.dtype)
         # is_causal is a hint that attn_mask is the causal mask (as in nn.MultiheadAttention): a given mask is used
         causal = is_causal and mask is None
@@ -136,7 +137,7 @@ class SlimMultiheadAttention(nn.Module):
             if p > 0:
                 attn = F.dropout(attn, p)
             out = attn @ v
-        out = self.out_proj(out.transpose(1, 2).reshape(bsz, tq, inner))
+        out = self.out_proj(out.transpose(1, 2).reshape(bsz, tq, -1))  # -1: the width follows the heads
         if not self.batch_first:
             out = out.transpose(0, 1)
         if not need_weights or attn is None:
