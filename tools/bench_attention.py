@@ -118,7 +118,7 @@ def measure(runs: int, warmup: int, dtypes: list[str]) -> tuple[dict, dict]:
     x = torch.randn(1, 3, 224, 224)
     res = shrink(original, x, ratio=0.5, measure=False)
     pruned = res.model.eval()
-    heads = sorted({b.self_attention.num_heads for b in pruned.encoder.layers})
+    heads = ", ".join(str(h) for h in sorted({b.self_attention.num_heads for b in pruned.encoder.layers}))
     info = {"macs": res.report["macs"], "heads": heads}
     times: dict[str, dict[str, list[float]]] = {}
     for dname in dtypes:
@@ -196,7 +196,7 @@ def section(times: dict, info: dict, args: argparse.Namespace) -> str:
         f"{platform.platform()}; Python {platform.python_version()}, torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}; load average before the run {args.load}.",
         "",
-        f"vit_b_16, random weights, batch 1, 224x224; pruned = `shrink(ratio=0.5)` (heads 12 -> {', '.join(map(str, info['heads']))} "
+        f"vit_b_16, random weights, batch 1, 224x224; pruned = `shrink(ratio=0.5)` (heads 12 -> {info['heads']} "
         f"per block; MACs {info['macs'][0] / 1e9:.3f} G -> {info['macs'][1] / 1e9:.3f} G). Median of {args.runs} "
         f"timed runs after {args.warmup} warm-up runs, all rows of a dtype interleaved; speedup = "
         "p50(original) / p50(row). `first version`: the module's forward before the fused path (three "
