@@ -119,9 +119,12 @@ class SlimMultiheadAttention(nn.Module):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         q, k, v = self._project(query, key, value, same)
         bsz, tq, tk = q.shape[0], q.shape[2], k.shape[2]
+        # is_causal is a hint that attn_mask is the causal mask (as in nn.MultiheadAttention): a given mask is used;
+        # without one the causal mask is SDPA's own, or built here when a padding mask has to be added to it
+        if is_causal and attn_mask is None and key_padding_mask is not None:
+            attn_mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril().logical_not()
+        causal = is_causal and attn_mask is None
         mask = _merge_masks(attn_mask, key_padding_mask, bsz, self.num_heads, tq, tk, q.dtype)
-        # is_causal is a hint that attn_mask is the causal mask (as in nn.MultiheadAttention): a given mask is used
-        causal = is_causal and mask is None
         p = self.dropout if self.training else 0.0
         if not need_weights and self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)

@@ -98,6 +98,7 @@ def _masks(kind: str, src_len: int) -> dict[str, object]:
         "padding_float": {"key_padding_mask": torch.zeros(B, src_len, dtype=torch.float64).masked_fill(padded, -1e9)},
         "bool2d+padding": {"attn_mask": blocked, "key_padding_mask": padded},
         "causal": {"attn_mask": causal, "is_causal": True},
+        "causal+padding": {"attn_mask": causal, "is_causal": True, "key_padding_mask": padded},
     }[kind]
 
 
@@ -113,7 +114,10 @@ def _for_slim(kw: dict[str, object]) -> dict[str, object]:
     return out
 
 
-MASKS = ["none", "bool2d", "float2d", "bool3d", "float3d", "padding_bool", "padding_float", "bool2d+padding", "causal"]
+MASKS = [
+    "none", "bool2d", "float2d", "bool3d", "float3d", "padding_bool", "padding_float", "bool2d+padding", "causal",
+    "causal+padding",
+]  # fmt: skip
 
 
 def _sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -132,7 +136,7 @@ def _sdpa_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.mark.parametrize("cross", [False, True])
 @pytest.mark.parametrize("kind", MASKS)
 def test_fused_explicit_and_masked_original_agree(monkeypatch, batch_first, cross, kind):
-    if kind == "causal" and cross:
+    if kind.startswith("causal") and cross:
         pytest.skip("a causal mask is square")
     mha, slim = _pair(batch_first)
     q, k, v = _inputs(batch_first, cross)
