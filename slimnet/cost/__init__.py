@@ -17,7 +17,8 @@ fvcore's agree on the original and on the pruned model (``tests/test_cost.py`` c
 reference in ``slimnet bench``): one multiply-add is one MAC; conv and linear count multiplications only;
 batch norm 2 per element (1 without affine), layer/group/instance norm 5 (4), elementwise ops and activations 1
 per output element, adaptive pooling and mean/sum 1 per input element, max/avg pooling the window per output
-element, nearest upsampling 1 and bilinear 4 per output element, attention its two products.
+element, nearest upsampling 1 and bilinear 4 per output element, attention its two products plus 2 per
+attention weight (the scaling and the softmax).
 
 Supporting a new op is one entry: ``@cost(keys...)`` on a function of a :class:`CostCall` returning terms.
 """

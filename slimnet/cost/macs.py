@@ -8,9 +8,14 @@ for the ops that it leaves out but that a pruned network still pays for:
 * elementwise arithmetic and activations (add, mul, relu, gelu, silu, hardswish, sigmoid, softmax, ...):
   one per output element, the convention fvcore already uses for batch norm and pooling;
 * pooling: ``kernel area`` per output element (max/avg), one per input element (adaptive);
-* ``scaled_dot_product_attention``: the MACs of ``q @ k^T`` and ``attn @ v`` (softmax and scaling not counted);
+* ``scaled_dot_product_attention``: the MACs of ``q @ k^T`` and ``attn @ v``, plus the scaling and the softmax
+  (one each per attention weight), as the explicit ``softmax(q @ k^T / sqrt(d)) @ v`` counts them;
 * ``_native_multi_head_attention`` (``nn.MultiheadAttention``'s fused inference path): projections, both
   attention products, the scaling and the softmax;
+
+so an attention costs the same whichever way it is computed (explicit ops, SDPA, the fused module path): a
+pruned ``nn.MultiheadAttention`` (slimnet's ``SlimMultiheadAttention``, which runs SDPA) counts what the
+original's fused path counted for its kept heads;
 * reductions (mean, sum) and ``rms_norm``.
 
 Shape-only ops (view, pad, cat, dropout in eval, comparisons, ...) are explicitly free (:data:`FREE_OPS`). Any op
@@ -95,13 +100,14 @@ def pool_window(inputs: list[Any], outputs: list[Any]) -> float:
 
 
 def sdpa(inputs: list[Any], outputs: list[Any]) -> float:
-    """scaled_dot_product_attention: ``q @ k^T`` ([.., L, E] x [.., E, S]) + ``attn @ v`` ([.., L, S] x [.., S, Ev])."""
+    """scaled_dot_product_attention: ``q @ k^T`` ([.., L, E] x [.., E, S]) + ``attn @ v`` ([.., L, S] x [.., S, Ev])
+    + the scaling and the softmax, one each per attention weight ([.., L, S]), as :func:`native_mha` counts them."""
     q, k, v = (_shape(t) for t in inputs[:3])
     if not q or not k or not v:
         return 0
     batch = math.prod(q[:-2])
     length, embed, source, value_dim = q[-2], q[-1], k[-2], v[-1]
-    return batch * length * source * (embed + value_dim)
+    return batch * length * source * (embed + value_dim + 2)
 
 
 def native_mha(inputs: list[Any], outputs: list[Any]) -> float:

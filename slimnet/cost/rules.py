@@ -165,11 +165,17 @@ def matmul(call: CostCall) -> list[Term]:
 
 @cost(F.scaled_dot_product_attention)
 def sdpa(call: CostCall) -> list[Term]:
-    """``q @ k^T`` and ``attn @ v``: every element of q and of the output times the source length."""
+    """``q @ k^T`` and ``attn @ v``: every element of q and of the output times the source length; the scaling
+    and the softmax: 2 per attention weight, i.e. per row of q times the source length (heads are whole, so
+    q's kept elements over its head size are its kept rows)."""
     q, k = call.arg(0, "query"), call.arg(1, "key")
     source = k.shape[-2]
     ids_q = call.ids(call.node_arg(0, "query"))
-    return term(call, source, elements(ids_q, q)) + term(call, source, elements(call.out, call.value))
+    return (
+        term(call, source, elements(ids_q, q))
+        + term(call, source, elements(call.out, call.value))
+        + term(call, 2 * source / q.shape[-1], elements(ids_q, q))
+    )
 
 
 def _norm(call: CostCall, x: torch.Tensor, affine: bool, per_element: tuple[float, float]) -> list[Term]:

@@ -107,6 +107,19 @@ def _mha(m: nn.Module) -> nn.Module | None:
     return SlimMultiheadAttention(m, m.in_proj_weight, m.in_proj_bias, m.out_proj, head_dim)
 
 
+@surgery(SlimMultiheadAttention)
+def _slim_mha(m: nn.Module) -> None:
+    """Heads removed from an already pruned attention (a model shrunk again): the head size stays, the counts
+    follow the sliced tensors."""
+    _linear(m.out_proj)
+    packed = m._qkv_same_embed_dim
+    ref = m.in_proj_weight if packed else m.q_proj_weight
+    m.num_heads = ref.shape[0] // ((3 if packed else 1) * m.head_dim)
+    m.embed_dim = ref.shape[1]
+    m.kdim = m.embed_dim if packed else m.k_proj_weight.shape[1]
+    m.vdim = m.embed_dim if packed else m.v_proj_weight.shape[1]
+
+
 @surgery("transformers.pytorch_utils.Conv1D")
 def _hf_conv1d(m: nn.Module) -> None:
     m.nx, m.nf = m.weight.shape
