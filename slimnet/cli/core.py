@@ -251,6 +251,10 @@ def print_report(report: dict[str, Any]) -> None:
     say(took(report.get("timings") or {}))
     if report.get("output"):
         say(f"wrote {report['output']} and {report['plan']}")
+    if report.get("folder") == "standard":
+        say("  a standard transformers folder: AutoModelForCausalLM.from_pretrained loads it, no remote code")
+    elif report.get("folder_note"):
+        say(f"  not a standard transformers folder: {report['folder_note']}")
 
 
 def took(timings: dict[str, float]) -> str:
