@@ -350,16 +350,18 @@ def standard_widths(config: Mapping[str, Any], plan: Mapping[str, Any]) -> tuple
             return None, f"layer {i}: {exc}"
         seen.setdefault(w, []).append(i)
     if len(seen) > 1:
-        parts = "; ".join(
-            f"layers {_span(ix)}: {h} heads, {k} key/value heads, MLP {m}" for (h, k, m), ix in seen.items()
-        )
+        parts = "; ".join(f"{_span(ix)}: {h} heads, {k} key/value heads, MLP {m}" for (h, k, m), ix in seen.items())
         return None, f"the layers keep different widths ({parts})"
     ((h, k, m),) = seen
     return {"num_attention_heads": h, "num_key_value_heads": k, "intermediate_size": m, "head_dim": head_dim}, ""
 
 
 def _span(ix: list[int]) -> str:
-    return f"{ix[0]}-{ix[-1]}" if len(ix) > 2 and ix == list(range(ix[0], ix[-1] + 1)) else ",".join(map(str, ix))
+    """``layer 3``, ``layers 0-11``, ``layers 1,5``."""
+    if len(ix) == 1:
+        return f"layer {ix[0]}"
+    run = len(ix) > 2 and ix == list(range(ix[0], ix[-1] + 1))
+    return f"layers {ix[0]}-{ix[-1]}" if run else f"layers {','.join(map(str, ix))}"
 
 
 def _kept(cut: Mapping[str, Mapping[str, list[int]]], tensor: str, size: int) -> list[int]:
