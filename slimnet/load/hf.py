@@ -280,8 +280,14 @@ def _write_standard(model: nn.Module, plan: dict[str, Any], widths: Mapping[str,
         delattr(model.config, PLAN_KEY)
     model.save_pretrained(str(tmp))
     cfg = standard_config(json.loads((tmp / "config.json").read_text()), widths)
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (tmp / "config.json").write_text(config_text(cfg))
     plan_mod.save(plan, tmp / PLAN_FILE)
+
+
+def config_text(config: Mapping[str, Any]) -> str:
+    """config.json's text as the standard writers write it (sorted keys, 2-space indent, a final newline): the
+    same dict is the same bytes from either path."""
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 def is_standard_decoder(model: nn.Module) -> bool:
@@ -297,7 +303,10 @@ def standard_config(config: Mapping[str, Any], widths: Mapping[str, int]) -> dic
     ``head_dim``). ``head_dim`` is written explicitly: the transformers default, ``hidden_size //
     num_attention_heads``, changes with the head count while the heads themselves do not. The plan and the
     remote-code keys (``slimnet_plan``, ``auto_map``) are dropped. One function for every writer of this folder (the
-    in-memory :func:`save_folder` and the streaming path of :mod:`slimnet.llm`), so that both write the same bytes."""
+    in-memory :func:`save_folder` and the streaming path of :mod:`slimnet.llm`), so that both write the same file:
+    ``config_text(standard_config(config, standard_widths(config, plan)[0]))`` beside the weights, and the plan
+    (``slimnet.plan.save``) as :data:`PLAN_FILE`. ``config`` is what transformers writes for the original
+    (``save_pretrained``'s config.json, as the in-memory path reads it back), not necessarily the file it came from."""
     out = {k: v for k, v in config.items() if k not in (PLAN_KEY, "auto_map")}
     for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim"):
         out[key] = int(widths[key])
