@@ -180,6 +180,9 @@ def test_a_ratio_that_leaves_no_key_value_group_is_refused(tmp_path: Path):
     assert "leaves none of the 2 key/value groups" in r.output and "--head-ratio at most 0.75" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not out.exists() and not (tmp_path / "slim.plan.json").exists()
+    r = cli_runner().invoke(app, ["shrink", f"hf:{src}", "-o", str(out), "--ratio", "0.8"])
+    assert r.exit_code != 0 and "give --head-ratio at most 0.75 for attention" in r.output, r.output
+    assert not out.exists()
     # --head-ratio 0.75 keeps one group per layer (2 of 4 query heads)
     r = cli_runner().invoke(app, ["shrink", f"hf:{src}", "-o", str(out), "--head-ratio", "0.75", "--json"])
     assert r.exit_code == 0, r.output
@@ -221,3 +224,21 @@ def test_standard_widths_says_what_a_config_cannot_state():
     assert (new["num_attention_heads"], new["num_key_value_heads"], new["head_dim"]) == (2, 1, 32)
     assert PLAN_KEY not in new and "auto_map" not in new and new["model_type"] == "llama"
     assert config["num_attention_heads"] == 4  # the input is left as it was
+
+
+def test_phi3_layers_with_their_own_head_counts(tmp_path: Path):
+    """Phi-3 slices its fused qkv at ``config.num_attention_heads * head_dim``: a layer cut alone gets a config of
+    its own (the shared one cannot hold one layer's count), and the remote-code folder reloads it both ways."""
+    model = decoder("phi3")
+    x = default_input(model)
+    res = check(model, x, ratio=0.0, ratios={"model.layers.1.self_attn.qkv_proj": 0.5})
+    layers = res.model.model.layers
+    assert [(a.self_attn.config.num_attention_heads, a.self_attn.num_key_value_heads) for a in layers] == [
+        (4, 2),
+        (2, 1),
+    ]
+    assert res.model.config.num_attention_heads == 4  # the model's own config is the original's
+    written = save_folder(res.model, res.plan, tmp_path / "slim")
+    assert written["format"] == "remote-code" and "layer 1: 2 heads, 1 key/value heads" in written["note"]
+    native = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "slim", trust_remote_code=True).eval()
+    assert torch.equal(logits(native, x), logits(res.model, x))

@@ -55,11 +55,16 @@ def check_whole_kv_groups(
         r = pinned.get(g.name, head_ratio if head_ratio is not None else ratio)
         n = len(g.units)
         if int(math.floor(n * (1.0 - r) + 0.5)) == 0:
-            flag = "--ratios" if g.name in pinned else ("--head-ratio" if head_ratio is not None else "--ratio")
-            most = 1.0 - 0.5 / n
+            most = f"{1.0 - 0.5 / n:.4g}"
+            if g.name in pinned:
+                flag, fix = "--ratios", f"give {g.name} a share of at most {most} in --ratios"
+            elif head_ratio is not None:
+                flag, fix = "--head-ratio", f"give --head-ratio at most {most}"
+            else:
+                flag, fix = "--ratio", f"give --head-ratio at most {most} for attention (or a smaller --ratio)"
             raise SlimnetError(
                 f"{flag} {r} leaves none of the {n} key/value groups of {g.name} (attention is cut in whole "
-                f"key/value groups, a key/value head with its query heads): give {flag} at most {most:.4g}"
+                f"key/value groups, a key/value head with its query heads): {fix}"
             )
 
 
