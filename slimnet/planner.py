@@ -208,6 +208,9 @@ class Planner:
             seed=choice["seed"],
             head_ratio=choice["head_ratio"],
         )
+        floors = [g.round_to for g in self.analysis.groups if g.round_to > choice["round_to"]]
+        if floors:  # a decoder LM's MLP rounds to 64 (slimnet.allocate.decoder): said beside round_to
+            plan["mlp_round_to"] = max(floors)
         mode = result.mode if result else "uniform"
         plan["allocation"] = mode
         if mode != "uniform":

@@ -101,6 +101,7 @@ def test_standard_folder_loads_without_remote_code(tmp_path: Path, family: str):
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["folder"] == "standard" and report["folder_note"] is None and report["verified"]
+    assert (report["round_to"], report["mlp_round_to"]) == (8, 64)
     # config.json states the new widths; no plan, no remote code in it
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["intermediate_size"]) == (2, 1, 192)

@@ -226,6 +226,7 @@ def print_report(report: dict[str, Any]) -> None:
     say(
         f"groups: {report['groups']} found, {report['pruned_groups']} pruned, {len(report['skipped'])} left whole; "
         f"criterion {report['criterion']}, ratio {report['ratio']}, round-to {report['round_to']}"
+        + (f" (MLP widths: {report['mlp_round_to']}, a decoder LM)" if report.get("mlp_round_to") else "")
     )
     verdict = "exact" if report.get("exact") else "approximate (normalised groups pruned on request)"
     say(
