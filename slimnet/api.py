@@ -368,6 +368,7 @@ def make_report(
         "criterion": plan.get("criterion"),
         "ratio": plan.get("ratio"),
         "round_to": plan.get("round_to"),
+        "mlp_round_to": plan.get("mlp_round_to"),
         "params": params,
         "macs": macs,
         "params_before": params[0],

@@ -29,6 +29,7 @@ from ._tensors import call, in_eval
 from ._util import first_line
 from .allocate import LATENCY_TOLERANCE, Ranking, TargetResult
 from .allocate.decide import Decision, choose, left_whole, rank
+from .allocate.decoder import decoder_rules
 from .errors import SlimnetError
 from .groups import Analysis, analyse, analyse_reduced
 from .measure import lut
@@ -178,6 +179,7 @@ class Planner:
         data-driven criterion reads, from :func:`slimnet.repair.calibrate.statistics`. The settings were checked
         when they were made, so nothing here checks them again."""
         settings = settings_of(settings, keywords)
+        decoder_rules(self.analysis, self.model, settings)  # decoder LMs: MLP widths in 64s, whole KV groups
         kind = settings.target_kind
         choice: dict[str, Any] = dict(ratio=settings.ratio, criterion=settings.criterion, round_to=settings.round_to)
         choice.update(ignore=list(settings.ignore), seed=settings.seed, prune_norm=settings.prune_norm)
@@ -206,6 +208,9 @@ class Planner:
             seed=choice["seed"],
             head_ratio=choice["head_ratio"],
         )
+        floors = [g.round_to for g in self.analysis.groups if g.round_to > choice["round_to"]]
+        if floors:  # a decoder LM's MLP rounds to 64 (slimnet.allocate.decoder): said beside round_to
+            plan["mlp_round_to"] = max(floors)
         mode = result.mode if result else "uniform"
         plan["allocation"] = mode
         if mode != "uniform":

@@ -20,7 +20,16 @@ from collections.abc import Mapping, Sequence
 from ..errors import SlimnetError
 from ..groups import Analysis, Group
 from ..rank.ranking import Ranking, normalised
-from .counts import floor_of, keep_count, resolve_ratios, round_count, step_of, uniform_counts, unit_channels
+from .counts import (
+    floor_of,
+    keep_count,
+    resolve_ratios,
+    round_count,
+    round_to_of,
+    step_of,
+    uniform_counts,
+    unit_channels,
+)
 from .latency import LATENCY_TOLERANCE, GroupTiming, LatencyModel, LatencyTable, for_latency, knapsack, widths_to_time
 from .sensitivity import SensitivityTarget, from_sensitivity
 from .targets import TARGET_KINDS, TOLERANCE, TargetResult, check_target, for_target, global_for_ratio
@@ -47,6 +56,7 @@ __all__ = [
     "normalised",
     "resolve_ratios",
     "round_count",
+    "round_to_of",
     "step_of",
     "uniform_counts",
     "unit_channels",
@@ -82,7 +92,7 @@ def allocate(
             raise SlimnetError("a sensitivity file allocates towards a target: give --target-macs or --target-params")
         result = from_sensitivity(analysis, groups, ranking.orders, sensitivity, target[0], target[1], round_to)
         return result.counts, result
-    pinned = {g.id: keep_count(len(g.units), ratios[g.name], round_to, unit_channels(g)) for g in groups
+    pinned = {g.id: keep_count(len(g.units), ratios[g.name], round_to_of(g, round_to), unit_channels(g)) for g in groups
               if ratios and g.name in ratios}  # fmt: skip
     if target is None and not use_global:
         free = [g for g in groups if g.id not in pinned]

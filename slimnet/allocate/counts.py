@@ -35,8 +35,15 @@ def unit_channels(group: Group) -> int:
     return max(1, len(group.units[0].members[first]))
 
 
+def round_to_of(group: Group, round_to: int) -> int:
+    """The multiple ``group`` rounds to: ``round_to``, or the group's own floor where that is larger (a decoder
+    LM's MLP: :attr:`slimnet.groups.Group.round_to`)."""
+    return max(round_to, group.round_to)
+
+
 def step_of(group: Group, round_to: int) -> int:
     """Units per rounding step."""
+    round_to = round_to_of(group, round_to)
     return max(1, round_to // math.gcd(round_to, unit_channels(group))) if round_to > 1 else 1
 
 
@@ -71,7 +78,7 @@ def uniform_counts(
     for g in groups:
         r = head_ratio if (head_ratio is not None and g.kind == "heads") else ratio
         r = ratios.get(g.name, r) if ratios else r
-        counts[g.id] = keep_count(len(g.units), r, round_to, unit_channels(g))
+        counts[g.id] = keep_count(len(g.units), r, round_to_of(g, round_to), unit_channels(g))
     return counts
 
 

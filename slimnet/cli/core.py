@@ -242,6 +242,7 @@ def print_report(report: dict[str, Any]) -> None:
         f"groups: {report['groups']} found, {report['pruned_groups']} pruned, {len(report['skipped'])} left whole; "
         f"criterion {report['criterion']}, ratio {report['ratio']} (share of the prunable channels dropped), "
         f"round-to {report['round_to']}"
+        + (f" (MLP widths: {report['mlp_round_to']}, a decoder LM)" if report.get("mlp_round_to") else "")
     )
     verdict = "exact" if report.get("exact") else "approximate (normalised groups pruned on request)"
     say(
@@ -267,6 +268,10 @@ def print_report(report: dict[str, Any]) -> None:
     say(took(report.get("timings") or {}))
     if report.get("output"):
         say(f"wrote {report['output']} and {report['plan']}")
+    if report.get("folder") == "standard":
+        say("  a standard transformers folder: AutoModelForCausalLM.from_pretrained loads it, no remote code")
+    elif report.get("folder_note"):
+        say(f"  not a standard transformers folder: {report['folder_note']}")
 
 
 def took(timings: dict[str, float]) -> str:

@@ -79,8 +79,10 @@ def write_outputs(
 
             report["onnx"] = export_onnx(result.model, example, onnx_path)
     with stages("write"):
-        save_pruned(result.model, result.plan, out_path, plan_path, folder)
+        written = save_pruned(result.model, result.plan, out_path, plan_path, folder)
     report["output"], report["plan"] = str(out_path), str(plan_path)
+    if written is not None:  # a save_pretrained folder: standard, or needing remote code (and why)
+        report["folder"], report["folder_note"] = written["format"], written["note"]
     return report
 
 
@@ -114,16 +116,20 @@ def save_model_atomic(model: Any, path: Path) -> None:
     save_atomic(path, lambda tmp: torch.save(model, tmp))
 
 
-def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Path, folder: bool) -> None:
-    """The plan, then the model (a file, or a save_pretrained folder); the plan is taken back if that fails."""
+def save_pruned(
+    model: Any, plan: dict[str, Any], out_path: Path, plan_path: Path, folder: bool
+) -> Optional[dict[str, Any]]:
+    """The plan, then the model (a file, or a save_pretrained folder); the plan is taken back if that fails.
+    A folder is a standard transformers one where it can be (:func:`slimnet.load.hf.save_folder`): returns what
+    that wrote (``format``, ``note``), None for a file."""
     from .. import plan as plan_mod  # lazy: CLI start-up
 
     plan_mod.save(plan, plan_path)
     try:
         if folder:
-            from ..load.hf import save_pretrained  # lazy: CLI start-up
+            from ..load.hf import save_folder  # lazy: CLI start-up
 
-            save_pretrained(model, plan, out_path)
+            return save_folder(model, plan, out_path)
         elif type(model).__module__.startswith("ultralytics."):  # ultralytics' checkpoint: YOLO(path) loads it
             from ..load.yolo import checkpoint  # lazy: CLI start-up
 
@@ -133,3 +139,4 @@ def save_pruned(model: Any, plan: dict[str, Any], out_path: Path, plan_path: Pat
     except BaseException:
         plan_path.unlink(missing_ok=True)
         raise
+    return None

@@ -13,6 +13,7 @@ Entries are keyed by qualified class name, so that optional libraries are never 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,26 +32,40 @@ def sizes(qualname: str, **attrs: SizeFn) -> None:
 
 
 def entries(m: nn.Module) -> dict[str, SizeFn]:
-    """The size attributes of ``m`` (from its class or any base class) that it actually has."""
+    """The size attributes of ``m`` (from its class or any base class) that it actually has. An attribute of the
+    form ``config.NAME`` is a field of the config object the module keeps (Phi-3 reads its head count there)."""
     out: dict[str, SizeFn] = {}
     for cls in reversed(type(m).__mro__):
         for attr, fn in SIZES.get(qualname(cls), {}).items():
-            if isinstance(getattr(m, attr, None), int):
+            owner, _, name = attr.rpartition(".")
+            if isinstance(getattr(getattr(m, owner, None) if owner else m, name, None), int):
                 out[attr] = fn
     return out
+
+
+def _set(m: nn.Module, attr: str, value: Any) -> None:
+    """Set a size attribute; ``config.NAME`` on a copy of the module's config, which the module then keeps alone
+    (a config shared by every layer cannot hold one layer's width)."""
+    owner, _, name = attr.rpartition(".")
+    if not owner:
+        m.__dict__[attr] = value
+        return
+    own = copy.copy(m.__dict__[owner])
+    own.__dict__[name] = value
+    m.__dict__[owner] = own
 
 
 @contextlib.contextmanager
 def traced_sizes(m: nn.Module, get: Getter) -> Iterator[None]:
     """While tracing ``m``'s forward, its size attributes are expressions of its traced tensors' shapes."""
     fns = entries(m)
-    saved = {attr: m.__dict__.get(attr) for attr in fns}
+    saved = {attr.partition(".")[0]: m.__dict__.get(attr.partition(".")[0]) for attr in fns}
     try:
         for attr, fn in fns.items():
             try:
-                m.__dict__[attr] = fn(get, m)
+                _set(m, attr, fn(get, m))
             except Exception:  # noqa: BLE001 - a size that cannot be expressed stays a literal (frozen)
-                m.__dict__[attr] = saved[attr]
+                pass
         yield
     finally:
         for attr, v in saved.items():
@@ -62,7 +77,7 @@ def recompute(m: nn.Module) -> None:
     state = dict(m.named_parameters())
     state.update(dict(m.named_buffers()))
     for attr, fn in entries(m).items():
-        m.__dict__[attr] = int(fn(lambda name: state[name], m))
+        _set(m, attr, int(fn(lambda name: state[name], m)))
 
 
 # Hugging Face transformers
@@ -73,6 +88,13 @@ sizes(
     f"{_HF}.gpt2.modeling_gpt2.GPT2Attention",
     split_size=lambda get, m: get("c_proj.weight").shape[0],
     num_heads=lambda get, m: get("c_proj.weight").shape[0] // m.head_dim,
+)
+# Phi-3: slices its fused qkv at config.num_attention_heads * head_dim and self.num_key_value_heads * head_dim.
+sizes(
+    f"{_HF}.phi3.modeling_phi3.Phi3Attention",
+    num_key_value_heads=lambda get, m: (get("qkv_proj.weight").shape[0] - get("o_proj.weight").shape[1])
+    // (2 * m.head_dim),
+    **{"config.num_attention_heads": lambda get, m: get("o_proj.weight").shape[1] // m.head_dim},
 )
 # BERT, RoBERTa: read by nothing in forward since transformers 5, kept true for users.
 for _name in ("bert.modeling_bert.BertSelfAttention", "roberta.modeling_roberta.RobertaSelfAttention"):

@@ -108,6 +108,10 @@ class Group:
     kind: str = "channels"  # "heads" when each unit is a whole attention head (or a key/value head's group)
     #: member -> :data:`MemberIndex` (filled by assembly; built from ``units`` on first use otherwise)
     index: dict[Member, MemberIndex] = field(default_factory=dict, compare=False, repr=False)
+    #: the smallest multiple (in channels) the kept count rounds to, whatever ``--round-to`` says: a decoder LM's
+    #: MLP keeps a multiple of 64 (:mod:`slimnet.allocate.decoder`), so that its widths stay GEMM-friendly and
+    #: alike in every layer; 1 (no floor) for everything else
+    round_to: int = 1
 
     @property
     def n_units(self) -> int:

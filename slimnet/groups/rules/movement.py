@@ -185,7 +185,7 @@ def getitem(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: A
         return src[idx]
     if not isinstance(src, torch.Tensor):
         return constant_ids(value) if isinstance(value, torch.Tensor) else None
-    _tie_partial_index(it, src, idx)
+    _tie_partial_index(it, src, idx, n.args[1])
     return src[idx]
 
 
@@ -206,11 +206,16 @@ def setitem(it: AtomInterpreter, n: fx.Node, args: tuple, kwargs: dict, value: A
     return dst
 
 
-def _tie_partial_index(it: AtomInterpreter, src: torch.Tensor, idx: Any) -> None:
-    """Positions picked by fixed indices do not follow pruning: tie the atoms along such a dim."""
+def _tie_partial_index(it: AtomInterpreter, src: torch.Tensor, idx: Any, traced: Any = None) -> None:
+    """Positions picked by fixed indices do not follow pruning: tie the atoms along such a dim. A slice whose
+    bounds are sizes of parameters (``traced``: the index as traced; Phi-3 slices its fused qkv at
+    ``num_heads * head_dim``, a size attribute of :mod:`slimnet.cut.sizes` that the surgeon recomputes) follows
+    pruning, as a reshape by such a size does (:mod:`slimnet.groups.sizeflow`)."""
     items = idx if isinstance(idx, tuple) else (idx,)
+    raw = traced if isinstance(traced, tuple) else (traced,)
+    raw = raw if len(raw) == len(items) else (None,) * len(items)
     dim = 0
-    for item in items:
+    for item, node in zip(items, raw):
         if item is Ellipsis:
             dim = src.dim() - (len(items) - 1 - items.index(Ellipsis)) - sum(1 for i in items if i is None)
             continue
@@ -219,9 +224,19 @@ def _tie_partial_index(it: AtomInterpreter, src: torch.Tensor, idx: Any) -> None
         if dim >= src.dim():
             break
         whole = isinstance(item, slice) and item == slice(None)
-        if not whole:
+        if not whole and not _follows(it, node):
             it.tie(src, dim, it.at_node("indexed with fixed positions"))
         dim += 1
+
+
+def _follows(it: AtomInterpreter, item: Any) -> bool:
+    """A traced slice with no step whose bounds are each absent or computed from parameter sizes only."""
+    if not isinstance(item, slice) or item.step is not None:
+        return False
+    bounds = [b for b in (item.start, item.stop) if b is not None]
+    if not bounds or not all(isinstance(b, fx.Node) for b in bounds):
+        return False
+    return all((s := it.sizes.sources(b)) and all(x.node.op == "get_attr" for x in s) for b in bounds)
 
 
 @rule(torch.split, torch.chunk, "split", "chunk", torch.tensor_split, "tensor_split", torch.unbind, "unbind")
