@@ -1,0 +1,137 @@
+"""Weights in and out, a few tensors at a time: safetensors shards read through ``safe_open`` (memory-mapped,
+opened for one decoder layer and closed again, so that the mapped pages of a 5 GB shard do not pile up in the
+process), and new shards written tensor by tensor.
+
+:class:`ShardWriter` holds the sliced tensors of at most one shard (``shard_bytes``) and writes a shard in the
+safetensors layout itself (an 8-byte header length, the JSON header, then each tensor's bytes straight from its
+memory): ``safetensors.torch.save_file`` would first copy every tensor to ``bytes``, twice the shard in memory.
+The shards are named ``model-0000K-of-0000N.safetensors`` when the last one is written (N is known only then),
+with ``model.safetensors.index.json``; a model that fits one shard is the single ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+from ..errors import SlimnetError
+
+#: The safetensors dtype names (the format's own spelling).
+DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}  # fmt: skip
+
+#: Shards of the output hold at most this many bytes (one shard is what the writer keeps in memory).
+SHARD_BYTES = 1 << 30
+
+
+class Weights:
+    """Where each tensor of a folder's safetensors lives (from the shards' headers; nothing is read yet)."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        from safetensors import safe_open
+
+        self.where: dict[str, Path] = {}
+        for path in files:
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    names = list(f.keys())
+            except Exception as exc:  # noqa: BLE001 - a broken shard is the user's file problem
+                raise SlimnetError(f"{path} is not a readable safetensors file ({exc})") from None
+            for name in names:
+                if name in self.where:
+                    raise SlimnetError(f"tensor {name} is in both {self.where[name].name} and {path.name}")
+                self.where[name] = path
+
+    def names(self) -> list[str]:
+        return list(self.where)
+
+    def read(self, names: Iterable[str]) -> Iterator[tuple[str, torch.Tensor]]:
+        """The tensors named, shard by shard, each shard opened once and closed before the next."""
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[str]] = defaultdict(list)
+        for name in names:
+            by_file[self.where[name]].append(name)
+        for path, wanted in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for name in wanted:
+                    yield name, f.get_tensor(name)
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def write_safetensors(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """One safetensors file, tensor by tensor from its own memory (no copy of the whole shard)."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, t in tensors:
+        if t.dtype not in DTYPES:
+            raise SlimnetError(f"tensor {name} has dtype {t.dtype}, which safetensors cannot store")
+        size = nbytes(t)
+        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for _, t in tensors:
+            if t.numel():
+                f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
+class ShardWriter:
+    """Tensors in, shards out in ``folder`` (see the module docstring); :meth:`close` names them and writes the
+    index."""
+
+    def __init__(self, folder: Path, shard_bytes: int = SHARD_BYTES) -> None:
+        self.folder, self.shard_bytes = folder, shard_bytes
+        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.pending_bytes = 0
+        self.written: list[tuple[Path, list[str]]] = []
+        self.total = 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        size = nbytes(t)
+        if self.pending and self.pending_bytes + size > self.shard_bytes:
+            self.flush()
+        self.pending.append((name, t))
+        self.pending_bytes += size
+        self.total += size
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        path = self.folder / f".shard-{len(self.written) + 1:05d}.safetensors"
+        write_safetensors(path, self.pending)
+        self.written.append((path, [n for n, _ in self.pending]))
+        self.pending, self.pending_bytes = [], 0
+
+    def close(self) -> list[str]:
+        """Write what is pending, give the shards their final names and write the index; the file names."""
+        self.flush()
+        n = len(self.written)
+        if n == 1:
+            os.replace(self.written[0][0], self.folder / "model.safetensors")
+            return ["model.safetensors"]
+        weight_map: dict[str, str] = {}
+        names = []
+        for k, (path, tensors) in enumerate(self.written, 1):
+            final = f"model-{k:05d}-of-{n:05d}.safetensors"
+            os.replace(path, self.folder / final)
+            weight_map.update({t: final for t in tensors})
+            names.append(final)
+        index = {"metadata": {"total_size": self.total}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return [*names, "model.safetensors.index.json"]
