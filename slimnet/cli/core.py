@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from ..errors import SlimnetError, VerificationError
+from ..llm.families import streams_hf
 from ..load.spec import check_model
 from ..settings import (
     DEFAULT_MAX_LAYER_RATIO,
@@ -115,6 +116,15 @@ Architecture = Annotated[
 ]
 PlanFile = Annotated[str, typer.Argument(help="A slimnet.plan/1 JSON file.", metavar="PLAN", show_default=False)]
 Members = Annotated[bool, typer.Option("--members", help="List every member tensor of each group.")]
+InMemory = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--in-memory/--low-memory",
+        help="hf: decoder LMs (Llama, Mistral, Qwen2/3, Gemma, Phi-3) with l1/l2/fpgm and a plain --ratio take the "
+        "low-memory path (one layer at a time from safetensors, a standard folder out) by themselves; "
+        "--in-memory forces the whole-model path, --low-memory the streamed one.",
+    ),
+]
 
 
 # ------------------------------------------------------------------------------------------ shrink
@@ -154,6 +164,7 @@ def shrink(
     reconstruct: Reconstruct = False,
     ratios_from: RatiosFrom = None,
     trust_pickle: TrustPickle = False,
+    in_memory: InMemory = None,
     progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
@@ -175,6 +186,11 @@ def shrink(
         check_data_settings(data=data, batch_size=calib_batch_size, calib_batches=calib_batches, needs=needs)
         inputs = [weights, input_file, data, ratios_from]
         out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
+        plain = folder and not any([data, recalibrate_bn, compensate_bias, reconstruct, onnx, *inputs, input_shape])
+        if in_memory is False or (in_memory is None and streams_hf(model, settings, plain)):
+            from ..llm.shrink import run_cli  # lazy: CLI start-up
+
+            return run_cli(model, out_path, settings, plain, as_json, quiet=progress is False)
         stages, shown = stages_for(progress)
         with shown:
             with stages("load"):

@@ -92,3 +92,8 @@ def streams(folder: Path, settings: Any, plain: bool) -> bool:
         and not settings.ignore
         and not settings.prune_norm
     )
+
+
+def streams_hf(model: str, settings: Any, plain: bool) -> bool:
+    """:func:`streams` for a MODEL string of the command line (only ``hf:FOLDER`` can stream)."""
+    return model.startswith("hf:") and streams(Path(model[3:]), settings, plain)
