@@ -61,8 +61,7 @@ def check_family(folder: Path) -> str:
     if model_type not in FAMILIES:
         known = ", ".join(FAMILIES)
         raise SlimnetError(
-            f"hf:{folder}: architecture {model_type!r} is not one the low-memory path knows ({known}): "
-            "use --in-memory"
+            f"hf:{folder}: architecture {model_type!r} is not one the low-memory path knows ({known}): use --in-memory"
         )
     return str(model_type)
 

@@ -148,4 +148,3 @@ def renamed(group: Group, prefix: str) -> Group:
     units = UnitList(index, roots)
     return Group(id=group.id, name=prefix + group.name, units=units, members=members, reason=group.reason,
                  normalised=group.normalised, roles=roles, kind=group.kind, index=index)  # fmt: skip
-
