@@ -1,10 +1,12 @@
 """Weights in and out, a few tensors at a time: safetensors shards read through ``safe_open`` (memory-mapped,
-opened for one decoder layer and closed again, so that the mapped pages of a 5 GB shard do not pile up in the
-process), and new shards written tensor by tensor.
+opened for one decoder layer and closed again; the tensors it gives are views of the mapping, so nothing may
+keep one past its layer, else the mapped pages of every layer would stay resident), and new shards written
+tensor by tensor.
 
-:class:`ShardWriter` holds the sliced tensors of at most one shard (``shard_bytes``) and writes a shard in the
-safetensors layout itself (an 8-byte header length, the JSON header, then each tensor's bytes straight from its
-memory): ``safetensors.torch.save_file`` would first copy every tensor to ``bytes``, twice the shard in memory.
+:class:`ShardWriter` keeps no tensor: each one's bytes go to the shard's data file as it comes, and a full shard
+gets the safetensors layout (an 8-byte header length, the JSON header, the data) by writing its header and
+copying the data after it, file to file. ``safetensors.torch.save_file`` would instead hold the whole shard and
+copy it to ``bytes`` first: twice the shard in memory.
 The shards are named ``model-0000K-of-0000N.safetensors`` when the last one is written (N is known only then),
 with ``model.safetensors.index.json``; a model that fits one shard is the single ``model.safetensors``.
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -29,8 +33,8 @@ DTYPES = {
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }  # fmt: skip
 
-#: Shards of the output hold at most this many bytes (one shard is what the writer keeps in memory).
-SHARD_BYTES = 1 << 30
+#: Shards of the output hold at most this many bytes (on disk: the writer keeps none of it in memory).
+SHARD_BYTES = 2 << 30
 
 
 class Weights:
@@ -71,52 +75,75 @@ def nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def write_safetensors(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> None:
-    """One safetensors file, tensor by tensor from its own memory (no copy of the whole shard)."""
+def _header(tensors: list[tuple[str, torch.dtype, list[int], int]]) -> bytes:
+    """The safetensors header of tensors laid end to end: (name, dtype, shape, bytes) each, 8-byte aligned."""
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    for name, t in tensors:
-        if t.dtype not in DTYPES:
-            raise SlimnetError(f"tensor {name} has dtype {t.dtype}, which safetensors cannot store")
-        size = nbytes(t)
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+    for name, dtype, shape, size in tensors:
+        header[name] = {"dtype": DTYPES[dtype], "shape": shape, "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text
+
+
+def _check_dtype(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in DTYPES:
+        raise SlimnetError(f"tensor {name} has dtype {t.dtype}, which safetensors cannot store")
+
+
+def _write_bytes(f: BinaryIO, t: torch.Tensor) -> None:
+    if t.numel():
+        f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+
+
+def write_safetensors(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """One safetensors file, tensor by tensor from its own memory (no copy of the whole file)."""
+    for name, t in tensors:
+        _check_dtype(name, t)
     with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
+        f.write(_header([(n, t.dtype, list(t.shape), nbytes(t)) for n, t in tensors]))
         for _, t in tensors:
-            if t.numel():
-                f.write(memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy()))
+            _write_bytes(f, t)
 
 
 class ShardWriter:
     """Tensors in, shards out in ``folder`` (see the module docstring); :meth:`close` names them and writes the
-    index."""
+    index. Each tensor's bytes go to the current shard's data file at once (the writer keeps no tensor); when
+    the shard is full, its header is written and the data copied after it, file to file."""
 
     def __init__(self, folder: Path, shard_bytes: int = SHARD_BYTES) -> None:
         self.folder, self.shard_bytes = folder, shard_bytes
-        self.pending: list[tuple[str, torch.Tensor]] = []
+        self.entries: list[tuple[str, torch.dtype, list[int], int]] = []
+        self.data: BinaryIO | None = None
         self.pending_bytes = 0
         self.written: list[tuple[Path, list[str]]] = []
         self.total = 0
 
     def add(self, name: str, t: torch.Tensor) -> None:
+        _check_dtype(name, t)
         size = nbytes(t)
-        if self.pending and self.pending_bytes + size > self.shard_bytes:
+        if self.entries and self.pending_bytes + size > self.shard_bytes:
             self.flush()
-        self.pending.append((name, t))
+        if self.data is None:
+            self.data = open(self.folder / ".data", "w+b")  # noqa: SIM115 - closed by flush
+        _write_bytes(self.data, t)
+        self.entries.append((name, t.dtype, list(t.shape), size))
         self.pending_bytes += size
         self.total += size
 
     def flush(self) -> None:
-        if not self.pending:
+        if self.data is None:
             return
         path = self.folder / f".shard-{len(self.written) + 1:05d}.safetensors"
-        write_safetensors(path, self.pending)
-        self.written.append((path, [n for n, _ in self.pending]))
-        self.pending, self.pending_bytes = [], 0
+        with open(path, "wb") as f:
+            f.write(_header(self.entries))
+            self.data.seek(0)
+            shutil.copyfileobj(self.data, f, 16 << 20)
+        self.data.close()
+        (self.folder / ".data").unlink()
+        self.written.append((path, [n for n, *_ in self.entries]))
+        self.entries, self.pending_bytes, self.data = [], 0, None
 
     def close(self) -> list[str]:
         """Write what is pending, give the shards their final names and write the index; the file names."""
