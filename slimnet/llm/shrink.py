@@ -180,7 +180,7 @@ def shrink_folder(
     with scratch_dir(out) as work:
         tmp = work / out.name
         tmp.mkdir()
-        writer = ShardWriter(tmp, shard_bytes)
+        writer = ShardWriter(tmp, order, shard_bytes)
         for layer, names in _chunks(order, meta.prefix):
             t0 = time.perf_counter()
             loaded = dict(weights.read(names))

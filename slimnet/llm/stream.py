@@ -3,10 +3,10 @@ opened for one decoder layer and closed again; the tensors it gives are views of
 keep one past its layer, else the mapped pages of every layer would stay resident), and new shards written
 tensor by tensor.
 
-:class:`ShardWriter` keeps no tensor: each one's bytes go to the shard's data file as it comes, and a full shard
-gets the safetensors layout (an 8-byte header length, the JSON header, the data) by writing its header and
-copying the data after it, file to file. ``safetensors.torch.save_file`` would instead hold the whole shard and
-copy it to ``bytes`` first: twice the shard in memory.
+:class:`ShardWriter` keeps no tensor: each one's bytes go to the open shard as it comes, and a full shard
+gets its safetensors header (an 8-byte length and the JSON) in the room left for it at the start.
+``safetensors.torch.save_file`` would instead hold the whole shard and copy it to ``bytes`` first: twice the
+shard in memory.
 The shards are named ``model-0000K-of-0000N.safetensors`` when the last one is written (N is known only then),
 with ``model.safetensors.index.json``; a model that fits one shard is the single ``model.safetensors``.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -109,41 +108,49 @@ def write_safetensors(path: Path, tensors: list[tuple[str, torch.Tensor]]) -> No
 
 class ShardWriter:
     """Tensors in, shards out in ``folder`` (see the module docstring); :meth:`close` names them and writes the
-    index. Each tensor's bytes go to the current shard's data file at once (the writer keeps no tensor); when
-    the shard is full, its header is written and the data copied after it, file to file."""
+    index. ``names``: every tensor that may come (their header entries are reserved at the start of each shard).
 
-    def __init__(self, folder: Path, shard_bytes: int = SHARD_BYTES) -> None:
+    Each tensor's bytes go to the open shard at once, after room left for the header: the writer keeps no
+    tensor. The header, written when the shard is full, is padded with spaces to fill that room (the format
+    allows whitespace after the header's JSON), so no byte is written twice."""
+
+    def __init__(self, folder: Path, names: list[str], shard_bytes: int = SHARD_BYTES) -> None:
         self.folder, self.shard_bytes = folder, shard_bytes
+        # an entry is its name and ~120 characters of dtype, shape and offsets at most; every name may land here
+        self.reserve = -(-(64 + sum(len(n) + 160 for n in names)) // 8) * 8
         self.entries: list[tuple[str, torch.dtype, list[int], int]] = []
-        self.data: BinaryIO | None = None
+        self.file: BinaryIO | None = None
         self.pending_bytes = 0
         self.written: list[tuple[Path, list[str]]] = []
         self.total = 0
+
+    def _path(self) -> Path:
+        return self.folder / f".shard-{len(self.written) + 1:05d}.safetensors"
 
     def add(self, name: str, t: torch.Tensor) -> None:
         _check_dtype(name, t)
         size = nbytes(t)
         if self.entries and self.pending_bytes + size > self.shard_bytes:
             self.flush()
-        if self.data is None:
-            self.data = open(self.folder / ".data", "w+b")  # noqa: SIM115 - closed by flush
-        _write_bytes(self.data, t)
+        if self.file is None:
+            self.file = open(self._path(), "w+b")  # noqa: SIM115 - closed by flush
+            self.file.seek(8 + self.reserve)
+        _write_bytes(self.file, t)
         self.entries.append((name, t.dtype, list(t.shape), size))
         self.pending_bytes += size
         self.total += size
 
     def flush(self) -> None:
-        if self.data is None:
+        if self.file is None:
             return
-        path = self.folder / f".shard-{len(self.written) + 1:05d}.safetensors"
-        with open(path, "wb") as f:
-            f.write(_header(self.entries))
-            self.data.seek(0)
-            shutil.copyfileobj(self.data, f, 16 << 20)
-        self.data.close()
-        (self.folder / ".data").unlink()
-        self.written.append((path, [n for n, *_ in self.entries]))
-        self.entries, self.pending_bytes, self.data = [], 0, None
+        head = _header(self.entries)[8:].rstrip(b" ")
+        if len(head) > self.reserve:
+            raise SlimnetError(f"safetensors header of {len(head)} bytes overflows the {self.reserve} reserved")
+        self.file.seek(0)
+        self.file.write(struct.pack("<Q", self.reserve) + head + b" " * (self.reserve - len(head)))
+        self.file.close()
+        self.written.append((self._path(), [n for n, *_ in self.entries]))
+        self.entries, self.pending_bytes, self.file = [], 0, None
 
     def close(self) -> list[str]:
         """Write what is pending, give the shards their final names and write the index; the file names."""
