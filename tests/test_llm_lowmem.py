@@ -200,3 +200,24 @@ def test_standard_config_drops_slimnet_keys() -> None:
     out = standard_config(cfg, heads=24, kv_heads=6, intermediate=8192, head_dim=128)
     assert out == {"model_type": "llama", "num_attention_heads": 24, "num_key_value_heads": 6,
                    "intermediate_size": 8192, "head_dim": 128, "hidden_size": 4096}  # fmt: skip
+
+
+def test_layer_verification_catches_a_wrong_cut(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cut layer, built from the new config, is compared with its masked original; a cut that keeps other
+    channels than the plan says (each kept index moved by one) fails it and nothing is written."""
+    import slimnet.llm.shrink as lowmem
+    from slimnet.errors import VerificationError
+
+    src = write_model(tmp_path / "m", "qwen2")
+    report = shrink_folder(src, tmp_path / "ok", ShrinkSettings(ratio=0.5), log=None)
+    assert report["verified"] and 0 <= report["max_abs_diff"] <= report["tolerance"] < 1e-2
+    exact = lowmem._sliced
+
+    def shifted(t: torch.Tensor, dims: dict | None) -> torch.Tensor:
+        moved = {d: sorted({(i + 1) % t.shape[int(d)] for i in idx}) for d, idx in (dims or {}).items()}
+        return exact(t, moved)
+
+    monkeypatch.setattr(lowmem, "_sliced", shifted)
+    with pytest.raises(VerificationError, match="layer 0"):
+        shrink_folder(src, tmp_path / "bad", ShrinkSettings(ratio=0.5), log=None)
+    assert not (tmp_path / "bad").exists()

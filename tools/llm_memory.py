@@ -190,6 +190,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(src, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
+        if "mem" not in row and "mem" in results.get(size, {}):
+            row["mem"] = {**results[size]["mem"], "earlier_run": True}  # kept from an earlier run of this tool
         log(json.dumps(row))
         results[size] = row
         results_file.parent.mkdir(parents=True, exist_ok=True)

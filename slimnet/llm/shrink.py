@@ -35,7 +35,7 @@ import torch
 from .._util import scratch_dir
 from ..allocate import Ranking, uniform_counts
 from ..allocate.decide import Decision
-from ..errors import SlimnetError
+from ..errors import SlimnetError, VerificationError
 from ..groups import Analysis, Group
 from ..plan import build_plan, dumps
 from ..rank.criteria import score
@@ -44,6 +44,7 @@ from .config import standard_config
 from .families import WEIGHT_CRITERIA, check_family, read_config, weight_files
 from .meta import MetaModel, head_dim_of, layer_groups, meta_model, renamed
 from .stream import SHARD_BYTES, ShardWriter, Weights
+from .verify import LayerVerifier
 
 #: The plan's file in the output folder.
 PLAN_FILE = "slimnet_plan.json"
@@ -147,9 +148,12 @@ def shrink_folder(
     model_name: str = "",
     log: Callable[[str], None] | None = _stderr,
     shard_bytes: int = SHARD_BYTES,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Shrink the Hugging Face folder ``source`` into the standard folder ``output`` (see the module docstring);
-    ``log`` gets one line per decoder layer (None: quiet). Returns the report."""
+    ``log`` gets one line per decoder layer (None: quiet); ``verify``: check every cut layer against its masked
+    original (:mod:`.verify`; a failure raises :class:`slimnet.errors.VerificationError` and writes nothing).
+    Returns the report."""
     start = time.perf_counter()
     say = log or (lambda _line: None)
     folder, out = Path(source), Path(output)
@@ -174,6 +178,8 @@ def shrink_folder(
         f"-> {widths['kv_heads']}, MLP {meta.config.intermediate_size} -> {widths['intermediate']}"
     )
     name = model_name or f"hf:{folder}"
+    verifier = LayerVerifier(meta, widths, head_dim_of(meta.config)) if verify else None
+    worst = (0.0, 0.0)  # the largest difference and its tolerance
     tensors: dict[str, dict[str, list[int]]] = {}
     head: dict[str, Any] = {}
     params = [0, 0]
@@ -192,7 +198,18 @@ def shrink_folder(
                 plan = _layer_plan(meta, groups, layer, loaded, counts, settings, name)
                 head = {k: v for k, v in plan.items() if k != "tensors"}
                 tensors.update(plan["tensors"])
-                loaded = {n: _sliced(t, plan["tensors"].get(n)) for n, t in loaded.items()}
+                cut = {n: _sliced(t, plan["tensors"].get(n)) for n, t in loaded.items()}
+                note = ""
+                if verifier is not None:
+                    check = verifier.check(layer, loaded, cut, plan["tensors"])
+                    if not check.passed:
+                        raise VerificationError(
+                            f"layer {layer}: the cut layer differs from its masked original by {check.max_abs_diff:.3g}"
+                            f" (tolerance {check.tolerance:.3g}); nothing was written"
+                        )
+                    worst = max(worst, (check.max_abs_diff, check.tolerance))
+                    note = f", verified: max abs diff {check.max_abs_diff:.3g}"
+                loaded = cut
             for n, t in loaded.items():
                 if n in meta.params:
                     params[0] += int(np.prod(meta.shapes[n]))
@@ -200,7 +217,7 @@ def shrink_folder(
                 writer.add(n, t)
             del loaded
             if layer is not None:
-                say(f"layer {layer + 1}/{meta.n_layers} cut in {time.perf_counter() - t0:.1f} s")
+                say(f"layer {layer + 1}/{meta.n_layers} cut in {time.perf_counter() - t0:.1f} s{note}")
         shards = writer.close()
         plan = {**head, "allocation": "uniform", "settings": settings.recorded()}
         plan["tensors"] = dict(sorted(tensors.items()))
@@ -225,6 +242,9 @@ def shrink_folder(
         "kv_heads": [int(meta.config.num_key_value_heads), widths["kv_heads"]],
         "intermediate": [int(meta.config.intermediate_size), widths["intermediate"]],
         "head_dim": head_dim_of(meta.config),
+        "verified": verifier is not None,
+        "max_abs_diff": worst[0] if verifier is not None else None,
+        "tolerance": worst[1] if verifier is not None else None,
         "output": str(out),
         "plan": str(out / PLAN_FILE),
         "files": sorted([*shards, "config.json", PLAN_FILE, *copied]),
@@ -312,4 +332,9 @@ def run_cli(model: str, out_path: Path, settings: ShrinkSettings, plain: bool, a
         f"{report['intermediate'][1]}; criterion {report['criterion']}, ratio {report['ratio']}, round-to "
         f"{report['round_to']}; took {report['seconds']:.1f} s"
     )
+    if report["verified"]:
+        print(
+            f"verified layer by layer against the masked original: max abs diff {report['max_abs_diff']:.3g} "
+            f"(tolerance {report['tolerance']:.3g})"
+        )
     print(f"wrote {report['output']} (a standard Hugging Face folder; plan in {report['plan']})")
