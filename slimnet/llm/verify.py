@@ -55,35 +55,31 @@ class LayerVerifier:
         rotary = meta.rotary_class(config=self.config) if meta.rotary_class is not None else None
         self.position_embeddings = rotary(self.x, self.pos) if rotary is not None else None
 
-    def _run(self, config: Any, layer_idx: int, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def _run(self, config: Any, layer_idx: int, tensors: Mapping[str, torch.Tensor],
+             plan: Mapping[str, Any] | None = None) -> torch.Tensor:  # fmt: skip
+        """One layer of ``config`` holding float32 copies of ``tensors`` (local names), masked by ``plan`` when
+        given, run on the hidden states; the copies are gone when it returns."""
         with torch.device("meta"):
             layer = self.meta.layer_class(config, layer_idx)
-        layer.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
-        layer.eval()
+        copies = {k: v.to(torch.float32, copy=True) for k, v in tensors.items()}  # masked in place: not the input
+        layer.load_state_dict(copies, strict=True, assign=True)
+        del copies
+        if plan is not None:
+            mask_plan(layer, plan)
         kwargs: dict[str, Any] = {"attention_mask": None, "position_ids": self.pos}
         if self.position_embeddings is not None:
             kwargs["position_embeddings"] = self.position_embeddings
         with torch.no_grad():
-            out = layer(self.x, **kwargs)
+            out = layer.eval()(self.x, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def check(self, layer_idx: int, original: Mapping[str, torch.Tensor], cut: Mapping[str, torch.Tensor],
               plan: Mapping[str, Any]) -> LayerCheck:  # fmt: skip
         """The cut layer ``layer_idx`` (its tensors, full names) against its masked original."""
         prefix = f"{self.meta.prefix}{layer_idx}."
-        local = {k[len(prefix) :]: v for k, v in original.items()}
-        with torch.device("meta"):
-            holder = self.meta.layer_class(self.config, layer_idx)
-        copies = {k: v.to(torch.float32, copy=True) for k, v in local.items()}  # masked in place: never the input's
-        holder.load_state_dict(copies, strict=True, assign=True)
-        mask_plan(holder, {"tensors": {k[len(prefix) :]: v for k, v in plan.items() if k.startswith(prefix)}})
-        kwargs: dict[str, Any] = {"attention_mask": None, "position_ids": self.pos}
-        if self.position_embeddings is not None:
-            kwargs["position_embeddings"] = self.position_embeddings
-        with torch.no_grad():
-            ref = holder.eval()(self.x, **kwargs)
-        ref = ref[0] if isinstance(ref, tuple) else ref
-        del holder
-        got = self._run(self.cut_config, layer_idx, {k[len(prefix) :]: v for k, v in cut.items()})
+        n = len(prefix)
+        local_plan = {"tensors": {k[n:]: v for k, v in plan.items() if k.startswith(prefix)}}
+        ref = self._run(self.config, layer_idx, {k[n:]: v for k, v in original.items()}, local_plan)
+        got = self._run(self.cut_config, layer_idx, {k[n:]: v for k, v in cut.items()})
         diff = float((ref - got).abs().max())
         return LayerCheck(diff, RELATIVE * max(1.0, float(ref.abs().max())))
