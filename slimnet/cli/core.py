@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import SlimnetError, VerificationError
+from ..llm.families import streams_hf
 from ..load.spec import check_model
 from ..settings import (
     DEFAULT_MAX_LAYER_RATIO,
@@ -118,6 +119,15 @@ Architecture = Annotated[
 ]
 PlanFile = Annotated[str, typer.Argument(help="A slimnet.plan/1 JSON file.", metavar="PLAN", show_default=False)]
 Members = Annotated[bool, typer.Option("--members", help="List every member tensor of each group.")]
+InMemory = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--in-memory/--low-memory",
+        help="hf: decoder LMs (Llama, Mistral, Qwen2/3, Gemma, Phi-3) with l1/l2/fpgm and a plain --ratio take the "
+        "low-memory path (one layer at a time from safetensors, a standard folder out) by themselves; "
+        "--in-memory forces the whole-model path, --low-memory the streamed one.",
+    ),
+]
 
 
 # ------------------------------------------------------------------------------------------ shrink
@@ -157,6 +167,7 @@ def shrink(
     reconstruct: Reconstruct = False,
     ratios_from: RatiosFrom = None,
     trust_pickle: TrustPickle = False,
+    in_memory: InMemory = None,
     progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
@@ -178,6 +189,13 @@ def shrink(
         check_data_settings(data=data, batch_size=calib_batch_size, calib_batches=calib_batches, needs=needs)
         inputs = [weights, input_file, data, ratios_from, recipe, ratios]
         out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
+        plain = folder and not any(
+            [data, recalibrate_bn, compensate_bias, reconstruct, onnx, weights, input_file, ratios_from, input_shape]
+        )
+        if in_memory is False or (in_memory is None and streams_hf(model, settings, plain)):
+            from ..llm.shrink import run_cli  # lazy: CLI start-up
+
+            return run_cli(model, out_path, settings, plain, as_json, quiet=progress is False)
         replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
         with shown:
