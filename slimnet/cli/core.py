@@ -9,6 +9,7 @@ failed save is taken back.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -115,6 +116,22 @@ Architecture = Annotated[
 ]
 PlanFile = Annotated[str, typer.Argument(help="A slimnet.plan/1 JSON file.", metavar="PLAN", show_default=False)]
 Members = Annotated[bool, typer.Option("--members", help="List every member tensor of each group.")]
+DropLayers = Annotated[
+    Optional[int],
+    typer.Option(
+        "--drop-layers",
+        help="hf: decoder LMs: remove this many decoder layers, the least influential on --data (a text file); "
+        "with --ratio, the width is cut afterwards.",
+    ),
+]
+LayerRank = Annotated[
+    str,
+    typer.Option(
+        "--layer-rank",
+        help="How --drop-layers ranks layers: block-influence (1 - cos of each layer's input and output hidden "
+        "states, ShortGPT) or ppl (perplexity with that one layer skipped).",
+    ),
+]
 
 
 # ------------------------------------------------------------------------------------------ shrink
@@ -153,13 +170,15 @@ def shrink(
     compensate_bias: CompensateBias = False,
     reconstruct: Reconstruct = False,
     ratios_from: RatiosFrom = None,
+    drop_layers: DropLayers = None,
+    layer_rank: LayerRank = "block-influence",
     trust_pickle: TrustPickle = False,
     progress: ShowProgress = None,
     as_json: AsJson = False,
     debug: Debug = False,
 ) -> None:
     """Prune MODEL: trace, group coupled channels, rank, cut, verify, and save the smaller model and its plan."""
-    with guarded(debug):
+    with guarded(debug), ExitStack() as scratch:
         given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or [], "seed": seed}
         given.update(prune_norm=prune_norm, head_ratio=head_ratio, ratios=ratios, no_cache=no_cache)
         given.update(target_macs=target_macs, target_params=target_params, target_latency=target_latency)
@@ -176,6 +195,21 @@ def shrink(
         inputs = [weights, input_file, data, ratios_from]
         out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
         stages, shown = stages_for(progress)
+        depth, name = None, model
+        if drop_layers is not None:  # depth first (slimnet.llm.depth); the width cut, if asked, on its output
+            targets = any(s.get(k) is not None for k in recipes.TARGET_KEYS)
+            width = explicit_ratio or targets or bool(allocation["ratios"])
+            args = (model, drop_layers, layer_rank, data, calib_batch_size, calib_batches, folder)
+            with shown:
+                depth, model = depth_first(args, out_path, stages, scratch if width else None)
+            if not width:
+                depth["timings"] = stages.rounded()
+                if as_json:
+                    emit_json(depth)
+                else:
+                    for line in depth_lines(depth):
+                        say(line)
+                return
         with shown:
             with stages("load"):
                 from .. import api  # lazy: CLI start-up (torch is imported here, inside the "load" stage)
@@ -193,7 +227,7 @@ def shrink(
                 loaded.model,
                 example,
                 settings=settings,
-                model_name=model,
+                model_name=name,
                 stages=stages,
                 data=calibration,
                 recalibrate_bn=recalibrate_bn,
@@ -202,11 +236,68 @@ def shrink(
                 sensitivity=sens,
             )
             report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
+        if depth is not None:
+            report["depth"] = depth["depth"]
+            if folder:
+                from ..llm.depth import add_plan_entry  # lazy: CLI start-up
+
+                add_plan_entry(out_path, {k: depth["depth"][k] for k in ("dropped", "scores", "rank")})
         report["timings"] = stages.rounded()
         if as_json:
             emit_json(report)
         else:
             print_report(report)
+
+
+def depth_first(args: tuple[Any, ...], out_path: Path, stages: Any, scratch: Optional[ExitStack]) -> Any:
+    """``--drop-layers``: the depth cut written to the output folder, or (a width cut follows) to a temporary
+    folder that the rest of ``shrink`` reads as its model. Returns the depth report and the model to go on with."""
+    model, n, rank, data, batch_size, calib_batches, folder = args
+    from .._util import scratch_dir
+    from ..load.spec import parse_spec
+
+    spec = parse_spec(model)
+    if spec.kind != "hf":
+        raise SlimnetError(f"--drop-layers needs a Hugging Face decoder LM (hf:FOLDER); {model} is not one")
+    if not folder and scratch is None:
+        raise SlimnetError("--drop-layers writes a Hugging Face folder: give -o NAME without .pt")
+    with stages("load"):
+        from ..llm import depth as depth_mod  # lazy: CLI start-up
+
+        source = depth_mod.inspect_folder(spec.target)
+        depth_mod.check_drop(source, n, rank)
+        if data is None:
+            raise SlimnetError(
+                "--drop-layers ranks the layers on calibration text: give --data FILE.txt (one example per line, "
+                "tokenised with the model folder's tokenizer)"
+            )
+        batches = depth_mod.text_batches(source, data, batch_size, calib_batches)
+    dest = out_path if scratch is None else scratch.enter_context(scratch_dir(out_path)) / "depth"
+    result = depth_mod.drop_layers(source, n, batches, dest, rank, stages)
+    report = {
+        "model": model,
+        "output": str(out_path) if scratch is None else None,
+        "plan": str(out_path / depth_mod.PLAN_FILE) if scratch is None else None,
+        "params": list(result.params),
+        "max_abs_diff": result.max_abs_diff,
+        "tolerance": 0.0,
+        "exact": result.max_abs_diff == 0.0,
+        "verify_inputs": [data],
+        "depth": result.describe(),
+    }
+    return report, (model if scratch is None else f"hf:{dest}")
+
+
+def depth_lines(report: dict[str, Any]) -> list[str]:
+    """The text report of ``--drop-layers`` without a width cut."""
+    from ..llm.depth import report_lines  # lazy: CLI start-up
+
+    p = report["params"]
+    lines = report_lines(report)
+    lines.append(f"params {fmt(p[0])} -> {fmt(p[1])} ({_ratio(p[0], p[1])})")
+    lines.append(took(report.get("timings") or {}))
+    lines.append(f"wrote {report['output']} (dropped layers recorded in {report['plan']})")
+    return lines
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> str:
@@ -246,6 +337,11 @@ def print_report(report: dict[str, Any]) -> None:
             skipped.add_row(s["group"], s["reason"])
         out.print(skipped)
     alloc.print_target(report)
+    if report.get("depth"):  # --drop-layers before the width cut
+        from ..llm.depth import report_lines  # lazy: CLI start-up
+
+        for line in report_lines(report):
+            say(line)
     for line in repair_lines(report):
         say(line)
     say(took(report.get("timings") or {}))

@@ -338,7 +338,7 @@ def perplexity_without(source: Source, batches: list[dict[str, Any]]) -> tuple[d
     return scores, dense
 
 
-def _identity_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+def _identity_hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], _output: Any) -> Any:
     """A decoder layer replaced by identity: its output is its input hidden state."""
     return args[0] if args else kwargs["hidden_states"]
 
@@ -367,7 +367,8 @@ def choose(scores: dict[int, float], n: int) -> list[int]:
 # ------------------------------------------------------------------------------------------ the rewrite
 def _out_shards(source: Source, dropped: set[int]) -> dict[str, str]:
     """Input shard -> output shard name, for the shards that keep at least one tensor."""
-    keep = [s for s in source.shard_files() if any(source.weight_map[k] == s for k in _kept_keys(source, dropped))]
+    used = {source.weight_map[k] for k in _kept_keys(source, dropped)}
+    keep = [s for s in source.shard_files() if s in used]
     if not (source.folder / INDEX_FILE).is_file():
         return {SINGLE_FILE: SINGLE_FILE}
     n = len(keep)
@@ -624,7 +625,7 @@ def drop_layers(
 
 
 @contextmanager
-def _no_stage(name: str) -> Iterator[None]:
+def _no_stage(_name: str) -> Iterator[None]:
     yield
 
 
