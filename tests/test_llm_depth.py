@@ -151,6 +151,18 @@ def test_ppl_rank_is_the_perplexity_with_the_layer_skipped(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the output
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_layer_by_layer_verification_is_exact_too(tmp_path, kind):
+    """The low-memory verification (the written folder built from its config, each tensor loaded strictly, one
+    layer at a time) agrees with plain transformers: exact."""
+    folder = make(tmp_path, kind, quiet=None)
+    res = depth.drop_layers(depth.inspect_folder(folder), 2, batches(folder, tmp_path / "calib.txt"),
+                            tmp_path / "out", verify="layer-by-layer")  # fmt: skip
+    assert res.verified_by == "layer-by-layer" and res.max_abs_diff == 0.0
+    assert depth.verify_dropped(depth.inspect_folder(folder), tmp_path / "out", res.dropped,
+                                batches(folder, tmp_path / "calib.txt"), "plain") == (0.0, "plain")  # fmt: skip
+
+
 @pytest.mark.parametrize(("kind", "shard"), [("llama", "100KB"), ("qwen2", None)])
 def test_dropped_folder_loads_plain_and_equals_the_original_with_layers_skipped(tmp_path, kind, shard):
     folder = make(tmp_path, kind, quiet=1, shard=shard)
@@ -161,6 +173,7 @@ def test_dropped_folder_loads_plain_and_equals_the_original_with_layers_skipped(
     d = report["depth"]
     assert 1 in d["dropped"] and len(d["dropped"]) == 2 and d["rank"] == "block-influence"
     assert d["layers_before"] == 4 and d["layers_after"] == 2 and d["max_abs_diff"] == 0.0 and d["exact"]
+    assert d["verified_by"] == "plain"  # a small model: loaded whole with plain transformers
     assert set(d["scores"]) == {"0", "1", "2", "3"} and d["dropped_scores"] == {
         str(i): d["scores"][str(i)] for i in d["dropped"]
     }
@@ -217,7 +230,8 @@ def test_text_report_names_the_dropped_layers_and_scores(tmp_path):
     assert "verified (exact): max abs diff 0" in r.stdout and "slimnet_plan.json" in r.stdout
 
 
-def test_a_wrong_rewrite_is_caught_and_nothing_written(tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["plain", "layer-by-layer"])
+def test_a_wrong_rewrite_is_caught_and_nothing_written(tmp_path, monkeypatch, how):
     """The verification is real: a config that forgets to slice layer_types (each kept Qwen2 layer must keep
     its own sliding/full attention) fails it, and the output is not written."""
     folder = make(tmp_path, "qwen2", quiet=None)
@@ -233,7 +247,7 @@ def test_a_wrong_rewrite_is_caught_and_nothing_written(tmp_path, monkeypatch):
     monkeypatch.setattr(depth, "dropped_config", unsliced)
     monkeypatch.setattr(depth, "choose", lambda _scores, _n: [0, 1])  # keep the two sliding layers
     with pytest.raises(depth.VerificationError, match="nothing was written"):
-        depth.drop_layers(source, 2, data, tmp_path / "out")
+        depth.drop_layers(source, 2, data, tmp_path / "out", verify=how)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "qwen2"]
 
 

@@ -221,7 +221,9 @@ class Streamed:
         with _parameters_on_meta():
             model = tf.AutoModelForCausalLM.from_config(config)
         outer = {k: v for k, v in source.weight_map.items() if not LAYER_KEY.match(k)}
-        model.load_state_dict(self._read(outer), strict=False, assign=True)
+        unexpected = model.load_state_dict(self._read(outer), strict=False, assign=True).unexpected_keys
+        if unexpected:
+            raise SlimnetError(f"hf:{source.folder}: the model has no tensor {unexpected[0]} (an unexpected layout)")
         head, embed = model.get_output_embeddings(), model.get_input_embeddings()
         if head is not None and head.weight.is_meta and getattr(config, "tie_word_embeddings", False):
             head.weight = embed.weight
@@ -264,7 +266,7 @@ class Streamed:
     def record(self, batch: dict[str, Any]) -> tuple[Any, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
         """The embeddings of ``batch`` (layer 0's input) and what the model calls each layer with."""
         self.stub.calls, self.stub.final = [], None
-        self.model(**batch, use_cache=False)
+        self.model.model(**batch, use_cache=False)  # the decoder without its head: no logits computed
         calls, self.stub.calls = self.stub.calls, []
         if len(calls) != len(self.layers):
             raise SlimnetError(f"hf:{self.source.folder}: the model did not call each decoder layer once")
@@ -513,26 +515,54 @@ def _load_plain(tf: Any, folder: Path, dtype: Any) -> Any:
     return model.eval()
 
 
-def verify_dropped(source: Source, folder: Path, dropped: list[int], batches: list[dict[str, Any]]) -> float:
-    """Max abs difference between the logits of ``folder`` (plain transformers) and the original's with the
-    ``dropped`` layers skipped (layer by layer), over the non-padding tokens of ``batches``."""
+def verify_dropped(
+    source: Source, folder: Path, dropped: list[int], batches: list[dict[str, Any]], how: str = "auto"
+) -> tuple[float, str]:
+    """Max abs difference between the logits of ``folder`` and the original's with the ``dropped`` layers
+    skipped (computed layer by layer from the input folder), over the non-padding tokens of ``batches``; and
+    how ``folder`` was run: ``plain`` (``AutoModelForCausalLM.from_pretrained``, in memory: the proof that
+    standard transformers loads it) or ``layer-by-layer`` (built from its config, every tensor loaded strictly
+    by name and shape, one layer in memory at a time). ``auto``: plain up to :data:`PLAIN_VERIFY_BYTES` of
+    weights."""
     torch = _torch()
     from ..load.hf import _transformers
 
     kept = [i for i in range(source.layers) if i not in set(dropped)]
+    written = inspect_folder(folder)
+    if written.layers != len(kept):
+        raise VerificationError(f"the written folder holds {written.layers} layers, not {len(kept)}")
+    if how == "auto":
+        size = sum(math.prod(s) for s in written.shapes.values()) * _element_size(source)
+        how = "plain" if size <= PLAIN_VERIFY_BYTES else "layer-by-layer"
     with torch.inference_mode():
-        streamed = Streamed(source)
-        finals = streamed.hidden(batches, kept)
-        model = _load_plain(_transformers(), folder, streamed.dtype)
-        if int(model.config.num_hidden_layers) != len(kept) or len(model.model.layers) != len(kept):
-            raise VerificationError(f"the written folder does not load with {len(kept)} layers")
+        reference = Streamed(source)
+        finals = reference.hidden(batches, kept)
+        if how == "plain":
+            model = _load_plain(_transformers(), folder, reference.dtype)
+
+            def run(_i: int, b: dict[str, Any]) -> Any:
+                return model(**b, use_cache=False).logits
+        else:
+            streamed = Streamed(written)
+            outs = streamed.hidden(batches, list(range(written.layers)))
+
+            def run(i: int, b: dict[str, Any]) -> Any:
+                return streamed.logits(b, outs[i])
+
         worst = 0.0
-        for b, final in zip(batches, finals):
-            ref = streamed.logits(b, final)
-            got = model(**b, use_cache=False).logits
+        for i, (b, final) in enumerate(zip(batches, finals)):
+            got, ref = run(i, b), reference.logits(b, final)
             mask = _mask(b, got[..., 0]).bool()
             worst = max(worst, float((got.float() - ref.float()).abs()[mask].max()))
-    return worst
+    return worst, how
+
+
+#: verification loads the written model whole with plain transformers up to this many bytes of weights
+PLAIN_VERIFY_BYTES = 2 << 30
+
+
+def _element_size(source: Source) -> int:
+    return int(_torch().empty((), dtype=_stored_dtype(source)).element_size())
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -548,6 +578,7 @@ class DepthResult:
     max_abs_diff: float
     tokens: int
     dense_ppl: float | None = None
+    verified_by: str = "plain"
 
     def plan_entry(self) -> dict[str, Any]:
         """The ``depth`` entry of slimnet_plan.json."""
@@ -563,6 +594,7 @@ class DepthResult:
             "max_abs_diff": self.max_abs_diff,
             "exact": self.max_abs_diff == 0.0,
             "tokens": self.tokens,
+            "verified_by": self.verified_by,
         }
         if self.dense_ppl is not None:
             out["dense_ppl"] = self.dense_ppl
@@ -587,7 +619,13 @@ def text_batches(source: Source, data: str, batch_size: int, calib_batches: int)
 
 
 def drop_layers(
-    source: Source, n: int, batches: list[dict[str, Any]], dest: Path, rank: str = "block-influence", stages: Any = None
+    source: Source,
+    n: int,
+    batches: list[dict[str, Any]],
+    dest: Path,
+    rank: str = "block-influence",
+    stages: Any = None,
+    verify: str = "auto",
 ) -> DepthResult:
     """Rank the layers on ``batches``, write the folder without the ``n`` lowest into ``dest`` (created here,
     in a temporary folder beside it renamed at the end), verify it; the result for the report."""
@@ -610,7 +648,7 @@ def drop_layers(
             entry = {"dropped": dropped, "scores": {str(i): s for i, s in scores.items()}, "rank": rank}
             params = write_dropped(source, dropped, tmp, entry)
         with stage("verify"):
-            diff = verify_dropped(source, tmp, dropped, batches)
+            diff, how = verify_dropped(source, tmp, dropped, batches, verify)
         if diff != 0.0:
             raise VerificationError(
                 f"verification failed: the logits differ from the original's with layers {dropped} skipped by "
@@ -620,7 +658,7 @@ def drop_layers(
             dest.rmdir()  # an empty folder (checked before)
         os.replace(tmp, dest)
     return DepthResult(
-        dropped, scores, rank, (source.layers, source.layers - n), (source.params, params), diff, tokens, dense
+        dropped, scores, rank, (source.layers, source.layers - n), (source.params, params), diff, tokens, dense, how
     )
 
 
@@ -637,10 +675,11 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         how += f" with the layer skipped (dense {d['dense_ppl']:.4g})"
     dropped = ", ".join(f"{i} ({d['scores'][str(i)]:.4g})" for i in d["dropped"]) or "none"
     scores = ", ".join(f"{i}: {s:.4g}" for i, s in d["scores"].items())
+    by = {"plain": "plain AutoModelForCausalLM", "layer-by-layer": "loaded layer by layer"}
     return [
         f"dropped {len(d['dropped'])} of {d['layers_before']} decoder layers, ranked by {how} on {d['tokens']} "
         f"tokens: layer {dropped}",
         f"  scores of all layers (lowest go): {scores}",
         f"verified (exact): max abs diff {d['max_abs_diff']:.3g} between the logits of the written folder "
-        "(plain AutoModelForCausalLM) and the original's with those layers skipped",
+        f"({by.get(d.get('verified_by'), 'plain AutoModelForCausalLM')}) and the original's with those layers skipped",
     ]
