@@ -282,6 +282,7 @@ BAD = [
     (["--drop-layers", "1", "--layer-rank", "magic"], None, "--layer-rank 'magic' is unknown"),
     (["--drop-layers", "1", "--no-data"], None, "give --data FILE.txt"),
     (["--drop-layers", "1", "-o", "x.pt"], None, "give -o NAME without .pt"),
+    (["--drop-layers", "1", "--onnx", "m.onnx"], None, "--onnx with --drop-layers alone"),
     (["--drop-layers", "1"], _no_safetensors, "has no safetensors weights"),
     (["--drop-layers", "1"], _unknown, "is a 'gpt2' model: --drop-layers supports"),
 ]

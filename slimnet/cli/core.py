@@ -199,6 +199,8 @@ def shrink(
         if drop_layers is not None:  # depth first (slimnet.llm.depth); the width cut, if asked, on its output
             targets = any(s.get(k) is not None for k in recipes.TARGET_KEYS)
             width = explicit_ratio or targets or bool(allocation["ratios"])
+            if not width and onnx:
+                raise SlimnetError("--onnx with --drop-layers alone: export the written folder, or add --ratio")
             args = (model, drop_layers, layer_rank, data, calib_batch_size, calib_batches, folder)
             with shown:
                 depth, model = depth_first(args, out_path, stages, scratch if width else None)
@@ -282,6 +284,7 @@ def depth_first(args: tuple[Any, ...], out_path: Path, stages: Any, scratch: Opt
         "max_abs_diff": result.max_abs_diff,
         "tolerance": 0.0,
         "exact": result.max_abs_diff == 0.0,
+        "verified": True,
         "verify_inputs": [data],
         "depth": result.describe(),
     }

@@ -306,8 +306,8 @@ def block_influence(source: Source, batches: list[dict[str, Any]]) -> dict[int, 
         total, count = 0.0, 0
         for h, o, b in zip(ins, outs, batches):
             cos = torch.nn.functional.cosine_similarity(h.float(), o.float(), dim=-1)
-            mask = _mask(b, cos)
-            total += float(((1 - cos) * mask).sum())
+            mask = _mask(b, cos).bool()
+            total += float(torch.where(mask, 1 - cos, 0.0).sum())  # where: a padding row may be NaN
             count += int(mask.sum())
         scores[i] = total / max(count, 1)
 
@@ -352,9 +352,9 @@ def _perplexity(model: Any, batches: list[dict[str, Any]]) -> float:
         logits = model(**b, use_cache=False).logits[:, :-1].float()
         target = b["input_ids"][:, 1:]
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        mask = _mask(b, b["input_ids"].float())
-        mask = mask[:, 1:] * mask[:, :-1]  # a real token predicted from a real token
-        nll += float((loss * mask).sum())
+        mask = _mask(b, b["input_ids"]).bool()
+        mask = mask[:, 1:] & mask[:, :-1]  # a real token predicted from a real token
+        nll += float(torch.where(mask, loss, 0.0).sum())
         count += int(mask.sum())
     return math.exp(nll / max(count, 1))
 
