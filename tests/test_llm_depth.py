@@ -142,6 +142,8 @@ def test_ppl_rank_is_the_perplexity_with_the_layer_skipped(tmp_path):
                     nll, n = nll + float(loss), n + length - 1
         assert scores[i] == pytest.approx(math.exp(nll / n), rel=1e-5)
     assert len(set(scores.values())) == 4 and all(s != dense for s in scores.values())
+    # one batch a group (each layer read once per batch): the same numbers
+    assert depth.perplexity_without(depth.inspect_folder(folder), data, budget=1) == (scores, dense)
     r = run([f"hf:{folder}", "--drop-layers", "2", "--layer-rank", "ppl", "--data", str(tmp_path / "calib.txt"),
              "-o", str(tmp_path / "out"), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output

@@ -10,8 +10,9 @@ blocks shrinks the model without touching any width, so the result is a standard
   meta device, the embeddings computed once, and the hidden states of all calibration batches pushed through one
   decoder layer at a time, each layer's weights read from the safetensors shards and freed after use, so the peak
   is the embeddings, one layer and the hidden states; or
-* ``ppl``: the perplexity of the whole model with that one layer skipped (lower: the layer matters less). This
-  runs the model IN MEMORY (one forward pass over the data per layer).
+* ``ppl``: the perplexity of the whole model with that one layer skipped (lower: the layer matters less), also
+  layer by layer: every layer is read once (per group of batches) and applied to the dense hidden states and to
+  each "layer i skipped" branch started before it (the work of one forward pass per layer).
 
 The lowest-scoring layers go. The rewrite is shard by shard: every tensor is read with ``safetensors.safe_open``
 (mmap) one at a time, ``model.layers.{i}.`` renumbered, the dropped layers' tensors skipped, and written straight
@@ -20,8 +21,10 @@ the new ``num_hidden_layers`` and its per-layer lists (``layer_types``) sliced; 
 files are copied; ``slimnet_plan.json`` records the dropped layers and the scores under ``depth``.
 
 Verification (always): the written folder is loaded with plain ``AutoModelForCausalLM.from_pretrained`` (no
-remote code) and its logits on the calibration batches are compared with the original's with the dropped layers
-replaced by identity, computed layer by layer from the input folder; an exact match is required. Everything is
+remote code; above 2 GiB of weights it is run layer by layer from its own config and shards, every tensor
+loaded strictly by name and shape) and its logits on the calibration batches are compared with the original's
+with the dropped layers replaced by identity, computed layer by layer from the input folder; an exact match is
+required. Everything is
 written into a temporary folder beside the output and renamed at the end: an error leaves nothing behind.
 """
 
@@ -321,42 +324,66 @@ def _mask(batch: dict[str, Any], like: Any) -> Any:
     return (m if m is not None else _torch().ones_like(like)).to(like.dtype)
 
 
-def perplexity_without(source: Source, batches: list[dict[str, Any]]) -> tuple[dict[int, float], float]:
-    """The model's perplexity on the data with each one layer skipped, and the dense model's (in memory)."""
-    torch = _torch()
-    from ..load.hf import _transformers
+def perplexity_without(
+    source: Source, batches: list[dict[str, Any]], budget: int = 1 << 30
+) -> tuple[dict[int, float], float]:
+    """The model's perplexity on the data with each one layer skipped, and the dense model's, layer by layer.
 
-    model = _load_plain(_transformers(), source.folder, _stored_dtype(source))
-    layers = model.model.layers
+    Every layer is read once per group of batches: at layer ``j`` the dense hidden states go on through it and
+    a new branch, "layer ``j`` skipped", starts from its input; the branches started earlier go through it too.
+    So the groups are sized for ``num_hidden_layers + 1`` copies of their hidden states to fit in ``budget``
+    bytes (at least one batch a group); the work is that of one forward pass per layer, as in memory."""
+    torch = _torch()
+    streamed = Streamed(source)
+    n = source.layers
+    nll, dense, count = dict.fromkeys(range(n), 0.0), 0.0, 0
     with torch.inference_mode():
-        dense = _perplexity(model, batches)
-        scores = {}
-        for i, layer in enumerate(layers):
-            handle = layer.register_forward_hook(_identity_hook, with_kwargs=True)
-            try:
-                scores[i] = _perplexity(model, batches)
-            finally:
-                handle.remove()
-    return scores, dense
+        for group in _groups(batches, budget // (n + 1), int(streamed.model.config.hidden_size), streamed.dtype):
+            recorded = [streamed.record(b) for b in group]
+            states = [h for h, _ in recorded]
+            branches: dict[int, list[Any]] = {}
+            for j in range(n):
+                with streamed.layer(j) as layer:
+
+                    def step(hs: list[Any], j: int = j, layer: Any = layer, rec: Any = recorded) -> list[Any]:
+                        return [layer(h, *r[1][j][0], **r[1][j][1]) for h, r in zip(hs, rec)]
+
+                    branches = {i: step(hs) for i, hs in branches.items()}
+                    branches[j] = states  # layer j skipped: its input goes on to layer j + 1
+                    states = step(states)
+            for k, b in enumerate(group):
+                total, tokens = _nll(streamed.logits(b, states[k]), b)
+                dense, count = dense + total, count + tokens
+                for i in range(n):
+                    nll[i] += _nll(streamed.logits(b, branches[i][k]), b)[0]
+    scores = {i: math.exp(v / max(count, 1)) for i, v in nll.items()}
+    return scores, math.exp(dense / max(count, 1))
 
 
-def _identity_hook(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], _output: Any) -> Any:
-    """A decoder layer replaced by identity: its output is its input hidden state."""
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _perplexity(model: Any, batches: list[dict[str, Any]]) -> float:
-    torch = _torch()
-    nll, count = 0.0, 0
+def _groups(batches: list[dict[str, Any]], budget: int, hidden: int, dtype: Any) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive batches whose hidden states fit in ``budget`` bytes (one batch at least)."""
+    size = _torch().empty((), dtype=dtype).element_size() * hidden
+    group: list[dict[str, Any]] = []
+    used = 0
     for b in batches:
-        logits = model(**b, use_cache=False).logits[:, :-1].float()
-        target = b["input_ids"][:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        mask = _mask(b, b["input_ids"]).bool()
-        mask = mask[:, 1:] & mask[:, :-1]  # a real token predicted from a real token
-        nll += float(torch.where(mask, loss, 0.0).sum())
-        count += int(mask.sum())
-    return math.exp(nll / max(count, 1))
+        need = b["input_ids"].numel() * size
+        if group and used + need > budget:
+            yield group
+            group, used = [], 0
+        group.append(b)
+        used += need
+    if group:
+        yield group
+
+
+def _nll(logits: Any, batch: dict[str, Any]) -> tuple[float, int]:
+    """Summed cross-entropy of each real token predicted from the real token before it, and their count."""
+    torch = _torch()
+    target = batch["input_ids"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, reduction="none")
+    mask = _mask(batch, batch["input_ids"]).bool()
+    mask = mask[:, 1:] & mask[:, :-1]
+    return float(torch.where(mask, loss, 0.0).sum()), int(mask.sum())
 
 
 def choose(scores: dict[int, float], n: int) -> list[int]:
