@@ -129,7 +129,8 @@ def main() -> None:
             "Ranking (block influence) and the rewrite run layer by layer: the embeddings, one decoder layer and the "
             "calibration hidden states are in memory, never the model. The CLI's verification loads the written "
             "model whole with plain `AutoModelForCausalLM` (the proof that standard transformers loads it) up to "
-            "2 GiB of weights, layer by layer above. `--layer-rank ppl` runs the model in memory.",
+            "2 GiB of weights, layer by layer above. `--layer-rank ppl` runs layer by layer too (every layer read "
+            "once, applied to the dense states and to each skipped-layer branch).",
             "",
         ]
     )
