@@ -278,6 +278,12 @@ def _unknown(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
 
 
+def test_drop_layers_of_a_model_that_is_not_hf_is_one_line(tmp_path):
+    r = run(["torchvision:resnet18", "--drop-layers", "1", "-o", str(tmp_path / "r.pt")])
+    assert r.exit_code != 0 and "--drop-layers needs a Hugging Face decoder LM" in r.stderr
+    assert not list(tmp_path.iterdir())
+
+
 BAD = [
     (["--drop-layers", "4"], None, "the model has 4 decoder layers; give 0 <= N < 4"),
     (["--drop-layers", "-1"], None, "give 0 <= N < 4"),

@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from ..errors import SlimnetError, VerificationError
-from ..load.spec import check_model
+from ..load.spec import check_model, parse_spec
 from ..settings import (
     DEFAULT_MAX_LAYER_RATIO,
     DEFAULT_ROUND_TO,
@@ -201,9 +201,19 @@ def shrink(
             width = explicit_ratio or targets or bool(allocation["ratios"])
             if not width and onnx:
                 raise SlimnetError("--onnx with --drop-layers alone: export the written folder, or add --ratio")
-            args = (model, drop_layers, layer_rank, data, calib_batch_size, calib_batches, folder)
-            with shown:
-                depth, model = depth_first(args, out_path, stages, scratch if width else None)
+            if parse_spec(model).kind != "hf":
+                raise SlimnetError(f"--drop-layers needs a Hugging Face decoder LM (hf:FOLDER); {model} is not one")
+            if not (folder or width):
+                raise SlimnetError("--drop-layers writes a Hugging Face folder: give -o NAME without .pt")
+            from .._util import scratch_dir  # lazy: CLI start-up
+            from ..llm.depth import shrink_depth  # lazy: CLI start-up
+
+            dest = scratch.enter_context(scratch_dir(out_path)) / "depth" if width else out_path
+            with shown:  # without a width cut the depth cut is the output; with one, the model the cut reads
+                depth = shrink_depth(
+                    model, drop_layers, layer_rank, data, calib_batch_size, calib_batches, dest, stages
+                )
+            model = f"hf:{dest}" if width else model
             if not width:
                 depth["timings"] = stages.rounded()
                 if as_json:
@@ -249,46 +259,6 @@ def shrink(
             emit_json(report)
         else:
             print_report(report)
-
-
-def depth_first(args: tuple[Any, ...], out_path: Path, stages: Any, scratch: Optional[ExitStack]) -> Any:
-    """``--drop-layers``: the depth cut written to the output folder, or (a width cut follows) to a temporary
-    folder that the rest of ``shrink`` reads as its model. Returns the depth report and the model to go on with."""
-    model, n, rank, data, batch_size, calib_batches, folder = args
-    from .._util import scratch_dir
-    from ..load.spec import parse_spec
-
-    spec = parse_spec(model)
-    if spec.kind != "hf":
-        raise SlimnetError(f"--drop-layers needs a Hugging Face decoder LM (hf:FOLDER); {model} is not one")
-    if not folder and scratch is None:
-        raise SlimnetError("--drop-layers writes a Hugging Face folder: give -o NAME without .pt")
-    with stages("load"):
-        from ..llm import depth as depth_mod  # lazy: CLI start-up
-
-        source = depth_mod.inspect_folder(spec.target)
-        depth_mod.check_drop(source, n, rank)
-        if data is None:
-            raise SlimnetError(
-                "--drop-layers ranks the layers on calibration text: give --data FILE.txt (one example per line, "
-                "tokenised with the model folder's tokenizer)"
-            )
-        batches = depth_mod.text_batches(source, data, batch_size, calib_batches)
-    dest = out_path if scratch is None else scratch.enter_context(scratch_dir(out_path)) / "depth"
-    result = depth_mod.drop_layers(source, n, batches, dest, rank, stages)
-    report = {
-        "model": model,
-        "output": str(out_path) if scratch is None else None,
-        "plan": str(out_path / depth_mod.PLAN_FILE) if scratch is None else None,
-        "params": list(result.params),
-        "max_abs_diff": result.max_abs_diff,
-        "tolerance": 0.0,
-        "exact": result.max_abs_diff == 0.0,
-        "verified": True,
-        "verify_inputs": [data],
-        "depth": result.describe(),
-    }
-    return report, (model if scratch is None else f"hf:{dest}")
 
 
 def depth_lines(report: dict[str, Any]) -> list[str]:

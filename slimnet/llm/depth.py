@@ -689,6 +689,40 @@ def drop_layers(
     )
 
 
+def shrink_depth(
+    model: str, n: int, rank: str, data: str | None, batch_size: int, calib_batches: int, dest: Path, stages: Any
+) -> dict[str, Any]:
+    """``shrink MODEL --drop-layers N``: the checks (in the "load" stage), the depth cut into the folder ``dest``,
+    and the --json report (the shrink report's fields that apply, and ``depth``)."""
+    from ..load.spec import parse_spec
+
+    spec = parse_spec(model)
+    if spec.kind != "hf":
+        raise SlimnetError(f"--drop-layers needs a Hugging Face decoder LM (hf:FOLDER); {model} is not one")
+    with stages("load"):
+        source = inspect_folder(spec.target)
+        check_drop(source, n, rank)
+        if data is None:
+            raise SlimnetError(
+                "--drop-layers ranks the layers on calibration text: give --data FILE.txt (one example per line, "
+                "tokenised with the model folder's tokenizer)"
+            )
+        batches = text_batches(source, data, batch_size, calib_batches)
+    result = drop_layers(source, n, batches, dest, rank, stages)
+    return {
+        "model": model,
+        "output": str(dest),
+        "plan": str(dest / PLAN_FILE),
+        "params": list(result.params),
+        "max_abs_diff": result.max_abs_diff,
+        "tolerance": 0.0,
+        "exact": result.max_abs_diff == 0.0,
+        "verified": True,
+        "verify_inputs": [data],
+        "depth": result.describe(),
+    }
+
+
 @contextmanager
 def _no_stage(_name: str) -> Iterator[None]:
     yield
