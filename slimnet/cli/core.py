@@ -9,6 +9,7 @@ failed save is taken back.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,7 +17,7 @@ import typer
 
 from ..errors import SlimnetError, VerificationError
 from ..llm.families import streams_hf
-from ..load.spec import check_model
+from ..load.spec import check_model, parse_spec
 from ..settings import (
     DEFAULT_MAX_LAYER_RATIO,
     DEFAULT_ROUND_TO,
@@ -128,6 +129,22 @@ InMemory = Annotated[
         "--in-memory forces the whole-model path, --low-memory the streamed one.",
     ),
 ]
+DropLayers = Annotated[
+    Optional[int],
+    typer.Option(
+        "--drop-layers",
+        help="hf: decoder LMs: remove this many decoder layers, the least influential on --data (a text file); "
+        "with --ratio, the width is cut afterwards.",
+    ),
+]
+LayerRank = Annotated[
+    str,
+    typer.Option(
+        "--layer-rank",
+        help="How --drop-layers ranks layers: block-influence (1 - cos of each layer's input and output hidden "
+        "states, ShortGPT) or ppl (perplexity with that one layer skipped).",
+    ),
+]
 
 
 # ------------------------------------------------------------------------------------------ shrink
@@ -166,6 +183,8 @@ def shrink(
     compensate_bias: CompensateBias = False,
     reconstruct: Reconstruct = False,
     ratios_from: RatiosFrom = None,
+    drop_layers: DropLayers = None,
+    layer_rank: LayerRank = "block-influence",
     trust_pickle: TrustPickle = False,
     in_memory: InMemory = None,
     progress: ShowProgress = None,
@@ -173,7 +192,7 @@ def shrink(
     debug: Debug = False,
 ) -> None:
     """Prune MODEL: trace, group coupled channels, rank, cut, verify, and save the smaller model and its plan."""
-    with guarded(debug):
+    with guarded(debug), ExitStack() as scratch:
         given = {"ratio": ratio, "criterion": criterion, "round_to": round_to, "ignore": ignore or [], "seed": seed}
         given.update(prune_norm=prune_norm, head_ratio=head_ratio, ratios=ratios, no_cache=no_cache)
         given.update(target_macs=target_macs, target_params=target_params, target_latency=target_latency)
@@ -198,6 +217,33 @@ def shrink(
             return run_cli(model, out_path, settings, plain, as_json, quiet=progress is False)
         replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
+        depth, name = None, model
+        if drop_layers is not None:  # depth first (slimnet.llm.depth); the width cut, if asked, on its output
+            targets = any(s.get(k) is not None for k in recipes.TARGET_KEYS)
+            width = explicit_ratio or targets or bool(allocation["ratios"])
+            if not width and onnx:
+                raise SlimnetError("--onnx with --drop-layers alone: export the written folder, or add --ratio")
+            if parse_spec(model).kind != "hf":
+                raise SlimnetError(f"--drop-layers needs a Hugging Face decoder LM (hf:FOLDER); {model} is not one")
+            if not (folder or width):
+                raise SlimnetError("--drop-layers writes a Hugging Face folder: give -o NAME without .pt")
+            from .._util import scratch_dir  # lazy: CLI start-up
+            from ..llm.depth import shrink_depth  # lazy: CLI start-up
+
+            dest = scratch.enter_context(scratch_dir(out_path)) / "depth" if width else out_path
+            with shown:  # without a width cut the depth cut is the output; with one, the model the cut reads
+                depth = shrink_depth(
+                    model, drop_layers, layer_rank, data, calib_batch_size, calib_batches, dest, stages
+                )
+            model = f"hf:{dest}" if width else model
+            if not width:
+                depth["timings"] = stages.rounded()
+                if as_json:
+                    emit_json(depth)
+                else:
+                    for line in depth_lines(depth):
+                        say(line)
+                return
         with shown:
             with stages("load"):
                 from .. import api  # lazy: CLI start-up (torch is imported here, inside the "load" stage)
@@ -215,7 +261,7 @@ def shrink(
                 loaded.model,
                 example,
                 settings=settings,
-                model_name=model,
+                model_name=name,
                 stages=stages,
                 data=calibration,
                 recalibrate_bn=recalibrate_bn,
@@ -224,12 +270,30 @@ def shrink(
                 sensitivity=sens,
             )
             report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
+        if depth is not None:
+            report["depth"] = depth["depth"]
+            if folder:
+                from ..llm.depth import add_plan_entry  # lazy: CLI start-up
+
+                add_plan_entry(out_path, {k: depth["depth"][k] for k in ("dropped", "scores", "rank")})
         report["timings"] = stages.rounded()
         report.update(replacing.done(quiet=progress is False), **size_fields(report))
         if as_json:
             emit_json(report)
         else:
             print_report(report)
+
+
+def depth_lines(report: dict[str, Any]) -> list[str]:
+    """The text report of ``--drop-layers`` without a width cut."""
+    from ..llm.depth import report_lines  # lazy: CLI start-up
+
+    p = report["params"]
+    lines = report_lines(report)
+    lines.append(f"params {fmt(p[0])} -> {fmt(p[1])} ({_times(p[0], p[1])})")
+    lines.append(took(report.get("timings") or {}))
+    lines.append(f"wrote {report['output']} (dropped layers recorded in {report['plan']})")
+    return lines
 
 
 def _times(a: Optional[float], b: Optional[float]) -> str:
@@ -281,6 +345,11 @@ def print_report(report: dict[str, Any]) -> None:
             skipped.add_row(s["group"], s["reason"])
         show(skipped)
     alloc.print_target(report)
+    if report.get("depth"):  # --drop-layers before the width cut
+        from ..llm.depth import report_lines  # lazy: CLI start-up
+
+        for line in report_lines(report):
+            say(line)
     for line in repair_lines(report):
         say(line)
     say(took(report.get("timings") or {}))

@@ -291,6 +291,8 @@ def _text(path: Path, example: Any, tokenizer: str | None, limit: int) -> dict[s
     if not lines:
         raise SlimnetError(f"--data {path} holds no lines of text")
     tok = load_tokenizer(tokenizer)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token  # decoder LMs ship no pad token; padding is masked out anyway
     cap = min(MAX_TOKENS, int(getattr(tok, "model_max_length", MAX_TOKENS) or MAX_TOKENS))
     enc = tok(lines, padding=True, truncation=True, max_length=cap, return_tensors="pt")
     return {k: enc[k] for k in enc.keys()}
