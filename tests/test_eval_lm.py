@@ -53,7 +53,7 @@ def tiny_tokenizer() -> object:
     vocab = {f"w{i}": i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = WhitespaceSplit()
-    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[UNK]")
 
 
 def text_of(n: int, seed: int = 1) -> tuple[str, torch.Tensor]:
@@ -199,3 +199,45 @@ def test_builtin_texts_are_vendored_and_disjoint():
     assert (a.count("\n"), b.count("\n")) == (36009, 3990)
     assert a.startswith("First Citizen:") and b.startswith("BAPTISTA:")
     assert (Path(calib).parent / "README.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------ sensitivity --metric ppl
+def test_sensitivity_metric_ppl(folder: Path, tmp_path: Path):
+    lm, text = folder / "lm", str(folder / "text.txt")
+    lines = tmp_path / "calib.txt"  # calibration rows for the ranking (one example per line)
+    lines.write_text("\n".join(" ".join(f"w{(7 * i + j) % 255}" for j in range(12)) for i in range(8)) + "\n")
+    args = ["sensitivity", f"hf:{lm}", "-o", str(tmp_path / "s.json"), "--data", str(lines), "--calib-batches",
+            "1", "--batch-size", "8", "--ratios", "0.5", "--round-to", "1", "--json"]  # fmt: skip
+    res = cli_runner().invoke(app, [*args, "--metric", "ppl", "--text", text, "--window", "32", "--max-windows", "3"])
+    assert res.exit_code == 0, res.stderr
+    rep = json.loads(res.stdout)
+    _, ids = text_of(300)
+    model = tf.LlamaForCausalLM.from_pretrained(str(lm)).eval()
+    dense = perplexity(model, ids, window=32, max_windows=3)["perplexity"]
+    assert rep["metric"] == "perplexity" and rep["higher_is_better"] is False
+    assert rep["baseline"] == pytest.approx(dense, rel=1e-6)
+    assert rep["perplexity"] == {"text": text, "window": 32, "stride": 32, "windows": 3, "tokens": 93}
+    points = [p for g in rep["groups"] for p in g["points"]]
+    assert points and all(p["loss"] == pytest.approx(max(0.0, p["value"] - dense)) for p in points)
+    assert any(abs(p["value"] - dense) > 1e-3 * dense for p in points)  # a cut moves the perplexity
+
+    for extra, message in (
+        (["--metric", "ppl"], "--metric ppl needs --text"),
+        (["--text", text], "only read with --metric ppl"),
+        (["--metric", "bleu"], "is not known"),
+    ):
+        res = cli_runner().invoke(app, [*args, *extra])
+        assert res.exit_code == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_data_builtin_text(folder: Path, tmp_path: Path):
+    """--data builtin:NAME reads the shipped text (every Shakespeare word is [UNK] to the tiny tokenizer: what
+    counts is that the file is found and read); an unknown name is one line."""
+    args = ["sensitivity", f"hf:{folder / 'lm'}", "-o", str(tmp_path / "s.json"), "--calib-batches", "1",
+            "--batch-size", "4", "--ratios", "0.5", "--round-to", "1", "--json"]  # fmt: skip
+    res = cli_runner().invoke(app, [*args, "--data", "builtin:shakespeare-calib"])
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["calibration"]
+    res = cli_runner().invoke(app, [*args, "--data", "builtin:nope"])
+    assert res.exit_code == 2 and "no built-in text 'nope'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
