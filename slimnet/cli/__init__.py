@@ -6,7 +6,8 @@ the traceback only under ``--debug``. Outputs are written to temporary files and
 error or an interrupt never leaves a half-written file, and the input is never modified.
 
 Only this module imports the command modules (:mod:`.core`: shrink, apply, graph; :mod:`.bench`: export,
-bench; :mod:`.data`: sensitivity, distill, and the calibration options shrink shares); they share
+bench; :mod:`.data`: sensitivity, distill, and the calibration options shrink shares; :mod:`.evaluate`:
+eval-lm); they share
 :mod:`.common`. Nothing in slimnet imports this package.
 
 Threads: torch's OpenMP threads spin while they wait for each other. On a machine where another job holds a
@@ -24,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before anything imports t
 
 import typer  # noqa: E402 - after the environment that torch reads when it loads
 
-from . import bench, core, data  # noqa: E402
+from . import bench, core, data, evaluate  # noqa: E402
 from .common import APP_HELP, Command, Group, Version  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=APP_HELP, pretty_exceptions_enable=False, cls=Group)
@@ -42,3 +43,4 @@ app.command("export", cls=Command)(bench.export_command)
 app.command("bench", cls=Command)(bench.bench_command)
 app.command("sensitivity", cls=Command)(data.sensitivity)
 app.command("distill", cls=Command)(data.distill)
+app.command("eval-lm", cls=Command)(evaluate.eval_lm)

@@ -41,13 +41,28 @@ from .progress import wanted as progress_wanted
 #: the text output says it once, in :func:`repair_lines` (``--json``: ``repair_warnings``)
 warnings.filterwarnings("ignore", category=RepairWarning)
 
+
 # ------------------------------------------------------------------------------------------ options
+def _builtin_text(value: Optional[str]) -> Optional[str]:
+    """``builtin:NAME`` (a text shipped with slimnet, :mod:`slimnet.llm.texts`) -> its path; the rest as given."""
+    if value is None or not value.startswith("builtin:"):
+        return value
+    from ..llm.texts import resolve_text  # lazy: CLI start-up (cheap, but only when named)
+
+    try:
+        return resolve_text(value)
+    except SlimnetError as exc:  # one line, as guarded() says it (a callback runs before the command's guard)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
 Data = Annotated[
     Optional[str],
     typer.Option(
         "--data",
-        help="Calibration data: a tensor file N x ... (torch.save), a folder of images, a text file (hf: models) "
-        "or FILE.py:FACTORY returning batches (a DataLoader).",
+        help="Calibration data: a tensor file N x ... (torch.save), a folder of images, a text file (hf: models; "
+        "builtin:shakespeare-calib is shipped) or FILE.py:FACTORY returning batches (a DataLoader).",
+        callback=_builtin_text,
     ),
 ]
 CalibBatches = Annotated[int, typer.Option("--calib-batches", help="How many batches of --data to use.")]
@@ -161,6 +176,22 @@ def sensitivity(
     criterion: Criterion = "l1",
     round_to: RoundTo = DEFAULT_ROUND_TO,
     plot: Annotated[Optional[str], typer.Option("--plot", help="Also draw the curves to this PNG.")] = None,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="fidelity: agreement with the original on --data (default); ppl: perplexity on --text (causal "
+            "LMs; lower is better).",
+        ),
+    ] = "fidelity",
+    text: Annotated[
+        Optional[str],
+        typer.Option("--text", help="With --metric ppl: the text (a UTF-8 file or builtin:shakespeare-eval)."),
+    ] = None,
+    window: Annotated[int, typer.Option("--window", help="With --metric ppl: tokens per window.")] = 512,
+    max_windows: Annotated[
+        int, typer.Option("--max-windows", help="With --metric ppl: windows per measurement (each cut runs them).")
+    ] = 8,
     recalibrate_bn: RecalibrateBn = False,
     compensate_bias: CompensateBias = False,
     calib_batches: CalibBatches = DEFAULT_BATCHES,
@@ -175,10 +206,11 @@ def sensitivity(
     debug: Debug = False,
 ) -> None:
     """Cut each prunable group alone at each ratio and record how far the model moves (agreement with the
-    original on --data), each cut repaired first with --recalibrate-bn / --compensate-bias; runs under torchrun
-    --nproc-per-node N, each rank a share of the groups."""
+    original on --data, or with --metric ppl perplexity on --text), each cut repaired first with
+    --recalibrate-bn / --compensate-bias; runs under torchrun --nproc-per-node N, each rank a share of the groups."""
     with guarded(debug):
         check_settings(ratio=0.0, criterion=criterion, round_to=round_to)
+        check_metric(metric, text, window, max_windows)
         check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["sensitivity"])
         source = parse_spec(model).file
         inputs = [source, data or "", weights or "", input_file or ""]
@@ -199,12 +231,16 @@ def sensitivity(
             data, loaded.model, example, batch_size, calib_batches, not no_imagenet_norm, [model]
         )
         listener = _progress if world.main and progress_wanted(progress) else None
+        measure, about = (None, None) if text is None else perplexity_metric(loaded.model, model, text, window,
+                                                                          max_windows)  # fmt: skip
         result = sweep(loaded.model, example, calibration, ratios=steps, criterion=criterion, round_to=round_to,
                        model_name=model, world=world, progress=listener, recalibrate_bn=recalibrate_bn,
-                       compensate_bias=compensate_bias)  # fmt: skip
+                       compensate_bias=compensate_bias, metric=measure, higher_is_better=False)  # fmt: skip
         distributed.stop(world)
         if result is None:
             return
+        if about is not None:
+            result = {**result, "metric": "perplexity", "perplexity": about}
         if plot_path is not None:  # the plot first: a failed plot leaves no sensitivity file behind
             sensitivity_report.plot(result, plot_path)
         save(result, out_path)
@@ -214,6 +250,40 @@ def sensitivity(
             return
         _print_sensitivity(result, sensitivity_report)
         say(f"wrote {out_path}" + (f" and {plot_path}" if plot_path else ""))
+
+
+def check_metric(metric: str, text: Optional[str], window: int, max_windows: int) -> None:
+    """``--metric`` and the options that go with it, before anything loads."""
+    if metric not in ("fidelity", "ppl"):
+        raise SlimnetError(f"--metric {metric!r} is not known: give fidelity (the default) or ppl")
+    if metric == "ppl" and text is None:
+        raise SlimnetError("--metric ppl needs --text: a UTF-8 text file or builtin:shakespeare-eval")
+    if metric == "fidelity" and text is not None:
+        raise SlimnetError("--text is only read with --metric ppl: add --metric ppl or leave --text out")
+    if metric == "ppl":
+        from ..measure.perplexity import windows  # lazy: CLI start-up
+
+        windows(0, window, None, max_windows)  # the options' own checks
+
+
+def perplexity_metric(model: Any, spec: str, text: str, window: int, max_windows: int) -> tuple[Any, dict[str, Any]]:
+    """``metric(model) -> perplexity`` on ``text`` (tokenised once, with MODEL's folder's tokenizer), and what
+    the result records of how it was measured (window, windows, tokens: the numbers are comparable only so)."""
+    from ..llm.texts import resolve_text  # lazy: CLI start-up
+    from ..load.data import load_tokenizer  # lazy: CLI start-up
+    from ..measure import perplexity as ppl  # lazy: CLI start-up
+
+    ppl.check_causal_lm(model, spec)
+    folder = tokenizer_folder(spec)
+    if folder is None:
+        raise SlimnetError(f"--metric ppl: {spec} has no tokenizer files to read --text with (tokenizer.json)")
+    ids = ppl.tokenize(ppl.read_text(resolve_text(text)), load_tokenizer(folder))
+    probe = ppl.windows(len(ids), window, None, max_windows)
+    if not probe:
+        raise SlimnetError(f"--text {text} has {len(ids)} tokens, fewer than one --window of {window}")
+    about = {"text": text, "window": window, "stride": window, "windows": len(probe),
+             "tokens": sum(w.end - w.first for w in probe)}  # fmt: skip
+    return (lambda m: ppl.perplexity(m, ids, window=window, max_windows=max_windows)["perplexity"]), about
 
 
 def _progress(done: int, total: int, group: str) -> None:
