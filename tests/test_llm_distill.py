@@ -270,7 +270,8 @@ def test_resume_from_a_checkpoint_ends_at_the_uninterrupted_weights(lms, tmp_pat
     # as if cut off after step 2: the last checkpoint is step 2's
     shutil.rmtree(ck / "step-00000004")
     (ck / "latest").write_text("step-00000002\n")
-    code, stdout, stderr = _cli(_args(lms, tmp_path / "resumed", "--checkpoint-dir", str(ck), "--resume"))
+    again = ["--checkpoint-dir", str(ck), "--checkpoint-every", "2", "--resume"]
+    code, stdout, stderr = _cli(_args(lms, tmp_path / "resumed", *again))
     assert code == 0, stderr
     report = _report(stdout)
     assert report["resumed_from"] == 2 and [h["step"] for h in report["history"]] == [3, 4]
@@ -280,7 +281,7 @@ def test_resume_from_a_checkpoint_ends_at_the_uninterrupted_weights(lms, tmp_pat
     # a resume under 2 processes (FSDP2, the checkpoint resharded) ends at the same weights too
     shutil.rmtree(ck / "step-00000004")
     (ck / "latest").write_text("step-00000002\n")
-    ranks = _two_ranks(_args(lms, tmp_path / "two", "--checkpoint-dir", str(ck), "--resume"), tmp_path / "log")
+    ranks = _two_ranks(_args(lms, tmp_path / "two", *again), tmp_path / "log")
     assert [r[0] for r in ranks] == [0, 0], ranks
     two = _weights(tmp_path / "two")
     for k in whole:
