@@ -231,7 +231,8 @@ def _two_ranks(args: list[str], log: Path) -> list[tuple[int, str, str]]:
     return [tuple(json.loads(Path(f"{log}.{r}").read_text())) for r in range(2)]
 
 
-def test_two_gloo_processes_with_fsdp_match_one_process_and_the_kl_falls(lms, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_two_gloo_processes_with_fsdp_match_one_process_and_the_kl_falls(lms, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     code, stdout, stderr = _cli(_args(lms, one))
     assert code == 0, stderr
@@ -261,7 +262,8 @@ def test_two_gloo_processes_with_fsdp_match_one_process_and_the_kl_falls(lms, tm
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary folder left
 
 
-def test_resume_from_a_checkpoint_ends_at_the_uninterrupted_weights(lms, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_resume_from_a_checkpoint_ends_at_the_uninterrupted_weights(lms, tmp_path):
     ck = tmp_path / "ck"
     code, stdout, stderr = _cli(_args(lms, tmp_path / "whole", "--checkpoint-dir", str(ck), "--checkpoint-every",
                                       "2"))  # fmt: skip
@@ -288,11 +290,30 @@ def test_resume_from_a_checkpoint_ends_at_the_uninterrupted_weights(lms, tmp_pat
         assert torch.allclose(whole[k], two[k], rtol=1e-4, atol=1e-5), k
 
 
-def test_a_checkpoint_dir_in_use_needs_resume(lms, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_a_checkpoint_dir_in_use_needs_resume(lms, tmp_path):
     ck = tmp_path / "ck"
     assert _cli(_args(lms, tmp_path / "a", "--checkpoint-dir", str(ck), "--steps", "1"))[0] == 0
     code, _, stderr = _cli(_args(lms, tmp_path / "b", "--checkpoint-dir", str(ck), "--steps", "1"))
     assert code == 2 and "--resume" in stderr and not (tmp_path / "b").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_folder_written_by_shrink_comes_back_in_its_format(lms, tmp_path):
+    """shrink's folder keeps the plan in config.json and loads through remote code: so does the distilled one."""
+    shrunk, out = tmp_path / "shrunk", tmp_path / "out"
+    code, _, stderr = _cli(["shrink", f"hf:{lms['teacher']}", "--ratio", "0.5", "-o", str(shrunk), "--json"])
+    assert code == 0, stderr
+    code, stdout, stderr = _cli(["distill", f"hf:{shrunk}", *_args(lms, out)[2:]])
+    assert code == 0, stderr
+    assert (out / "config.json").read_text() == (shrunk / "config.json").read_text()
+    assert (out / "slimnet_pruned.py").is_file()
+    from slimnet.load.hf import from_pretrained
+
+    start, tuned = from_pretrained(str(shrunk)), from_pretrained(str(out))
+    assert {k: v.shape for k, v in tuned.state_dict().items()} == {k: v.shape for k, v in start.state_dict().items()}
+    assert tuned.model.layers[0].mlp.gate_proj.weight.shape[0] < 128
+    assert not torch.equal(tuned.model.layers[0].mlp.gate_proj.weight, start.model.layers[0].mlp.gate_proj.weight)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -304,7 +325,8 @@ def _refused(args: list[str], out: Path, match: str) -> None:
     assert "Traceback" not in stderr and not out.exists()
 
 
-def test_errors_are_one_line_and_write_nothing(lms, tmp_path, one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_errors_are_one_line_and_write_nothing(lms, tmp_path):
     out = tmp_path / "out"
     other = _llama(tmp_path / "other-vocab", 64, 1, seed=2, vocab=300)
     bad = _args(lms, out)

@@ -97,10 +97,10 @@ def lines(report: dict[str, Any]) -> list[str]:
     data = report["data"]
     resumed = f", resumed from step {report['resumed_from']}" if report["resumed_from"] is not None else ""
     procs = f"{report['world_size']} process{'es' * (report['world_size'] != 1)}"
+    procs += " (FSDP2)" if report["sharding"] == "fsdp2" else " (unsharded)"
     where = f"{data['held_out_windows']} held-out windows x {data['window']} tokens"
     return [
-        f"distilled {report['steps']} steps ({report['tokens_per_step']} tokens each) on {procs} "
-        f"({report['sharding']}){resumed} in {report['seconds']:.1f} s; loss {report['loss_why']}, "
+        f"distilled {report['steps']} steps ({report['tokens_per_step']} tokens each) on {procs}{resumed} in {report['seconds']:.1f} s; loss {report['loss_why']}, "
         f"{report['schedule']}",
         f"{where}: KL {start['kl']:.4f} -> {end['kl']:.4f}, perplexity {start['student_perplexity']:.2f} -> "
         f"{end['student_perplexity']:.2f} (teacher {end['teacher_perplexity']:.2f})",

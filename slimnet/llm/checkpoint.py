@@ -14,9 +14,12 @@ moments, scheduler and RNG are all a resumed run needs to end at the weights of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .._util import first_line
 from ..distributed import World
 from ..errors import SlimnetError
 
@@ -46,6 +50,15 @@ def latest(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
     if not (path / META).is_file():
         return None
     return path, json.loads((path / META).read_text())
+
+
+@contextlib.contextmanager
+def _quiet(world: World) -> Iterator[None]:
+    """DCP warns that it assumes a single process when no process group is up: that is the intent here."""
+    with warnings.catch_warnings():
+        if world.size == 1:
+            warnings.filterwarnings("ignore", message=".*single process", category=UserWarning)
+        yield
 
 
 def _barrier(world: World) -> None:
@@ -82,7 +95,8 @@ def save(
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     _barrier(world)
-    dcp.save(_state(model, opt, world, rng=True), checkpoint_id=str(tmp))
+    with _quiet(world):
+        dcp.save(_state(model, opt, world, rng=True), checkpoint_id=str(tmp))
     _barrier(world)
     if world.main:
         info = {"step": step, "world_size": world.size, "scheduler": scheduler.state_dict(), **meta}
@@ -111,10 +125,12 @@ def load(
     same = int(info.get("world_size", 0)) == world.size
     state = _state(model, opt, world, rng=same)
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        with _quiet(world):
+            dcp.load(state, checkpoint_id=str(path))
     except Exception as exc:  # noqa: BLE001 - a checkpoint of another model, or damaged files
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise SlimnetError(f"checkpoint {path} does not fit this student ({first}): give its own --checkpoint-dir")
+        raise SlimnetError(
+            f"checkpoint {path} does not fit this student ({first_line(exc, limit=200)}): give its own --checkpoint-dir"
+        ) from None
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, opt, state["optim"])
     scheduler.load_state_dict(info["scheduler"])

@@ -39,7 +39,7 @@ from ..distributed import World
 from ..errors import SlimnetError
 from ..repair.distill import schedule
 from . import checkpoint
-from .fsdp import Distilled, shard, gathered_head
+from .fsdp import Distilled, gathered_head, shard
 from .kl import CHUNK_TOKENS, eval_sums
 from .windows import Windows, tokenize
 
@@ -243,9 +243,10 @@ def distill_lm(
     log_every = max(1, settings.steps // 20)
     s_model.train()
     for step in range(first, settings.steps):
+        lr = opt.param_groups[0]["lr"]
         loss, norm = train_step(run, opt, step)
         sched.step()
-        history.append({"step": step + 1, "loss": loss, "grad_norm": norm, "lr": opt.param_groups[0]["lr"]})
+        history.append({"step": step + 1, "loss": loss, "grad_norm": norm, "lr": lr})
         done = step + 1
         if checkpoint_dir is not None and (done % every == 0 or done == settings.steps):
             checkpoint.save(checkpoint_dir, done, s_model, opt, sched, world, meta)

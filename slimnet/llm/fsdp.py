@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -89,4 +90,3 @@ def gathered_head(model: Distilled) -> Iterator[Head]:
     finally:
         if gather:
             model.reshard()  # type: ignore[operator]
-
