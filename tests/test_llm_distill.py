@@ -316,6 +316,29 @@ def test_a_folder_written_by_shrink_comes_back_in_its_format(lms, tmp_path):
     assert not torch.equal(tuned.model.layers[0].mlp.gate_proj.weight, start.model.layers[0].mlp.gate_proj.weight)
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_progress_quiet_seed_and_clip_options(lms, tmp_path):
+    text = [a for a in _args(lms, tmp_path / "a", "--progress") if a != "--json"]
+    code, stdout, stderr = _cli(text)
+    assert code == 0, stderr
+    assert "held-out at step 0 (4 windows x 16 tokens): KL" in stderr and "distill: step 4/4 loss" in stderr
+    assert "held-out at step 4" in stderr
+    assert "4 held-out windows x 16 tokens: KL" in stdout and "perplexity" in stdout and "wrote" in stdout
+    quiet = [a for a in _args(lms, tmp_path / "b", "--quiet") if a != "--json"]
+    code, stdout, stderr = _cli(quiet)
+    assert code == 0 and "distill:" not in stderr and "held-out at" not in stderr and "wrote" in stdout
+    base = _report(_cli(_args(lms, tmp_path / "c"))[1])
+    other = _report(_cli(_args(lms, tmp_path / "d", "--seed", "1"))[1])
+    assert [h["loss"] for h in other["history"]] != [h["loss"] for h in base["history"]]  # another window order
+    # a clipping norm far below the gradients' (about 1) leaves Adam's steps at about grad / eps: tiny
+    code, stdout, stderr = _cli(_args(lms, tmp_path / "e", "--clip", "1e-12"))
+    assert code == 0, stderr
+    start, free, clipped = _weights(lms["student"]), _weights(tmp_path / "c"), _weights(tmp_path / "e")
+    moved = max(float((free[k] - start[k]).abs().max()) for k in start)
+    held = max(float((clipped[k] - start[k]).abs().max()) for k in start)
+    assert min(h["grad_norm"] for h in base["history"]) > 0.01 and held < moved / 100
+
+
 # ------------------------------------------------------------------------------------------ errors
 def _refused(args: list[str], out: Path, match: str) -> None:
     code, stdout, stderr = _cli(args)
