@@ -72,7 +72,7 @@ def run(
     settings.check()
     world = distributed.start(device)
     try:
-        show = not as_json if progress is None else progress
+        show = err.is_terminal if progress is None else progress  # as other commands: a terminal, or asked
         report = distill_lm(student_dir, teacher_dir, data, out_path, settings, world=world,
                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
                             progress=_progress if show else None)  # fmt: skip
@@ -100,8 +100,8 @@ def lines(report: dict[str, Any]) -> list[str]:
     procs += " (FSDP2)" if report["sharding"] == "fsdp2" else " (unsharded)"
     where = f"{data['held_out_windows']} held-out windows x {data['window']} tokens"
     return [
-        f"distilled {report['steps']} steps ({report['tokens_per_step']} tokens each) on {procs}{resumed} in {report['seconds']:.1f} s; loss {report['loss_why']}, "
-        f"{report['schedule']}",
+        f"distilled {report['steps']} steps ({report['tokens_per_step']} tokens each) on {procs}{resumed} in "
+        f"{report['seconds']:.1f} s; loss {report['loss_why']}, {report['schedule']}",
         f"{where}: KL {start['kl']:.4f} -> {end['kl']:.4f}, perplexity {start['student_perplexity']:.2f} -> "
         f"{end['student_perplexity']:.2f} (teacher {end['teacher_perplexity']:.2f})",
         f"wrote {report['output']}",

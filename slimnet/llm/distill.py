@@ -237,7 +237,7 @@ def distill_lm(
     every = checkpoint_every or max(1, settings.steps // 10)
 
     t0 = time.perf_counter()
-    start = evaluate(run)
+    start = {"step": first, **evaluate(run)}
     say(_held_line(f"held-out at step {first}", start, windows))
     history: list[dict[str, float]] = []
     log_every = max(1, settings.steps // 20)
@@ -256,7 +256,7 @@ def distill_lm(
             say(f"distill: step {done}/{settings.steps} loss {loss:.4g} lr {history[-1]['lr']:.3g} "
                 f"{elapsed:.0f} s, ETA {eta:.0f} s")  # fmt: skip
     s_model.eval()
-    end = evaluate(run)
+    end = {"step": settings.steps, **evaluate(run)}
     say(_held_line(f"held-out at step {settings.steps}", end, windows))
     _write(run, student, out, saved_dtype)
     if not world.main:
@@ -344,7 +344,7 @@ def evaluate(run: Run, rows: int = 4) -> dict[str, float]:
     }
 
 
-def _held_line(what: str, res: dict[str, float], windows: Windows) -> str:
+def _held_line(what: str, res: dict[str, Any], windows: Windows) -> str:
     where = f"{len(windows.held)} windows x {windows.window} tokens" + ("" if windows.disjoint else ", trained on")
     return (
         f"{what} ({where}): KL {res['kl']:.4f}, perplexity {res['student_perplexity']:.2f} "
@@ -359,11 +359,21 @@ def _write(run: Run, student: str, out: Path, dtype: torch.dtype) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(run.student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    failed: list[Any] = [None]
     if run.world.main:
         weights = {k.removeprefix("lm."): v.to(dtype) if v.is_floating_point() else v for k, v in full.items()}
-        save_folder(run.student.lm, weights, student, out)
+        try:
+            save_folder(run.student.lm, weights, student, out)
+        except Exception as exc:  # noqa: BLE001 - told to every rank below, then raised again on rank 0
+            failed[0] = first_line(exc)
+            if run.world.size == 1:
+                raise
+            dist.broadcast_object_list(failed, src=0)
+            raise
     if run.world.size > 1:
-        dist.barrier()
+        dist.broadcast_object_list(failed, src=0)  # the other ranks stop with rank 0 instead of waiting for it
+        if failed[0] is not None:
+            raise SlimnetError(f"rank 0 could not write {out}: {failed[0]}")
 
 
 def save_folder(lm: Any, weights: dict[str, torch.Tensor], student: str, out: Path) -> Path:
