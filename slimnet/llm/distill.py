@@ -193,20 +193,7 @@ def distill_lm(
     settings.check()
     check_pair(student, teacher, settings.window)
     out = Path(output)
-    found = None
-    if checkpoint_dir is not None:
-        found = checkpoint.latest(checkpoint_dir)
-        if resume and found is None:
-            raise SlimnetError(f"--resume: {checkpoint_dir} holds no checkpoint: run without --resume to start")
-        if not resume and found is not None:
-            raise SlimnetError(
-                f"--checkpoint-dir {checkpoint_dir} already holds checkpoints: give --resume to go on from "
-                f"{found[0].name}, or a new folder"
-            )
-        if found is not None:
-            _same_settings(found[1], settings)
-    elif resume:
-        raise SlimnetError("--resume needs the --checkpoint-dir the run wrote its checkpoints to")
+    found = _to_resume(checkpoint_dir, resume, settings)
     if settings.batch_size % world.size:
         raise SlimnetError(
             f"--batch-size {settings.batch_size} does not divide among {world.size} processes: give a multiple"
@@ -281,6 +268,28 @@ def distill_lm(
         "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None,
         "settings": asdict(settings),
     }
+
+
+def _to_resume(
+    checkpoint_dir: str | Path | None, resume: bool, settings: LMDistillSettings
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to go on from (None: start afresh); refused: --resume without one, a folder that holds
+    checkpoints without --resume (a new run would mix its checkpoints with an old one's), other settings."""
+    if checkpoint_dir is None:
+        if resume:
+            raise SlimnetError("--resume needs the --checkpoint-dir the run wrote its checkpoints to")
+        return None
+    found = checkpoint.latest(checkpoint_dir)
+    if resume and found is None:
+        raise SlimnetError(f"--resume: {checkpoint_dir} holds no checkpoint: run without --resume to start")
+    if not resume and found is not None:
+        raise SlimnetError(
+            f"--checkpoint-dir {checkpoint_dir} already holds checkpoints: give --resume to go on from "
+            f"{found[0].name}, or a new folder"
+        )
+    if found is not None:
+        _same_settings(found[1], settings)
+    return found
 
 
 def _same_settings(info: dict[str, Any], settings: LMDistillSettings) -> None:
