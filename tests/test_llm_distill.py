@@ -43,11 +43,13 @@ def _tokenizer(folder: Path) -> None:
     fast.save_pretrained(str(folder))
 
 
-def _llama(folder: Path, intermediate: int, kv: int, seed: int, vocab: int = VOCAB, plan: bool = False) -> Path:
+def _llama(
+    folder: Path, intermediate: int, kv: int, seed: int, vocab: int = VOCAB, plan: bool = False, tied: bool = False
+) -> Path:
     torch.manual_seed(seed)
     cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=intermediate,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=kv,
-                                   max_position_embeddings=128, tie_word_embeddings=False)  # fmt: skip
+                                   max_position_embeddings=128, tie_word_embeddings=tied)  # fmt: skip
     model = transformers.LlamaForCausalLM(cfg)
     with torch.no_grad():  # peaked next-token distributions, as a trained model's (random init: near uniform)
         model.lm_head.weight.mul_(8.0)
@@ -337,6 +339,26 @@ def test_progress_quiet_seed_and_clip_options(lms, tmp_path):
     moved = max(float((free[k] - start[k]).abs().max()) for k in start)
     held = max(float((clipped[k] - start[k]).abs().max()) for k in start)
     assert min(h["grad_norm"] for h in base["history"]) > 0.01 and held < moved / 100
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_tied_embeddings_stay_one_tensor_under_two_processes(lms, tmp_path):
+    """SmolLM2, Llama 3.2 1B, Gemma and Qwen 0.5B tie the head to the embeddings: one tensor out, as in."""
+    teacher = _llama(tmp_path / "teacher", 128, 2, seed=0, tied=True)
+    for f in lms["teacher"].glob("tokenizer*"):
+        shutil.copy2(f, teacher / f.name)
+    student = _llama(tmp_path / "student", 64, 1, seed=1, tied=True)
+    args = _args(lms, tmp_path / "out")
+    args[1], args[3] = f"hf:{student}", f"hf:{teacher}"
+    ranks = _two_ranks(args, tmp_path / "log")
+    assert [r[0] for r in ranks] == [0, 0], ranks
+    report = _report(ranks[0][1])
+    assert report["history"][-1]["loss"] < report["history"][0]["loss"]
+    start, tuned = _weights(student), _weights(tmp_path / "out")
+    assert tuned.keys() == start.keys() and "lm_head.weight" not in tuned
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), local_files_only=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert not torch.equal(tuned["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
 
 
 # ------------------------------------------------------------------------------------------ errors

@@ -385,6 +385,16 @@ def _write(run: Run, student: str, out: Path, dtype: torch.dtype) -> None:
             raise SlimnetError(f"rank 0 could not write {out}: {failed[0]}")
 
 
+def _tied_keys(model: Any) -> set[str]:
+    """The parameters that share another's tensor in this model (the head tied to the embeddings):
+    transformers 5 lists the ties in force (``all_tied_weights_keys``), older versions the possible ones."""
+    if hasattr(model, "all_tied_weights_keys"):
+        return set(model.all_tied_weights_keys or {})
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return set()
+    return set(getattr(model, "_tied_weights_keys", None) or [])
+
+
 def save_folder(lm: Any, weights: dict[str, torch.Tensor], student: str, out: Path) -> Path:
     """``weights`` written by ``save_pretrained`` of a shell of the student's class (built on the meta device:
     no second copy in memory), with the student folder's other files copied over; temp folder, then rename."""
@@ -397,13 +407,14 @@ def save_folder(lm: Any, weights: dict[str, torch.Tensor], student: str, out: Pa
         cls = pruned_class(cls)  # the plan's shapes, applied by __init__
     with torch.device("meta"):
         shell = cls(lm.config)
+    tied = _tied_keys(shell)
+    weights = {k: v for k, v in weights.items() if k not in tied}  # one tensor each: tied again below
     missing, unexpected = shell.load_state_dict(weights, strict=False, assign=True)
-    tied = set(getattr(shell, "all_tied_weights_keys", None) or getattr(shell, "_tied_weights_keys", None) or [])
     if unexpected or [k for k in missing if k not in tied]:
         raise RuntimeError(f"the gathered weights do not fit the student (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")  # fmt: skip
-    if missing and hasattr(shell, "tie_weights"):
-        shell.tie_weights()
+    if tied and hasattr(shell, "tie_weights"):
+        shell.tie_weights()  # assign=True gave the head a tensor of its own: share the embeddings' again
     if getattr(lm.config, PLAN_KEY, None):
         shell.__class__ = cls.__bases__[0]
     with scratch_dir(out) as work:
