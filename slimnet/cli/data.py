@@ -308,8 +308,13 @@ def distill(
     output: Annotated[str, output_option("Where to write the tuned model (a name without .pt: hf folder).")],
     data: Data = None,
     steps: Annotated[int, typer.Option("--steps", help="Most optimiser steps (one calibration batch each).")] = 200,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW peak learning rate (warm-up, then cosine).")] = 1e-3,
-    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature for logits.")] = 2.0,
+    lr: Annotated[
+        Optional[float],
+        typer.Option("--lr", help="AdamW peak learning rate (warm-up, then cosine); default 1e-3, 1e-4 for LMs."),
+    ] = None,
+    temperature: Annotated[
+        Optional[float], typer.Option("--temperature", help="Softmax temperature for logits (default 2; 1 for LMs).")
+    ] = None,
     loss: Annotated[
         str,
         typer.Option("--loss", help="auto (by output kind), kl (softmax), bce (sigmoid outputs), mse (raw outputs)."),
@@ -324,6 +329,20 @@ def distill(
     calib_batches: CalibBatches = DEFAULT_BATCHES,
     batch_size: BatchSize = DEFAULT_BATCH_SIZE,
     no_imagenet_norm: NoImagenetNorm = False,
+    window: Annotated[
+        Optional[int], typer.Option("--window", help="Decoder LMs: tokens per training window (default 512).")
+    ] = None,
+    checkpoint_dir: Annotated[
+        Optional[str], typer.Option("--checkpoint-dir", help="Decoder LMs: where resumable checkpoints go.")
+    ] = None,
+    checkpoint_every: Annotated[
+        Optional[int], typer.Option("--checkpoint-every", help="Decoder LMs: steps between checkpoints (steps/10).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Decoder LMs: go on from the last checkpoint in --checkpoint-dir.")
+    ] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Decoder LMs: seed of the window order.")] = 0,
+    clip: Annotated[float, typer.Option("--clip", help="Decoder LMs: gradient norm clipping.")] = 1.0,
     input_file: InputFile = None,
     input_shape: InputShape = None,
     trust_pickle: TrustPickle = False,
@@ -332,8 +351,21 @@ def distill(
     debug: Debug = False,
 ) -> None:
     """Train PRUNED to match the original's outputs on unlabelled --data; the best student on held-out batches
-    (the start included) is written: KL on logits, BCE on sigmoid outputs, MSE otherwise."""
+    (the start included) is written: KL on logits, BCE on sigmoid outputs, MSE otherwise. A Hugging Face
+    causal LM (hf:FOLDER) is distilled at scale instead: windows of --window tokens of a text file, logit KL in
+    chunks, FSDP2 under torchrun, resumable checkpoints (slimnet.cli.distill_lm)."""
     with guarded(debug):
+        from . import distill_lm  # lazy: CLI start-up
+
+        if distill_lm.is_causal_lm(pruned):
+            distill_lm.run(pruned, teacher, output, data, window=window, steps=steps, lr=lr,
+                           batch_size=batch_size, temperature=1.0 if temperature is None else temperature,
+                           loss=loss, seed=seed, clip=clip, checkpoint_dir=checkpoint_dir,
+                           checkpoint_every=checkpoint_every, resume=resume, device=device, progress=progress,
+                           as_json=as_json)  # fmt: skip
+            return
+        lr = 1e-3 if lr is None else lr
+        temperature = 2.0 if temperature is None else temperature
         check_data_settings(data=data, batch_size=batch_size, calib_batches=calib_batches, needs=["distill"])
         if device not in (None, "cpu", "cuda"):
             raise SlimnetError(f"--device {device}: give cpu or cuda")
