@@ -52,7 +52,7 @@ def _builtin_text(value: Optional[str]) -> Optional[str]:
     try:
         return resolve_text(value)
     except SlimnetError as exc:  # one line, as guarded() says it (a callback runs before the command's guard)
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        tell(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
 
 
