@@ -33,6 +33,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "images").mkdir()
     (tmp_path / "hfmodel").mkdir()
     (tmp_path / "hfmodel" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "hfmodel" / "model.safetensors").write_bytes(b"")
     return tmp_path
 
 
