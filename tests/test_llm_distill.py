@@ -304,7 +304,9 @@ def test_a_checkpoint_dir_in_use_needs_resume(lms, tmp_path):
 def test_a_folder_written_by_shrink_comes_back_in_its_format(lms, tmp_path):
     """shrink's folder keeps the plan in config.json and loads through remote code: so does the distilled one."""
     shrunk, out = tmp_path / "shrunk", tmp_path / "out"
-    code, _, stderr = _cli(["shrink", f"hf:{lms['teacher']}", "--ratio", "0.5", "-o", str(shrunk), "--json"])
+    ratios = tmp_path / "ratios.yaml"  # one layer cut, the other whole: widths no config can state (remote code)
+    ratios.write_text('"model.layers.0.*": 0.5\n')
+    code, _, stderr = _cli(["shrink", f"hf:{lms['teacher']}", "--ratios", str(ratios), "-o", str(shrunk), "--json"])
     assert code == 0, stderr
     code, stdout, stderr = _cli(["distill", f"hf:{shrunk}", *_args(lms, out)[2:]])
     assert code == 0, stderr

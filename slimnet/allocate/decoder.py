@@ -14,7 +14,7 @@ and, the layers being alike, a uniform ratio keeps the same counts in every laye
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -32,10 +32,16 @@ def mark_decoder_groups(analysis: Analysis, model: nn.Module) -> bool:
     """Give the MLP groups of a Llama-style decoder their rounding floor; True when ``model`` is one."""
     if not is_standard_decoder(model):
         return False
-    for g in analysis.groups:
+    mark_mlp_groups(analysis.groups)
+    return True
+
+
+def mark_mlp_groups(groups: Sequence[Group]) -> None:
+    """The MLP groups among ``groups`` (a decoder's) whose width is a multiple of 64 keep a multiple of 64: the
+    rule both the in-memory planner and the low-memory path (:mod:`slimnet.llm.shrink`) apply."""
+    for g in groups:
         if g.kind == "channels" and _is_mlp(g) and len(g.units) % MLP_MULTIPLE == 0:
             g.round_to = MLP_MULTIPLE
-    return True
 
 
 def _is_mlp(group: Group) -> bool:
@@ -44,12 +50,12 @@ def _is_mlp(group: Group) -> bool:
 
 
 def check_whole_kv_groups(
-    analysis: Analysis, ratio: float, head_ratio: float | None, ratios: Mapping[str, float] | None
+    groups: Sequence[Group], ratio: float, head_ratio: float | None, ratios: Mapping[str, float] | None
 ) -> None:
     """A uniform share that keeps no key/value group of some layer is the user's error (one line): attention is
     cut in whole key/value groups, and a layer needs at least one."""
-    pinned = resolve_ratios(ratios, analysis.groups) if ratios else {}
-    for g in analysis.groups:
+    pinned = resolve_ratios(ratios, groups) if ratios else {}
+    for g in groups:
         if g.kind != "heads" or g.reason is not None:
             continue
         r = pinned.get(g.name, head_ratio if head_ratio is not None else ratio)
@@ -74,4 +80,4 @@ def decoder_rules(analysis: Analysis, model: nn.Module, settings: Any) -> None:
     if not mark_decoder_groups(analysis, model):
         return
     if settings.target_kind is None and not settings.use_global:
-        check_whole_kv_groups(analysis, settings.ratio, settings.head_ratio, settings.ratios)
+        check_whole_kv_groups(analysis.groups, settings.ratio, settings.head_ratio, settings.ratios)

@@ -211,10 +211,11 @@ def shrink(
         plain = folder and not any(
             [data, recalibrate_bn, compensate_bias, reconstruct, onnx, weights, input_file, ratios_from, input_shape]
         )
-        if in_memory is False or (in_memory is None and streams_hf(model, settings, plain)):
+        streamed = in_memory is False or (in_memory is None and streams_hf(model, settings, plain))
+        if drop_layers is None and streamed:
             from ..llm.shrink import run_cli  # lazy: CLI start-up
 
-            return run_cli(model, out_path, settings, plain, as_json, quiet=progress is False)
+            return run_cli(model, out_path, settings, plain, as_json, quiet=progress is False, plan_path=plan_path)
         replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
         depth, name = None, model

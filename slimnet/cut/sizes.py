@@ -92,8 +92,9 @@ sizes(
 # Phi-3: slices its fused qkv at config.num_attention_heads * head_dim and self.num_key_value_heads * head_dim.
 sizes(
     f"{_HF}.phi3.modeling_phi3.Phi3Attention",
-    num_key_value_heads=lambda get, m: (get("qkv_proj.weight").shape[0] - get("o_proj.weight").shape[1])
-    // (2 * m.head_dim),
+    num_key_value_heads=lambda get, m: (
+        (get("qkv_proj.weight").shape[0] - get("o_proj.weight").shape[1]) // (2 * m.head_dim)
+    ),
     **{"config.num_attention_heads": lambda get, m: get("o_proj.weight").shape[1] // m.head_dim},
 )
 # BERT, RoBERTa: read by nothing in forward since transformers 5, kept true for users.

@@ -84,6 +84,7 @@ def streams(folder: Path, settings: Any, plain: bool) -> bool:
     return (
         plain
         and family_of(folder) is not None
+        and any(folder.glob("*.safetensors"))  # else the in-memory loader says what is missing
         and settings.criterion in WEIGHT_CRITERIA
         and settings.target_kind is None
         and not settings.use_global

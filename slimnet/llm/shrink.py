@@ -35,8 +35,10 @@ import torch
 from .._util import scratch_dir
 from ..allocate import Ranking, uniform_counts
 from ..allocate.decide import Decision
+from ..allocate.decoder import check_whole_kv_groups, mark_mlp_groups
 from ..errors import SlimnetError, VerificationError
 from ..groups import Analysis, Group
+from ..load.hf import config_text
 from ..plan import build_plan, dumps
 from ..rank.criteria import score
 from ..settings import ShrinkSettings
@@ -167,6 +169,9 @@ def shrink_folder(
     order = _check_names(meta, weights, folder)
     groups, kinds = prunable_groups(meta)
     first = [renamed(g, f"{meta.prefix}0.") for g in groups]
+    mark_mlp_groups(first)  # the in-memory planner's decoder rules (slimnet.allocate.decoder), so both paths agree
+    check_whole_kv_groups(first, settings.ratio, settings.head_ratio, None)
+    floors = [g.round_to for g in first if g.round_to > settings.round_to]
     counts = uniform_counts(first, settings.ratio, settings.round_to, settings.head_ratio)
     for g in first:
         if counts[g.id] < 1:
@@ -219,12 +224,13 @@ def shrink_folder(
             if layer is not None:
                 say(f"layer {layer + 1}/{meta.n_layers} cut in {time.perf_counter() - t0:.1f} s{note}")
         shards = writer.close()
-        plan = {**head, "allocation": "uniform", "settings": settings.recorded()}
+        plan = {**head, **({"mlp_round_to": max(floors)} if floors else {})}
+        plan.update(allocation="uniform", settings=settings.recorded())
         plan["tensors"] = dict(sorted(tensors.items()))
         (tmp / PLAN_FILE).write_text(dumps(plan))
         config = standard_config(read_config(folder), heads=widths["heads"], kv_heads=widths["kv_heads"],
                                  intermediate=widths["intermediate"], head_dim=head_dim_of(meta.config))  # fmt: skip
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(config_text(config))
         copied = _copy_others(folder, tmp)
         if out.exists():
             out.rmdir()
@@ -237,6 +243,9 @@ def shrink_folder(
         "criterion": settings.criterion,
         "ratio": settings.ratio,
         "round_to": settings.round_to,
+        "mlp_round_to": max(floors) if floors else None,
+        "folder": "standard",
+        "folder_note": None,
         "params": params,
         "heads": [int(meta.config.num_attention_heads), widths["heads"]],
         "kv_heads": [int(meta.config.num_key_value_heads), widths["kv_heads"]],
@@ -310,7 +319,15 @@ def _copy_others(folder: Path, dest: Path) -> list[str]:
     return copied
 
 
-def run_cli(model: str, out_path: Path, settings: ShrinkSettings, plain: bool, as_json: bool, quiet: bool) -> None:
+def run_cli(
+    model: str,
+    out_path: Path,
+    settings: ShrinkSettings,
+    plain: bool,
+    as_json: bool,
+    quiet: bool,
+    plan_path: Path | None = None,
+) -> None:
     """``slimnet shrink hf:FOLDER`` on the low-memory path: the per-layer progress on stderr (unless ``quiet``),
     then the summary on stdout (or the ``--json`` report)."""
     if not model.startswith("hf:"):
@@ -321,6 +338,10 @@ def run_cli(model: str, out_path: Path, settings: ShrinkSettings, plain: bool, a
             "--weights, --input and a .pt output need --in-memory"
         )
     report = shrink_folder(model[3:], out_path, settings, model_name=model, log=None if quiet else _stderr)
+    if plan_path is not None:  # beside the folder too, as the in-memory path writes it
+        tmp = Path(plan_path).with_name(f".{Path(plan_path).name}.tmp")
+        shutil.copyfile(Path(out_path) / PLAN_FILE, tmp)
+        os.replace(tmp, plan_path)
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
         return
