@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Keys an earlier slimnet save put in config.json that a standard folder must not carry.
-SLIMNET_KEYS = ("slimnet_plan", "auto_map")
+from ..load.hf import standard_config as hf_standard_config
 
 
 def standard_config(
     config: dict[str, Any], *, heads: int, kv_heads: int, intermediate: int, head_dim: int
 ) -> dict[str, Any]:
     """``config`` (``config.json`` as plain data) for a model whose every layer has ``heads`` query heads,
-    ``kv_heads`` key/value heads of ``head_dim`` channels and an MLP of ``intermediate`` channels."""
-    out = {k: v for k, v in config.items() if k not in SLIMNET_KEYS}
-    out.update(
-        num_attention_heads=int(heads),
-        num_key_value_heads=int(kv_heads),
-        intermediate_size=int(intermediate),
-        head_dim=int(head_dim),
-    )
-    return out
+    ``kv_heads`` key/value heads of ``head_dim`` channels and an MLP of ``intermediate`` channels: the in-memory
+    writer's :func:`slimnet.load.hf.standard_config`, so that both paths write the same file."""
+    widths = {"num_attention_heads": heads, "num_key_value_heads": kv_heads, "intermediate_size": intermediate}
+    return hf_standard_config(config, {**widths, "head_dim": head_dim})
