@@ -190,7 +190,14 @@ def test_cli_dispatch(tmp_path: Path) -> None:
     # --in-memory: the whole-model path (its own folder layout)
     r = runner.invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "mem"), "--in-memory", "--json"])
     assert r.exit_code == 0, r.output
-    assert "path" not in json.loads(r.stdout) and (tmp_path / "mem" / PLAN_FILE).exists()  # hf-std's folder too
+    mem = json.loads(r.stdout)
+    assert "path" not in mem and (tmp_path / "mem" / PLAN_FILE).exists()  # hf-std's folder too
+    # one --json contract: the low-memory report carries the in-memory report's fields, with the same values
+    for key in ("params_before", "params_after", "exact", "verified", "kept_share", "times_smaller", "timings"):
+        assert key in report, key
+    assert (report["params_before"], report["params_after"]) == (mem["params_before"], mem["params_after"])
+    assert report["params"] == mem["params"] and report["kept_share"]["params"] == mem["kept_share"]["params"]
+    assert report["exact"] is True and report["macs"] == [None, None] and report["kept_share"]["macs"] is None
     # --low-memory with something only the in-memory path does: one line, nothing written
     r = runner.invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "x"), "--low-memory", "-c", "random"])
     assert r.exit_code != 0 and "--in-memory" in r.output and "Traceback" not in r.output

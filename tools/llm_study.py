@@ -44,8 +44,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGETS = (0.20, 0.40)
 CRITERIA = ("l1", "activation", "wanda")
 DEPTH_OPTION = "--drop-layers"  # shrink's depth option (issue 24 item 3); rows with it skip while it is absent
-DISTILL_MARKER = "--fsdp"  # distill's LM-at-scale option (issue 24 item 6); the distilled row skips without it
-DISTILL_STEPS = 200
+DISTILL_MARKER = "--checkpoint-dir"  # distill's LM-at-scale option (issue 24 item 6); the distilled row skips without it
 ANCHORS = [
     ("LLM-Pruner (Ma et al. 2023)", "LLaMA-7B", "-20% params, no tuning", "12.6 -> 19.1 (WikiText-2)"),
     ("FLAP (An et al. 2024)", "LLaMA-7B", "-20% params, no retraining", "12.6 -> 14.6"),
@@ -209,8 +208,10 @@ def rows_to_run(cfg: dict[str, Any], dense_params: int, args: argparse.Namespace
         rows.append({"id": f"both-{target:.2f}", "method": f"width (wanda, MLP only) + depth ({DEPTH_OPTION} {half})",
                      "target": target, "ratio": r, "head_ratio": 0.0, "criterion": "wanda",
                      "shrink": [DEPTH_OPTION, str(half)], "needs": ("shrink", DEPTH_OPTION)})  # fmt: skip
-    rows.append({"id": "wanda-mlp-0.20-distilled", "method": f"width, wanda, MLP only, + distill {DISTILL_STEPS} steps",
-                 "target": 0.20, "from": "wanda-mlp-0.20", "distill": True,
+    tokens = args.distill_steps * args.distill_batch * args.distill_window
+    rows.append({"id": "wanda-mlp-0.20-distilled", "target": 0.20, "from": "wanda-mlp-0.20", "distill": True,
+                 "method": f"width, wanda, MLP only, + distill {args.distill_steps} steps ({tokens / 1e3:.0f}K tokens)",
+                 "shrink": ["distill", args.distill_steps, args.distill_batch, args.distill_window, args.distill_lr],
                  "needs": ("distill", DISTILL_MARKER)})  # fmt: skip
     return rows
 
@@ -234,9 +235,10 @@ def run_row(row: dict[str, Any], dense: Path, calib: Path, args: argparse.Namesp
         if "params" not in parent:
             return {**row, "skipped": f"row {row['from']} has no result to distil"}
         student = f"hf:{args.cache / 'models' / row['from']}"
-        cmd = slimnet("distill", student, "--teacher", f"hf:{dense}", "-o", str(out), "--data", str(calib),
-                      "--steps", str(DISTILL_STEPS), "--calib-batches", str(args.calib_batches),
-                      "--batch-size", str(args.calib_rows // args.calib_batches), "--json")  # fmt: skip
+        cmd = slimnet("distill", student, "--teacher", f"hf:{dense}", "-o", str(out), "--data",
+                      "builtin:shakespeare-calib", "--steps", str(args.distill_steps), "--window",
+                      str(args.distill_window), "--batch-size", str(args.distill_batch), "--lr",
+                      f"{args.distill_lr:g}", "--json")  # fmt: skip
         run = timed(cmd, logs / f"{row['id']}.log")
         if run["rc"] != 0:
             return failed(row, run)
@@ -246,7 +248,7 @@ def run_row(row: dict[str, Any], dense: Path, calib: Path, args: argparse.Namesp
     cmd = slimnet("shrink", f"hf:{dense}", "-o", str(out), "--ratio", f"{row['ratio']:g}", "--head-ratio",
                   f"{row['head_ratio']:g}", "--criterion", row["criterion"], "--round-to", str(args.round_to),
                   *row["shrink"], "--json", "--quiet")  # fmt: skip
-    if row["criterion"] != "l1" or "--reconstruct" in row["shrink"]:
+    if row["criterion"] != "l1" or "--reconstruct" in row["shrink"] or DEPTH_OPTION in row["shrink"]:
         cmd += ["--data", str(calib), "--calib-batches", str(args.calib_batches), "--calib-batch-size",
                 str(args.calib_rows // args.calib_batches)]  # fmt: skip
     run = timed(cmd, logs / f"{row['id']}.log")
@@ -415,6 +417,10 @@ def main() -> None:
     p.add_argument("--calib-lines", type=int, default=32, help="text lines joined into one calibration row")
     p.add_argument("--calib-rows", type=int, default=64)
     p.add_argument("--calib-batches", type=int, default=8)
+    p.add_argument("--distill-steps", type=int, default=100)
+    p.add_argument("--distill-batch", type=int, default=4, help="windows per distillation step")
+    p.add_argument("--distill-window", type=int, default=256, help="tokens per distillation window")
+    p.add_argument("--distill-lr", type=float, default=1e-4)
     p.add_argument("--only", default="", help="comma-separated row ids to run (default: all)")
     p.add_argument("--fresh", action="store_true", help="ignore cached results")
     args = p.parse_args()

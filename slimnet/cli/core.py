@@ -9,6 +9,8 @@ failed save is taken back.
 
 from __future__ import annotations
 
+import os
+import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -47,6 +49,7 @@ from .common import (
     output_option,
     say,
     show,
+    tell,
 )
 from .data import (
     DEFAULT_BATCH_SIZE,
@@ -213,9 +216,7 @@ def shrink(
         )
         streamed = in_memory is False or (in_memory is None and streams_hf(model, settings, plain))
         if drop_layers is None and streamed:
-            from ..llm.shrink import run_cli  # lazy: CLI start-up
-
-            return run_cli(model, out_path, settings, plain, as_json, quiet=progress is False, plan_path=plan_path)
+            return shrink_low_memory(model, out_path, settings, plain, as_json, progress is False, plan_path)
         replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
         depth, name = None, model
@@ -283,6 +284,53 @@ def shrink(
             emit_json(report)
         else:
             print_report(report)
+
+
+def shrink_low_memory(
+    model: str, out_path: Path, settings: ShrinkSettings, plain: bool, as_json: bool, quiet: bool,
+    plan_path: Optional[Path],
+) -> None:  # fmt: skip
+    """``slimnet shrink hf:FOLDER`` on the low-memory path (:func:`slimnet.llm.shrink.shrink_folder`): per-layer
+    progress on stderr (unless ``quiet``), then the summary on stdout, or the ``--json`` report: its own fields
+    and those of the in-memory report that apply (``params_before``, ``exact``, ``timings``, ``kept_share``...;
+    ``macs`` is ``[null, null]``: nothing is traced), so a script reads either path's report alike."""
+    if not model.startswith("hf:"):
+        raise SlimnetError(f"--low-memory shrinks a Hugging Face folder (hf:FOLDER), not {model}")
+    if not plain:
+        raise SlimnetError(
+            "--low-memory writes a standard Hugging Face folder from --ratio alone: --data, repairs, --onnx, "
+            "--weights, --input and a .pt output need --in-memory"
+        )
+    from ..llm.shrink import shrink_folder  # lazy: CLI start-up
+
+    replacing = Replacing([*([plan_path] if plan_path is not None else [])])
+    report = shrink_folder(model[3:], out_path, settings, model_name=model, log=None if quiet else tell)
+    if plan_path is not None:  # beside the folder too, as the in-memory path writes it
+        tmp = Path(plan_path).with_name(f".{Path(plan_path).name}.tmp")
+        shutil.copyfile(Path(out_path) / "slimnet_plan.json", tmp)
+        os.replace(tmp, plan_path)
+    before, after = report["params"]
+    report.update(params_before=before, params_after=after, macs=[None, None], macs_before=None, macs_after=None)
+    report["macs_note"] = "not counted on the low-memory path (nothing is traced): give --in-memory for MACs"
+    report.update(exact=bool(report["verified"]), verify_compared="each decoder layer against its masked original")
+    report["timings"] = {"total": report["seconds"]}
+    report.update(replacing.done(quiet=quiet), **size_fields(report))
+    if as_json:
+        emit_json(report)
+        return
+    say(
+        f"slimnet shrink {model} (low-memory path, {report['layers']} layers): params {before:,} -> {after:,} "
+        f"({before / max(after, 1):.2f}x); per layer heads {report['heads'][0]} -> {report['heads'][1]}, key/value "
+        f"heads {report['kv_heads'][0]} -> {report['kv_heads'][1]}, MLP {report['intermediate'][0]} -> "
+        f"{report['intermediate'][1]}; criterion {report['criterion']}, ratio {report['ratio']}, round-to "
+        f"{report['round_to']}; took {report['seconds']:.1f} s"
+    )
+    if report["verified"]:
+        say(
+            f"verified layer by layer against the masked original: max abs diff {report['max_abs_diff']:.3g} "
+            f"(tolerance {report['tolerance']:.3g})"
+        )
+    say(f"wrote {report['output']} (a standard Hugging Face folder; plan in {report['plan']})")
 
 
 def depth_lines(report: dict[str, Any]) -> list[str]:

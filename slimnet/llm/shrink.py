@@ -20,7 +20,6 @@ Memory: one decoder layer's tensors, their float32 scratch for the criterion, an
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -317,45 +316,3 @@ def _copy_others(folder: Path, dest: Path) -> list[str]:
         shutil.copy2(p, dest / p.name)
         copied.append(p.name)
     return copied
-
-
-def run_cli(
-    model: str,
-    out_path: Path,
-    settings: ShrinkSettings,
-    plain: bool,
-    as_json: bool,
-    quiet: bool,
-    plan_path: Path | None = None,
-) -> None:
-    """``slimnet shrink hf:FOLDER`` on the low-memory path: the per-layer progress on stderr (unless ``quiet``),
-    then the summary on stdout (or the ``--json`` report)."""
-    if not model.startswith("hf:"):
-        raise SlimnetError(f"--low-memory shrinks a Hugging Face folder (hf:FOLDER), not {model}")
-    if not plain:
-        raise SlimnetError(
-            "--low-memory writes a standard Hugging Face folder from --ratio alone: --data, repairs, --onnx, "
-            "--weights, --input and a .pt output need --in-memory"
-        )
-    report = shrink_folder(model[3:], out_path, settings, model_name=model, log=None if quiet else _stderr)
-    if plan_path is not None:  # beside the folder too, as the in-memory path writes it
-        tmp = Path(plan_path).with_name(f".{Path(plan_path).name}.tmp")
-        shutil.copyfile(Path(out_path) / PLAN_FILE, tmp)
-        os.replace(tmp, plan_path)
-    if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
-        return
-    before, after = report["params"]
-    print(
-        f"slimnet shrink {model} (low-memory path, {report['layers']} layers): params {before:,} -> {after:,} "
-        f"({before / max(after, 1):.2f}x); per layer heads {report['heads'][0]} -> {report['heads'][1]}, key/value "
-        f"heads {report['kv_heads'][0]} -> {report['kv_heads'][1]}, MLP {report['intermediate'][0]} -> "
-        f"{report['intermediate'][1]}; criterion {report['criterion']}, ratio {report['ratio']}, round-to "
-        f"{report['round_to']}; took {report['seconds']:.1f} s"
-    )
-    if report["verified"]:
-        print(
-            f"verified layer by layer against the masked original: max abs diff {report['max_abs_diff']:.3g} "
-            f"(tolerance {report['tolerance']:.3g})"
-        )
-    print(f"wrote {report['output']} (a standard Hugging Face folder; plan in {report['plan']})")
