@@ -38,13 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from slimnet.allocate.counts import keep_count  # noqa: E402 - after the path above
+from slimnet.allocate.decoder import MLP_MULTIPLE  # noqa: E402
 
 COMMAND = "PYTHONPATH=. OMP_NUM_THREADS=1 python tools/llm_study.py --windows 20"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGETS = (0.20, 0.40)
 CRITERIA = ("l1", "activation", "wanda")
 DEPTH_OPTION = "--drop-layers"  # shrink's depth option (issue 24 item 3); rows with it skip while it is absent
-DISTILL_MARKER = "--checkpoint-dir"  # distill's LM-at-scale option (issue 24 item 6); the distilled row skips without it
+DISTILL_MARKER = (
+    "--checkpoint-dir"  # distill's LM-at-scale option (issue 24 item 6); the distilled row skips without it
+)
 ANCHORS = [
     ("LLM-Pruner (Ma et al. 2023)", "LLaMA-7B", "-20% params, no tuning", "12.6 -> 19.1 (WikiText-2)"),
     ("FLAP (An et al. 2024)", "LLaMA-7B", "-20% params, no retraining", "12.6 -> 14.6"),
@@ -109,13 +112,13 @@ def non_embedding(cfg: dict[str, Any], params: int) -> int:
 
 def predicted_removed(cfg: dict[str, Any], ratio: float, head_ratio: float, round_to: int) -> int:
     """Parameters a uniform width cut removes from a Llama (slimnet's rounding: whole KV groups of heads, MLP
-    units to ``round_to``); used to pick the ratio for a target, then checked against shrink's own count."""
+    units to ``round_to`` or 64, whichever is larger); used to pick the ratio for a target, then checked against shrink's own count."""
     h, inter = cfg["hidden_size"], cfg["intermediate_size"]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     dim = cfg.get("head_dim") or h // heads
     per_group = (heads // kv) * dim * h * 2 + dim * h * 2  # q and o of the group's query heads, its k and v
     kept_groups = keep_count(kv, head_ratio, round_to, (heads // kv) * dim)
-    kept_units = keep_count(inter, ratio, round_to)
+    kept_units = keep_count(inter, ratio, max(round_to, MLP_MULTIPLE))  # a decoder's MLP rounds to 64
     return cfg["num_hidden_layers"] * ((kv - kept_groups) * per_group + (inter - kept_units) * 3 * h)
 
 

@@ -140,6 +140,15 @@ DropLayers = Annotated[
         "with --ratio, the width is cut afterwards.",
     ),
 ]
+HiddenRatio = Annotated[
+    Optional[float],
+    typer.Option(
+        "--hidden-ratio",
+        help="hf: decoder LMs: remove this share of the residual stream's channels (hidden_size, to a multiple of "
+        "64), ranked by activation on --data; an approximation (reported as exact: false, with its KL and top-1 "
+        "agreement), after --drop-layers and before --ratio.",
+    ),
+]
 LayerRank = Annotated[
     str,
     typer.Option(
@@ -188,6 +197,7 @@ def shrink(
     ratios_from: RatiosFrom = None,
     drop_layers: DropLayers = None,
     layer_rank: LayerRank = "block-influence",
+    hidden_ratio: HiddenRatio = None,
     trust_pickle: TrustPickle = False,
     in_memory: InMemory = None,
     progress: ShowProgress = None,
@@ -215,35 +225,23 @@ def shrink(
             [data, recalibrate_bn, compensate_bias, reconstruct, onnx, weights, input_file, ratios_from, input_shape]
         )
         streamed = in_memory is False or (in_memory is None and streams_hf(model, settings, plain))
-        if drop_layers is None and streamed:
+        if drop_layers is None and hidden_ratio is None and streamed:
             return shrink_low_memory(model, out_path, settings, plain, as_json, progress is False, plan_path)
         replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
-        depth, name = None, model
-        if drop_layers is not None:  # depth first (slimnet.llm.depth); the width cut, if asked, on its output
+        name = model
+        steps = lm_steps(drop_layers, layer_rank, hidden_ratio, data, calib_batch_size, calib_batches, stages)
+        done: dict[str, dict[str, Any]] = {}
+        if steps:
             targets = any(s.get(k) is not None for k in recipes.TARGET_KEYS)
-            width = explicit_ratio or targets or bool(allocation["ratios"])
-            if not width and onnx:
-                raise SlimnetError("--onnx with --drop-layers alone: export the written folder, or add --ratio")
-            if parse_spec(model).kind != "hf":
-                raise SlimnetError(f"--drop-layers needs a Hugging Face decoder LM (hf:FOLDER); {model} is not one")
-            if not (folder or width):
-                raise SlimnetError("--drop-layers writes a Hugging Face folder: give -o NAME without .pt")
-            from .._util import scratch_dir  # lazy: CLI start-up
-            from ..llm.depth import shrink_depth  # lazy: CLI start-up
-
-            dest = scratch.enter_context(scratch_dir(out_path)) / "depth" if width else out_path
-            with shown:  # without a width cut the depth cut is the output; with one, the model the cut reads
-                depth = shrink_depth(
-                    model, drop_layers, layer_rank, data, calib_batch_size, calib_batches, dest, stages
-                )
-            model = f"hf:{dest}" if width else model
+            width = bool(explicit_ratio or targets or allocation["ratios"])
+            model, done = run_lm_steps(steps, model, out_path, width, folder, onnx, scratch, shown)
             if not width:
-                depth["timings"] = stages.rounded()
+                report = lm_steps_report(name, done, stages.rounded())
                 if as_json:
-                    emit_json(depth)
+                    emit_json(report)
                 else:
-                    for line in depth_lines(depth):
+                    for line in lm_steps_lines(report):
                         say(line)
                 return
         with shown:
@@ -272,12 +270,16 @@ def shrink(
                 sensitivity=sens,
             )
             report = write_outputs(result, example, stages, out_path, plan_path, onnx_path, folder)
-        if depth is not None:
-            report["depth"] = depth["depth"]
-            if folder:
-                from ..llm.depth import add_plan_entry  # lazy: CLI start-up
+        for key, step_report in done.items():
+            report[key] = step_report[key]
+        if folder and done:
+            from ..llm.depth import PLAN_FILE, add_plan_entry  # lazy: CLI start-up
 
-                add_plan_entry(out_path, {k: depth["depth"][k] for k in ("dropped", "scores", "rank")})
+            previous = Path(parse_spec(model).target) / PLAN_FILE  # the last step's folder: its entries
+            for key in done:
+                add_plan_entry(out_path, _plan_entry(key, done[key][key], previous), key=key)
+        if "hidden" in done:
+            report["exact"] = False  # the residual width is an approximation, whatever the width cut was
         report["timings"] = stages.rounded()
         report.update(replacing.done(quiet=progress is False), **size_fields(report))
         if as_json:
@@ -333,15 +335,101 @@ def shrink_low_memory(
     say(f"wrote {report['output']} (a standard Hugging Face folder; plan in {report['plan']})")
 
 
-def depth_lines(report: dict[str, Any]) -> list[str]:
-    """The text report of ``--drop-layers`` without a width cut."""
-    from ..llm.depth import report_lines  # lazy: CLI start-up
+Step = tuple[str, str, Any]  # (report key, option, step(model, dest) -> report)
 
+
+def lm_steps(
+    drop_layers: Optional[int], layer_rank: str, hidden_ratio: Optional[float], data: Optional[str],
+    batch_size: int, calib_batches: int, stages: Any,
+) -> list[Step]:  # fmt: skip
+    """The folder-to-folder cuts of a decoder LM asked for, in their order: depth (:mod:`slimnet.llm.depth`),
+    then the residual width (:mod:`slimnet.llm.hidden`); the width cut, if any, runs on the last one's output."""
+    steps: list[Step] = []
+    if drop_layers is not None:
+        from ..llm.depth import shrink_depth  # lazy: CLI start-up
+
+        steps.append(("depth", "--drop-layers", lambda m, d: shrink_depth(
+            m, drop_layers, layer_rank, data, batch_size, calib_batches, d, stages)))  # fmt: skip
+    if hidden_ratio is not None:
+        from ..llm.hidden import shrink_hidden  # lazy: CLI start-up
+
+        steps.append(("hidden", "--hidden-ratio", lambda m, d: shrink_hidden(
+            m, hidden_ratio, data, batch_size, calib_batches, d, stages)))  # fmt: skip
+    return steps
+
+
+def run_lm_steps(
+    steps: list[Step], model: str, out_path: Path, width: bool, folder: bool, onnx: Optional[str],
+    scratch: ExitStack, shown: Any,
+) -> tuple[str, dict[str, dict[str, Any]]]:  # fmt: skip
+    """Run ``steps`` one after the other, each on the folder the previous wrote: the last into ``out_path``
+    unless a width cut follows (``width``), the others into a scratch folder beside it (gone at the end). The
+    model the width cut reads, and each step's report by key."""
+    flags = " and ".join(flag for _, flag, _ in steps)
+    if not width and onnx:
+        raise SlimnetError(f"--onnx with {flags} alone: export the written folder, or add --ratio")
+    if parse_spec(model).kind != "hf":
+        raise SlimnetError(f"{flags} needs a Hugging Face decoder LM (hf:FOLDER); {model} is not one")
+    if not (folder or width):
+        raise SlimnetError(f"{flags} writes a Hugging Face folder: give -o NAME without .pt")
+    from .._util import scratch_dir  # lazy: CLI start-up
+
+    work = scratch.enter_context(scratch_dir(out_path))
+    done: dict[str, dict[str, Any]] = {}
+    for i, (key, _flag, step) in enumerate(steps):
+        dest = out_path if i == len(steps) - 1 and not width else work / key
+        with shown:
+            done[key] = step(model, dest)
+        model = f"hf:{dest}"
+    return model, done
+
+
+def _plan_entry(key: str, described: dict[str, Any], previous: Path) -> dict[str, Any]:
+    """The slimnet_plan.json entry of an LM step, as its own folder recorded it (the report holds less)."""
+    import json
+
+    if previous.is_file():
+        entry = json.loads(previous.read_text()).get(key)
+        if entry is not None:
+            return {k: v for k, v in entry.items() if k != "previous"}
+    return {k: described[k] for k in ("dropped", "scores", "rank") if k in described}
+
+
+def lm_steps_report(model: str, done: dict[str, dict[str, Any]], timings: dict[str, float]) -> dict[str, Any]:
+    """The ``--json`` report of ``--drop-layers`` / ``--hidden-ratio`` without a width cut: the last step's
+    report, each step's object (``depth``, ``hidden``), params from the first input to the output."""
+    reports = list(done.values())
+    report = {**reports[-1], "model": model}
+    report["params"] = [reports[0]["params"][0], reports[-1]["params"][1]]
+    report["params_before"], report["params_after"] = report["params"]
+    report["exact"] = all(r["exact"] for r in reports)
+    for key, r in done.items():
+        report[key] = r[key]
+    report["timings"] = timings
+    return report
+
+
+def lm_steps_lines(report: dict[str, Any]) -> list[str]:
+    """The text report of ``--drop-layers`` / ``--hidden-ratio`` without a width cut."""
+    lines = step_lines(report)
     p = report["params"]
-    lines = report_lines(report)
     lines.append(f"params {fmt(p[0])} -> {fmt(p[1])} ({_times(p[0], p[1])})")
     lines.append(took(report.get("timings") or {}))
-    lines.append(f"wrote {report['output']} (dropped layers recorded in {report['plan']})")
+    lines.append(f"wrote {report['output']} (what was cut recorded in {report['plan']})")
+    return lines
+
+
+def step_lines(report: dict[str, Any]) -> list[str]:
+    """The lines of the LM steps in ``report`` (depth, then residual width)."""
+    lines = []
+    if report.get("depth"):
+        from ..llm.depth import report_lines  # lazy: CLI start-up
+
+        lines += report_lines(report)
+    if report.get("hidden"):
+        from ..llm.hidden import report_lines as hidden_lines  # lazy: CLI start-up
+
+        lines += hidden_lines(report)
     return lines
 
 
@@ -394,11 +482,8 @@ def print_report(report: dict[str, Any]) -> None:
             skipped.add_row(s["group"], s["reason"])
         show(skipped)
     alloc.print_target(report)
-    if report.get("depth"):  # --drop-layers before the width cut
-        from ..llm.depth import report_lines  # lazy: CLI start-up
-
-        for line in report_lines(report):
-            say(line)
+    for line in step_lines(report):  # --drop-layers / --hidden-ratio before the width cut
+        say(line)
     for line in repair_lines(report):
         say(line)
     say(took(report.get("timings") or {}))

@@ -36,7 +36,7 @@ import os
 import re
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,9 +464,9 @@ def _derived_lists(source: Source) -> dict[str, Any]:
     return {k: list(getattr(config, k)) for k in PER_LAYER_KEYS if isinstance(getattr(config, k, None), list)}
 
 
-def add_plan_entry(folder: Path, entry: dict[str, Any], previous: Path | None = None) -> None:
-    """Record ``entry`` as ``depth`` in ``folder``'s slimnet_plan.json, keeping what is already there (or, for a
-    new folder, what ``previous`` held)."""
+def add_plan_entry(folder: Path, entry: dict[str, Any], previous: Path | None = None, key: str = "depth") -> None:
+    """Record ``entry`` as ``key`` (``depth``; ``hidden`` for :mod:`slimnet.llm.hidden`) in ``folder``'s
+    slimnet_plan.json, keeping what is already there (or, for a new folder, what ``previous`` held)."""
     plan_file = folder / PLAN_FILE
     source = plan_file if plan_file.is_file() else previous
     plan: dict[str, Any] = {}
@@ -475,16 +475,24 @@ def add_plan_entry(folder: Path, entry: dict[str, Any], previous: Path | None = 
             plan = json.loads(source.read_text())
         except ValueError:
             plan = {}
-    if "depth" in plan:
-        entry = {**entry, "previous": plan["depth"]}
-    plan["depth"] = entry
+    if key in plan:
+        entry = {**entry, "previous": plan[key]}
+    plan[key] = entry
     plan_file.write_text(json.dumps(plan, indent=2) + "\n")
 
 
-def _copy_tensors(src: Path, mapping: dict[str, str], dest: Path) -> int:
+def _copy_tensors(
+    src: Path,
+    mapping: dict[str, str],
+    dest: Path,
+    shape_of: Callable[[str, list[int]], list[int]] | None = None,
+    transform: Callable[[str, Any], Any] | None = None,
+) -> int:
     """A safetensors file holding ``src``'s tensors ``mapping`` keys, under the new names: header first (the
     shapes and dtypes are in ``src``'s header), then each tensor's bytes, one tensor in memory at a time.
-    Returns the bytes of tensor data written."""
+    ``shape_of(key, shape)`` / ``transform(key, tensor)``: a tensor's new shape and the tensor cut to it (same
+    dtype; :mod:`slimnet.llm.hidden` slices the residual axis this way). Returns the bytes of tensor data
+    written."""
     from safetensors import safe_open  # lazy: optional dependency
 
     with safe_open(str(src), framework="pt") as f:
@@ -497,6 +505,7 @@ def _copy_tensors(src: Path, mapping: dict[str, str], dest: Path) -> int:
             sl = f.get_slice(k)
             shape, dtype = list(sl.get_shape()), sl.get_dtype()
             width = _DTYPE_BYTES.get(dtype) or f.get_tensor(k).element_size()
+            shape = shape_of(k, shape) if shape_of is not None else shape
             sizes[k] = math.prod(shape) * width
             header[mapping[k]] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + sizes[k]]}
             offset += sizes[k]
@@ -506,7 +515,8 @@ def _copy_tensors(src: Path, mapping: dict[str, str], dest: Path) -> int:
             out.write(struct.pack("<Q", len(raw)))
             out.write(raw)
             for k in order:
-                t = f.get_tensor(k).contiguous()
+                t = f.get_tensor(k)
+                t = (transform(k, t) if transform is not None else t).contiguous()
                 data = t.reshape(-1).view(_torch().uint8).numpy().tobytes() if t.numel() else b""
                 if len(data) != sizes[k]:
                     raise SlimnetError(f"{src}: tensor {k} holds {len(data)} bytes, its header says {sizes[k]}")
