@@ -44,6 +44,7 @@ COMMAND = "PYTHONPATH=. OMP_NUM_THREADS=1 python tools/llm_study.py --windows 20
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TARGETS = (0.20, 0.40)
 CRITERIA = ("l1", "activation", "wanda")
+HIDDEN_OPTION = "--hidden-ratio"  # shrink's residual-width option (issue 24 item 4)
 DEPTH_OPTION = "--drop-layers"  # shrink's depth option (issue 24 item 3); rows with it skip while it is absent
 DISTILL_MARKER = (
     "--checkpoint-dir"  # distill's LM-at-scale option (issue 24 item 6); the distilled row skips without it
@@ -112,7 +113,8 @@ def non_embedding(cfg: dict[str, Any], params: int) -> int:
 
 def predicted_removed(cfg: dict[str, Any], ratio: float, head_ratio: float, round_to: int) -> int:
     """Parameters a uniform width cut removes from a Llama (slimnet's rounding: whole KV groups of heads, MLP
-    units to ``round_to`` or 64, whichever is larger); used to pick the ratio for a target, then checked against shrink's own count."""
+    units to ``round_to`` or 64, whichever is larger); used to pick the ratio for a target, then checked against
+    shrink's own count."""
     h, inter = cfg["hidden_size"], cfg["intermediate_size"]
     heads, kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     dim = cfg.get("head_dim") or h // heads
@@ -211,12 +213,25 @@ def rows_to_run(cfg: dict[str, Any], dense_params: int, args: argparse.Namespace
         rows.append({"id": f"both-{target:.2f}", "method": f"width (wanda, MLP only) + depth ({DEPTH_OPTION} {half})",
                      "target": target, "ratio": r, "head_ratio": 0.0, "criterion": "wanda",
                      "shrink": [DEPTH_OPTION, str(half)], "needs": ("shrink", DEPTH_OPTION)})  # fmt: skip
+    for share in (0.111, 0.222):  # the residual stream 576 -> 512 and -> 448 channels (issue 24 item 4)
+        kept = keep_count(cfg["hidden_size"], share, 64)
+        what = f"residual width (--hidden-ratio {share:g}: {cfg['hidden_size']} -> {kept}), approximate"
+        rows.append({"id": f"hidden-{share:.3f}", "target": None, "method": what, "ratio": 0.0, "head_ratio": 0.0,
+                     "shrink": [HIDDEN_OPTION, f"{share:g}"], "criterion": "activation",
+                     "needs": ("shrink", HIDDEN_OPTION)})  # fmt: skip
     tokens = args.distill_steps * args.distill_batch * args.distill_window
-    rows.append({"id": "wanda-mlp-0.20-distilled", "target": 0.20, "from": "wanda-mlp-0.20", "distill": True,
-                 "method": f"width, wanda, MLP only, + distill {args.distill_steps} steps ({tokens / 1e3:.0f}K tokens)",
-                 "shrink": ["distill", args.distill_steps, args.distill_batch, args.distill_window, args.distill_lr],
-                 "needs": ("distill", DISTILL_MARKER)})  # fmt: skip
+    recipe = ["distill", args.distill_steps, args.distill_batch, args.distill_window, args.distill_lr]
+    for parent, what in (("wanda-mlp-0.20", "width, wanda, MLP only"), ("depth-0.20", f"depth ({DEPTH_OPTION} 6)")):
+        rows.append({"id": f"{parent}-distilled", "target": 0.20, "from": parent, "distill": True,
+                     "method": f"{what}, + distill {args.distill_steps} steps ({tokens / 1e3:.0f}K tokens)",
+                     "shrink": recipe, "needs": ("distill", DISTILL_MARKER)})  # fmt: skip
     return rows
+
+
+def removed_share(folder: Path, params_after: int, base: dict[str, Any]) -> float:
+    """The share of the dense model's non-embedding parameters gone, whatever removed them (depth, width, the
+    residual width: the written folder's own embedding, from its config.json, is not counted)."""
+    return 1 - non_embedding(config_of(folder), params_after) / base["non_embedding"]
 
 
 def run_row(row: dict[str, Any], dense: Path, calib: Path, args: argparse.Namespace, base: dict[str, Any],
@@ -248,19 +263,20 @@ def run_row(row: dict[str, Any], dense: Path, calib: Path, args: argparse.Namesp
         result = {**row, "params": parent["params"], "removed_share": parent["removed_share"],
                   "shrink_s": run["seconds"], "shrink_rss_gb": run["rss_gb"], "verified": None}  # fmt: skip
         return {**result, **evaluate(out, dense, args, logs, row["id"])}
-    cmd = slimnet("shrink", f"hf:{dense}", "-o", str(out), "--ratio", f"{row['ratio']:g}", "--head-ratio",
-                  f"{row['head_ratio']:g}", "--criterion", row["criterion"], "--round-to", str(args.round_to),
-                  *row["shrink"], "--json", "--quiet")  # fmt: skip
-    if row["criterion"] != "l1" or "--reconstruct" in row["shrink"] or DEPTH_OPTION in row["shrink"]:
+    width = [] if not (row["ratio"] or row["head_ratio"]) else [
+        "--ratio", f"{row['ratio']:g}", "--head-ratio", f"{row['head_ratio']:g}", "--criterion", row["criterion"],
+        "--round-to", str(args.round_to)]  # fmt: skip
+    cmd = slimnet("shrink", f"hf:{dense}", "-o", str(out), *width, *row["shrink"], "--json", "--quiet")
+    if row["criterion"] != "l1" or set(row["shrink"]) & {"--reconstruct", DEPTH_OPTION, HIDDEN_OPTION}:
         cmd += ["--data", str(calib), "--calib-batches", str(args.calib_batches), "--calib-batch-size",
                 str(args.calib_rows // args.calib_batches)]  # fmt: skip
     run = timed(cmd, logs / f"{row['id']}.log")
     if run["rc"] != 0:
         return failed(row, run)
     rep = json.loads(run["stdout"])
-    removed = rep["params_before"] - rep["params_after"]
     predicted = predicted_removed(base["config"], row["ratio"], row["head_ratio"], args.round_to)
-    result = {**row, "params": rep["params_after"], "removed_share": removed / base["non_embedding"],
+    result = {**row, "params": rep["params_after"], "removed_share": removed_share(out, rep["params_after"], base),
+              "approximation": (rep.get("hidden") or {}).get("approximation"),
               "predicted_share": predicted / base["non_embedding"], "shrink_s": run["seconds"],
               "shrink_rss_gb": run["rss_gb"], "verified": rep.get("verified"), "max_abs_diff": rep.get("max_abs_diff"),
               "fidelity": rep.get("fidelity")}  # fmt: skip
@@ -268,19 +284,27 @@ def run_row(row: dict[str, Any], dense: Path, calib: Path, args: argparse.Namesp
 
 
 # ------------------------------------------------------------------------------------------ the section
+def _target(r: dict[str, Any]) -> str:
+    return "-" if r.get("target") is None else f"{r['target']:.0%}"
+
+
 def fmt_row(r: dict[str, Any], dense_ppl: Optional[float]) -> str:
     if "skipped" in r:
-        return f"| {r['method']} | {r['target']:.0%} | - | - | - | - | - | skipped: {r['skipped']} |"
+        return f"| {r['method']} | {_target(r)} | - | - | - | - | - | skipped: {r['skipped']} |"
     if "error" in r or "ppl" not in r:
-        return f"| {r['method']} | {r['target']:.0%} | - | - | - | - | - | failed: {r.get('error', '?')} |"
-    ratio = "-" if r["shrink"] is None or r.get("distill") else f"{r['ratio']:g} / {r['head_ratio']:g}"
+        return f"| {r['method']} | {_target(r)} | - | - | - | - | - | failed: {r.get('error', '?')} |"
+    plain = r["shrink"] is None or r.get("distill") or not (r.get("ratio") or r.get("head_ratio"))
+    ratio = "-" if plain else f"{r['ratio']:g} / {r['head_ratio']:g}"
     times = f"eval {r['eval_s']:.0f} s, {r['eval_rss_gb']:.1f} GB"
     if "shrink_s" in r:
         what = "distill" if r.get("distill") else "shrink"
         times = f"{what} {r['shrink_s']:.0f} s, {r['shrink_rss_gb']:.1f} GB; " + times
     ratio_x = f"{r['ppl'] / dense_ppl:.2f}x" if dense_ppl else "-"
     verified = {True: "yes", False: "NO", None: "-"}[r.get("verified")]
-    return (f"| {r['method']} | {r['target']:.0%} | {ratio} | {r['removed_share']:.1%} | {r['params'] / 1e6:.1f}M "
+    if r.get("approximation"):  # --hidden-ratio: verified against the masked original; its distance to the dense
+        a = r["approximation"]
+        verified += f" (masked original); KL to dense {a['kl']:.3g}, top-1 kept {a['top1_agreement']:.1%}"
+    return (f"| {r['method']} | {_target(r)} | {ratio} | {r['removed_share']:.1%} | {r['params'] / 1e6:.1f}M "
             f"| {r['ppl']:.2f} | {ratio_x} | {times}; verified {verified} |")  # fmt: skip
 
 
@@ -328,19 +352,26 @@ def section(results: list[dict[str, Any]], args: argparse.Namespace, base: dict[
 
 
 def verdict(results: list[dict[str, Any]], dense_ppl: Optional[float]) -> list[str]:
-    """The goal of issue 24 (no training, -20% non-embedding: <= 3x dense perplexity), said from the numbers."""
+    """The goals of issue 24 at -20% non-embedding parameters (no training: <= 3x dense perplexity; after a
+    short distillation: <= 1.5x), said from the numbers."""
     if not dense_ppl:
         return ["No dense perplexity was measured: no verdict."]
-    cands = [r for r in results if "ppl" in r and r.get("target") == 0.20 and not r.get("distill")]
-    if not cands:
-        return ["No row at -20% was measured: no verdict."]
-    best = min(cands, key=lambda r: r["ppl"])
-    met = best["ppl"] <= 3 * dense_ppl
-    return [
-        f"**Goal (no training, -20% non-embedding parameters, perplexity <= 3x dense = {3 * dense_ppl:.1f}): "
-        f"{'met' if met else 'not met'}.** Best row at -20%: {best['method']}, perplexity {best['ppl']:.2f} "
-        f"({best['ppl'] / dense_ppl:.2f}x dense {dense_ppl:.2f}).",
-    ]
+    out = []
+    for distilled, limit, name in ((False, 3.0, "no training"), (True, 1.5, "after a short distillation")):
+        cands = [r for r in results if "ppl" in r and r.get("target") == 0.20 and bool(r.get("distill")) == distilled]
+        if not cands:
+            out.append(f"No -20% row {name} was measured: no verdict.")
+            continue
+        best = min(cands, key=lambda r: r["ppl"])
+        met = best["ppl"] <= limit * dense_ppl
+        out.append(
+            f"**Goal ({name}, -20% non-embedding parameters, perplexity <= {limit:g}x dense = "
+            f"{limit * dense_ppl:.1f}): {'met' if met else 'not met'}.** Best row: {best['method']} "
+            f"({best['removed_share']:.1%} removed), perplexity {best['ppl']:.2f} ({best['ppl'] / dense_ppl:.2f}x "
+            f"dense {dense_ppl:.2f})."
+        )
+        out.append("")
+    return out[:-1] if out and out[-1] == "" else out
 
 
 def ANCHOR_LINES() -> list[str]:  # noqa: N802 - a constant block, built once
@@ -396,17 +427,28 @@ karpathy/char-rnn) split at a line boundary into disjoint calibration (~1.0 MB) 
 
 ### Reading the rows
 
-* **Depth, width + depth, distilled**: hooks. The rows run once `slimnet shrink --drop-layers` (depth pruning,
-  issue 24 item 3) and LM distillation (item 6) are merged; until then they are skipped with a note. Rerun the
-  command above after merging: the finished rows come from the cache, only the new ones run.
-* **What might bring width pruning under 3x** (none of it is in slimnet today unless noted): per-layer
-  allocation (keep the first and last layers wider: their removal hurts most, as ShortGPT's block influence
-  shows; `slimnet sensitivity --metric ppl --text builtin:shakespeare-eval` measures it per group); keeping
-  attention whole and cutting the MLP only (the `MLP only` rows); least-squares reconstruction of the layers
-  that read the pruned channels (`--reconstruct`, FLAP's bias compensation is the same idea) with enough
-  calibration tokens (Wanda and FLAP use 128 x 2048; the rows here use far fewer); a finer head granularity
-  than whole KV groups (3 groups of 3 heads here: a uniform cut cannot remove less than 1/3 of attention);
-  and a short distillation (the distilled row).
+* **Depth** (`--drop-layers`, ranked by block influence on the calibration rows) is exact: the written folder's
+  logits equal the original's with those layers skipped, so the perplexity lost is what the layers did. At -20%
+  it is the best row without training; at -40% activation-ranked width does better.
+* **Width + depth**: half of the target from each (the MLP-only wanda cut on the layers left) is worse than
+  either alone here.
+* **MLP widths round to 64** (the decoder rule that keeps runtimes' kernels fast): an MLP-only cut moves in steps
+  of 64 units x 30 layers x 3 x 576 = 3.3M parameters (3.1% of the non-embedding ones), so the MLP-only rows
+  near -20% remove 18.7% (the nearest step; the next is 21.9%). The `removed` column is what was removed.
+* **Distilled rows**: `slimnet distill hf:STUDENT --teacher hf:DENSE --data builtin:shakespeare-calib --steps
+  100 --window 256 --batch-size 4` (AdamW lr 1e-4, warm-up then cosine, logit KL at temperature 1), one process
+  on the 2 CPU cores. The distillation text is the calibration part of Tiny Shakespeare, disjoint from the
+  evaluation part but of the same kind: the rows say how much of the cut's damage 100K in-domain tokens repair
+  (the student nears its teacher's 36.6), not how the student does on general text, for which no text ships.
+* **Residual width** (`--hidden-ratio`) is an approximation (`exact: false` in the report): every RMSNorm
+  normalises over fewer channels. What is verified is that the written folder equals the masked original (the
+  dropped channels zeroed, the norms rescaled); the KL and top-1 columns measure its distance to the dense model
+  on the calibration tokens. The embedding shrinks too, which the non-embedding `removed` share does not count.
+* **What might do better** (none of it is in slimnet today unless noted): per-layer allocation (keep the first
+  and last layers wider; `slimnet sensitivity --metric ppl --text builtin:shakespeare-eval` measures it per
+  group); more calibration tokens (Wanda and FLAP use 128 x 2048; the rows here use 64 x ~250); a finer head
+  granularity than whole KV groups (3 groups of 3 heads here: a uniform cut cannot remove less than 1/3 of
+  attention); and a longer distillation on general text.
 """
 
 
@@ -450,7 +492,7 @@ def main() -> None:
         elif only and row["id"] not in only:
             result = hit or {**row, "skipped": "not run (--only)"}
         else:
-            log(f"row {row['id']}: {row['method']} at {row['target']:.0%}")
+            log(f"row {row['id']}: {row['method']} at {_target(row)}")
             result = run_row(row, dense, calib, args, base, done)
             log(f"row {row['id']}: " + (f"ppl {result['ppl']:.2f}" if "ppl" in result else
                                         result.get("skipped") or result.get("error", "?")))  # fmt: skip
