@@ -224,7 +224,7 @@ def test_ratio_means_the_share_dropped_and_nothing_else() -> None:
         # option names and recipe keys only; no "ratio" as a factor ("calibration" is another word)
         words = re.findall(r"[\w-]*ratio[\w-]*", text.replace("alibration", ""))
         assert set(words) <= {"ratio", "--ratio", "--ratios", "--head-ratio", "head_ratio", "--max-layer-ratio",
-                              "max_layer_ratio", "ratios", "--ratios-from"}, words  # fmt: skip
+                              "max_layer_ratio", "ratios", "--ratios-from", "--hidden-ratio"}, words  # fmt: skip
         if command == "shrink":
             assert "Share of each prunable group's channels to drop" in text
 

@@ -232,3 +232,45 @@ def test_layer_verification_catches_a_wrong_cut(tmp_path: Path, monkeypatch: pyt
     with pytest.raises(VerificationError, match="layer 0"):
         shrink_folder(src, tmp_path / "bad", ShrinkSettings(ratio=0.5), log=None)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "family,criterion", [("llama", "wanda"), ("qwen2", "activation"), ("phi3", "wanda"), ("gemma", "apoz")]
+)
+def test_data_criteria_layer_by_layer_match_in_memory(tmp_path: Path, family: str, criterion: str) -> None:
+    """--data with wanda/activation/apoz takes the low-memory path by itself: the calibration hidden states go
+    through one layer at a time, and the statistics, plan and tensors are the in-memory path's."""
+    pytest.importorskip("tokenizers")
+    from .test_llm_depth import LINES, save_tokenizer
+
+    src = write_model(tmp_path / family, family)
+    save_tokenizer(src)
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(LINES * 3) + "\n")
+    runner = cli_runner()
+    common = ["--criterion", criterion, "--ratio", "0.5", "--data", str(calib), "--calib-batches", "3",
+              "--calib-batch-size", "4", "--json", "--quiet"]  # fmt: skip
+    r = runner.invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "low"), *common])
+    assert r.exit_code == 0, r.output
+    low = json.loads(r.stdout)
+    assert low["path"] == "low-memory" and low["verified"] is True
+    r = runner.invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "mem"), *common, "--in-memory"])
+    assert r.exit_code == 0, r.output
+    got, want = folder_tensors(tmp_path / "low"), folder_tensors(tmp_path / "mem")
+    assert set(got) == set(want)
+    for name, t in got.items():
+        assert torch.equal(t, want[name]), name
+    p_low = json.loads((tmp_path / "low" / PLAN_FILE).read_text())["tensors"]
+    p_mem = json.loads((tmp_path / "mem" / PLAN_FILE).read_text())["tensors"]
+    assert p_low == p_mem and p_low
+    r = runner.invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "l1"), "--ratio", "0.5", "--quiet"])
+    assert r.exit_code == 0, r.output
+    if criterion == "wanda":  # the data changed the choice: not the weight ranking under another name
+        assert json.loads((tmp_path / "l1" / PLAN_FILE).read_text())["tensors"] != p_low
+
+
+def test_low_memory_data_criterion_without_data_is_refused(tmp_path: Path) -> None:
+    src = write_model(tmp_path / "m", "llama")
+    r = cli_runner().invoke(app, ["shrink", f"hf:{src}", "-o", str(tmp_path / "x"), "--low-memory", "-c", "wanda"])
+    assert r.exit_code != 0 and "--data" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x").exists()

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import SlimnetError, VerificationError
-from ..llm.families import streams_hf
+from ..llm.families import DATA_CRITERIA, streams_hf
 from ..load.spec import check_model, parse_spec
 from ..settings import (
     DEFAULT_MAX_LAYER_RATIO,
@@ -222,11 +222,13 @@ def shrink(
         inputs = [weights, input_file, data, ratios_from, recipe, ratios]
         out_path, plan_path, onnx_path, folder = shrink_outputs(model, output, inputs, onnx)
         plain = folder and not any(
-            [data, recalibrate_bn, compensate_bias, reconstruct, onnx, weights, input_file, ratios_from, input_shape]
+            [recalibrate_bn, compensate_bias, reconstruct, onnx, weights, input_file, ratios_from, input_shape]
         )
-        streamed = in_memory is False or (in_memory is None and streams_hf(model, settings, plain))
+        has_data = data is not None
+        streamed = in_memory is False or (in_memory is None and streams_hf(model, settings, plain, has_data))
         if drop_layers is None and hidden_ratio is None and streamed:
-            return shrink_low_memory(model, out_path, settings, plain, as_json, progress is False, plan_path)
+            calib = (data, calib_batch_size, calib_batches)
+            return shrink_low_memory(model, out_path, settings, plain, as_json, progress is False, plan_path, calib)
         replacing = Replacing([out_path, plan_path, *([onnx_path] if onnx_path else [])], models=[out_path])
         stages, shown = stages_for(progress)
         name = model
@@ -290,7 +292,7 @@ def shrink(
 
 def shrink_low_memory(
     model: str, out_path: Path, settings: ShrinkSettings, plain: bool, as_json: bool, quiet: bool,
-    plan_path: Optional[Path],
+    plan_path: Optional[Path], calib: tuple[Optional[str], int, int] = (None, 0, 0),
 ) -> None:  # fmt: skip
     """``slimnet shrink hf:FOLDER`` on the low-memory path (:func:`slimnet.llm.shrink.shrink_folder`): per-layer
     progress on stderr (unless ``quiet``), then the summary on stdout, or the ``--json`` report: its own fields
@@ -300,13 +302,21 @@ def shrink_low_memory(
         raise SlimnetError(f"--low-memory shrinks a Hugging Face folder (hf:FOLDER), not {model}")
     if not plain:
         raise SlimnetError(
-            "--low-memory writes a standard Hugging Face folder from --ratio alone: --data, repairs, --onnx, "
-            "--weights, --input and a .pt output need --in-memory"
+            "--low-memory writes a standard Hugging Face folder from --ratio (and --data for wanda, activation, "
+            "apoz) alone: repairs, --onnx, --weights, --input and a .pt output need --in-memory"
         )
-    from ..llm.shrink import shrink_folder  # lazy: CLI start-up
+    from ..llm.shrink import check_settings_streamable, shrink_folder  # lazy: CLI start-up
 
+    data, batch_size, n_batches = calib
+    check_settings_streamable(settings, with_data=data is not None)
+    batches = None
+    if data is not None and settings.criterion in DATA_CRITERIA:
+        from ..llm.depth import inspect_folder, text_batches  # lazy: CLI start-up
+
+        batches = text_batches(inspect_folder(model[3:]), data, batch_size, n_batches)
     replacing = Replacing([*([plan_path] if plan_path is not None else [])])
-    report = shrink_folder(model[3:], out_path, settings, model_name=model, log=None if quiet else tell)
+    report = shrink_folder(model[3:], out_path, settings, model_name=model, log=None if quiet else tell,
+                           batches=batches)  # fmt: skip
     if plan_path is not None:  # beside the folder too, as the in-memory path writes it
         tmp = Path(plan_path).with_name(f".{Path(plan_path).name}.tmp")
         shutil.copyfile(Path(out_path) / "slimnet_plan.json", tmp)

@@ -77,15 +77,19 @@ def weight_files(folder: Path) -> list[Path]:
     return files
 
 
-def streams(folder: Path, settings: Any, plain: bool) -> bool:
+#: the criteria the low-memory path reads from calibration data, one layer at a time (slimnet.llm.calib)
+DATA_CRITERIA = ("activation", "apoz", "wanda")
+
+
+def streams(folder: Path, settings: Any, plain: bool, data: bool = False) -> bool:
     """Whether ``slimnet shrink hf:FOLDER`` takes the low-memory path by itself: a known family, a weight
-    criterion, a uniform ratio, and nothing else asked (``plain``: no data, repair, ONNX, weights or input given)
-    that only the in-memory path does."""
+    criterion (or, with calibration ``data``, an activation criterion), a uniform ratio, and nothing else asked
+    (``plain``: no repair, ONNX, weights or input given) that only the in-memory path does."""
     return (
         plain
         and family_of(folder) is not None
         and any(folder.glob("*.safetensors"))  # else the in-memory loader says what is missing
-        and settings.criterion in WEIGHT_CRITERIA
+        and settings.criterion in (DATA_CRITERIA if data else WEIGHT_CRITERIA)
         and settings.target_kind is None
         and not settings.use_global
         and not settings.ratios
@@ -94,6 +98,6 @@ def streams(folder: Path, settings: Any, plain: bool) -> bool:
     )
 
 
-def streams_hf(model: str, settings: Any, plain: bool) -> bool:
+def streams_hf(model: str, settings: Any, plain: bool, data: bool = False) -> bool:
     """:func:`streams` for a MODEL string of the command line (only ``hf:FOLDER`` can stream)."""
-    return model.startswith("hf:") and streams(Path(model[3:]), settings, plain)
+    return model.startswith("hf:") and streams(Path(model[3:]), settings, plain, data)

@@ -40,7 +40,9 @@ from ..groups import Analysis, Group
 from ..load.hf import config_text
 from ..plan import build_plan, dumps
 from ..rank.criteria import score
+from ..rank.statistics import Statistics, owner
 from ..settings import ShrinkSettings
+from .calib import STREAMED_DATA_CRITERIA, LayerStatistics
 from .config import standard_config
 from .families import WEIGHT_CRITERIA, check_family, read_config, weight_files
 from .meta import MetaModel, head_dim_of, layer_groups, meta_model, renamed
@@ -59,11 +61,14 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def check_settings_streamable(settings: ShrinkSettings) -> None:
-    """What the low-memory path does not do, refused in one line (the in-memory path does it)."""
-    if settings.criterion not in WEIGHT_CRITERIA:
+def check_settings_streamable(settings: ShrinkSettings, with_data: bool = False) -> None:
+    """What the low-memory path does not do, refused in one line (the in-memory path does it). With calibration
+    data (``with_data``) the activation criteria are read too, layer by layer (:mod:`.calib`)."""
+    readable = (*WEIGHT_CRITERIA, *STREAMED_DATA_CRITERIA) if with_data else WEIGHT_CRITERIA
+    if settings.criterion not in readable:
+        needs = " (with --data)" if settings.criterion in STREAMED_DATA_CRITERIA else ""
         raise SlimnetError(
-            f"criterion {settings.criterion} is not one the low-memory path reads ({', '.join(WEIGHT_CRITERIA)}): "
+            f"criterion {settings.criterion}{needs} is not one the low-memory path reads ({', '.join(readable)}): "
             "use --in-memory"
         )
     other = [
@@ -150,15 +155,19 @@ def shrink_folder(
     log: Callable[[str], None] | None = _stderr,
     shard_bytes: int = SHARD_BYTES,
     verify: bool = True,
+    batches: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Shrink the Hugging Face folder ``source`` into the standard folder ``output`` (see the module docstring);
     ``log`` gets one line per decoder layer (None: quiet); ``verify``: check every cut layer against its masked
     original (:mod:`.verify`; a failure raises :class:`slimnet.errors.VerificationError` and writes nothing).
-    Returns the report."""
+    Returns the report. ``batches``: tokenised calibration batches, for the activation criteria (wanda,
+    activation, apoz), whose statistics are gathered one layer at a time (:class:`.calib.LayerStatistics`)."""
     start = time.perf_counter()
     say = log or (lambda _line: None)
     folder, out = Path(source), Path(output)
-    check_settings_streamable(settings)
+    check_settings_streamable(settings, with_data=batches is not None)
+    if settings.criterion in STREAMED_DATA_CRITERIA and batches is None:
+        raise SlimnetError(f"criterion {settings.criterion} looks at the data: give calibration data (--data)")
     check_family(folder)
     files = weight_files(folder)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -182,6 +191,7 @@ def shrink_folder(
         f"-> {widths['kv_heads']}, MLP {meta.config.intermediate_size} -> {widths['intermediate']}"
     )
     name = model_name or f"hf:{folder}"
+    layer_stats = LayerStatistics(folder, batches or []) if settings.criterion in STREAMED_DATA_CRITERIA else None
     verifier = LayerVerifier(meta, widths, head_dim_of(meta.config)) if verify else None
     worst = (0.0, 0.0)  # the largest difference and its tolerance
     tensors: dict[str, dict[str, list[int]]] = {}
@@ -199,7 +209,8 @@ def shrink_folder(
                     shape = tuple(t.shape)
                     raise SlimnetError(f"hf:{folder}: {n} is {shape} in the shards, {meta.shapes[n]} in config.json")
             if layer is not None:
-                plan = _layer_plan(meta, groups, layer, loaded, counts, settings, name)
+                stats = _statistics(layer_stats, meta, groups, layer)
+                plan = _layer_plan(meta, groups, layer, loaded, counts, settings, name, stats)
                 head = {k: v for k, v in plan.items() if k != "tensors"}
                 tensors.update(plan["tensors"])
                 cut = {n: _sliced(t, plan["tensors"].get(n)) for n, t in loaded.items()}
@@ -278,15 +289,25 @@ def _widths(meta: MetaModel, first: list[Group], kinds: dict[int, str], counts: 
     return widths
 
 
+def _statistics(layer_stats: LayerStatistics | None, meta: MetaModel, groups: list[Group], layer: int) -> Any:
+    """Layer ``layer``'s calibration statistics for the data criteria (None for the weight criteria): the modules
+    that own a member of its groups, hooked as the in-memory path hooks them."""
+    if layer_stats is None:
+        return None
+    placed = [renamed(g, f"{meta.prefix}{layer}.") for g in groups]
+    return layer_stats.layer(layer, {owner(t) for g in placed for t, _ in g.members if t in meta.params})
+
+
 def _layer_plan(meta: MetaModel, groups: list[Group], layer: int, loaded: dict[str, torch.Tensor],
-                counts: dict[int, int], settings: ShrinkSettings, name: str) -> dict[str, Any]:  # fmt: skip
+                counts: dict[int, int], settings: ShrinkSettings, name: str,
+                stats: Statistics | None = None) -> dict[str, Any]:  # fmt: skip
     """The plan entries of one decoder layer: its groups scored by the in-memory criterion on its tensors,
     ranked and cut to ``counts`` as :func:`slimnet.allocate.decide.choose` does."""
     placed = [renamed(g, f"{meta.prefix}{layer}.") for g in groups]
     cache: dict = {"wanted": {(id(loaded[n]), d) for g in placed for n, d in g.members if n in loaded}}
     raw, used = {}, {}
     for g in placed:
-        raw[g.id], used[g.id] = score(g, loaded, meta.params, settings.criterion, settings.seed, cache=cache)
+        raw[g.id], used[g.id] = score(g, loaded, meta.params, settings.criterion, settings.seed, stats, cache)
     ranking = Ranking.from_scores(raw, used)
     decisions = [
         Decision(group=g, keep=sorted(int(i) for i in ranking.orders[g.id][: counts[g.id]]), criterion=used[g.id])
