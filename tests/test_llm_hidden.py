@@ -185,7 +185,9 @@ def test_axes_table_knows_every_tensor_and_refuses_others() -> None:
     assert hidden.axis_of("model.norm.weight") == 0 and hidden.is_norm("model.layers.0.input_layernorm.weight")
     with pytest.raises(SlimnetError, match="does not know tensor"):
         hidden.axis_of("model.layers.0.block_sparse_moe.gate.weight")
-    assert hidden.kept_size(576, 0.1) == 512 and hidden.kept_size(4096, 0.25) == 3072
+    assert hidden.kept_size(576, 0.1) == 512 and hidden.kept_size(4096, 0.25, heads=32) == 3072
+    assert hidden.kept_size(576, 0.125, heads=9) == 504  # lcm(64, 9) is the whole width: steps of lcm(8, 9)
+    assert hidden.kept_size(128, 0.5, heads=4) == 64
 
 
 def test_cli(tmp_path: Path) -> None:
@@ -226,7 +228,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     before = sorted(p.name for p in tmp_path.iterdir())
     cases = [
         ([f"hf:{gemma}", "--hidden-ratio", "0.5", "--data", calib], "sqrt(hidden_size)"),
-        ([f"hf:{src}", "--hidden-ratio", "0.2", "--data", calib], "keeps all 128"),
+        ([f"hf:{src}", "--hidden-ratio", "0.02", "--data", calib], "keeps all 128"),
         ([f"hf:{src}", "--hidden-ratio", "1.5", "--data", calib], "0 < R < 1"),
         ([f"hf:{src}", "--hidden-ratio", "0.5"], "give --data"),
         (["torchvision:resnet18", "--hidden-ratio", "0.5"], "Hugging Face decoder LM"),

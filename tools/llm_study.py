@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from slimnet.allocate.counts import keep_count  # noqa: E402 - after the path above
 from slimnet.allocate.decoder import MLP_MULTIPLE  # noqa: E402
+from slimnet.llm.hidden import kept_size  # noqa: E402
 
 COMMAND = "PYTHONPATH=. OMP_NUM_THREADS=1 python tools/llm_study.py --windows 20"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -213,8 +214,8 @@ def rows_to_run(cfg: dict[str, Any], dense_params: int, args: argparse.Namespace
         rows.append({"id": f"both-{target:.2f}", "method": f"width (wanda, MLP only) + depth ({DEPTH_OPTION} {half})",
                      "target": target, "ratio": r, "head_ratio": 0.0, "criterion": "wanda",
                      "shrink": [DEPTH_OPTION, str(half)], "needs": ("shrink", DEPTH_OPTION)})  # fmt: skip
-    for share in (0.111, 0.222):  # the residual stream 576 -> 512 and -> 448 channels (issue 24 item 4)
-        kept = keep_count(cfg["hidden_size"], share, 64)
+    for share in (0.125, 0.25):  # the residual stream 576 -> 504 and -> 432 channels (issue 24 item 4)
+        kept = kept_size(cfg["hidden_size"], share, cfg["num_attention_heads"])
         what = f"residual width (--hidden-ratio {share:g}: {cfg['hidden_size']} -> {kept}), approximate"
         rows.append({"id": f"hidden-{share:.3f}", "target": None, "method": what, "ratio": 0.0, "head_ratio": 0.0,
                      "shrink": [HIDDEN_OPTION, f"{share:g}"], "criterion": "activation",

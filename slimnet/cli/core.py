@@ -144,9 +144,9 @@ HiddenRatio = Annotated[
     Optional[float],
     typer.Option(
         "--hidden-ratio",
-        help="hf: decoder LMs: remove this share of the residual stream's channels (hidden_size, to a multiple of "
-        "64), ranked by activation on --data; an approximation (reported as exact: false, with its KL and top-1 "
-        "agreement), after --drop-layers and before --ratio.",
+        help="hf: decoder LMs: remove this share of the residual stream's channels (hidden_size, to a multiple "
+        "of 64, or 8, and of the head count), ranked by activation on --data; an approximation (reported as "
+        "exact: false, with its KL and top-1 agreement), after --drop-layers and before --ratio.",
     ),
 ]
 LayerRank = Annotated[

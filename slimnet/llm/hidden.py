@@ -8,7 +8,7 @@ those of the kept channels, and no slicing can undo that. slimnet keeps the erro
 
 * channels are ranked by ACTIVATION, as Minitron does: the mean magnitude of every RMSNorm's output per channel
   (weight included), over the calibration tokens, summed over the norms; the top ``hidden_size' `` stay, a
-  multiple of 64 (:data:`ROUND_TO`);
+  multiple of 64 and of the head count (:func:`kept_size`);
 * each norm's weight is rescaled by the mean over the calibration tokens of ``rms_kept(x) / rms_all(x)`` of its
   input, so that where the dropped channels carried little energy the norm's output is what it was;
 * the report measures the approximation against the original model on the calibration tokens: the mean
@@ -70,6 +70,8 @@ from .depth import (
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 #: the kept hidden size is a multiple of this (runtimes' kernels want it; the MLP and head rules use 64 too)
 ROUND_TO = 64
+#: the step used when a multiple of 64 and of the head count is too coarse (see :func:`kept_size`)
+FINE_ROUND_TO = 8
 #: verification: max |written - masked original| over max(1, max |masked original|), the models in float64
 #: (transformers' RMSNorms compute in float32 whatever the model's dtype: hence not 1e-12; a wrong cut is O(1))
 TOLERANCE = 1e-5
@@ -135,11 +137,17 @@ def is_norm(key: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ checks
-def kept_size(hidden: int, ratio: float) -> int:
-    """Channels kept of ``hidden`` at ``ratio`` (share removed), a multiple of :data:`ROUND_TO`."""
+def kept_size(hidden: int, ratio: float, heads: int = 1) -> int:
+    """Channels kept of ``hidden`` at ``ratio`` (share removed): a multiple of :data:`ROUND_TO` and of the
+    attention head count (transformers' configs refuse a ``hidden_size`` that ``num_attention_heads`` does not
+    divide, even with ``head_dim`` given); where that step is coarser than a quarter of ``hidden`` (SmolLM2's 9
+    heads: lcm(64, 9) = 576, the whole width), a multiple of :data:`FINE_ROUND_TO` and of the heads instead."""
     from ..allocate.counts import keep_count
 
-    return keep_count(hidden, ratio, ROUND_TO)
+    step = math.lcm(ROUND_TO, heads)
+    if step > hidden // 4:
+        step = math.lcm(FINE_ROUND_TO, heads)
+    return keep_count(hidden, ratio, step)
 
 
 def check_hidden(source: Source, ratio: float) -> int:
@@ -152,11 +160,13 @@ def check_hidden(source: Source, ratio: float) -> int:
             f"hf:{source.folder} is a {source.model_type!r} model{why}: --hidden-ratio supports {', '.join(SUPPORTED)}"
         )
     hidden = int(source.config["hidden_size"])
-    kept = kept_size(hidden, ratio)
+    heads = int(source.config.get("num_attention_heads") or 1)
+    kept = kept_size(hidden, ratio, heads)
     if kept >= hidden:
+        step = math.lcm(ROUND_TO, heads) if math.lcm(ROUND_TO, heads) <= hidden // 4 else math.lcm(8, heads)
         raise SlimnetError(
             f"--hidden-ratio {ratio:g} keeps all {hidden} residual channels (the kept size is a multiple of "
-            f"{ROUND_TO}): give a larger ratio"
+            f"{step}: {ROUND_TO} or {FINE_ROUND_TO}, and the {heads} attention heads): give a larger ratio"
         )
     for key, shape in source.shapes.items():
         axis = axis_of(key)
