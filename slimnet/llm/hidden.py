@@ -73,8 +73,9 @@ ROUND_TO = 64
 #: the step used when a multiple of 64 and of the head count is too coarse (see :func:`kept_size`)
 FINE_ROUND_TO = 8
 #: verification: max |written - masked original| over max(1, max |masked original|), the models in float64
-#: (transformers' RMSNorms compute in float32 whatever the model's dtype: hence not 1e-12; a wrong cut is O(1))
-TOLERANCE = 1e-5
+#: (transformers' RMSNorms compute in float32 whatever the model's dtype, and their rounding differs between the
+#: two models: SmolLM2's 30 layers at 576 -> 432 reach 1.5e-5; a wrong cut is O(1e-1) and more)
+TOLERANCE = 1e-4
 
 #: tensor name suffix -> the axis that runs along the residual stream (one entry per kind of tensor)
 AXES: dict[str, int] = {}
