@@ -432,12 +432,18 @@ def write_dropped(source: Source, dropped: list[int], dest: Path, plan_entry: di
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (dest / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     (dest / "config.json").write_text(json.dumps(dropped_config(source, kept_layers), indent=2) + "\n")
+    copy_small_files(source, dest)
+    add_plan_entry(dest, plan_entry, previous=source.folder / PLAN_FILE)
+    return params
+
+
+def copy_small_files(source: Source, dest: Path) -> None:
+    """Every plain file of the input folder that is neither weights nor written anew (tokenizer files,
+    generation_config.json, chat template...), copied into ``dest``."""
     for f in sorted(source.folder.iterdir()):
         if f.is_file() and not f.name.startswith(".") and f.name not in ("config.json", INDEX_FILE, PLAN_FILE):
             if not f.name.lower().endswith(WEIGHT_SUFFIXES):
                 shutil.copy2(f, dest / f.name)
-    add_plan_entry(dest, plan_entry, previous=source.folder / PLAN_FILE)
-    return params
 
 
 def dropped_config(source: Source, kept_layers: list[int]) -> dict[str, Any]:

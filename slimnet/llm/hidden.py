@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ from ..errors import SlimnetError, VerificationError
 from .depth import (
     INDEX_FILE,
     PLAN_FILE,
-    WEIGHT_SUFFIXES,
     Source,
     _copy_tensors,
     _load_plain,
@@ -63,6 +61,7 @@ from .depth import (
     _stored_dtype,
     _torch,
     add_plan_entry,
+    copy_small_files,
     inspect_folder,
     text_batches,
 )
@@ -285,10 +284,7 @@ def write_hidden(source: Source, kept: list[int], scales: dict[str, float], dest
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(source.weight_map.items()))}
         (dest / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     (dest / "config.json").write_text(json.dumps(hidden_config(source, len(kept)), indent=2) + "\n")
-    for f in sorted(source.folder.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and f.name not in ("config.json", INDEX_FILE, PLAN_FILE):
-            if not f.name.lower().endswith(WEIGHT_SUFFIXES):
-                shutil.copy2(f, dest / f.name)
+    copy_small_files(source, dest)
     add_plan_entry(dest, entry, previous=source.folder / PLAN_FILE, key="hidden")
     return params
 
